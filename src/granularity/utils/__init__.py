@@ -1,0 +1,1 @@
+"""Shared low-level helpers: config handling, run records, statistics, atomic I/O."""

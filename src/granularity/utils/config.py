@@ -1,0 +1,146 @@
+"""Typed, validated configs: defaults < file < command line.
+
+All configs derive from :class:`Config`, a pydantic model that forbids unknown keys. Overrides
+are ``dotted.key=value`` strings whose values are parsed as YAML scalars/lists, so ``k=16``,
+``k=[4,8]`` and ``sigma=null`` all work. Validation errors become one-line
+:class:`~granularity.errors.GranularityError` messages that name the parameter, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from granularity.errors import GranularityError, suggest
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of every config: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @classmethod
+    def build(cls: type[C], data: Mapping[str, Any] | None = None, *, where: str = "") -> C:
+        """Validate ``data`` into this config, raising a one-line :class:`GranularityError`."""
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as exc:
+            raise GranularityError(format_validation_error(exc, cls, where)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at the parent of ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann = fields[part].annotation
+        current = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), ann)
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], where: str = "") -> str:
+    """One line for the first error of a pydantic ``ValidationError``."""
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+    # pydantic puts union branch names ("int", "list[int]") in loc; keep only real field names.
+    names = [str(p) for p in loc if not str(p).startswith(("list[", "int", "float", "str", "tuple["))]
+    key = ".".join(names) or "<config>"
+    prefix = f"{where}: " if where else ""
+    if err["type"] == "extra_forbidden":
+        valid = _field_names(model, tuple(names))
+        hint = suggest(names[-1], valid)
+        return (
+            f"{prefix}Unknown config key {key!r}{hint}; valid keys here are: {', '.join(valid)}."
+        )
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    got_s = repr(got) if not isinstance(got, dict) else "{...}"
+    if len(got_s) > 80:
+        got_s = got_s[:77] + "..."
+    return f"{prefix}Invalid value for {key!r}: {msg}. Got {got_s} instead."
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value as YAML (``16`` -> int, ``[1,2]`` -> list, ``null`` -> None)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(base: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (dotted keys) to a nested dict, returning a new dict."""
+    out = copy.deepcopy(dict(base))
+    for item in overrides:
+        if "=" not in item:
+            raise GranularityError(
+                f"The '--set' option must look like key=value (for example data.k=16). Got {item!r} instead."
+            )
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise GranularityError(f"The '--set' option has an empty key in {item!r}; use key=value.")
+        set_dotted(out, key, parse_value(text))
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise GranularityError(f"Config file {str(path)!r} does not exist or is not a file.")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GranularityError(f"Config file {str(path)!r} cannot be read: {exc}.") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise GranularityError(f"Config file {str(path)!r} is not valid YAML/JSON: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GranularityError(
+            f"Config file {str(path)!r} must hold a mapping of keys to values, not a {type(data).__name__}."
+        )
+    return data
