@@ -1,0 +1,21 @@
+"""The theory simulator: hierarchical multi-view data, the two-layer patch CNN, coarse vs fine
+pretraining, transfer to the coarse task, easy/hard errors and feature alignment.
+
+See ``docs/theory-model.md`` of the project for the model definition.
+"""
+
+from granularity.theory.config import DataConfig, ModelConfig, SimConfig, TrainConfig, TransferConfig
+from granularity.theory.data import HierarchicalMultiView, Samples
+from granularity.theory.presets import PRESETS, get_preset
+
+__all__ = [
+    "DataConfig",
+    "HierarchicalMultiView",
+    "ModelConfig",
+    "PRESETS",
+    "Samples",
+    "SimConfig",
+    "TrainConfig",
+    "TransferConfig",
+    "get_preset",
+]

@@ -1,0 +1,269 @@
+"""``simulate``: run a simulator experiment over seeds into a run folder.
+
+Run folder layout::
+
+    config.json          resolved SimConfig
+    env.json             versions, machine, device, git revision
+    seeds/seed_<s>.json  one finished seed (errors, alignment summaries, final losses)
+    seeds/seed_<s>.metrics.jsonl  its training curves
+    alignment/seed_<s>_<source>.npz  steps (T,), alignment (T, N, M) = <w_r, v>, feature levels
+    metrics.jsonl        all curves (rebuilt from the seeds at the end)
+    result.json          mean and 95% CI over seeds of every figure, plus per-seed values
+    figures/errors.png, figures/alignment.png
+
+Seeds are trained ``seed_batch`` at a time as one batched computation; a finished seed is
+written atomically as soon as its batch ends, and a rerun of the same command skips it. So
+Ctrl-C (or a lost machine) loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from granularity.errors import GranularityError
+from granularity.theory.config import SimConfig
+from granularity.theory.train import (
+    SeedBatch,
+    evaluate,
+    feature_summary,
+    finetune,
+    linear_probe,
+    pretrain,
+    resolve_device,
+)
+from granularity.utils.io import check_writable, environment, read_json, read_jsonl, write_json, write_npz
+from granularity.utils.stats import mean_ci
+
+# fields that do not change any seed's result: a run may be resumed or extended with other values
+_RUN_ONLY = ("seeds", "seed_batch", "device", "name")
+
+
+def config_hash(cfg: SimConfig) -> str:
+    """Hash of everything that determines one seed's result."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def estimate_memory(cfg: SimConfig) -> int:
+    """Bytes of the largest tensors of one seed batch (training set, activations, alignment)."""
+    d, P, n = cfg.data.d, cfg.data.P, cfg.train.n_train
+    S = min(cfg.seed_batch, cfg.seeds)
+    N = cfg.model.m * max(cfg.data.nodes_per_level)
+    B = cfg.train.batch_size or n
+    train = 2 * S * n * P * d * 4  # the samples and their stacked copy
+    acts = 3 * S * B * P * N * 4  # pre-activations, activations, masks of a step
+    coef = S * min(n, 4096) * P * cfg.data.num_features * 4
+    align = S * (cfg.train.log_points + 2) * N * cfg.data.num_features * 4 * len(cfg.transfer.sources)
+    return train + acts + coef + align
+
+
+def check_memory(cfg: SimConfig, limit: int | None = None) -> None:
+    if limit is None:
+        try:
+            import os
+
+            limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return
+    need = estimate_memory(cfg)
+    if need > 0.8 * limit:
+        raise GranularityError(
+            f"This run needs about {need / 2**30:.1f} GiB of memory but {limit / 2**30:.1f} GiB is available; "
+            "lower seed_batch, train.n_train, data.d or data.P."
+        )
+
+
+def _sources(cfg: SimConfig) -> dict[str, int]:
+    return {str(s): cfg.source_level(s) for s in cfg.transfer.sources}
+
+
+def run_seed_batch(cfg: SimConfig, seeds: list[int], device: torch.device,
+                   progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every source/protocol for a batch of seeds; one record per seed."""
+    sb = SeedBatch.build(cfg, seeds, device)
+    models, heads, curves, summaries = {}, {}, {}, {}
+    target = cfg.transfer.target_level
+    for src, level in _sources(cfg).items():
+        pre = pretrain(cfg, sb, level, progress)
+        models[src] = pre
+        summaries[src] = feature_summary(cfg, sb, pre)
+        curves[src] = pre.curve
+        if "probe" in cfg.transfer.protocols:
+            heads[(src, "probe")] = linear_probe(cfg, sb, pre, target)
+        if "finetune" in cfg.transfer.protocols:
+            heads[(src, "finetune")] = finetune(cfg, sb, pre, target)
+    errors = evaluate(cfg, sb, models, heads)
+    tree = sb.dists[0].tree
+    records = []
+    for i, seed in enumerate(seeds):
+        rec: dict[str, Any] = {"seed": seed, "config_hash": config_hash(cfg), "errors": {}, "alignment": {}, "curves": {}}
+        for (src, proto), e in errors.items():
+            rec["errors"].setdefault(src, {})[proto] = {"easy": float(e["easy"][i]), "hard": float(e["hard"][i])}
+        for src, summ in summaries.items():
+            rec["alignment"][src] = {
+                "steps": models[src].align_steps.tolist(),
+                **{k: v[i].tolist() for k, v in summ.items()},
+            }
+            rec["curves"][src] = [
+                {"step": c["step"], "loss": c["loss"][i], "acc": c["acc"][i]} for c in curves[src]
+            ]
+        rec["_arrays"] = {
+            src: {
+                "steps": models[src].align_steps,
+                "alignment": models[src].alignment[i],
+                "feature_level": tree.feature_level().numpy(),
+                "level": np.asarray(models[src].level),
+            }
+            for src in models
+        }
+        records.append(rec)
+    return records
+
+
+def _seed_path(out: Path, seed: int) -> Path:
+    return out / "seeds" / f"seed_{seed}.json"
+
+
+def load_finished(out: Path, cfg: SimConfig) -> dict[int, dict]:
+    done = {}
+    for seed in range(cfg.seed0, cfg.seed0 + cfg.seeds):
+        path = _seed_path(out, seed)
+        if path.exists():
+            try:
+                rec = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue  # never happens with atomic writes; recompute if it does
+            if rec.get("config_hash") == config_hash(cfg):
+                done[seed] = rec
+    return done
+
+
+def aggregate(cfg: SimConfig, records: list[dict]) -> dict[str, Any]:
+    """Mean and 95% CI over seeds of every error and final alignment figure."""
+    table: dict[str, Any] = {}
+    first = records[0]
+    for src, protos in first["errors"].items():
+        for proto in protos:
+            for kind in ("easy", "hard"):
+                vals = [r["errors"][src][proto][kind] for r in records]
+                table.setdefault(src, {}).setdefault(proto, {})[kind] = {**mean_ci(vals), "values": vals}
+    align: dict[str, Any] = {}
+    for src, summ in first["alignment"].items():
+        for key in summ:
+            if key == "steps":
+                continue
+            vals = [r["alignment"][src][key][-1] for r in records]
+            align.setdefault(src, {})[key] = {**mean_ci(vals), "values": vals}
+    return {"errors": table, "alignment_final": align}
+
+
+def check_run_folder(out: Path, cfg: SimConfig) -> None:
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        old = read_json(cfg_path)
+        try:
+            old_cfg = SimConfig.model_validate(old)
+        except Exception:  # noqa: BLE001 - an older/foreign config: refuse, never overwrite
+            old_cfg = None
+        if old_cfg is None or config_hash(old_cfg) != config_hash(cfg):
+            raise GranularityError(
+                f"The output folder {str(out)!r} holds a run with a different config; "
+                "choose another --out (nothing there was changed)."
+            )
+
+
+def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out`` and return the result dict."""
+    out = check_writable(out)
+    check_run_folder(out, cfg)
+    check_memory(cfg)
+    device = resolve_device(cfg.device)
+    write_json(out / "config.json", cfg.to_dict())
+    write_json(out / "env.json", environment(str(device)))
+    seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
+    done = load_finished(out, cfg)
+    todo = [s for s in seeds if s not in done]
+    steps_per_seed_batch = cfg.train.steps * len(cfg.transfer.sources)
+    t0 = time.perf_counter()
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        n_batches = -(-len(todo) // cfg.seed_batch)
+        bar = tqdm(total=n_batches * steps_per_seed_batch, desc=f"simulate {cfg.name}", unit="step", leave=False)
+    if log and done:
+        log(f"resuming: {len(done)} of {len(seeds)} seeds already finished in {out}")
+    try:
+        for i in range(0, len(todo), cfg.seed_batch):
+            batch = todo[i : i + cfg.seed_batch]
+            if bar is not None:
+                bar.set_postfix_str(f"seeds {batch[0]}-{batch[-1]}")
+            tb = time.perf_counter()
+            for rec in run_seed_batch(cfg, batch, device, bar.update if bar is not None else None):
+                arrays = rec.pop("_arrays")
+                rec["seconds"] = (time.perf_counter() - tb) / len(batch)
+                for src, arr in arrays.items():
+                    write_npz(out / "alignment" / f"seed_{rec['seed']}_{src}.npz", **arr)
+                write_json(_seed_path(out, rec["seed"]), rec)  # written last: marks the seed done
+                done[rec["seed"]] = rec
+    finally:
+        if bar is not None:
+            bar.close()
+    records = [done[s] for s in seeds]
+    result = {
+        "name": cfg.name,
+        "config_hash": config_hash(cfg),
+        "seeds": seeds,
+        "seconds_this_call": time.perf_counter() - t0,
+        "seconds_total": float(sum(r.get("seconds", 0.0) for r in records)),
+        **aggregate(cfg, records),
+    }
+    lines = []
+    for r in records:
+        for src, curve in r["curves"].items():
+            lines.extend({"seed": r["seed"], "source": src, **c} for c in curve)
+    from granularity.utils.io import write_bytes_atomic
+
+    write_bytes_atomic(out / "metrics.jsonl", lambda fh: fh.write("".join(json.dumps(x) + "\n" for x in lines).encode()))
+    write_json(out / "result.json", result)
+    from granularity.theory.plots import plot_simulation
+
+    plot_simulation(out)
+    return result
+
+
+def load_result(out: str | Path) -> dict[str, Any]:
+    return read_json(Path(out) / "result.json")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table: error on easy / hard target test samples per source and protocol."""
+    from granularity.utils.stats import fmt_ci
+
+    rows = [("pretraining", "protocol", "easy error", "hard error")]
+    for src, protos in result["errors"].items():
+        for proto, e in protos.items():
+            rows.append((src, proto, fmt_ci(e["easy"]), fmt_ci(e["hard"])))
+    al = result.get("alignment_final", {})
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if al:
+        lines.append("")
+        lines.append("max <w, v> at the end (mean over features; common = level 1, fine = leaves):")
+        for src, summ in al.items():
+            levels = sorted(k for k in summ if k.startswith("own_level"))
+            parts = [f"level {k[len('own_level'):]}: {fmt_ci(summ[k])}" for k in levels]
+            lines.append(f"  {src:>8}: " + ", ".join(parts))
+    n = len(result.get("seeds", []))
+    lines.append(f"({n} seeds, mean ± 95% CI; {result.get('seconds_total', 0):.0f} s of training)")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Phase diagrams: hard-sample error of coarse vs fine pretraining over a grid of two config
+fields. Each cell is an ordinary ``simulate`` run folder under ``<out>/cells/``; the diagram
+(``phase.json`` and ``phase.png``) is always rebuilt from those stored results, so an
+interrupted grid resumes cell by cell and seed by seed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError
+from granularity.theory.config import SimConfig
+from granularity.theory.experiment import load_result, simulate
+from granularity.theory.plots import plot_phase
+from granularity.utils.config import apply_overrides, parse_value
+from granularity.utils.io import check_writable, read_json, write_json
+
+
+def parse_axis(text: str) -> tuple[str, list[Any]]:
+    """``"data.k=4,8,16"`` -> ``("data.k", [4, 8, 16])``."""
+    if "=" not in text:
+        raise GranularityError(f"A phase axis must look like key=v1,v2,... (for example data.k=4,8,16). Got {text!r} instead.")
+    key, values = text.split("=", 1)
+    items = [parse_value(v) for v in values.split(",") if v.strip()]
+    if not key.strip() or not items:
+        raise GranularityError(f"A phase axis needs a key and at least one value. Got {text!r} instead.")
+    return key.strip(), items
+
+
+def _cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
+    safe = lambda s: re.sub(r"[^A-Za-z0-9.+-]", "_", str(s))  # noqa: E731
+    return f"{safe(xk.split('.')[-1])}={safe(xv)}__{safe(yk.split('.')[-1])}={safe(yv)}"
+
+
+def cell_configs(base: dict[str, Any], x: tuple[str, list], y: tuple[str, list]) -> list[tuple[str, Any, Any, SimConfig]]:
+    """Validate every cell's config before any training starts."""
+    cells = []
+    for yv in y[1]:
+        for xv in x[1]:
+            raw = apply_overrides(base, [f"{x[0]}={xv}", f"{y[0]}={yv}"])
+            name = _cell_name(x[0], xv, y[0], yv)
+            cfg = SimConfig.build(raw, where=f"phase cell {x[0]}={xv}, {y[0]}={yv}")
+            cells.append((name, xv, yv, cfg))
+    return cells
+
+
+def run_phase(base: dict[str, Any], x_axis: str, y_axis: str, out: str | Path, protocol: str = "map",
+              progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    out = check_writable(out)
+    x, y = parse_axis(x_axis), parse_axis(y_axis)
+    cells = cell_configs(base, x, y)
+    if protocol not in cells[0][3].transfer.protocols:
+        raise GranularityError(
+            f"The 'protocol' parameter must be one of the run's protocols {cells[0][3].transfer.protocols}. Got {protocol!r} instead."
+        )
+    write_json(out / "phase_spec.json", {"x": [x[0], x[1]], "y": [y[0], y[1]], "protocol": protocol, "base": base})
+    for i, (name, xv, yv, cfg) in enumerate(cells):
+        if log:
+            log(f"[{i + 1}/{len(cells)}] {x[0]}={xv}, {y[0]}={yv}")
+        simulate(cfg, out / "cells" / name, progress=progress)
+    return build_phase(out)
+
+
+def build_phase(out: str | Path) -> dict[str, Any]:
+    """(Re)build ``phase.json`` and ``phase.png`` from the stored cell results."""
+    out = Path(out)
+    spec_path = out / "phase_spec.json"
+    if not spec_path.exists():
+        raise GranularityError(f"{str(out)!r} is not a phase-diagram folder (no phase_spec.json).")
+    spec = read_json(spec_path)
+    (xk, xs), (yk, ys), protocol = spec["x"], spec["y"], spec["protocol"]
+    grids: dict[str, list[list[float]]] = {}
+    cis: dict[str, list[list[float]]] = {}
+    seeds = None
+    for r, yv in enumerate(ys):
+        for c, xv in enumerate(xs):
+            cell = out / "cells" / _cell_name(xk, xv, yk, yv)
+            if not (cell / "result.json").exists():
+                continue
+            res = load_result(cell)
+            seeds = len(res["seeds"])
+            for src, protos in res["errors"].items():
+                g = grids.setdefault(src, [[float("nan")] * len(xs) for _ in ys])
+                e = cis.setdefault(src, [[float("nan")] * len(xs) for _ in ys])
+                g[r][c] = protos[protocol]["hard"]["mean"]
+                e[r][c] = protos[protocol]["hard"]["ci"]
+    phase = {"x_key": xk, "x_values": xs, "y_key": yk, "y_values": ys, "protocol": protocol,
+             "seeds": seeds, "grids": grids, "ci": cis}
+    write_json(out / "phase.json", phase)
+    if grids:
+        plot_phase(phase, out / "phase.png")
+    return phase
+
+
+def format_phase(phase: dict[str, Any]) -> str:
+    lines = [f"hard-sample error ({phase['protocol']}), rows {phase['y_key']}, columns {phase['x_key']}"]
+    for src, grid in phase["grids"].items():
+        lines.append(f"{src}:")
+        lines.append("  " + " " * 10 + "".join(f"{str(v):>9}" for v in phase["x_values"]))
+        for yv, row in zip(phase["y_values"], grid):
+            lines.append(f"  {str(yv):>10}" + "".join(f"{v:9.3f}" for v in row))
+    return "\n".join(lines)
+
+
+def grid_sizes(x: Sequence, y: Sequence) -> int:
+    return len(x) * len(y)

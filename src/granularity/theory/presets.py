@@ -1,0 +1,94 @@
+"""Named simulator experiments. A preset is a set of overrides of the :class:`SimConfig`
+defaults (which are the calibrated ``paper`` setting); names are the CLI's vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from granularity.errors import unknown_name
+from granularity.theory.config import SimConfig
+from granularity.utils.config import deep_merge
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> SimConfig:
+        return SimConfig.build(deep_merge({"name": self.name}, self.overrides), where=f"preset {self.name!r}")
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(name: str, description: str, **overrides: Any) -> Preset:
+    preset = Preset(name, description, overrides)
+    PRESETS[name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise unknown_name("preset", name, PRESETS) from None
+
+
+# The calibrated reference of theory-model.md section 5: d=256, P=16, K=2, k=8, m=16,
+# SGD lr 0.5, batch 128, 3000 steps on 2000 easy samples.
+register("paper", "the paper's setting (K=2 superclasses, k=8, d=256), calibrated defaults")
+# Seconds instead of minutes: for demos, smoke tests and phase-diagram drafts.
+register(
+    "quick",
+    "small and fast (d=64, k=4, 600 steps): the paper's effect in seconds",
+    data={"d": 64, "P": 8, "k": 4},
+    model={"m": 8},
+    train={"n_train": 600, "steps": 600, "batch_size": 64, "log_points": 10},
+    transfer={"n_test": 600, "probe_steps": 150, "finetune_steps": 150},
+    seeds=3,
+    seed_batch=3,
+)
+register(
+    "large",
+    "a large setting for benchmarks (d=1024, P=64, k=32)",
+    data={"d": 1024, "P": 64, "k": 32},
+    train={"steps": 1000},
+)
+register("k4", "few subclasses (k=4): rarer gap", data={"k": 4})
+register("k16", "many subclasses (k=16): fine features rarer, bigger gap", data={"k": 16})
+register(
+    "many-superclasses",
+    "K=4 superclasses of k=6 subclasses (beyond the paper's K=2)",
+    data={"K": 4, "k": 6},
+)
+register("unequal-k", "unequal subclass counts (k_+=4, k_-=12)", data={"k": [4, 12]})
+register("multiview", "two features per node (views 2/2)", data={"views_common": 2, "views_fine": 2, "P": 24})
+register(
+    "deep",
+    "a 3-level tree (2 superclasses x 4 x 3): train at any level",
+    data={"k": 4, "deeper": [3], "P": 16},
+    transfer={"sources": [1, 2, 3]},
+)
+register(
+    "hard-in-train",
+    "10% hard samples in training (the paper's open 'perturbed' case)",
+    data={"train_hard_fraction": 0.1},
+)
+register(
+    "long-tail",
+    "long-tailed subclass frequencies (Zipf exponent 1.5): rare subclasses",
+    data={"tail_exponent": 1.5},
+)
+register(
+    "smooth-relu",
+    "smoothed ReLU of Allen-Zhu & Li (q=2) instead of ReLU",
+    model={"activation": "smooth_relu", "q": 2, "rho": 0.1},
+)
+register(
+    "trainable-head",
+    "second layer trained too (ablation of the frozen a=1)",
+    model={"train_second_layer": True},
+)

@@ -1,0 +1,274 @@
+"""The simulator's one engine: pretraining at a level, transfer protocols, evaluation and
+feature-alignment measurements, for a batch of seeds trained as one computation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from granularity.theory.config import SimConfig
+from granularity.theory.data import HierarchicalMultiView, Samples, derive_seeds, generator
+from granularity.theory.model import PatchCNN, activation
+
+# indices into derive_seeds(seed, 6)
+_DICT, _TRAIN, _TEST, _INIT, _ORDER, _HEAD = range(6)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from granularity.errors import GranularityError
+
+        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use cpu or auto.")
+    return torch.device(name)
+
+
+def log_steps(steps: int, points: int) -> np.ndarray:
+    """0 plus ``points`` log-spaced steps in [1, steps] (unique ints)."""
+    return np.unique(np.concatenate([[0], np.geomspace(1, steps, points).round().astype(int)]))
+
+
+@dataclass
+class SeedBatch:
+    """Per-seed distributions and training sets of a batch of seeds."""
+
+    seeds: list[int]
+    dists: list[HierarchicalMultiView]
+    train: list[Samples]
+    subseeds: list[list[int]]
+    device: torch.device
+
+    @classmethod
+    def build(cls, cfg: SimConfig, seeds: list[int], device: torch.device) -> SeedBatch:
+        subseeds = [derive_seeds(s, 6) for s in seeds]
+        dists = [HierarchicalMultiView(cfg.data, ss[_DICT]) for ss in subseeds]
+        train = [
+            dist.sample(cfg.train.n_train, generator(ss[_TRAIN]), hard=cfg.data.train_hard_fraction)
+            for dist, ss in zip(dists, subseeds)
+        ]
+        return cls(seeds, dists, train, subseeds, device)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return torch.stack([t.x for t in self.train]).to(self.device)  # (S, n, P, d)
+
+    def labels(self, level: int) -> torch.Tensor:
+        return torch.stack([t.label(level) for t in self.train]).to(self.device)  # (S, n)
+
+    def dictionary(self) -> torch.Tensor:
+        return torch.stack([d.dictionary for d in self.dists]).to(self.device)  # (S, M, d)
+
+    def test_stream(self, n: int, hard: bool, chunk: int = 2048):
+        """Chunks of test samples stacked over seeds; regenerated identically on every call."""
+        gens = [generator(ss[_TEST] + (1 if hard else 0)) for ss in self.subseeds]
+        done = 0
+        while done < n:
+            size = min(chunk, n - done)
+            parts = [dist.sample(size, g, hard=hard) for dist, g in zip(self.dists, gens)]
+            yield torch.stack([p.x for p in parts]).to(self.device), torch.stack([p.labels for p in parts]).to(self.device)
+            done += size
+
+
+@dataclass
+class Pretrained:
+    level: int
+    model: PatchCNN
+    align_steps: np.ndarray
+    alignment: np.ndarray  # (S, T, N, M) <w_r, v> at align_steps
+    curve: list[dict] = field(default_factory=list)  # per logged step: step, loss (S,), acc (S,)
+
+
+def _batches(n: int, batch: int | None, steps: int, gens: list[torch.Generator]):
+    """Per step, (S, B) indices: each seed walks its own random permutations (epochs)."""
+    if batch is None or batch >= n:
+        full = torch.arange(n).expand(len(gens), n)
+        for _ in range(steps):
+            yield full
+        return
+    perms = [torch.randperm(n, generator=g) for g in gens]
+    pos = 0
+    for _ in range(steps):
+        if pos + batch > n:
+            perms = [torch.randperm(n, generator=g) for g in gens]
+            pos = 0
+        yield torch.stack([p[pos : pos + batch] for p in perms])
+        pos += batch
+
+
+def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int], None] | None = None) -> Pretrained:
+    """Train S models (one per seed) on the level-``level`` labels with SGD."""
+    S = len(sb.seeds)
+    outputs = cfg.data.nodes_per_level[level - 1]
+    init_gens = [generator(ss[_INIT] + level) for ss in sb.subseeds]
+    model = PatchCNN(S, outputs, cfg.data.d, cfg.model, init_gens, sb.device)
+    X, Y = sb.x, sb.labels(level)
+    D = sb.dictionary()
+    tc = cfg.train
+    marks = set(log_steps(tc.steps, tc.log_points).tolist())
+    log_every = max(1, tc.steps // 100)
+    align, align_steps, curve = [], [], []
+    order = [generator(ss[_ORDER] + level) for ss in sb.subseeds]
+    seed_idx = torch.arange(S, device=sb.device)[:, None]
+    run_loss = torch.zeros(S, device=sb.device)
+    run_acc = torch.zeros(S, device=sb.device)
+    count = 0
+    for step, idx in enumerate(_batches(tc.n_train, tc.batch_size, tc.steps, order)):
+        if step in marks:
+            align.append(torch.bmm(model.W, D.transpose(1, 2)).cpu())  # (S, N, M)
+            align_steps.append(step)
+        idx = idx.to(sb.device)
+        loss, acc = model.step(X[seed_idx, idx], Y[seed_idx, idx], tc.lr, tc.weight_decay)
+        run_loss += loss
+        run_acc += acc
+        count += 1
+        if (step + 1) % log_every == 0 or step + 1 == tc.steps:
+            curve.append({"step": step + 1, "loss": (run_loss / count).tolist(), "acc": (run_acc / count).tolist()})
+            run_loss.zero_(), run_acc.zero_()
+            count = 0
+            if not all(np.isfinite(curve[-1]["loss"])):
+                raise FloatingPointError(f"non-finite training loss at step {step + 1} (level {level}); lower train.lr")
+        if progress is not None:
+            progress(1)
+    align.append(torch.bmm(model.W, D.transpose(1, 2)).cpu())
+    align_steps.append(tc.steps)
+    return Pretrained(level, model, np.asarray(align_steps), torch.stack(align, 1).numpy(), curve)
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer protocols
+
+
+@dataclass
+class Head:
+    """A linear head on the (frozen or fine-tuned) neuron features: logits = H' @ w + b."""
+
+    W: torch.Tensor  # (S, N, d) first layer (frozen copy for probe, fine-tuned for finetune)
+    w: torch.Tensor  # (S, N, O)
+    b: torch.Tensor  # (S, O)
+    mean: torch.Tensor | None = None  # (S, 1, N) feature standardisation (probe)
+    std: torch.Tensor | None = None
+
+
+def _features(model: PatchCNN, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    S, B, P, d = x.shape
+    pre = torch.bmm(x.reshape(S, B * P, d), W.transpose(1, 2))
+    if model.bias:
+        pre = pre + model.bias
+    return activation(pre, model.cfg)[0].view(S, B, P, -1).sum(2)  # (S, B, N)
+
+
+def _head_logits(model: PatchCNN, head: Head, x: torch.Tensor) -> torch.Tensor:
+    H = _features(model, x, head.W)
+    if head.mean is not None:
+        H = (H - head.mean) / head.std
+    return torch.baddbmm(head.b[:, None, :], H, head.w)  # (S, B, O)
+
+
+def linear_probe(cfg: SimConfig, sb: SeedBatch, pre: Pretrained, target: int) -> Head:
+    """Freeze the first layer; fit a fresh linear head on standardised neuron activations with
+    full-batch Adam (per-parameter, so seeds stay independent)."""
+    model = pre.model
+    X, Y = sb.x, sb.labels(target)
+    with torch.no_grad():
+        H = torch.cat([_features(model, X[:, i : i + 512], model.W) for i in range(0, X.shape[1], 512)], 1)
+    mean = H.mean(1, keepdim=True)
+    std = H.std(1, keepdim=True) + 1e-6
+    Hn = (H - mean) / std
+    S, _, N = H.shape
+    O = cfg.data.nodes_per_level[target - 1]
+    w = torch.zeros(S, N, O, device=sb.device, requires_grad=True)
+    b = torch.zeros(S, O, device=sb.device, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=cfg.transfer.probe_lr)
+    for _ in range(cfg.transfer.probe_steps):
+        opt.zero_grad(set_to_none=True)
+        logits = torch.baddbmm(b[:, None, :], Hn, w)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, O), Y.reshape(-1), reduction="none")
+        loss.view(S, -1).mean(1).sum().backward()
+        opt.step()
+    return Head(model.W, w.detach(), b.detach(), mean, std)
+
+
+def finetune(cfg: SimConfig, sb: SeedBatch, pre: Pretrained, target: int) -> Head:
+    """Train every weight on the target labels from the pretrained first layer with a fresh
+    (zero) linear head, by minibatch SGD."""
+    model = pre.model
+    X, Y = sb.x, sb.labels(target)
+    S = len(sb.seeds)
+    O = cfg.data.nodes_per_level[target - 1]
+    W = model.W.clone().requires_grad_(True)
+    w = torch.zeros(S, model.N, O, device=sb.device, requires_grad=True)
+    b = torch.zeros(S, O, device=sb.device, requires_grad=True)
+    opt = torch.optim.SGD([W, w, b], lr=cfg.transfer.finetune_lr)
+    order = [generator(ss[_HEAD] + target) for ss in sb.subseeds]
+    seed_idx = torch.arange(S, device=sb.device)[:, None]
+    head = Head(W, w, b)
+    for idx in _batches(cfg.train.n_train, cfg.train.batch_size, cfg.transfer.finetune_steps, order):
+        idx = idx.to(sb.device)
+        opt.zero_grad(set_to_none=True)
+        logits = _head_logits(model, head, X[seed_idx, idx])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, O), Y[seed_idx, idx].reshape(-1), reduction="none")
+        loss.view(S, -1).mean(1).sum().backward()
+        opt.step()
+    return Head(W.detach(), w.detach(), b.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate(cfg: SimConfig, sb: SeedBatch, models: dict[str, Pretrained], heads: dict[tuple[str, str], Head]) -> dict:
+    """Easy and hard test error on the target level of every (source, protocol), per seed.
+
+    The test samples are streamed (memory does not grow with ``transfer.n_test``).
+    Returns ``{(source, protocol): {"easy": (S,), "hard": (S,)}}``.
+    """
+    target = cfg.transfer.target_level
+    errors: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    tree = sb.dists[0].tree
+    for hard in (False, True):
+        wrong: dict[tuple[str, str], torch.Tensor] = {}
+        for x, labels in sb.test_stream(cfg.transfer.n_test, hard):
+            y = labels[..., target - 1]
+            with torch.no_grad():
+                for src, pre in models.items():
+                    if "map" in cfg.transfer.protocols:
+                        anc = tree.ancestor_map(pre.level, target).to(sb.device)
+                        pred = anc[pre.model.logits(x).argmax(-1)]
+                        wrong[(src, "map")] = wrong.get((src, "map"), 0) + (pred != y).sum(1)
+                for (src, proto), head in heads.items():
+                    pred = _head_logits(models[src].model, head, x).argmax(-1)
+                    wrong[(src, proto)] = wrong.get((src, proto), 0) + (pred != y).sum(1)
+        for key, count in wrong.items():
+            errors.setdefault(key, {})["hard" if hard else "easy"] = (count.float() / cfg.transfer.n_test).cpu().numpy()
+    return errors
+
+
+def feature_summary(cfg: SimConfig, sb: SeedBatch, pre: Pretrained) -> dict[str, np.ndarray]:
+    """Per seed: mean over the features of each level of max_r <w_r, v>, over all neurons and
+    over the neurons of the feature's own class (its ancestor or descendants at the model's
+    level). Keys ``all_level{l}`` and ``own_level{l}``, values (S, T) over the recorded steps."""
+    tree = sb.dists[0].tree
+    A = torch.from_numpy(pre.alignment)  # (S, T, N, M)
+    flevel = tree.feature_level()
+    fnode = tree.feature_node()
+    model_level = pre.level
+    O = tree.nodes_per_level[model_level - 1]
+    own = torch.zeros(O, A.shape[-1], dtype=torch.bool)  # (O, M): is output o the feature's own class
+    for f in range(A.shape[-1]):
+        lv, node = int(flevel[f]), int(fnode[f])
+        if lv >= model_level:
+            own[tree.ancestor_map(lv, model_level)[node], f] = True
+        else:
+            own[tree.ancestor_map(model_level, lv) == node, f] = True
+    own_n = own.repeat_interleave(pre.model.m, dim=0)  # (N, M)
+    out = {}
+    for lv in range(1, tree.levels + 1):
+        sel = flevel == lv
+        out[f"all_level{lv}"] = A[..., sel].amax(2).mean(-1).numpy()
+        masked = A[..., sel].masked_fill(~own_n[:, sel], float("-inf"))
+        out[f"own_level{lv}"] = masked.amax(2).mean(-1).numpy()
+    return out
