@@ -98,7 +98,7 @@ def decode_image(path: str, size: int, channels: int = 3) -> torch.Tensor:
             img = img.resize((nw, nh), Image.Resampling.BILINEAR)
             left, top = (nw - size) // 2, (nh - size) // 2
             img = img.crop((left, top, left + size, top + size))
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"Cannot decode image file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.") from None
     if arr.ndim == 2:

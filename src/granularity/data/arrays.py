@@ -1,0 +1,258 @@
+"""Generic arrays: a table (CSV / Parquet) or an ``.npz``, with one label per level.
+
+Labels are given coarse -> fine (``label_columns=["coarse", "fine"]``); the leaves are the
+sorted distinct values of the finest level, and the hierarchy links consecutive levels (each
+finer value must have exactly one coarser parent). Features become ``float32 (N, D)``; an
+``.npz`` holding ``uint8`` images ``(N, C, H, W)`` or ``(N, H, W)`` keeps them as images.
+
+Train/test: a table folder with ``train.<ext>`` and ``test.<ext>``; or one file with a
+``split_column`` (values ``train``/``test``; ``val``/``valid``/``validation`` count as test);
+or, failing both, a stratified random split of ``test_fraction`` drawn with ``seed``. An
+``.npz`` holds ``x_train``/``x_test`` (and ``<label>_train``/``<label>_test``), or ``x``, the
+labels and an optional ``split`` array, or only ``x`` and labels (random split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from granularity.data.base import RealDataset, Split, stratified_indices
+from granularity.data.hierarchies import encode_levels
+from granularity.errors import DataError, param_error, suggest
+
+TABLE_EXTS = (".csv", ".tsv", ".parquet", ".pq")
+TEST_NAMES = {"test", "val", "valid", "validation"}
+
+
+def _check_common(label_columns: Any, test_fraction: float, param: str) -> list[str]:
+    if isinstance(label_columns, str):
+        label_columns = [label_columns]
+    if not label_columns or not all(isinstance(c, str) for c in label_columns):
+        raise param_error(param, "a non-empty list of names, coarse to fine", label_columns)
+    if len(set(label_columns)) != len(label_columns):
+        raise param_error(param, "distinct names", label_columns)
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise param_error("test_fraction", "a float in (0, 1)", test_fraction)
+    return list(label_columns)
+
+
+def _random_split(y_leaf_raw: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of test rows: a stratified draw on the finest labels."""
+    _, codes = np.unique(y_leaf_raw, return_inverse=True)
+    n_test = int(round(test_fraction * len(codes)))
+    mask = np.zeros(len(codes), dtype=bool)
+    mask[stratified_indices(codes, n_test, seed).numpy()] = True
+    return mask
+
+
+def _features(x: np.ndarray, where: str) -> torch.Tensor:
+    if x.dtype == np.uint8 and x.ndim in (3, 4):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.unsqueeze(1) if x.ndim == 3 else t  # (N, H, W) -> (N, 1, H, W)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"Features in {where} must be numeric; got dtype {x.dtype}.")
+    x = x.reshape(len(x), -1).astype(np.float32)  # (N, ...) -> (N, D)
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise DataError(f"Features in {where} contain NaN or infinity (first in row {row}).")
+    return torch.from_numpy(x)
+
+
+def _build(
+    name: str,
+    version: str,
+    parts: dict[str, tuple[np.ndarray, list[np.ndarray]]],
+    level_names: list[str],
+    where: str,
+    info: dict[str, Any],
+) -> RealDataset:
+    for key, (x, labels) in parts.items():
+        for lname, lab in zip(level_names, labels):
+            if len(lab) != len(x):
+                raise DataError(f"{where}: label {lname!r} has {len(lab)} {key} values for {len(x)} rows.")
+            if lab.dtype.kind == "f" and np.isnan(lab).any():
+                raise DataError(f"{where}: label {lname!r} has missing values in the {key} split.")
+            if lab.dtype.kind == "O" and any(v is None or (isinstance(v, float) and np.isnan(v)) for v in lab):
+                raise DataError(f"{where}: label {lname!r} has missing values in the {key} split.")
+    leaf_ids, leaf_names, factory = encode_levels(
+        [parts["train"][1], parts["test"][1]], level_names, name
+    )
+    train = Split(_features(parts["train"][0], where), torch.from_numpy(leaf_ids[0]))
+    test = Split(_features(parts["test"][0], where), torch.from_numpy(leaf_ids[1]))
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise DataError(f"{where}: train and test inputs differ in shape ({tuple(train.x.shape[1:])} vs {tuple(test.x.shape[1:])}).")
+    if len(train) == 0:
+        raise DataError(f"{where}: the training split is empty.")
+    return RealDataset(
+        name=name, version=version, train=train, test=test, leaf_names=leaf_names,
+        hierarchy_factory=factory, info={"levels": level_names, **info},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def read_table(path: Path):
+    """A pandas DataFrame from a CSV/TSV/Parquet file (one-line errors naming the file)."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except FileNotFoundError:
+        raise DataError(f"Table file {path} not found.") from None
+    except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"Cannot read table file {path}: {msg}.") from None
+
+
+def _table_files(root: Path) -> tuple[Path, Path | None]:
+    if root.is_file():
+        if root.suffix.lower() not in TABLE_EXTS:
+            raise param_error("root", f"a table file ({', '.join(TABLE_EXTS)}) or a folder with train/test tables", str(root))
+        return root, None
+    if root.is_dir():
+        found = {}
+        for part in ("train", "test"):
+            hits = [root / f"{part}{e}" for e in TABLE_EXTS if (root / f"{part}{e}").is_file()]
+            if not hits:
+                raise DataError(f"Table folder {root} has no {part}{{{','.join(TABLE_EXTS)}}} file.")
+            found[part] = hits[0]
+        return found["train"], found["test"]
+    raise DataError(f"Table {root} not found (a file {'/'.join(TABLE_EXTS)} or a folder with train.* and test.*).")
+
+
+def load_table(
+    root: str | Path | None = None,
+    label_columns: Sequence[str] = ("label",),
+    feature_columns: Sequence[str] | None = None,
+    split_column: str | None = "split",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> RealDataset:
+    """Load a CSV/Parquet table: numeric feature columns and one label column per level.
+
+    Parameters
+    ----------
+    root : file or folder
+        One table (with ``split_column`` or randomly split) or a folder with ``train.*`` and
+        ``test.*`` tables.
+    label_columns : list of str
+        Label columns, coarse to fine; the last one gives the leaves.
+    feature_columns : list of str, optional
+        Default: every other column except ``split_column``.
+    split_column : str or None
+        Column saying ``train``/``test`` for each row (used only when present).
+    test_fraction, seed
+        Stratified random test split when the table has no split.
+    """
+    labels = _check_common(label_columns, test_fraction, "label_columns")
+    if root is None:
+        raise param_error("root", "a table file or a folder with train/test tables", None)
+    train_path, test_path = _table_files(Path(root).expanduser())
+    frames = {"train": read_table(train_path)}
+    if test_path is not None:
+        frames["test"] = read_table(test_path)
+    where = str(train_path if test_path is None else train_path.parent)
+    for key, df in frames.items():
+        path = train_path if key == "train" else test_path
+        for col in labels + list(feature_columns or []):
+            if col not in df.columns:
+                raise DataError(
+                    f"Table {path} has no column {col!r}{suggest(col, map(str, df.columns))}; "
+                    f"columns are: {', '.join(map(str, df.columns[:20]))}."
+                )
+    if test_path is None:
+        df = frames.pop("train")
+        if split_column and split_column in df.columns:
+            values = df[split_column].astype(str).str.strip().str.lower()
+            bad = sorted(set(values) - {"train"} - TEST_NAMES)
+            if bad:
+                raise DataError(f"Table {train_path}: column {split_column!r} has value {bad[0]!r}; allowed: train, test (or val).")
+            is_test = values.isin(TEST_NAMES).to_numpy()
+        else:
+            is_test = _random_split(df[labels[-1]].to_numpy(), test_fraction, seed)
+        frames = {"train": df[~is_test], "test": df[is_test]}
+    cols = list(feature_columns) if feature_columns is not None else [
+        c for c in frames["train"].columns if c not in labels and c != split_column
+    ]
+    if not cols:
+        raise DataError(f"Table {where} has no feature columns besides the labels {labels}.")
+    parts = {}
+    for key, df in frames.items():
+        non_numeric = [c for c in cols if df[c].dtype.kind not in "biuf"]
+        if non_numeric:
+            raise DataError(
+                f"Table {where}: feature column {non_numeric[0]!r} is not numeric ({df[non_numeric[0]].dtype}); "
+                "list the features with feature_columns= or make it a label."
+            )
+        parts[key] = (df[cols].to_numpy(), [df[c].to_numpy() for c in labels])
+    return _build("table", "table-1", parts, labels, where, {"root": str(root), "features": cols})
+
+
+# --------------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------------
+def load_npz(
+    root: str | Path | None = None,
+    feature_key: str = "x",
+    label_keys: Sequence[str] = ("y",),
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> RealDataset:
+    """Load an ``.npz`` of features with one label array per level (coarse to fine).
+
+    Parameters
+    ----------
+    root : file
+        The ``.npz`` (see the module docstring for the accepted key layouts).
+    feature_key : str
+        Name of the feature array (``x`` or ``x_train``/``x_test``).
+    label_keys : list of str
+        Label arrays, coarse to fine.
+    test_fraction, seed
+        Stratified random test split when the file has no split.
+    """
+    labels = _check_common(label_keys, test_fraction, "label_keys")
+    if root is None:
+        raise param_error("root", "an .npz file", None)
+    path = Path(root).expanduser()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise DataError(f"npz file {path} not found.") from None
+    except ValueError as exc:
+        raise DataError(f"npz file {path} holds object arrays or is corrupt ({exc}); save plain arrays.") from None
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError ...
+        raise DataError(f"Cannot read npz file {path}: {type(exc).__name__}: {exc}.") from None
+    keys = list(arrays)
+
+    def need(key: str) -> np.ndarray:
+        if key not in arrays:
+            raise DataError(f"npz file {path} has no array {key!r}{suggest(key, keys)}; arrays are: {', '.join(keys)}.")
+        return arrays[key]
+
+    if f"{feature_key}_train" in arrays:
+        parts = {
+            s: (need(f"{feature_key}_{s}"), [need(f"{k}_{s}") for k in labels]) for s in ("train", "test")
+        }
+    else:
+        x = need(feature_key)
+        ys = [need(k) for k in labels]
+        if "split" in arrays:
+            sp = arrays["split"]
+            is_test = np.isin(np.char.lower(sp.astype(str)), sorted(TEST_NAMES | {"1", "true"}))
+        else:
+            if len(ys[-1]) != len(x):
+                raise DataError(f"npz file {path}: {labels[-1]!r} has {len(ys[-1])} values for {len(x)} rows.")
+            is_test = _random_split(ys[-1], test_fraction, seed)
+        parts = {"train": (x[~is_test], [y[~is_test] for y in ys]), "test": (x[is_test], [y[is_test] for y in ys])}
+    return _build("npz", "npz-1", parts, labels, str(path), {"root": str(path)})
