@@ -1,0 +1,221 @@
+"""Label functions that are not a given hierarchy (the paper's controls).
+
+* :func:`kmeans_within`: k-means on embeddings inside each coarse (target) class, so the
+  cluster labels nest in the target: an *aligned* finer label function.
+* :func:`kmeans_global`: k-means over the whole data set, ignoring the target: *not aligned*.
+* :func:`random_labels`: uniformly random labels with a given number of classes.
+* :func:`per_sample_labels`: one label per sample (the extreme of fine granularity).
+
+Each returns a :class:`LabelFunction` with the labels, the hierarchy they imply and a record of
+how they were made (``meta``: kind, parameters, seed) to store with every result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from granularity.errors import GranularityError, param_error
+from granularity.hierarchy.tree import LabelHierarchy
+
+
+@dataclass
+class LabelFunction:
+    """Labels for a data set plus how they were made.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        ``(n,)`` int64 labels in ``0..num_classes-1``.
+    num_classes : int
+    hierarchy : LabelHierarchy or None
+        The tree the labels imply (its leaves are the ``num_classes`` labels). For
+        :func:`kmeans_within` it nests in the coarse target (levels root - coarse - clusters);
+        for the others it is flat (root -> classes): they do not nest in the target.
+    meta : dict
+        ``kind``, ``parameters``, ``seed`` and build facts (e.g. clusters per class).
+    """
+
+    labels: np.ndarray
+    num_classes: int
+    hierarchy: LabelHierarchy | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """What a result file should store about this label function."""
+        return {
+            **self.meta,
+            "num_classes": self.num_classes,
+            "hierarchy_hash": self.hierarchy.content_hash if self.hierarchy is not None else None,
+        }
+
+
+def _embeddings(x: Any) -> np.ndarray:
+    e = np.asarray(x, dtype=np.float64)
+    if e.ndim != 2 or e.shape[0] == 0:
+        raise param_error("embeddings", "a non-empty 2-D array (n samples, D features)", f"shape {e.shape}")
+    if not np.all(np.isfinite(e)):
+        raise param_error("embeddings", "finite values", "NaN or inf entries")
+    return e
+
+
+def _int_labels(x: Any, n: int, what: str) -> np.ndarray:
+    y = np.asarray(x).ravel()
+    if y.shape[0] != n:
+        raise param_error(what, f"an array of length {n} (one per sample)", f"length {y.shape[0]}")
+    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+        raise param_error(what, "non-negative integer labels", f"dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _positive(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise param_error(name, "an int >= 1", v)
+    return int(v)
+
+
+def _flat(n_classes: int, prefix: str, name: str, meta: dict[str, Any]) -> LabelHierarchy:
+    leaves = [f"{prefix}{i}" for i in range(n_classes)]
+    return LabelHierarchy(
+        {leaf: "root" for leaf in leaves}, "root", leaves, name=name,
+        level_names=["root", prefix.rstrip("_")], meta=meta,
+    )
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int) -> tuple[np.ndarray, float]:
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=seed)
+    labels = km.fit_predict(x)
+    # relabel clusters by first occurrence so the labelling does not depend on sklearn's order
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first)
+    remap = np.empty(k, dtype=np.int64)
+    remap[np.unique(labels)[order]] = np.arange(len(order))
+    return remap[labels], float(km.inertia_)
+
+
+def kmeans_within(
+    embeddings: Any,
+    coarse_labels: Any,
+    clusters_per_class: int,
+    seed: int,
+    *,
+    coarse_names: Sequence[str] | None = None,
+    n_init: int = 1,
+) -> LabelFunction:
+    """k-means inside each coarse class: finer labels aligned with the target.
+
+    Class ``c`` gets ``min(clusters_per_class, distinct points of c)`` clusters; labels are
+    numbered class by class (all clusters of class 0, then of class 1, ...). A coarse class
+    with no samples (in ``0..max label`` or ``coarse_names``) gets one empty cluster, so level 1
+    of the implied hierarchy stays the target's label order: ``hierarchy.relabel(labels, 1)
+    == coarse_labels``. Each class uses seed ``seed + c``.
+    """
+    x = _embeddings(embeddings)
+    y = _int_labels(coarse_labels, x.shape[0], "coarse_labels")
+    k = _positive("clusters_per_class", clusters_per_class)
+    n_coarse = len(coarse_names) if coarse_names is not None else int(y.max()) + 1
+    if int(y.max()) >= n_coarse:
+        raise param_error("coarse_names", f"at least {int(y.max()) + 1} names", n_coarse)
+    cnames = [str(c) for c in coarse_names] if coarse_names is not None else [f"coarse_{c}" for c in range(n_coarse)]
+    labels = np.empty(x.shape[0], dtype=np.int64)
+    per_class, inertia, offset = [], 0.0, 0
+    parent: dict[str, str] = {}
+    leaves: list[str] = []
+    for c in range(n_coarse):
+        idx = np.flatnonzero(y == c)
+        kc = 1 if idx.size == 0 else min(k, len(np.unique(x[idx], axis=0)))
+        if kc > 1:
+            sub, inert = _kmeans(x[idx], kc, seed + c, n_init)
+            inertia += inert
+        else:
+            sub = np.zeros(idx.size, dtype=np.int64)
+        labels[idx] = offset + sub
+        for j in range(kc):
+            leaves.append(f"{cnames[c]}/k{j}")
+            parent[leaves[-1]] = cnames[c]
+        parent[cnames[c]] = "root"
+        per_class.append(kc)
+        offset += kc
+    meta = {
+        "kind": "kmeans_within",
+        "parameters": {"clusters_per_class": k, "n_init": n_init, "num_coarse": n_coarse},
+        "seed": int(seed),
+        "clusters_per_class_used": per_class,
+        "inertia": inertia,
+        "aligned": True,
+    }
+    h = LabelHierarchy(
+        parent, "root", leaves, cnames, name=f"kmeans_within_k{k}_s{seed}",
+        level_names=["root", "coarse", "cluster"], meta=meta,
+    )
+    return LabelFunction(labels, offset, h, meta)
+
+
+def kmeans_global(
+    embeddings: Any,
+    num_clusters: int,
+    seed: int,
+    coarse_labels: Any = None,
+    *,
+    n_init: int = 1,
+) -> LabelFunction:
+    """k-means over the whole data set, ignoring the target (not aligned).
+
+    The clusters do not nest in the coarse classes, so the implied hierarchy is flat
+    (root -> clusters). Given ``coarse_labels``, ``meta`` records how far the clusters are from
+    nesting: ``purity`` (share of samples in their cluster's majority coarse class; 1.0 means
+    every cluster lies inside one coarse class) and ``nmi``.
+    """
+    x = _embeddings(embeddings)
+    k = _positive("num_clusters", num_clusters)
+    if k > len(np.unique(x, axis=0)):
+        raise param_error("num_clusters", f"at most the {len(np.unique(x, axis=0))} distinct points", k)
+    labels, inertia = _kmeans(x, k, seed, n_init) if k > 1 else (np.zeros(x.shape[0], dtype=np.int64), 0.0)
+    meta: dict[str, Any] = {
+        "kind": "kmeans_global",
+        "parameters": {"num_clusters": k, "n_init": n_init},
+        "seed": int(seed),
+        "inertia": inertia,
+        "aligned": False,
+    }
+    if coarse_labels is not None:
+        from sklearn.metrics import normalized_mutual_info_score
+
+        y = _int_labels(coarse_labels, x.shape[0], "coarse_labels")
+        table = np.zeros((k, int(y.max()) + 1), dtype=np.int64)
+        np.add.at(table, (labels, y), 1)
+        meta["purity"] = float(table.max(axis=1).sum() / x.shape[0])
+        meta["nmi"] = float(normalized_mutual_info_score(y, labels))
+    h = _flat(k, "cluster_", f"kmeans_global_k{k}_s{seed}", meta)
+    return LabelFunction(labels, k, h, meta)
+
+
+def random_labels(n: int, num_classes: int, seed: int) -> LabelFunction:
+    """``n`` labels drawn uniformly from ``num_classes`` classes (``np.random.default_rng(seed)``).
+
+    They carry no information about the images and do not nest in any target: the implied
+    hierarchy is flat (root -> classes).
+    """
+    n = _positive("n", n)
+    k = _positive("num_classes", num_classes)
+    labels = np.random.default_rng(seed).integers(0, k, size=n, dtype=np.int64)
+    meta = {"kind": "random", "parameters": {"n": n, "num_classes": k}, "seed": int(seed), "aligned": False}
+    return LabelFunction(labels, k, _flat(k, "random_", f"random_{k}_s{seed}", meta), meta)
+
+
+def per_sample_labels(n: int) -> LabelFunction:
+    """One label per sample (label ``i`` for sample ``i``): the finest possible labels.
+
+    Every sample is its own class; the implied hierarchy is flat (root -> n samples). It nests
+    trivially in any target, but a coarse level needs the targets, so none is built here.
+    """
+    n = _positive("n", n)
+    if n > 2_000_000:
+        raise GranularityError(f"per_sample_labels: n={n} is too many classes to build a hierarchy for (max 2,000,000).")
+    meta = {"kind": "per_sample", "parameters": {"n": n}, "seed": None, "aligned": True}
+    return LabelFunction(np.arange(n, dtype=np.int64), n, _flat(n, "sample_", f"per_sample_{n}", meta), meta)

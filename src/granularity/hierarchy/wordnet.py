@@ -1,0 +1,332 @@
+"""WordNet 3.0 hierarchies for ImageNet-style wnids, offline.
+
+ImageNet's class ids (``n01440764``) are WordNet 3.0 noun offsets. The database comes from the
+Debian packages ``wordnet-base`` and ``wordnet-sense-index`` (``/usr/share/wordnet/``); NLTK can
+read it once the files sit in a ``corpora/wordnet/`` folder together with the ``lexnames`` file
+that Debian omits. :func:`wordnet_reader` copies the files into the cache folder
+(``$GRANULARITY_CACHE`` or ``~/.cache/granularity``) once, writes ``lexnames`` and opens an
+NLTK reader on that folder (its ``nltk_data`` parent is appended to ``nltk.data.path``, which
+NLTK requires; nothing is downloaded).
+
+Tree policy. WordNet is a DAG: a synset may have several hypernyms (e.g. *dog* is both a
+*canine* and a *domestic animal*). To get a tree each synset gets exactly one parent, chosen
+per synset (not per leaf path, which could give a node two parents):
+
+* ``"shortest"`` (default): the hypernym closest to the root (smallest ``min_depth()``, ties
+  broken by synset name); following it from any synset gives one of its shortest paths to
+  ``entity.n.01``.
+* ``"alphabetical"``: the hypernym with the smallest synset name.
+
+Ties are broken by name on purpose: NLTK keeps a synset's pointers in a ``set``, so the order
+of ``hypernyms()`` changes from one process to the next (string hashing is randomised) and
+"the first hypernym" would give a different tree, and content hash, on every run.
+
+Instance hypernyms count as hypernyms (as in ``Synset.hypernym_paths``).
+
+Naming. Leaves (the class list) are named by their wnid, in class-index order; internal nodes
+by the NLTK synset name (``fish.n.01``), so the two never collide even when a listed class is
+itself the ancestor of another listed class (ImageNet-21k has such classes): then the class is
+a leaf named by its wnid under the internal node of the same synset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError, HierarchyError, param_error
+from granularity.hierarchy.tree import LabelHierarchy
+
+#: Where the Debian packages put the WordNet 3.0 database.
+DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
+
+#: The standard WordNet lexicographer files: (number, name, syntactic category number).
+LEXNAMES: tuple[tuple[int, str, int], ...] = tuple(
+    (i, name, {"adj": 3, "adv": 4, "noun": 1, "verb": 2}[name.split(".")[0]])
+    for i, name in enumerate(
+        [
+            "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal",
+            "noun.artifact", "noun.attribute", "noun.body", "noun.cognition",
+            "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
+            "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon",
+            "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation",
+            "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body",
+            "verb.change", "verb.cognition", "verb.communication", "verb.competition",
+            "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+            "verb.perception", "verb.possession", "verb.social", "verb.stative",
+            "verb.weather", "adj.ppl",
+        ]
+    )
+)
+
+_POS = ("noun", "verb", "adj", "adv")
+_REQUIRED = [f"data.{p}" for p in _POS] + [f"index.{p}" for p in _POS] + [f"{p}.exc" for p in _POS]
+_OPTIONAL = ["index.sense", "cntlist.rev", "cntlist"]
+_INSTALL_HINT = (
+    "install the WordNet 3.0 database with `apt-get install wordnet-base wordnet-sense-index` "
+    "(or set GRANULARITY_WORDNET_DIR to a folder holding data.noun, index.noun, ...)"
+)
+POLICIES = ("shortest", "alphabetical")
+
+
+def cache_dir() -> Path:
+    """The granularity cache folder: ``$GRANULARITY_CACHE`` or ``~/.cache/granularity``."""
+    env = os.environ.get("GRANULARITY_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "granularity"
+
+
+def lexnames_text() -> str:
+    """The 45-line ``lexnames`` file (``NN<TAB>name<TAB>category``)."""
+    return "".join(f"{i:02d}\t{name}\t{cat}\n" for i, name, cat in LEXNAMES)
+
+
+def wordnet_source_dir() -> Path:
+    env = os.environ.get("GRANULARITY_WORDNET_DIR")
+    return Path(env).expanduser() if env else DEBIAN_WORDNET_DIR
+
+
+def ensure_wordnet(cache: Path | None = None, source: Path | None = None) -> Path:
+    """Copy the WordNet 3.0 files into ``<cache>/nltk_data/corpora/wordnet`` and return it.
+
+    Idempotent: a complete copy is reused. The copy is made in a temporary folder and renamed
+    into place, so an interrupted copy is never used.
+    """
+    cache = Path(cache) if cache is not None else cache_dir()
+    target = cache / "nltk_data" / "corpora" / "wordnet"
+    if all((target / f).exists() for f in _REQUIRED + ["lexnames"]):
+        return target
+    source = Path(source) if source is not None else wordnet_source_dir()
+    missing = [f for f in _REQUIRED if not (source / f).is_file()]
+    if missing:
+        raise GranularityError(
+            f"WordNet 3.0 database not found in {str(source)!r} (missing {', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); {_INSTALL_HINT}."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=target.parent))
+    try:
+        for f in _REQUIRED + [f for f in _OPTIONAL if (source / f).is_file()]:
+            shutil.copyfile(source / f, tmp / f)
+        (tmp / "lexnames").write_text(lexnames_text())
+        if target.exists():  # an incomplete earlier copy
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not all((target / f).exists() for f in _REQUIRED + ["lexnames"]):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@lru_cache(maxsize=4)
+def _reader(path: str):
+    import nltk.data
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    # NLTK (>= 3.9) only opens corpora below a folder of nltk.data.path, so the cache's
+    # nltk_data folder is appended there (additive; NLTK's own search order is unchanged).
+    data_root = str(Path(path).parent.parent)
+    if data_root not in [str(p) for p in nltk.data.path]:
+        nltk.data.path.append(data_root)
+    with warnings.catch_warnings():
+        # "multilingual functions are not available": expected, there is no OMW here
+        warnings.filterwarnings("ignore", message=".*multilingual.*")
+        return WordNetCorpusReader(path, None)
+
+
+def wordnet_reader(cache: Path | None = None):
+    """An NLTK ``WordNetCorpusReader`` on the cached copy of the Debian WordNet 3.0 files."""
+    return _reader(str(ensure_wordnet(cache)))
+
+
+def parse_wnid(wnid: str) -> tuple[str, int]:
+    """``'n01440764'`` -> ``('n', 1440764)``; a one-line error for anything else."""
+    s = str(wnid).strip()
+    if len(s) < 2 or s[0] not in "nvasr" or not s[1:].isdigit():
+        raise HierarchyError(
+            f"Invalid wnid {s!r}; a wnid is a part-of-speech letter and an 8-digit WordNet "
+            "offset such as 'n01440764'."
+        )
+    return s[0], int(s[1:])
+
+
+def synset_of(wnid: str, wn=None):
+    """The NLTK synset of a wnid (WordNet 3.0 offsets)."""
+    wn = wn or wordnet_reader()
+    pos, offset = parse_wnid(wnid)
+    try:
+        return wn.synset_from_pos_and_offset(pos, offset)
+    except Exception:  # noqa: BLE001 - NLTK raises WordNetError/ValueError/AttributeError
+        raise HierarchyError(
+            f"wnid {wnid!r} is not a WordNet 3.0 synset (no synset at offset {offset} for pos "
+            f"{pos!r}); class lists must use WordNet 3.0 ids."
+        ) from None
+
+
+def wnid_of(synset) -> str:
+    return f"{synset.pos()}{synset.offset():08d}"
+
+
+def _parent(synset, policy: str):
+    hypers = synset.hypernyms() + synset.instance_hypernyms()
+    if not hypers:
+        return None
+    if policy == "alphabetical":
+        return min(hypers, key=lambda s: s.name())
+    return min(hypers, key=lambda s: (s.min_depth(), s.name()))
+
+
+def ancestors(wnid: str, policy: str = "shortest", wn=None) -> list[str]:
+    """Synset names from the root (``entity.n.01``) down to the wnid's own synset."""
+    if policy not in POLICIES:
+        raise param_error("policy", f"one of {', '.join(POLICIES)}", policy)
+    s = synset_of(wnid, wn)
+    path = [s.name()]
+    while (s := _parent(s, policy)) is not None:
+        path.append(s.name())
+    return path[::-1]
+
+
+def read_wnid_list(path: Path | str) -> list[str]:
+    """Read a class list file: one wnid per line (extra columns after whitespace ignored)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GranularityError(f"Class list file {str(path)!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GranularityError(f"Class list file {str(path)!r} cannot be read ({exc}).") from None
+    wnids = [ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if not wnids:
+        raise HierarchyError(f"Class list file {str(path)!r} has no wnids.")
+    return wnids
+
+
+def resource_wnids(name: str) -> list[str]:
+    """A class list shipped with the package (``imagenet1k``, ``cifar100``)."""
+    ref = resources.files("granularity") / "resources" / "wnids" / f"{name}.txt"
+    return [ln.strip() for ln in ref.read_text().splitlines() if ln.strip()]
+
+
+def resource_names(name: str) -> list[str]:
+    ref = resources.files("granularity") / "resources" / "wnids" / f"{name}_names.txt"
+    return [ln.strip() for ln in ref.read_text().splitlines() if ln.strip()]
+
+
+def wordnet_hierarchy(
+    wnids: Sequence[str],
+    *,
+    policy: str = "shortest",
+    name: str = "wordnet",
+    titles: Sequence[str] | None = None,
+    wn=None,
+    meta: dict[str, Any] | None = None,
+) -> LabelHierarchy:
+    """The WordNet 3.0 hypernym tree above a class list of wnids.
+
+    Parameters
+    ----------
+    wnids : sequence of str
+        The class list in class-index order; leaf ``i`` is class ``i``.
+    policy : {"shortest", "alphabetical"}
+        How a synset with several hypernyms picks its one parent (see the module docstring).
+    titles : sequence of str, optional
+        Display names of the classes (default: the synset's first lemma).
+
+    Returns
+    -------
+    LabelHierarchy
+        Root ``entity.n.01`` (level 0); level ``l`` holds the synsets at depth ``l`` along the
+        chosen paths; classes shallower than ``l`` keep their own label.
+    """
+    if policy not in POLICIES:
+        raise param_error("policy", f"one of {', '.join(POLICIES)}", policy)
+    wnids = [str(w).strip() for w in wnids]
+    if not wnids:
+        raise HierarchyError("The class list is empty; give at least one wnid.")
+    if titles is not None and len(titles) != len(wnids):
+        raise param_error("titles", f"a list of {len(wnids)} names (one per wnid)", len(titles))
+    wn = wn or wordnet_reader()
+    parent: dict[str, str] = {}
+    node_titles: dict[str, str] = {}
+    roots: set[str] = set()
+    for i, w in enumerate(wnids):
+        s = synset_of(w, wn)
+        if w in parent:
+            raise HierarchyError(f"Duplicate name: wnid {w!r} appears twice in the class list.")
+        # The class is a leaf (named by wnid) under the chain of its synset's ancestors; its own
+        # synset is its parent only when the synset also serves as an internal node, otherwise
+        # the leaf replaces it.
+        lemma = s.lemma_names()[0].replace("_", " ")
+        node_titles[w] = str(titles[i]) if titles is not None else lemma
+        chain = []
+        cur = _parent(s, policy)
+        while cur is not None:
+            chain.append(cur)
+            cur = _parent(cur, policy)
+        if not chain:
+            raise HierarchyError(f"wnid {w!r} ({s.name()}) is a WordNet root; it cannot be a class.")
+        parent[w] = chain[0].name()
+        for child, par in zip(chain, chain[1:]):
+            if child.name() in parent:
+                break  # the rest of the chain is already in
+            parent[child.name()] = par.name()
+            node_titles.setdefault(child.name(), child.lemma_names()[0].replace("_", " "))
+        roots.add(chain[-1].name())
+        node_titles.setdefault(chain[-1].name(), chain[-1].lemma_names()[0].replace("_", " "))
+    # A listed class whose synset is also an ancestor of another class: move the class leaf
+    # under its synset's node (the synset name node already sits in the right place).
+    by_synset = {synset_of(w, wn).name(): w for w in wnids}
+    internal_names = set(parent.values())
+    for syn, w in by_synset.items():
+        if syn in internal_names:
+            parent[w] = syn
+    if len(roots) != 1:
+        raise HierarchyError(
+            f"The class list reaches {len(roots)} WordNet roots ({', '.join(sorted(roots))}); "
+            "use noun wnids only (all nouns descend from entity.n.01)."
+        )
+    (root,) = roots
+    return LabelHierarchy(
+        parent,
+        root=root,
+        leaves=wnids,
+        name=name,
+        titles=node_titles,
+        meta={"source": "wordnet-3.0", "policy": policy, **(meta or {})},
+    )
+
+
+def imagenet1k_hierarchy(policy: str = "shortest", wn=None) -> LabelHierarchy:
+    """WordNet tree above the ImageNet-1k class list (1000 wnids in class-index order)."""
+    return wordnet_hierarchy(
+        resource_wnids("imagenet1k"), policy=policy, name="imagenet-1k", wn=wn,
+        meta={"class_list": "imagenet1k (nbdt 0.0.4 Imagenet1000.txt)"},
+    )
+
+
+def cifar100_wordnet_hierarchy(policy: str = "shortest", wn=None) -> LabelHierarchy:
+    """WordNet tree above the CIFAR-100 classes (wnid list from nbdt 0.0.4, class order)."""
+    return wordnet_hierarchy(
+        resource_wnids("cifar100"), policy=policy, name="cifar100-wordnet",
+        titles=resource_names("cifar100"), wn=wn,
+        meta={"class_list": "cifar100 (nbdt 0.0.4 CIFAR100.txt)"},
+    )
+
+
+def imagenet21k_hierarchy(path: Path | str, policy: str = "shortest", wn=None) -> LabelHierarchy:
+    """WordNet tree above an ImageNet-21k class list file (one wnid per line, class order)."""
+    return wordnet_hierarchy(
+        read_wnid_list(path), policy=policy, name="imagenet-21k", wn=wn,
+        meta={"class_list": str(path)},
+    )
