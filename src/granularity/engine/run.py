@@ -1,0 +1,384 @@
+"""One run: pretrain on a source label function, transfer to the target level, evaluate.
+
+Every run folder holds ``config.json`` (resolved config), ``metrics.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (model, optimiser, scheduler, RNG states, epoch, metrics; written
+atomically every epoch), ``result.json`` (final metrics), ``predictions.npz`` (target
+prediction and margin per test image, for hard-sample analyses) and ``env.json``.
+Calling :func:`run_transfer` again on the same folder continues from the last checkpoint and
+ends with the same result as an uninterrupted run (bit for bit on the CPU), or returns the
+finished result at once.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from granularity.engine.config import TransferConfig
+from granularity.engine.embeddings import compute_embeddings
+from granularity.engine.labels import SourceLabels, build_source_labels, group_map
+from granularity.engine.train import (
+    Normaliser,
+    epoch_generator,
+    group_logits,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    train_epoch,
+)
+from granularity.errors import GranularityError
+from granularity.utils.io import (
+    append_jsonl,
+    check_writable,
+    environment,
+    read_json,
+    write_bytes_atomic,
+    write_json,
+    write_npz,
+)
+
+
+class _Interrupt(KeyboardInterrupt):
+    """Raised by the test hook ``stop_after_steps`` to simulate a killed run."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
+    """The run's data set: loaded (unless given), subsetted, rare classes applied."""
+    if dataset is None:
+        from granularity.data import load_dataset
+
+        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+    if cfg.train_size is not None and cfg.train_size > len(dataset.train):
+        raise GranularityError(
+            f"The 'train_size' parameter must be at most the training set size {len(dataset.train)}. Got {cfg.train_size} instead."
+        )
+    if cfg.test_size is not None and cfg.test_size > len(dataset.test):
+        raise GranularityError(
+            f"The 'test_size' parameter must be at most the test set size {len(dataset.test)}. Got {cfg.test_size} instead."
+        )
+    if (cfg.train_size is not None and cfg.train_size < len(dataset.train)) or (
+        cfg.test_size is not None and cfg.test_size < len(dataset.test)
+    ):
+        dataset = dataset.subset(train=cfg.train_size, test=cfg.test_size, seed=cfg.data_seed)
+    if cfg.rare is not None:
+        from granularity.data import make_rare
+
+        idx = make_rare(dataset, cfg.rare.classes, cfg.rare.keep_fraction, seed=cfg.data_seed)
+        dataset = dataset._derive(dataset.train.take(idx), dataset.test, rare=cfg.rare.to_dict())
+    return dataset
+
+
+def rare_leaf_ids(cfg: TransferConfig, leaf_names: list[str]) -> list[int]:
+    if cfg.rare is None:
+        return []
+    return sorted({leaf_names.index(c) if isinstance(c, str) else int(c) for c in cfg.rare.classes})
+
+
+def _level_labels(hierarchy: Any, leaf: np.ndarray) -> dict[int, np.ndarray]:
+    return {lv: np.asarray(hierarchy.relabel(leaf, lv), dtype=np.int64) for lv in range(1, int(hierarchy.depth) + 1)}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, lambda fh: fh.write(buf.getvalue()))
+
+
+def run_transfer(
+    config: TransferConfig | Mapping[str, Any],
+    out: str | Path,
+    *,
+    dataset: Any | None = None,
+    embeddings_cache: dict | None = None,
+    progress: bool = False,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or return the finished) pretrain -> transfer run in folder ``out``.
+
+    Parameters
+    ----------
+    config : TransferConfig or mapping
+        The run; a mapping is validated with one-line errors.
+    out : path
+        Run folder; created if missing. A folder holding a run of another config is an error.
+    dataset : RealDataset, optional
+        The full data set, already loaded (saves loading it once per run in a study); the
+        config's ``train_size``/``test_size``/``rare`` are still applied.
+    embeddings_cache : dict, optional
+        Shared between runs on the same training set so k-means embeddings are computed once.
+    progress : bool
+        Print one line per epoch (for people; results are in the files).
+    stop_after_steps : int, optional
+        Test hook: raise ``KeyboardInterrupt`` after that many optimiser steps (a killed run).
+
+    Returns
+    -------
+    dict
+        The content of ``result.json``.
+
+    Examples
+    --------
+    >>> run_transfer({"source": "leaf", "target": 2, "train_size": 2000}, "runs/leaf")  # doctest: +SKIP
+    """
+    cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
+    out = check_writable(out)
+    cfg_d = cfg.to_dict()
+    if (out / "config.json").exists():
+        old = read_json(out / "config.json")
+        if old != cfg_d:
+            diff = sorted(k for k in set(old) | set(cfg_d) if old.get(k) != cfg_d.get(k))
+            raise GranularityError(
+                f"Run folder {str(out)!r} holds a run with another config (differs in {', '.join(diff)}); "
+                "choose another --out or delete the folder."
+            )
+        if (out / "result.json").exists():
+            return read_json(out / "result.json")
+    write_json(out / "config.json", cfg_d)
+    device = resolve_device(cfg.device)
+    write_json(out / "env.json", environment(str(device)))
+    t_start = time.perf_counter()
+
+    # ---- data and labels -----------------------------------------------------------------
+    ds = prepare_data(cfg, dataset)
+    if not getattr(ds.train, "in_memory", True):
+        ds = ds._derive(ds.train.materialize(), ds.test.materialize() if not ds.test.in_memory else ds.test)
+    hier = ds.hierarchy
+    depth = int(hier.depth)
+    if cfg.target > depth:
+        raise GranularityError(
+            f"The 'target' parameter must be a hierarchy level in [1, {depth}] for data set {cfg.dataset!r}. Got {cfg.target} instead."
+        )
+    leaf_tr = ds.train.y.cpu().numpy()
+    leaf_te = ds.test.y.cpu().numpy()
+    lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)
+    n_target = int(hier.num_classes(cfg.target))
+
+    def embeddings() -> np.ndarray:
+        key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
+        cache = embeddings_cache if embeddings_cache is not None else {}
+        if key not in cache:
+            cache[key] = compute_embeddings(cfg.embedding, ds.train.x, lv_tr[cfg.target], n_target, cfg.data_seed, device)
+        return cache[key]
+
+    src: SourceLabels = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
+    if cfg.transfer.mode == "map" and group_map(src.labels, lv_tr[cfg.target], src.num_classes) is None:
+        raise GranularityError(
+            f"Transfer mode 'map' needs source labels that nest in the target level; {cfg.source!r} does not. Use 'finetune' or 'linear'."
+        )
+    # data resident on the device: no DataLoader, batches are index slices
+    x_tr, x_te = ds.train.x.to(device), ds.test.x.to(device)
+    mean = getattr(ds, "mean", None) if getattr(ds, "is_image", x_tr.ndim == 4) else None
+    std = getattr(ds, "std", None) if mean is not None else None
+    norm = Normaliser(x_tr, None if mean is None else mean.cpu(), None if std is None else std.cpu())
+    y_src = torch.as_tensor(src.labels)
+    y_tgt = torch.as_tensor(lv_tr[cfg.target])
+    # source class -> class at each level, where the source labels nest in that level
+    src_maps = {lv: group_map(src.labels, lv_tr[lv], src.num_classes) for lv in lv_tr}
+    tgt_maps = {lv: group_map(lv_tr[cfg.target], lv_tr[lv], n_target) for lv in lv_tr}
+
+    from granularity.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
+        model = create_model(cfg.model.name, tuple(x_tr.shape[1:]), src.num_classes, **cfg.model.options).to(device)
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(logits: torch.Tensor, maps: dict[int, np.ndarray | None]) -> dict[str, float]:
+        m: dict[str, float] = {}
+        for lv, gm in maps.items():
+            if gm is None:
+                continue
+            g = int(hier.num_classes(lv))
+            pred = group_logits(logits, gm, g).argmax(1).numpy()
+            m[f"acc_level{lv}"] = float((pred == lv_te[lv]).mean())
+        return m
+
+    def test_logits() -> torch.Tensor:
+        model.eval()
+        return predict(model, x_te, norm, cfg.eval_batch_size, device, cfg.bf16)
+
+    # ---- checkpoint / resume ---------------------------------------------------------------
+    ckpt_path = out / "checkpoint.pt"
+    state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
+    resumed = None
+    if ckpt_path.exists():
+        resumed = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if resumed["stage"] == "transfer":
+            with torch.random.fork_rng(devices=[]):
+                model.reset_head(n_target)
+        model.load_state_dict(resumed["model"])
+        state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final") if k in resumed})
+        # metrics.jsonl may hold a line of the epoch that was cut; rewrite it from the checkpoint
+        write_bytes_atomic(out / "metrics.jsonl", lambda fh: None)
+        for rec in state["history"]:
+            append_jsonl(out / "metrics.jsonl", rec)
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+
+    steps = [0]
+
+    def on_step(_: int) -> None:
+        steps[0] += 1
+        if stop_after_steps is not None and steps[0] >= stop_after_steps:
+            raise _Interrupt(f"stopped after {steps[0]} steps (test hook)")
+
+    def checkpoint(opt, sched) -> None:
+        if cfg.save_checkpoints:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    **state,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict() if opt is not None else None,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    # shuffles and augmentation use per-epoch generators derived from (seed, stage,
+                    # epoch), so resuming needs no generator state; the global states are kept
+                    # for inspection only
+                    "rng": {"torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                    "config": cfg_d,
+                },
+            )
+
+    def log_epoch(stage: str, epoch: int, train_m: dict, logits: torch.Tensor, maps, seconds: float, n_imgs: int):
+        rec = {"stage": stage, "epoch": epoch, **train_m, **evaluate(logits, maps), "seconds": seconds,
+               "images_per_s": n_imgs / max(seconds, 1e-9)}
+        state["history"].append(rec)
+        append_jsonl(out / "metrics.jsonl", rec)
+        if progress:
+            accs = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k.startswith(("acc_", "train_")))
+            print(f"[{out.name}] {stage} epoch {epoch}: {accs} ({seconds:.1f}s)", flush=True)
+
+    def load_opt(opt, sched) -> None:
+        if resumed is not None and resumed["stage"] == state["stage"] and resumed["optimizer"] is not None:
+            opt.load_state_dict(resumed["optimizer"])
+            sched.load_state_dict(resumed["scheduler"])
+
+    # ---- stage 1: pretraining on the source labels ----------------------------------------
+    p = cfg.pretrain
+    steps_per_epoch = -(-len(y_src) // p.batch_size)
+    if state["stage"] == "pretrain":
+        opt = make_optimizer(model.parameters(), p)
+        sched = make_scheduler(opt, p, steps_per_epoch)
+        load_opt(opt, sched)
+        for epoch in range(state["epoch"] + 1, p.epochs + 1):
+            t0 = time.perf_counter()
+            tm = train_epoch(model, x_tr, y_src, norm, p, opt, sched, epoch_generator(cfg.seed, "pretrain", epoch),
+                             device, cfg.bf16, on_step)
+            dt = time.perf_counter() - t0
+            log_epoch("pretrain", epoch, tm, test_logits(), src_maps, dt, len(y_src))
+            state["epoch"] = epoch
+            checkpoint(opt, sched)
+        # switch to the transfer stage
+        pre_logits = test_logits() if p.epochs > 0 or cfg.transfer.mode == "map" else None
+        state["pretrain_final"] = evaluate(pre_logits, src_maps) if pre_logits is not None else {}
+        state["stage"], state["epoch"] = "transfer", 0
+        if cfg.transfer.mode != "map":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 1)  # fresh head, reproducibly
+                model.reset_head(n_target)
+        resumed = None
+        checkpoint(None, None)
+    pretrain_final = state["pretrain_final"]
+
+    # ---- stage 2: transfer to the target ---------------------------------------------------
+    t = cfg.transfer
+    if t.mode == "map":
+        logits = group_logits(test_logits(), src_maps[cfg.target], n_target)
+    elif t.mode == "finetune":
+        opt = make_optimizer(model.parameters(), t)
+        sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
+        load_opt(opt, sched)
+        for epoch in range(state["epoch"] + 1, t.epochs + 1):
+            t0 = time.perf_counter()
+            tm = train_epoch(model, x_tr, y_tgt, norm, t, opt, sched, epoch_generator(cfg.seed, "transfer", epoch),
+                             device, cfg.bf16, on_step)
+            log_epoch("transfer", epoch, tm, test_logits(), tgt_maps, time.perf_counter() - t0, len(y_tgt))
+            state["epoch"] = epoch
+            checkpoint(opt, sched)
+        logits = test_logits()
+    else:  # linear probe: the backbone is frozen, so its features are computed once
+        model.eval()
+        f_tr = predict(model.forward_features, x_tr, norm, cfg.eval_batch_size, device, cfg.bf16).to(device)
+        f_te = predict(model.forward_features, x_te, norm, cfg.eval_batch_size, device, cfg.bf16).to(device)
+        opt = make_optimizer(model.head.parameters(), t)
+        sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
+        load_opt(opt, sched)
+        no_aug = t.model_copy(update={"augment": False})
+        for epoch in range(state["epoch"] + 1, t.epochs + 1):
+            t0 = time.perf_counter()
+            tm = train_epoch(model.head, f_tr, y_tgt, lambda z: z, no_aug, opt, sched,
+                             epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step)
+            head_logits = predict(model.head, f_te, None, cfg.eval_batch_size, device)
+            log_epoch("transfer", epoch, tm, head_logits, tgt_maps, time.perf_counter() - t0, len(y_tgt))
+            state["epoch"] = epoch
+            checkpoint(opt, sched)
+        logits = predict(model.head, f_te, None, cfg.eval_batch_size, device)
+
+    # ---- final metrics -----------------------------------------------------------------------
+    result = summarise(logits, lv_te[cfg.target], leaf_te, list(ds.leaf_names), rare_leaf_ids(cfg, list(ds.leaf_names)))
+    result.update(
+        {
+            "levels": evaluate(logits, tgt_maps),
+            "pretrain_levels": pretrain_final,
+            "source": cfg.source,
+            "source_family": src.family,
+            "num_source_classes": src.num_classes,
+            "label_function_meta": src.meta,
+            "target_level": cfg.target,
+            "num_target_classes": n_target,
+            "transfer_mode": t.mode,
+            "hierarchy_hash": getattr(hier, "content_hash", None),
+            "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(leaf_tr), "n_test": len(leaf_te)},
+            "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in model.parameters()))},
+            "seed": cfg.seed,
+            "device": str(device),
+            "seconds": time.perf_counter() - t_start,  # this invocation (a resumed run: the rest only)
+            "train_seconds": sum(r["seconds"] for r in state["history"]),
+        }
+    )
+    probs = torch.softmax(logits, 1)
+    y = torch.as_tensor(lv_te[cfg.target])
+    p_true = probs.gather(1, y[:, None])[:, 0]
+    other = probs.clone()
+    other[torch.arange(len(y)), y] = -1.0
+    margin = (p_true - other.max(1).values).numpy()  # > 0 iff correct
+    write_npz(out / "predictions.npz", pred=logits.argmax(1).numpy().astype(np.int32), margin=margin.astype(np.float32),
+              y_target=lv_te[cfg.target].astype(np.int32), y_leaf=leaf_te.astype(np.int32))
+    write_json(out / "result.json", result)
+    if ckpt_path.exists() and not cfg.save_checkpoints:
+        ckpt_path.unlink()
+    return result
+
+
+def summarise(logits: torch.Tensor, y_target: np.ndarray, y_leaf: np.ndarray, leaf_names: list[str],
+              rare: list[int]) -> dict[str, Any]:
+    """Target error overall, per fine (leaf) class, and on rare subclasses versus the rest."""
+    correct = logits.argmax(1).numpy() == y_target
+    per_fine = {}
+    for c, name in enumerate(leaf_names):
+        sel = y_leaf == c
+        if sel.any():
+            per_fine[name] = float(correct[sel].mean())
+    out: dict[str, Any] = {"target_acc": float(correct.mean()), "target_error": float(1 - correct.mean()),
+                           "per_fine_class_target_acc": per_fine}
+    if rare:
+        is_rare = np.isin(y_leaf, rare)
+        out["rare_classes"] = [leaf_names[c] for c in rare]
+        out["rare_error"] = float(1 - correct[is_rare].mean()) if is_rare.any() else float("nan")
+        out["common_error"] = float(1 - correct[~is_rare].mean()) if (~is_rare).any() else float("nan")
+    return out
