@@ -68,6 +68,8 @@ def test_make_rare():
     assert not torch.equal(idx, make_rare(ds, [0, 1], 0.2, seed=5))
     assert make_rare(ds.train.y, [2], 0.01, seed=0).shape[0] == 21  # at least one sample kept
     assert make_rare(ds, [2], 0.0, seed=0).shape[0] == 20
+    rare = ds.select(train=idx, rare="a,b")
+    assert rare.train.y.bincount().tolist() == [2, 2, 4] and len(rare.test) == 6 and rare.info["rare"] == "a,b"
     with pytest.raises(GranularityError, match="'keep_fraction'"):
         make_rare(ds, [0], 1.5, seed=0)
     with pytest.raises(GranularityError, match="'fine_classes'"):

@@ -101,6 +101,7 @@ def test_load_from_root_folder(tmp_path, gz):
     assert ds.leaf_names[0] == "T-shirt/top" and ds.leaf_names[9] == "Ankle boot"
     # class c images are ~20*c: labels and pixels stay paired
     assert torch.equal(ds.train.x[:, 0, 0, 0] // 20, ds.train.y.to(torch.uint8))
+    assert list(ds.hierarchy.leaves) == ds.leaf_names  # leaf i is label i
 
 
 def test_root_subfolder_and_env_var(tmp_path, monkeypatch):
@@ -189,4 +190,5 @@ def test_real_debian_files(monkeypatch):
     ds = load_dataset("fashion-mnist", verify=True)
     assert ds.train.x.shape == (60000, 1, 28, 28) and ds.test.x.shape == (10000, 1, 28, 28)
     assert torch.equal(ds.train.y.bincount(), torch.full((10,), 6000))
+    assert ds.hierarchy.leaves == ds.leaf_names and ds.hierarchy.num_classes(2) == 4
     assert abs(float(ds.mean[0]) - 0.2860) < 1e-3 and abs(float(ds.std[0]) - 0.3530) < 1e-3

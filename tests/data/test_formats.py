@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from granularity.data import StreamSplit, load_dataset
 from granularity.errors import DataError, GranularityError, HierarchyError
 
-from data_writers import CIFAR_COARSE, CIFAR_FINE, CIFAR_PARENT, write_cifar100
+from data_writers import CIFAR_COARSE, CIFAR_FINE, CIFAR_PARENT, write_cifar100, write_image_folder
 
 
 # -- CIFAR-100 --------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def test_cifar100_pickles(tmp_path, bytes_keys):
     # rows reshape to (C, H, W): the red plane carries the class
     assert torch.equal(ds.train.x[:, 0, 5, 7].long(), ds.train.y * 10)
     h = ds.hierarchy
-    assert h.num_classes(1) == 3 and h.num_classes(2) == 6
+    assert h.num_classes(1) == 3 and h.num_classes(2) == 6 and list(h.leaves) == ds.leaf_names
     np.testing.assert_array_equal(h.relabel(ds.train.y.numpy(), 1), [CIFAR_PARENT[f] for f in ds.train.y])
     assert h.level_nodes(1) == CIFAR_COARSE
     # the root may also be the cifar-100-python folder itself
@@ -103,6 +103,24 @@ def test_image_folder_parent_map_and_errors(tmp_path, folder_root):
         load_dataset("image-folder", root=folder_root, image_size=0)
 
 
+def test_image_folder_hierarchy_choice(tmp_path):
+    root = write_image_folder(tmp_path / "named", classes=("cat", "dog"), per_class=(1, 1))
+    ds = load_dataset("image-folder", root=root, image_size=4)  # auto: not wnids -> flat
+    assert ds.hierarchy.depth == 1 and list(ds.hierarchy.leaves) == ["cat", "dog"]
+    with pytest.raises(GranularityError, match="'hierarchy'"):
+        load_dataset("image-folder", root=root, image_size=4, hierarchy="wordnet")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/wordnet").is_dir(), reason="WordNet (wordnet-base) not installed")
+def test_image_folder_wordnet_hierarchy(folder_root):
+    ds = load_dataset("image-folder", root=folder_root, image_size=4)  # auto: wnids -> WordNet
+    h = ds.hierarchy
+    assert list(h.leaves) == ds.leaf_names and h.depth > 3
+    # the two fish (tench, goldfish) meet below the dog's branch
+    assert h.lca("n01440764", "n01443537") != h.lca("n01440764", "n02102040")
+
+
 # -- iNat2021 ---------------------------------------------------------------------------------
 def test_inat2021(inat_root):
     ds = load_dataset("inat2021", root=inat_root, image_size=8)
@@ -111,7 +129,7 @@ def test_inat2021(inat_root):
     assert torch.equal(ds.train.y, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
     assert torch.allclose(ds.train.x.float().mean(dim=(1, 2, 3)), (70 * ds.train.y + 30).float(), atol=3)
     h = ds.hierarchy
-    assert h.depth == 7 and h.num_classes(1) == 2  # kingdoms
+    assert h.depth == 7 and h.num_classes(1) == 2 and list(h.leaves) == ds.leaf_names  # kingdoms
     assert h.num_classes(6) == 3  # genus Morus occurs in two kingdoms: two nodes
     assert h.relabel([0, 1, 2], 1).tolist() == [0, 0, 1]
 

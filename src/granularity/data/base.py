@@ -374,6 +374,16 @@ class RealDataset:
             _input_shape=self._input_shape,
         )
 
+    def select(self, train: Any = None, test: Any = None, **info: Any) -> RealDataset:
+        """Rows ``train`` / ``test`` (index arrays; ``None`` keeps a split) as a new data set.
+
+        E.g. ``ds.select(train=make_rare(ds, ["Shirt"], 0.03, seed=0), rare=...)``; extra
+        keywords are recorded in ``info``.
+        """
+        tr = self.train if train is None else self.train.take(train)
+        te = self.test if test is None else self.test.take(test)
+        return self._derive(tr, te, **info)
+
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> RealDataset:
         """Stratified random subsets of ``train`` and/or ``test`` samples (``None``: keep all).
 
