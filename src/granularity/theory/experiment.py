@@ -250,8 +250,10 @@ def format_table(result: dict[str, Any]) -> str:
     from granularity.utils.stats import fmt_ci
 
     rows = [("pretraining", "protocol", "easy error", "hard error")]
+    order = ["map", "probe", "finetune"]
     for src, protos in result["errors"].items():
-        for proto, e in protos.items():
+        for proto in sorted(protos, key=lambda p: order.index(p) if p in order else 99):
+            e = protos[proto]
             rows.append((src, proto, fmt_ci(e["easy"]), fmt_ci(e["hard"])))
     al = result.get("alignment_final", {})
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

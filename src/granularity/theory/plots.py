@@ -25,7 +25,8 @@ def plot_errors(result: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     errors = result["errors"]
     sources = list(errors)
-    protos = list(next(iter(errors.values())))
+    order = ["map", "probe", "finetune"]
+    protos = sorted(next(iter(errors.values())), key=lambda p: order.index(p) if p in order else 99)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     width = 0.8 / max(1, len(sources))
     for ax, kind in zip(axes, ("easy", "hard")):
@@ -63,11 +64,11 @@ def plot_alignment(records: list[dict[str, Any]], path: Path) -> Path:
             ci = np.nan_to_num(np.array([s["ci"] for s in summ]))
             lvl = int(key[len("own_level"):])
             label = "common (level 1)" if lvl == 1 else f"level {lvl}" + (" (fine)" if key == keys[-1] else "")
-            x = np.maximum(steps, 1)
+            x = steps + 1  # log axis: step 0 (the initialisation) sits at 1
             ax.plot(x, mean, label=label)
             ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
         ax.set_xscale("log")
-        ax.set_xlabel("SGD step")
+        ax.set_xlabel("SGD step + 1")
         ax.set_title(f"pretrained on: {src}")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("max over own-class neurons of <w, v>")

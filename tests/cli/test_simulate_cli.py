@@ -1,0 +1,76 @@
+"""``granularity simulate`` / ``phase`` from the command line."""
+
+import json
+
+import pytest
+
+
+def test_default_preset_runs_and_writes_files(cli, tmp_path):
+    # the default preset (`paper`) at reduced length so that CI stays fast
+    code, out, err = cli("simulate", "--out", tmp_path, "--seeds", "2", "--quiet",
+                         "--set", "train.steps=60", "--set", "transfer.n_test=200",
+                         "--set", "transfer.finetune_steps=20", "--set", "transfer.probe_steps=20")
+    assert code == 0, err
+    assert "hard error" in out and "finetune" in out
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["name"] == "paper" and cfg["data"]["d"] == 256 and cfg["train"]["steps"] == 60
+    for name in ("result.json", "metrics.jsonl", "env.json", "figures/errors.png", "figures/alignment.png"):
+        assert (tmp_path / name).exists()
+
+
+def test_help_lists_presets(cli):
+    code, out, _ = cli("simulate", "--help")
+    assert code == 0 and "quick" in out and "paper" in out and "deep" in out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--preset", "papr"], "Unknown preset 'papr' (did you mean 'paper'?)"),
+        (["--set", "data.kk=3"], "Unknown config key 'data.kk'"),
+        (["--set", "data.k=abc"], "data.k"),
+        (["--set", "train.lr=-1"], "train.lr"),
+        (["--set", "data.d=8"], "do not fit"),
+        (["--set", "nokey"], "key=value"),
+        (["--seeds", "0"], "--seeds"),
+        (["--seeds", "two"], "--seeds"),
+        (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["--bogus"], "No such option"),
+        (["--set", "device=tpu"], "device"),
+    ],
+)
+def test_bad_arguments_one_line_exit_2(cli, tmp_path, args, match):
+    code, out, err = cli("simulate", "--out", tmp_path / "x", *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert match in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "x" / "result.json").exists()
+
+
+def test_bad_config_file(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    code, _, err = cli("simulate", "--config", bad, "--out", tmp_path / "o")
+    assert code == 2 and "not valid YAML" in err and len(err.strip().splitlines()) == 1
+    bad.write_text("- 1\n- 2\n")
+    code, _, err = cli("simulate", "--config", bad, "--out", tmp_path / "o")
+    assert code == 2 and "mapping" in err
+
+
+def test_unknown_command_suggests(cli):
+    code, _, err = cli("simulat")
+    assert code == 2 and "did you mean 'simulate'" in err
+
+
+def test_phase_cli_and_plot_only(cli, tmp_path):
+    args = ["phase", "--preset", "quick", "--seeds", "1", "--quiet", "--out", tmp_path,
+            "--x", "data.k=2,3", "--y", "data.gamma=0.05",
+            "--set", "train.steps=30", "--set", "transfer.protocols=[map]", "--set", "transfer.n_test=100"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "coarse" in out and (tmp_path / "phase.png").exists()
+    code, out, err = cli("phase", "--plot-only", "--out", tmp_path)
+    assert code == 0 and "fine" in out
+    code, _, err = cli("phase", "--plot-only", "--out", tmp_path / "none")
+    assert code == 2 and "not a phase-diagram folder" in err

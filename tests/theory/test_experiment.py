@@ -1,0 +1,127 @@
+"""Run folders, resume, interruption, phase diagrams."""
+
+import json
+
+import numpy as np
+import pytest
+
+from granularity.errors import GranularityError
+from granularity.theory.config import SimConfig
+from granularity.theory.experiment import estimate_memory, check_memory, simulate
+from granularity.theory.phase import build_phase, run_phase
+
+TINY = {
+    "name": "tiny",
+    "data": {"d": 32, "P": 6, "k": 3},
+    "model": {"m": 4},
+    "train": {"n_train": 120, "steps": 40, "batch_size": 32, "log_points": 5},
+    "transfer": {"n_test": 100, "probe_steps": 20, "finetune_steps": 20},
+    "seeds": 2,
+    "seed_batch": 1,
+}
+
+
+def tiny(**kw):
+    from granularity.utils.config import deep_merge
+
+    return SimConfig.build(deep_merge(TINY, kw))
+
+
+def test_run_folder_contents(tmp_path):
+    res = simulate(tiny(), tmp_path, progress=False)
+    for name in ("config.json", "env.json", "metrics.jsonl", "result.json", "figures/errors.png", "figures/alignment.png"):
+        assert (tmp_path / name).exists(), name
+    z = np.load(tmp_path / "alignment" / "seed_0_fine.npz")
+    assert z["alignment"].shape[1:] == (6 * 4, 2 + 6)  # (T, N, M)
+    assert z["steps"][0] == 0 and z["steps"][-1] == 40
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {x["source"] for x in lines} == {"coarse", "fine"} and {x["seed"] for x in lines} == {0, 1}
+    assert set(res["errors"]) == {"coarse", "fine"}
+    assert set(res["errors"]["fine"]) == {"map", "probe", "finetune"}
+    assert res["errors"]["fine"]["map"]["hard"]["n"] == 2
+
+
+def test_same_seed_same_metrics_and_batching_does_not_matter(tmp_path):
+    a = simulate(tiny(), tmp_path / "a", progress=False)
+    b = simulate(tiny(seed_batch=2), tmp_path / "b", progress=False)
+    for src in ("coarse", "fine"):
+        for proto in ("map", "probe", "finetune"):
+            for kind in ("easy", "hard"):
+                va = a["errors"][src][proto][kind]["values"]
+                vb = b["errors"][src][proto][kind]["values"]
+                assert np.allclose(va, vb, atol=0.011), (src, proto, kind)
+    c = simulate(tiny(), tmp_path / "c", progress=False)
+    assert a["errors"] == c["errors"]  # identical on CPU
+
+
+def test_resume_skips_finished_seeds_and_extends(tmp_path):
+    simulate(tiny(), tmp_path, progress=False)
+    before = (tmp_path / "seeds" / "seed_0.json").stat().st_mtime_ns
+    res = simulate(tiny(seeds=3), tmp_path, progress=False)
+    assert (tmp_path / "seeds" / "seed_0.json").stat().st_mtime_ns == before
+    assert res["seeds"] == [0, 1, 2]
+
+
+def test_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
+    import granularity.theory.experiment as ex
+
+    real = ex.run_seed_batch
+    calls = []
+
+    def flaky(cfg, seeds, device, progress=None):
+        calls.append(seeds)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, seeds, device, progress)
+
+    monkeypatch.setattr(ex, "run_seed_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(tiny(), tmp_path, progress=False)
+    assert (tmp_path / "seeds" / "seed_0.json").exists()
+    assert not (tmp_path / "seeds" / "seed_1.json").exists()
+    monkeypatch.setattr(ex, "run_seed_batch", real)
+    reference = simulate(tiny(), tmp_path / "ref", progress=False)
+    resumed = simulate(tiny(), tmp_path, progress=False)
+    assert resumed["errors"] == reference["errors"]
+
+
+def test_other_config_in_folder_is_refused(tmp_path):
+    simulate(tiny(seeds=1), tmp_path, progress=False)
+    with pytest.raises(GranularityError, match="different config"):
+        simulate(tiny(seeds=1, data={"k": 2}), tmp_path, progress=False)
+
+
+def test_memory_estimate_refuses_too_big():
+    cfg = tiny()
+    assert estimate_memory(cfg) > 0
+    with pytest.raises(GranularityError, match="GiB of memory"):
+        check_memory(cfg, limit=1000)
+
+
+def test_generalisations_run(tmp_path):
+    """Each generalisation runs through the whole engine (deep tree trains at every level)."""
+    cfg = tiny(data={"k": 2, "deeper": [2], "P": 8}, transfer={"sources": [1, 2, 3], "target_level": 1}, seeds=1)
+    res = simulate(cfg, tmp_path / "deep", progress=False)
+    assert set(res["errors"]) == {"1", "2", "3"}
+    cfg = tiny(data={"K": 3, "k": [1, 2, 3], "train_hard_fraction": 0.2, "tail_exponent": 1.0,
+                     "views_common": 2}, seeds=1)
+    res = simulate(cfg, tmp_path / "mix", progress=False)
+    assert res["errors"]["fine"]["map"]["easy"]["n"] == 1
+
+
+def test_source_coarser_than_target_rejected():
+    with pytest.raises(GranularityError, match="coarser than target_level"):
+        tiny(data={"deeper": [2]}, transfer={"target_level": 2, "sources": [1]})
+
+
+def test_phase_diagram(tmp_path):
+    base = {**TINY, "seeds": 1, "transfer": {**TINY["transfer"], "protocols": ["map"]}}
+    phase = run_phase(base, "data.k=2,3", "data.sigma=0.1", tmp_path, progress=False)
+    assert phase["x_values"] == [2, 3] and phase["y_values"] == [0.1]
+    assert np.isfinite(np.asarray(phase["grids"]["coarse"])).all()
+    assert (tmp_path / "phase.png").exists()
+    (tmp_path / "phase.png").unlink()
+    again = build_phase(tmp_path)
+    assert again["grids"] == phase["grids"] and (tmp_path / "phase.png").exists()
+    with pytest.raises(GranularityError, match="key=v1,v2"):
+        run_phase(base, "data.k", "data.sigma=0.1", tmp_path / "bad", progress=False)
