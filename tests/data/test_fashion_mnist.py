@@ -104,6 +104,16 @@ def test_load_from_root_folder(tmp_path, gz):
     assert list(ds.hierarchy.leaves) == ds.leaf_names  # leaf i is label i
 
 
+def test_parsed_files_are_cached_until_they_change(tmp_path):
+    d = write_fake_fmnist(tmp_path / "d")
+    a = load_dataset("fashion-mnist", root=d)
+    b = load_dataset("fashion-mnist", root=d)
+    assert a.train.x.data_ptr() == b.train.x.data_ptr()
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", np.full(20, 3, dtype=np.uint8))
+    c = load_dataset("fashion-mnist", root=d)
+    assert torch.equal(c.test.y, torch.full((20,), 3))
+
+
 def test_root_subfolder_and_env_var(tmp_path, monkeypatch):
     write_fake_fmnist(tmp_path / "data" / "fashion-mnist")
     assert len(load_dataset("fashion-mnist", root=tmp_path / "data").train) == 40

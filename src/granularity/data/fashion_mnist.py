@@ -16,6 +16,7 @@ where it looked and how to install the files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import urllib.error
@@ -200,6 +201,21 @@ def _labels(path: Path, n_images: int, images_path: Path) -> torch.Tensor:
     return torch.from_numpy(arr.astype("int64"))
 
 
+@functools.lru_cache(maxsize=2)
+def _read(key: tuple[tuple[str, int, int], ...]) -> tuple[torch.Tensor, ...]:
+    """Parse the four files once per process (a study loads the set for every run).
+
+    ``key`` holds (path, mtime, size) of the files in FILES order, so a changed file is
+    re-read. The tensors are shared between loads: treat them as read-only.
+    """
+    p = dict(zip(FILES, (Path(k[0]) for k in key)))
+    xtr = _images(p["train_images"])
+    xte = _images(p["test_images"])
+    ytr = _labels(p["train_labels"], len(xtr), p["train_images"])
+    yte = _labels(p["test_labels"], len(xte), p["test_images"])
+    return xtr, ytr, xte, yte
+
+
 def _hierarchy():
     from granularity.hierarchy import fashion_mnist_hierarchy
 
@@ -213,6 +229,9 @@ def load_fashion_mnist(
     timeout: float = 10.0,
 ) -> RealDataset:
     """Load Fashion-MNIST as uint8 ``(N, 1, 28, 28)`` tensors (60,000 train / 10,000 test).
+
+    The parsed files are cached per process; the returned tensors are shared between loads,
+    so treat them as read-only (``subset``/``select``/``to`` make new tensors).
 
     Parameters
     ----------
@@ -229,10 +248,8 @@ def load_fashion_mnist(
     paths = locate(root, allow_download=download, timeout=timeout)
     if verify:
         verify_content(paths)
-    xtr = _images(paths["train_images"])
-    xte = _images(paths["test_images"])
-    ytr = _labels(paths["train_labels"], len(xtr), paths["train_images"])
-    yte = _labels(paths["test_labels"], len(xte), paths["test_images"])
+    key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths.values())
+    xtr, ytr, xte, yte = _read(key)
     return RealDataset(
         name=NAME,
         version=VERSION,
