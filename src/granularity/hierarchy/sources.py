@@ -38,7 +38,7 @@ def load_source(
     *,
     root: str | Path | None = None,
     file: str | Path | None = None,
-    policy: str = "shortest",
+    policy: str = "longest",
     within: Mapping[str, str] | None = None,
     leaf_rank: str = "species",
     **_: Any,
@@ -51,7 +51,7 @@ def load_source(
         raise GranularityError(f"Source {source!r} needs --root DIR (the folder with its files).")
     if need == "file" and file is None:
         raise GranularityError(f"Source {source!r} needs --file PATH.")
-    if policy != "shortest" and source not in WORDNET_SOURCES:
+    if policy != "longest" and source not in WORDNET_SOURCES:
         raise GranularityError(f"--policy applies to WordNet sources ({', '.join(WORDNET_SOURCES)}), not {source!r}.")
     if source == "fashion-mnist":
         from granularity.hierarchy.builders import fashion_mnist_hierarchy

@@ -157,7 +157,7 @@ class LabelHierarchy:
                 while node != root and first.get(node, i + 1) > i:
                     first[node] = i
                     node = parent[node]
-            internal = sorted(internal_all, key=lambda n: first[n])
+            internal = sorted(internal_all, key=lambda n: (first[n], depth[n]))
         else:
             internal = [str(x) for x in internal]
             if sorted(internal) != sorted(internal_all):

@@ -12,9 +12,13 @@ Tree policy. WordNet is a DAG: a synset may have several hypernyms (e.g. *dog* i
 *canine* and a *domestic animal*). To get a tree each synset gets exactly one parent, chosen
 per synset (not per leaf path, which could give a node two parents):
 
-* ``"shortest"`` (default): the hypernym closest to the root (smallest ``min_depth()``, ties
-  broken by synset name); following it from any synset gives one of its shortest paths to
-  ``entity.n.01``.
+* ``"longest"`` (default): the hypernym farthest from the root (largest ``max_depth()``, ties
+  broken by synset name): the most specific parent, which follows the taxonomy where WordNet
+  also lists a functional shortcut (a tabby cat stays under *feline* -> *carnivore* ->
+  *mammal* instead of jumping to *domestic animal*); it gives the longest paths.
+* ``"shortest"``: the hypernym closest to the root (smallest ``min_depth()``, ties by name);
+  following it from any synset gives one of its shortest paths to ``entity.n.01`` (but puts
+  cats and dogs under *domestic animal*, outside *mammal*).
 * ``"alphabetical"``: the hypernym with the smallest synset name.
 
 Ties are broken by name on purpose: NLTK keeps a synset's pointers in a ``set``, so the order
@@ -73,7 +77,7 @@ _INSTALL_HINT = (
     "install the WordNet 3.0 database with `apt-get install wordnet-base wordnet-sense-index` "
     "(or set GRANULARITY_WORDNET_DIR to a folder holding data.noun, index.noun, ...)"
 )
-POLICIES = ("shortest", "alphabetical")
+POLICIES = ("longest", "shortest", "alphabetical")
 
 
 def cache_dir() -> Path:
@@ -165,12 +169,17 @@ def synset_of(wnid: str, wn=None):
     wn = wn or wordnet_reader()
     pos, offset = parse_wnid(wnid)
     try:
-        return wn.synset_from_pos_and_offset(pos, offset)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NLTK warns and returns None for a bad offset
+            s = wn.synset_from_pos_and_offset(pos, offset)
     except Exception:  # noqa: BLE001 - NLTK raises WordNetError/ValueError/AttributeError
+        s = None
+    if s is None:
         raise HierarchyError(
             f"wnid {wnid!r} is not a WordNet 3.0 synset (no synset at offset {offset} for pos "
             f"{pos!r}); class lists must use WordNet 3.0 ids."
-        ) from None
+        )
+    return s
 
 
 def wnid_of(synset) -> str:
@@ -183,10 +192,12 @@ def _parent(synset, policy: str):
         return None
     if policy == "alphabetical":
         return min(hypers, key=lambda s: s.name())
-    return min(hypers, key=lambda s: (s.min_depth(), s.name()))
+    if policy == "shortest":
+        return min(hypers, key=lambda s: (s.min_depth(), s.name()))
+    return min(hypers, key=lambda s: (-s.max_depth(), s.name()))
 
 
-def ancestors(wnid: str, policy: str = "shortest", wn=None) -> list[str]:
+def ancestors(wnid: str, policy: str = "longest", wn=None) -> list[str]:
     """Synset names from the root (``entity.n.01``) down to the wnid's own synset."""
     if policy not in POLICIES:
         raise param_error("policy", f"one of {', '.join(POLICIES)}", policy)
@@ -226,7 +237,7 @@ def resource_names(name: str) -> list[str]:
 def wordnet_hierarchy(
     wnids: Sequence[str],
     *,
-    policy: str = "shortest",
+    policy: str = "longest",
     name: str = "wordnet",
     titles: Sequence[str] | None = None,
     wn=None,
@@ -238,7 +249,7 @@ def wordnet_hierarchy(
     ----------
     wnids : sequence of str
         The class list in class-index order; leaf ``i`` is class ``i``.
-    policy : {"shortest", "alphabetical"}
+    policy : {"longest", "shortest", "alphabetical"}
         How a synset with several hypernyms picks its one parent (see the module docstring).
     titles : sequence of str, optional
         Display names of the classes (default: the synset's first lemma).
@@ -307,7 +318,7 @@ def wordnet_hierarchy(
     )
 
 
-def imagenet1k_hierarchy(policy: str = "shortest", wn=None) -> LabelHierarchy:
+def imagenet1k_hierarchy(policy: str = "longest", wn=None) -> LabelHierarchy:
     """WordNet tree above the ImageNet-1k class list (1000 wnids in class-index order)."""
     return wordnet_hierarchy(
         resource_wnids("imagenet1k"), policy=policy, name="imagenet-1k", wn=wn,
@@ -315,7 +326,7 @@ def imagenet1k_hierarchy(policy: str = "shortest", wn=None) -> LabelHierarchy:
     )
 
 
-def cifar100_wordnet_hierarchy(policy: str = "shortest", wn=None) -> LabelHierarchy:
+def cifar100_wordnet_hierarchy(policy: str = "longest", wn=None) -> LabelHierarchy:
     """WordNet tree above the CIFAR-100 classes (wnid list from nbdt 0.0.4, class order)."""
     return wordnet_hierarchy(
         resource_wnids("cifar100"), policy=policy, name="cifar100-wordnet",
@@ -324,7 +335,7 @@ def cifar100_wordnet_hierarchy(policy: str = "shortest", wn=None) -> LabelHierar
     )
 
 
-def imagenet21k_hierarchy(path: Path | str, policy: str = "shortest", wn=None) -> LabelHierarchy:
+def imagenet21k_hierarchy(path: Path | str, policy: str = "longest", wn=None) -> LabelHierarchy:
     """WordNet tree above an ImageNet-21k class list file (one wnid per line, class order)."""
     return wordnet_hierarchy(
         read_wnid_list(path), policy=policy, name="imagenet-21k", wn=wn,
