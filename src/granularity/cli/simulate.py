@@ -52,12 +52,20 @@ def _apply(options):
 @_apply(common)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder (default runs/simulate/<preset>); rerunning resumes it.")
-def simulate(preset, config, sets, seeds, quiet, out):
+@click.option("--dry-run", is_flag=True, help="Validate and print the resolved config and its memory estimate; run nothing.")
+def simulate(preset, config, sets, seeds, quiet, out, dry_run):
     """Coarse vs fine pretraining in the hierarchical multi-view model, transferred to the
     coarse task by map / probe / finetune; easy vs hard test error and feature alignment."""
-    from granularity.theory.experiment import format_table, simulate as run
+    from granularity.theory.experiment import check_memory, estimate_memory, format_table, simulate as run
 
     cfg, _ = build_config(preset, config, sets, seeds)
+    if dry_run:
+        import json
+
+        check_memory(cfg)
+        click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        click.echo(f"memory estimate: {estimate_memory(cfg) / 2**20:.1f} MiB")
+        return
     out = out or Path("runs") / "simulate" / preset
     result = run(cfg, out, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo(format_table(result))

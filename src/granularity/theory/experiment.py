@@ -208,7 +208,13 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
             if bar is not None:
                 bar.set_postfix_str(f"seeds {batch[0]}-{batch[-1]}")
             tb = time.perf_counter()
-            for rec in run_seed_batch(cfg, batch, device, bar.update if bar is not None else None):
+            try:
+                records_batch = run_seed_batch(cfg, batch, device, bar.update if bar is not None else None)
+            except FloatingPointError as exc:
+                # a diverged run stops with its reason recorded; finished seeds stay saved
+                write_json(out / "failed.json", {"seeds": batch, "error": str(exc), "config_hash": config_hash(cfg)})
+                raise GranularityError(f"run stopped for seeds {batch[0]}-{batch[-1]}: {exc} (recorded in {out / 'failed.json'})") from None
+            for rec in records_batch:
                 arrays = rec.pop("_arrays")
                 rec["seconds"] = (time.perf_counter() - tb) / len(batch)
                 for src, arr in arrays.items():

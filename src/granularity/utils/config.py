@@ -26,7 +26,7 @@ C = TypeVar("C", bound="Config")
 class Config(BaseModel):
     """Base of every config: unknown keys are errors, values are re-validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @classmethod
     def build(cls: type[C], data: Mapping[str, Any] | None = None, *, where: str = "") -> C:
