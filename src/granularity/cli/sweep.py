@@ -1,0 +1,181 @@
+"""``granularity sweep`` and ``granularity results``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Results store (default runs/sweeps/<sweep name>); several sweeps may share one.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Local worker processes, or Ray tasks (a local Ray instance or a cluster).")
+@click.option("--workers", type=click.IntRange(1, 4096), default=None,
+              help="Runs at a time (default: the cores this process may use, or the Ray cluster's CPUs).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Torch threads per run (default: cores // workers, so workers x threads <= cores).")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster address (host:port); 'local' or none starts a local Ray instance.")
+@click.option("--skip-failed", is_flag=True, help="Do not run again runs recorded as failed.")
+@click.option("--dry-run", is_flag=True, help="Validate and list the runs (id, axis values, seed, status); run nothing.")
+@click.option("--quiet", is_flag=True, help="Only the summary.")
+def sweep(file, out, executor, workers, threads, address, skip_failed, dry_run, quiet):
+    """Run the sweep file FILE: expand its axes and seeds into runs, skip finished ones, resume
+    interrupted ones, record failures without stopping the others.
+
+    \b
+    Example sweep file:
+      kind: simulate
+      preset: quick
+      axes:
+        data.k: [2, 4, 8]
+        data.sigma: {geom: [0.03, 0.12, 3]}
+      seeds: 3
+    """
+    from granularity.sweeps.runner import run_sweep
+    from granularity.sweeps.spec import load_sweep
+
+    sw = load_sweep(file)  # validates every run before anything starts
+    if dry_run:
+        from granularity.sweeps.store import INDEX, ResultsStore
+
+        store_path = out or Path("runs") / "sweeps" / sw.name
+        status = {}
+        if (store_path / INDEX).exists():
+            with ResultsStore(store_path, create=False) as st:
+                status = {r["run_id"]: r["status"] for r in st.rows([r.run_id for r in sw.runs])}
+        for r in sw.runs:
+            params = " ".join(f"{k}={v}" for k, v in r.params.items())
+            click.echo(f"{r.run_id}  {status.get(r.run_id, 'new'):8s} {params}")
+        click.echo(f"{len(sw.runs)} runs of kind {sw.kind!r}; store {store_path}", err=True)
+        return
+    log = None if quiet else (lambda m: click.echo(m, err=True))
+    summary = run_sweep(sw, out, executor=executor, workers=workers, threads=threads, address=address,
+                        retry_failed=not skip_failed, log=log)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(summary["counts"].items()))
+    click.echo(f"sweep {summary['name']!r}: {summary['total']} runs ({counts}); {summary['ran']} ran, "
+               f"{summary['skipped']} skipped as finished, {summary['wall_time']:.1f} s; store {summary['store']}")
+    for f in summary["failures"]:
+        params = " ".join(f"{k}={v}" for k, v in f["params"].items())
+        click.echo(f"  failed {f['run_id']} {params}: {f['error']}")
+    if summary["failures"]:
+        click.echo(f"granularity: {len(summary['failures'])} of {summary['total']} runs failed; "
+                   f"see: granularity results {summary['store']} --filter status=failed", err=True)
+        click.get_current_context().exit(1)
+
+
+def _parse_filters(filters: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    from granularity.errors import GranularityError
+
+    out = []
+    for item in filters:
+        for op in ("!=", ">=", "<=", "=", ">", "<"):
+            if op in item:
+                key, value = item.split(op, 1)
+                if key.strip():
+                    out.append((key.strip(), op, value.strip()))
+                    break
+        else:
+            raise GranularityError(
+                f"The '--filter' option must look like key=value (also !=, <, <=, >, >=), e.g. data.k=4. Got {item!r} instead."
+            )
+    return out
+
+
+def apply_filters(df, filters: tuple[str, ...]):
+    """Keep the rows matching every ``key<op>value`` (values compared as numbers when both are)."""
+    import operator
+
+    import pandas as pd
+
+    from granularity.errors import GranularityError, suggest
+    from granularity.utils.config import parse_value
+
+    ops = {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+    for key, op, text in _parse_filters(filters):
+        if key not in df.columns:
+            raise GranularityError(
+                f"The '--filter' key {key!r}{suggest(key, df.columns)} is not a column of the store; "
+                f"columns include: {', '.join(list(df.columns)[:25])}."
+            )
+        value = parse_value(text)
+        col = df[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and pd.api.types.is_numeric_dtype(col):
+            mask = ops[op](col.astype(float), float(value))
+        elif op in ("=", "!="):
+            as_text = col.map(lambda v: "" if v is None else str(v))
+            mask = as_text == str(text) if op == "=" else as_text != str(text)
+            if value is None or text.lower() in ("null", "none"):
+                mask = col.isna() if op == "=" else col.notna()
+        else:
+            raise GranularityError(f"The '--filter' {key}{op}{text} compares with {op!r}, which needs a number.")
+        df = df[mask.fillna(False).astype(bool)]
+    return df
+
+
+def default_columns(df, axis_keys: list[str]) -> list[str]:
+    metrics = [c for c in df.columns if c.endswith((".map.hard", ".map.easy")) or c in ("target_error", "rare_error")]
+    cols = ["run_id", "status", *axis_keys, "seed", *metrics, "wall_time", "attempts", "error"]
+    seen, out = set(), []
+    for c in cols:
+        if c in df.columns and c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Keep matching runs, e.g. --filter status=ok --filter data.k=4 (also !=, <, <=, >, >=).")
+@click.option("--columns", default=None, metavar="A,B,...",
+              help="Columns to show/export (default: id, status, the sweeps' axes, seed, key metrics); 'all' for every column.")
+@click.option("--sweep", "sweep_name", default=None, help="Only the runs of this sweep of the store.")
+@click.option("--export", type=click.Path(path_type=Path), default=None,
+              help="Write the table to a .csv or .parquet file instead of printing it.")
+def results(store, filters, columns, sweep_name, export):
+    """List, filter and export the index of the results store STORE (config fields and metrics
+    flattened into columns)."""
+    import pandas as pd
+
+    from granularity.errors import GranularityError, suggest
+    from granularity.sweeps.store import ResultsStore
+
+    if export is not None and export.suffix not in (".csv", ".parquet"):
+        raise GranularityError(f"The '--export' option must end in .csv or .parquet. Got {str(export)!r} instead.")
+    with ResultsStore(store, create=False) as st:
+        df = st.frame(sweep=sweep_name)
+        sweeps = st.sweeps()
+    if sweep_name is not None:
+        sweeps = [s for s in sweeps if s["name"] == sweep_name]
+    axis_keys = [k for s in sweeps for group in s["axes"] for k in group]
+    if df.empty:
+        click.echo("(no runs)", err=True)
+        return
+    df = apply_filters(df, filters)
+    if columns == "all":
+        cols = list(df.columns)
+    elif columns:
+        cols = [c.strip() for c in columns.split(",") if c.strip()]
+        for c in cols:
+            if c not in df.columns:
+                raise GranularityError(
+                    f"The '--columns' entry {c!r}{suggest(c, df.columns)} is not a column of the store; "
+                    f"columns include: {', '.join(list(df.columns)[:25])}."
+                )
+    else:
+        cols = default_columns(df, axis_keys)
+    df = df[cols]
+    if export is not None:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        if export.suffix == ".csv":
+            df.to_csv(export, index=False)
+        else:
+            df.to_parquet(export, index=False)
+        click.echo(f"{len(df)} runs written to {export}", err=True)
+        return
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
+        click.echo(df.to_string(index=False) if len(df) else "(no matching runs)")

@@ -1,0 +1,184 @@
+"""Experiment kinds a sweep can run: a registry whose names are the sweep files' vocabulary.
+
+Each kind gives its config class, how to build the base config (preset + overrides), how one
+sweep run's seed is set, the run function ``run(cfg, out_dir) -> result`` (which writes the run
+folder itself and resumes from its own checkpoints), how to tell a finished run folder, and a
+metric extractor that turns ``result.json`` into flat index columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError, unknown_name
+from granularity.utils.config import Config, deep_merge
+from granularity.utils.io import read_json
+
+
+@dataclass(frozen=True)
+class ExperimentKind:
+    """One kind of run a sweep can expand into."""
+
+    name: str
+    description: str
+    config_class: Callable[[], type[Config]]  # lazy: keeps `granularity sweep --help` light
+    preset_overrides: Callable[[str], dict[str, Any]]  # preset name -> overrides (raises for unknown)
+    seed_overrides: Callable[[int], dict[str, Any]]  # one sweep run = one seed
+    seed_keys: tuple[str, ...]  # config fields owned by the sweep's `seeds` (not allowed as axes)
+    run: Callable[[Config, Path], dict[str, Any]]
+    metrics: Callable[[dict[str, Any]], dict[str, Any]]  # result.json -> flat {name: number|str}
+    is_complete: Callable[[Path, Config], bool]
+    hierarchy_hash: Callable[[dict[str, Any]], str | None] = lambda result: None
+    defaults: dict[str, Any] = field(default_factory=dict)  # applied before the preset
+
+    def build(self, raw: Mapping[str, Any], where: str = "") -> Config:
+        return self.config_class().build(raw, where=where)
+
+
+KINDS: dict[str, ExperimentKind] = {}
+
+
+def register(kind: ExperimentKind) -> ExperimentKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> ExperimentKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise unknown_name("experiment kind", name, KINDS) from None
+
+
+def _finite(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+# ---- simulate: the theory simulator ---------------------------------------------------------
+def _sim_config() -> type[Config]:
+    from granularity.theory.config import SimConfig
+
+    return SimConfig
+
+
+def _sim_preset(name: str) -> dict[str, Any]:
+    from granularity.theory.presets import get_preset
+
+    return deep_merge({"name": name}, get_preset(name).overrides)
+
+
+def _sim_run(cfg: Config, out: Path) -> dict[str, Any]:
+    from granularity.theory.experiment import simulate
+
+    return simulate(cfg, out, progress=False)
+
+
+def _sim_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """``<source>.<protocol>.<easy|hard>`` errors (mean over the run's seeds) and final alignment."""
+    out: dict[str, Any] = {}
+    for src, protos in result.get("errors", {}).items():
+        for proto, kinds in protos.items():
+            for kind, summ in kinds.items():
+                out[f"{src}.{proto}.{kind}"] = _finite(summ.get("mean"))
+    for src, summ in result.get("alignment_final", {}).items():
+        for key, s in summ.items():
+            out[f"align.{src}.{key}"] = _finite(s.get("mean"))
+    return out
+
+
+def _sim_complete(out: Path, cfg: Config) -> bool:
+    """A simulate folder is finished when its result.json covers exactly this config's seeds."""
+    from granularity.theory.experiment import config_hash
+
+    path = out / "result.json"
+    if not path.exists():
+        return False
+    try:
+        res = read_json(path)
+    except GranularityError:
+        return False
+    seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
+    return res.get("config_hash") == config_hash(cfg) and res.get("seeds") == seeds
+
+
+register(
+    ExperimentKind(
+        name="simulate",
+        description="the theory simulator (granularity.theory): one run = one seed",
+        config_class=_sim_config,
+        preset_overrides=_sim_preset,
+        seed_overrides=lambda s: {"seeds": 1, "seed0": int(s), "seed_batch": 1},
+        seed_keys=("seeds", "seed0", "seed_batch"),
+        run=_sim_run,
+        metrics=_sim_metrics,
+        is_complete=_sim_complete,
+    )
+)
+
+
+# ---- transfer: one real-data pretrain -> transfer run (granularity.engine) -------------------
+def _tr_config() -> type[Config]:
+    from granularity.engine.config import TransferConfig
+
+    return TransferConfig
+
+
+def _tr_preset(name: str) -> dict[str, Any]:
+    # The real-data study presets live in granularity.experiments once it lands; until then a
+    # transfer sweep is declared with `base:` overrides only.
+    try:
+        from granularity.experiments import presets as ex_presets  # type: ignore[attr-defined]
+    except ImportError:
+        raise GranularityError(
+            f"The 'preset' key of a transfer sweep names a real-data preset, but none are registered yet. Got {name!r}; "
+            "declare the run with 'base:' overrides instead."
+        ) from None
+    return dict(ex_presets.get_preset(name).overrides)  # pragma: no cover - wired when it lands
+
+
+def _tr_run(cfg: Config, out: Path) -> dict[str, Any]:
+    from granularity.engine.run import run_transfer
+
+    return run_transfer(cfg, out)
+
+
+def _tr_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("target_error", "target_acc", "rare_error", "common_error", "num_source_classes",
+                "num_target_classes", "source_family", "train_seconds"):
+        if key in result:
+            out[key] = _finite(result[key])
+    for key, v in (result.get("levels") or {}).items():
+        out[f"levels.{key}"] = _finite(v)
+    for key, v in (result.get("pretrain_levels") or {}).items():
+        out[f"pretrain_levels.{key}"] = _finite(v)
+    return out
+
+
+def _tr_complete(out: Path, cfg: Config) -> bool:
+    if not (out / "result.json").exists() or not (out / "config.json").exists():
+        return False
+    try:
+        return read_json(out / "config.json") == cfg.to_dict()
+    except GranularityError:
+        return False
+
+
+register(
+    ExperimentKind(
+        name="transfer",
+        description="one real-data pretrain -> transfer run (granularity.engine.run_transfer)",
+        config_class=_tr_config,
+        preset_overrides=_tr_preset,
+        seed_overrides=lambda s: {"seed": int(s)},
+        seed_keys=("seed",),
+        run=_tr_run,
+        metrics=_tr_metrics,
+        is_complete=_tr_complete,
+        hierarchy_hash=lambda result: result.get("hierarchy_hash"),
+    )
+)

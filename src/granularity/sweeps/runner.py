@@ -1,0 +1,114 @@
+"""Run a sweep into a results store: validate everything, skip finished runs, resume the rest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from granularity.sweeps.executors import make_executor
+from granularity.sweeps.spec import RunSpec, Sweep, load_sweep
+from granularity.sweeps.store import ResultsStore, owner_alive
+
+POLL_S = 1.0  # how often to look at runs another sweep is computing
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def run_sweep(
+    sweep: Sweep | str | Path,
+    out: str | Path | None = None,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+    address: str | None = None,
+    retry_failed: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every unfinished run of ``sweep`` into the store ``out``.
+
+    Parameters
+    ----------
+    sweep : Sweep or path
+        An expanded sweep or a sweep file; every run's config is validated before any starts.
+    out : path, optional
+        The results store (default ``runs/sweeps/<sweep name>``); several sweeps may share one.
+    executor : {"local", "ray"}
+        Local worker processes or Ray tasks (``address``: None/"local" starts a local Ray).
+    workers, threads : int, optional
+        Runs at a time and torch threads per run; by default one run per core, 1 thread each.
+    retry_failed : bool
+        Run again runs recorded as failed (default); finished (``ok``) runs are never rerun.
+
+    Returns
+    -------
+    dict
+        ``{"name", "store", "total", "counts", "ran", "skipped", "failures", "wall_time"}``.
+
+    Examples
+    --------
+    >>> run_sweep("sweeps/phase.yaml", "runs/sweeps/phase", executor="ray")  # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda _m: None)
+    sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
+    ex = make_executor(executor, workers, threads, address)  # checks options before touching the store
+    out = Path(out) if out is not None else Path("runs") / "sweeps" / sw.name
+    store = ResultsStore(out)
+    try:
+        store.register_sweep(sw)
+        by_id = {r.run_id: r for r in sw.runs}
+        rows = {r["run_id"]: r for r in store.rows(by_id)}
+        skip = {"ok"} | (set() if retry_failed else {"failed"})
+        todo = [r for r in sw.runs if rows[r.run_id]["status"] not in skip]
+        skipped = len(sw.runs) - len(todo)
+        say(f"sweep {sw.name!r}: {len(sw.runs)} runs, {skipped} already finished, {len(todo)} to run; store {out}")
+        ran = 0
+        n_done = skipped
+        while todo:
+            say(ex.describe())
+            waiting: list[RunSpec] = []
+            for outcome in ex.run(store, todo):
+                status = outcome["status"]
+                run = by_id[outcome["run_id"]]
+                if status == "busy":
+                    waiting.append(run)
+                    continue
+                n_done += 1
+                ran += status in ("ok", "failed")
+                wall = f" ({outcome['wall_time']:.1f} s)" if outcome.get("wall_time") is not None else ""
+                err = f": {outcome['error']}" if outcome.get("error") else ""
+                say(f"[{n_done}/{len(sw.runs)}] {status} {run.run_id} {_fmt_params(run.params)}{wall}{err}")
+            todo = _wait_for_others(store, waiting, say) if waiting else []
+        rows = {r["run_id"]: r for r in store.rows(by_id)}
+        counts: dict[str, int] = {}
+        for r in rows.values():
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        failures = [
+            {"run_id": rid, "params": rows[rid]["params"], "error": rows[rid]["error"]}
+            for rid in by_id if rows[rid]["status"] == "failed"
+        ]
+        return {"name": sw.name, "store": str(out), "total": len(sw.runs), "counts": counts, "ran": ran,
+                "skipped": skipped, "failures": failures, "wall_time": time.perf_counter() - t0}
+    finally:
+        store.close()
+
+
+def _wait_for_others(store: ResultsStore, waiting: list[RunSpec], say: Callable[[str], None]) -> list[RunSpec]:
+    """Runs another sweep was computing: wait until they finish, or return them if it died."""
+    say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
+    left = {r.run_id: r for r in waiting}
+    while True:
+        orphans = []
+        for row in store.rows(left):
+            if row["status"] in ("ok", "failed"):
+                left.pop(row["run_id"])
+            elif row["status"] == "pending" or not owner_alive(row["owner"], row["heartbeat"]):
+                orphans.append(left.pop(row["run_id"]))
+        if orphans or not left:
+            return orphans + ([] if not left else list(left.values()))
+        time.sleep(POLL_S)

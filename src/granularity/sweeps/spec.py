@@ -1,0 +1,293 @@
+"""Sweep files: a base experiment, axes and seeds, expanded into validated runs with stable ids.
+
+A sweep file (YAML or JSON)::
+
+    name: phase-k-sigma          # optional; default: the file's stem
+    kind: simulate               # simulate | transfer
+    preset: quick                # optional: a named preset of that kind
+    base:                        # optional: config overrides (nested or dotted keys)
+      train.steps: 300
+    axes:                        # the grid: the product of all axes (and zip groups)
+      data.k: [2, 4, 8]                          # a list
+      data.sigma: {geom: [0.03, 0.12, 3]}        # n values, geometric from a to b
+      train.lr: {start: 0.1, stop: 0.5, step: 0.2}   # stop included when hit
+      model.m: {lin: [4, 16, 3]}                 # n values, evenly spaced
+    zip:                         # lists that vary together (one axis per group)
+      - {train.lr: [0.1, 0.5], train.steps: [600, 300]}
+    seeds: 3                     # 3 -> [0, 1, 2]; or [0, 5, 7]; or {start: 10, count: 3}
+
+One sweep run = one seed of one grid point; its id is a hash of the kind and the canonical JSON
+of its validated config (seed included), so the same run has the same id in every sweep and
+store. Every expanded config is validated before any run starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError, suggest
+from granularity.sweeps.kinds import ExperimentKind, get_kind
+from granularity.utils.config import deep_merge, load_config_file, set_dotted
+
+TOP_KEYS = ("name", "kind", "preset", "base", "axes", "zip", "seeds")
+MAX_RUNS = 100_000  # a typo in a range should not expand into millions of runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a validated config (as a JSON-able dict) and where it sits in the grid."""
+
+    run_id: str
+    kind: str
+    config: dict[str, Any]
+    params: dict[str, Any]  # the axis values of this run and its seed
+
+    @property
+    def seed(self) -> int:
+        return int(self.params["seed"])
+
+
+@dataclass
+class Sweep:
+    """An expanded sweep: every run validated, in grid order (last axis fastest, seeds innermost)."""
+
+    name: str
+    kind: str
+    axes: list[list[str]]  # one entry per axis; a zip group is one axis of several keys
+    seeds: list[int]
+    runs: list[RunSpec]
+    spec: dict[str, Any] = field(default_factory=dict)  # the file's content, for the record
+    source: str | None = None
+
+    @property
+    def axis_keys(self) -> list[str]:
+        return [k for group in self.axes for k in group]
+
+
+def run_id(kind: str, config: Mapping[str, Any]) -> str:
+    """Stable id: sha256 of the kind and the canonical JSON of the validated config."""
+    canon = json.dumps({"kind": kind, "config": config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _err(where: str, key: str, allowed: str, got: Any) -> GranularityError:
+    got_s = repr(got)
+    if len(got_s) > 80:
+        got_s = got_s[:77] + "..."
+    return GranularityError(f"The {key!r} entry of {where} must be {allowed}. Got {got_s} instead.")
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _clean(v: float, as_int: bool) -> int | float:
+    # 12 significant digits: 0.1 + 2 * 0.2 gives 0.5, not 0.5000000000000001, so ids are stable
+    return int(round(v)) if as_int else float(f"{v:.12g}")
+
+
+def axis_values(key: str, spec: Any, where: str) -> list[Any]:
+    """A list, ``{start, stop, step}`` (stop included when hit), ``{geom: [a, b, n]}`` or
+    ``{lin: [a, b, n]}`` -> the list of values."""
+    allowed = "a non-empty list, {start, stop, step}, {geom: [a, b, n]} or {lin: [a, b, n]}"
+    if isinstance(spec, list):
+        if not spec:
+            raise _err(where, key, allowed, spec)
+        return list(spec)
+    if not isinstance(spec, Mapping):
+        raise _err(where, key, allowed, spec)
+    keys = set(spec)
+    if keys == {"start", "stop", "step"}:
+        a, b, s = spec["start"], spec["stop"], spec["step"]
+        if not all(_num(x) for x in (a, b, s)) or s == 0 or (b - a) / s < 0:
+            raise _err(where, key, "{start, stop, step} with numbers and a step that goes from start towards stop", dict(spec))
+        n = int(math.floor((b - a) / s + 1e-9)) + 1
+        if n > MAX_RUNS:
+            raise _err(where, key, f"a range of at most {MAX_RUNS} values", dict(spec))
+        as_int = all(isinstance(x, int) for x in (a, b, s))
+        return [_clean(a + i * s, as_int) for i in range(n)]
+    if len(keys) == 1 and keys <= {"geom", "lin"}:
+        mode = next(iter(keys))
+        args = spec[mode]
+        ok = (isinstance(args, list) and len(args) == 3 and _num(args[0]) and _num(args[1])
+              and isinstance(args[2], int) and not isinstance(args[2], bool) and 1 <= args[2] <= MAX_RUNS)
+        if ok and mode == "geom":
+            ok = args[0] > 0 and args[1] > 0
+        if not ok:
+            extra = " with a, b > 0" if mode == "geom" else ""
+            raise _err(where, key, f"{{{mode}: [a, b, n]}}{extra} and an int n >= 1", dict(spec))
+        a, b, n = args
+        if n == 1:
+            ts = [0.0]
+        else:
+            ts = [i / (n - 1) for i in range(n)]
+        raw = [a * (b / a) ** t for t in ts] if mode == "geom" else [a + (b - a) * t for t in ts]
+        as_int = isinstance(a, int) and isinstance(b, int) and all(abs(v - round(v)) < 1e-9 for v in raw)
+        return [_clean(v, as_int) for v in raw]
+    raise _err(where, key, allowed, dict(spec))
+
+
+def _undot(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 1, "data": {"k": 2}}`` -> ``{"train": {"lr": 1}, "data": {"k": 2}}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        value = _undot(value) if isinstance(value, Mapping) else value
+        parts = str(key).split(".")
+        if any(not p for p in parts):
+            raise GranularityError(f"Config key {key!r} has an empty part; use dotted names like data.k.")
+        if len(parts) == 1:
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = value
+        else:
+            node = out
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise GranularityError(f"Config key {key!r} sets a field inside {p!r}, which is not a mapping.")
+            node[parts[-1]] = value
+    return out
+
+
+def parse_seeds(spec: Any, where: str) -> list[int]:
+    allowed = "an int n >= 1 (seeds 0..n-1), a list of distinct ints >= 0, or {start, count}"
+    if spec is None:
+        return [0]
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 1 <= spec <= MAX_RUNS:
+            raise _err(where, "seeds", allowed, spec)
+        return list(range(spec))
+    if isinstance(spec, list):
+        if not spec or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec) or len(set(spec)) != len(spec):
+            raise _err(where, "seeds", allowed, spec)
+        return list(spec)
+    if isinstance(spec, Mapping) and set(spec) == {"start", "count"}:
+        a, n = spec["start"], spec["count"]
+        if isinstance(a, int) and isinstance(n, int) and a >= 0 and 1 <= n <= MAX_RUNS:
+            return list(range(a, a + n))
+    raise _err(where, "seeds", allowed, spec)
+
+
+def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for p in dotted.split("."):
+        node = node.get(p) if isinstance(node, Mapping) else None
+    return node
+
+
+def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None = None) -> Sweep:
+    """Validate a sweep spec (the parsed file) and expand it into runs."""
+    where = f"sweep file {source!r}" if source else "the sweep"
+    if not isinstance(spec, Mapping):
+        raise GranularityError(f"{where[0].upper() + where[1:]} must hold a mapping of keys to values.")
+    for key in spec:
+        if key not in TOP_KEYS:
+            raise GranularityError(
+                f"Unknown key {key!r}{suggest(key, TOP_KEYS)} in {where}; valid keys are: {', '.join(TOP_KEYS)}."
+            )
+    kind_name = spec.get("kind", "simulate")
+    if not isinstance(kind_name, str):
+        raise _err(where, "kind", "a string", kind_name)
+    kind: ExperimentKind = get_kind(kind_name)
+    sweep_name = spec.get("name", name or (Path(source).stem if source else "sweep"))
+    if not isinstance(sweep_name, str) or not sweep_name.strip():
+        raise _err(where, "name", "a non-empty string", sweep_name)
+
+    raw: dict[str, Any] = dict(kind.defaults)
+    preset = spec.get("preset")
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise _err(where, "preset", "a preset name (a string)", preset)
+        raw = deep_merge(raw, kind.preset_overrides(preset))
+    base = spec.get("base") or {}
+    if not isinstance(base, Mapping):
+        raise _err(where, "base", "a mapping of config keys to values", base)
+    base = _undot(base)
+    for key in kind.seed_keys:
+        if key in base:
+            raise GranularityError(
+                f"The 'base.{key}' entry of {where} is set per run by the sweep's 'seeds' key; remove it and use seeds: instead."
+            )
+    raw = deep_merge(raw, base)
+
+    # axes: each entry of `axes` is one axis; each `zip` group is one axis of several keys
+    axes: list[tuple[list[str], list[tuple[Any, ...]]]] = []
+    axes_spec = spec.get("axes") or {}
+    if not isinstance(axes_spec, Mapping):
+        raise _err(where, "axes", "a mapping of config keys to value lists", axes_spec)
+    for key, vspec in axes_spec.items():
+        values = axis_values(f"axes.{key}", vspec, where)
+        axes.append(([str(key)], [(v,) for v in values]))
+    zip_spec = spec.get("zip") or []
+    if isinstance(zip_spec, Mapping):
+        zip_spec = [zip_spec]
+    if not isinstance(zip_spec, list):
+        raise _err(where, "zip", "a list of mappings {key: values} whose lists have one length", zip_spec)
+    for i, group in enumerate(zip_spec):
+        if not isinstance(group, Mapping) or not group:
+            raise _err(where, f"zip[{i}]", "a mapping {key: values, ...} with at least one key", group)
+        cols = {str(k): axis_values(f"zip[{i}].{k}", v, where) for k, v in group.items()}
+        lengths = {k: len(v) for k, v in cols.items()}
+        if len(set(lengths.values())) != 1:
+            raise GranularityError(
+                f"The lists of 'zip[{i}]' in {where} vary together and must have one length; got lengths {lengths}."
+            )
+        axes.append((list(cols), list(zip(*cols.values()))))
+    seen: set[str] = set()
+    for keys, _ in axes:
+        for key in keys:
+            if key in seen:
+                raise GranularityError(f"The config key {key!r} appears on two axes of {where}; give it once.")
+            seen.add(key)
+            if key.split(".")[0] in kind.seed_keys:
+                raise GranularityError(
+                    f"The axis {key!r} of {where} is set per run by the sweep's 'seeds' key; use seeds: instead."
+                )
+    seeds = parse_seeds(spec.get("seeds"), where)
+    n_runs = math.prod(len(v) for _, v in axes) * len(seeds)
+    if n_runs > MAX_RUNS:
+        raise GranularityError(f"{where} expands into {n_runs} runs; the limit is {MAX_RUNS}: shorten its axes.")
+
+    runs: list[RunSpec] = []
+    ids: dict[str, dict[str, Any]] = {}
+    for point in itertools.product(*(vals for _, vals in axes)):
+        cell = deep_merge(raw, {})
+        label = []
+        for (keys, _), values in zip(axes, point):
+            for key, value in zip(keys, values):
+                set_dotted(cell, key, value)
+                label.append(f"{key}={value!r}")
+        run_where = f"{where}, run {', '.join(label)}" if label else where
+        for seed in seeds:
+            cfg = kind.build(deep_merge(cell, kind.seed_overrides(seed)), where=run_where)
+            cfg_d = cfg.to_dict()
+            params = {key: _get_dotted(cfg_d, key) for key in seen_order(axes)}
+            params["seed"] = seed
+            rid = run_id(kind.name, cfg_d)
+            if rid in ids:
+                raise GranularityError(
+                    f"Two runs of {where} have the same config ({ids[rid]} and {params}); remove the duplicate axis values."
+                )
+            ids[rid] = params
+            runs.append(RunSpec(rid, kind.name, cfg_d, params))
+    return Sweep(
+        name=sweep_name.strip(), kind=kind.name, axes=[keys for keys, _ in axes], seeds=seeds, runs=runs,
+        spec=json.loads(json.dumps(dict(spec), default=str)), source=source,
+    )
+
+
+def seen_order(axes: list[tuple[list[str], list]]) -> list[str]:
+    return [k for keys, _ in axes for k in keys]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and expand a sweep file (YAML or JSON), validating every run."""
+    return expand(load_config_file(path), source=str(path))

@@ -1,0 +1,331 @@
+"""A results store many workers write to at once.
+
+Layout::
+
+    <store>/index.sqlite      the queryable index (one row per run, plus the sweeps)
+    <store>/runs/<run_id>/    one folder per run, written by the experiment's own run function
+
+The index is SQLite in WAL mode with a busy timeout; every change is one short
+``BEGIN IMMEDIATE`` transaction, so workers in several processes (and two sweeps at once)
+never see or leave a half-written row. A run is claimed before it starts (status ``running``,
+owner ``host:pid``, heartbeat); a claim whose owner is dead (or whose heartbeat is stale) is
+taken over, so a killed sweep resumes and two sweeps never compute the same run at once.
+
+Rows hold the resolved config and metrics as JSON; :meth:`ResultsStore.frame` flattens them into
+columns (``data.k``, ``fine.map.hard``, ...) for filtering and export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError
+
+INDEX = "index.sqlite"
+HEARTBEAT_S = 5.0  # a running worker refreshes its claim this often
+STALE_S = 60.0  # a claim not refreshed for this long belongs to a lost worker (another host, or pid reused)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,            -- pending | running | ok | failed
+    error TEXT,
+    config TEXT NOT NULL,            -- resolved config, JSON
+    params TEXT NOT NULL,            -- axis values and seed, JSON
+    metrics TEXT,                    -- flat metrics, JSON
+    hierarchy_hash TEXT,
+    versions TEXT,                   -- env.json of the run (versions, machine, git revision), JSON
+    wall_time REAL,                  -- seconds of the last attempt
+    attempts INTEGER NOT NULL DEFAULT 0,  -- times the run function was started
+    owner TEXT,
+    heartbeat REAL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    axes TEXT NOT NULL,
+    seeds TEXT NOT NULL,
+    source TEXT,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (sweep, run_id)
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+"""
+
+JSON_COLUMNS = ("config", "params", "metrics", "versions")
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process whose parent died too may linger as a zombie: it is dead
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def owner_alive(owner: str | None, heartbeat: float | None, now: float | None = None) -> bool:
+    """Is the worker holding a claim still at work?"""
+    if not owner:
+        return False
+    now = time.time() if now is None else now
+    if heartbeat is None or now - heartbeat > STALE_S:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return _pid_alive(int(pid))
+    return True
+
+
+class ResultsStore:
+    """The index and run folders of one store folder; safe to use from many processes.
+
+    Parameters
+    ----------
+    root : path
+        Store folder; created (with its index) if ``create`` is true.
+    create : bool
+        If false, a folder without an index is an error (for ``granularity results``).
+    """
+
+    def __init__(self, root: str | Path, create: bool = True):
+        self.root = Path(root)
+        path = self.root / INDEX
+        if not create and not path.exists():
+            raise GranularityError(
+                f"{str(self.root)!r} is not a results store (no {INDEX}); give the --out folder of a sweep."
+            )
+        if create:
+            from granularity.utils.io import check_writable
+
+            check_writable(self.root)
+            (self.root / "runs").mkdir(exist_ok=True)
+        self._db = self._connect(path)
+        if create:
+            with self.transaction() as db:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE takes the write
+        # lock up front, so two writers never deadlock upgrading a read lock)
+        db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=60000")
+        for attempt in range(50):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:  # another process is switching it: wait and retry
+                time.sleep(0.1 * (attempt + 1))
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    # ---- sweeps ------------------------------------------------------------------------------
+    def register_sweep(self, sweep: Any) -> None:
+        """Record the sweep and add its runs as ``pending`` (runs already indexed keep their row)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sweeps(name, kind, spec, axes, seeds, source, updated) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET kind=excluded.kind, spec=excluded.spec, axes=excluded.axes, "
+                "seeds=excluded.seeds, source=excluded.source, updated=excluded.updated",
+                (sweep.name, sweep.kind, json.dumps(sweep.spec, sort_keys=True), json.dumps(sweep.axes),
+                 json.dumps(sweep.seeds), sweep.source, now),
+            )
+            db.execute("DELETE FROM sweep_runs WHERE sweep=?", (sweep.name,))
+            db.executemany(
+                "INSERT INTO sweep_runs(sweep, run_id, position) VALUES (?,?,?)",
+                [(sweep.name, r.run_id, i) for i, r in enumerate(sweep.runs)],
+            )
+            db.executemany(
+                "INSERT INTO runs(run_id, kind, status, config, params, created) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(run_id) DO NOTHING",
+                [(r.run_id, r.kind, "pending", json.dumps(r.config, sort_keys=True), json.dumps(r.params), now)
+                 for r in sweep.runs],
+            )
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM sweeps ORDER BY updated").fetchall()
+        out = []
+        for row in rows:
+            d = dict(row)
+            for key in ("spec", "axes", "seeds"):
+                d[key] = json.loads(d[key])
+            d["run_ids"] = [r[0] for r in self._db.execute(
+                "SELECT run_id FROM sweep_runs WHERE sweep=? ORDER BY position", (d["name"],))]
+            out.append(d)
+        return out
+
+    # ---- claims and results -----------------------------------------------------------------
+    def claim(self, run: Any, owner: str | None = None) -> str:
+        """Try to take ``run`` for this worker: ``"claimed"``, ``"done"`` (already ok) or ``"busy"``."""
+        owner = owner or owner_id()
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT status, owner, heartbeat FROM runs WHERE run_id=?", (run.run_id,)).fetchone()
+            if row is not None and row["status"] == "ok":
+                return "done"
+            if row is not None and row["status"] == "running" and row["owner"] != owner and owner_alive(
+                row["owner"], row["heartbeat"], now
+            ):
+                return "busy"
+            db.execute(
+                "INSERT INTO runs(run_id, kind, status, config, params, owner, heartbeat, created, started) "
+                "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET status='running', error=NULL, "
+                "owner=excluded.owner, heartbeat=excluded.heartbeat, started=excluded.started",
+                (run.run_id, run.kind, "running", json.dumps(run.config, sort_keys=True), json.dumps(run.params),
+                 owner, now, now, now),
+            )
+        return "claimed"
+
+    def mark_started(self, run_id: str) -> None:
+        """The run function is about to be called (counts attempts: a finished run is never restarted)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET attempts=attempts+1 WHERE run_id=?", (run_id,))
+
+    def heartbeat(self, run_id: str, owner: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET heartbeat=? WHERE run_id=? AND owner=?", (time.time(), run_id, owner or owner_id()))
+
+    def finish(self, run_id: str, status: str, *, metrics: Mapping[str, Any] | None = None, error: str | None = None,
+               hierarchy_hash: str | None = None, versions: Mapping[str, Any] | None = None,
+               wall_time: float | None = None) -> None:
+        """Record the outcome of a run (one transaction)."""
+        if status not in ("ok", "failed"):
+            raise ValueError(f"status must be ok or failed, not {status!r}")
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET status=?, error=?, metrics=?, hierarchy_hash=?, versions=?, wall_time=?, "
+                "finished=?, owner=NULL, heartbeat=NULL WHERE run_id=?",
+                (status, error, json.dumps(dict(metrics)) if metrics is not None else None, hierarchy_hash,
+                 json.dumps(dict(versions)) if versions is not None else None, wall_time, time.time(), run_id),
+            )
+
+    def fail_if_orphaned(self, run_id: str, error: str) -> bool:
+        """Mark a run failed if it is still claimed by a dead worker (a crashed process)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT status, owner, heartbeat FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None or row["status"] in ("ok", "failed"):
+                return False
+            if row["status"] == "running" and owner_alive(row["owner"], row["heartbeat"]):
+                return False
+            db.execute("UPDATE runs SET status='failed', error=?, finished=?, owner=NULL, heartbeat=NULL WHERE run_id=?",
+                       (error, time.time(), run_id))
+            return True
+
+    # ---- queries ----------------------------------------------------------------------------
+    def rows(self, run_ids: Iterable[str] | None = None, sweep: str | None = None) -> list[dict[str, Any]]:
+        if sweep is not None:
+            if not self._db.execute("SELECT 1 FROM sweeps WHERE name=?", (sweep,)).fetchone():
+                from granularity.errors import unknown_name
+
+                raise unknown_name("sweep", sweep, [s["name"] for s in self.sweeps()])
+            cur = self._db.execute(
+                "SELECT runs.* FROM runs JOIN sweep_runs ON runs.run_id = sweep_runs.run_id WHERE sweep_runs.sweep=? "
+                "ORDER BY sweep_runs.position", (sweep,))
+        else:
+            cur = self._db.execute("SELECT * FROM runs ORDER BY created, run_id")
+        out = []
+        wanted = set(run_ids) if run_ids is not None else None
+        for row in cur.fetchall():
+            d = dict(row)
+            if wanted is not None and d["run_id"] not in wanted:
+                continue
+            for key in JSON_COLUMNS:
+                d[key] = json.loads(d[key]) if d[key] else None
+            out.append(d)
+        return out
+
+    def status_counts(self, run_ids: Iterable[str] | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.rows(run_ids):
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        return counts
+
+    def frame(self, sweep: str | None = None):
+        """The index as a pandas DataFrame: config fields and metrics flattened into columns."""
+        import pandas as pd
+
+        records = []
+        for r in self.rows(sweep=sweep):
+            rec: dict[str, Any] = {
+                "run_id": r["run_id"], "kind": r["kind"], "status": r["status"], "error": r["error"],
+                "seed": (r["params"] or {}).get("seed"), "wall_time": r["wall_time"], "attempts": r["attempts"],
+                "hierarchy_hash": r["hierarchy_hash"],
+            }
+            rec.update({f"{k}": _scalar(v) for k, v in flatten(r["config"]).items()})
+            rec.update({f"{k}": v for k, v in (r["metrics"] or {}).items()})
+            versions = r["versions"] or {}
+            for key in ("granularity", "torch", "python", "git_revision", "device"):
+                if key in versions:
+                    rec[f"env.{key}"] = versions[key]
+            records.append(rec)
+        return pd.DataFrame.from_records(records)
+
+
+def _scalar(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"k": 4}}`` -> ``{"data.k": 4}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
