@@ -56,6 +56,23 @@ class PatchCNN:
         self.W = torch.stack([torch.randn(self.N, d, generator=g) * std for g in gens]).to(device)  # (S, N, d)
         self.a = torch.ones(S, outputs, cfg.m, device=device)  # (S, O, m), paper: frozen at 1
         self.bias = cfg.bias
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _workspace(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer reused from step to step: a fresh (S, B*P, N) tensor every step costs page
+        faults and a zero fill as large as the matrix multiply's output (tens of MB)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf
+
+    def _pre(self, x: torch.Tensor, W: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        S, B, P, d = x.shape
+        pre = torch.bmm(x.reshape(S, B * P, d), W.transpose(1, 2), out=out)  # (S, B*P, N)
+        if self.bias:
+            pre.add_(self.bias)
+        return pre
 
     def features(self, x: torch.Tensor, W: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Neuron activations summed over patches.
@@ -64,26 +81,44 @@ class PatchCNN:
         """
         W = self.W if W is None else W
         S, B, P, d = x.shape
-        pre = torch.bmm(x.reshape(S, B * P, d), W.transpose(1, 2))  # (S, B*P, N)
-        if self.bias:
-            pre = pre + self.bias
-        act, grad = activation(pre, self.cfg)
+        act, grad = activation(self._pre(x, W), self.cfg)
         return act.view(S, B, P, -1).sum(2), grad.view(S, B, P, -1)
+
+    def hidden(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
+        """H (S, B, N) only (evaluation): no activation derivative is computed."""
+        W = self.W if W is None else W
+        S, B, P, d = x.shape
+        pre = self._pre(x, W)
+        act = pre.clamp_min_(0) if self.cfg.activation == "relu" else activation(pre, self.cfg)[0]
+        return act.view(S, B, P, -1).sum(2)
 
     def logits_from_features(self, H: torch.Tensor) -> torch.Tensor:
         S, B, _ = H.shape
         return (H.view(S, B, self.outputs, self.m) * self.a[:, None]).sum(-1)  # (S, B, O)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_features(self.features(x)[0])
+        return self.logits_from_features(self.hidden(x))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on mean cross-entropy per seed. x (S, B, P, d), y (S, B).
 
         Returns per-seed loss (S,) and accuracy (S,) on this batch, before the update.
+
+        For ReLU the whole step works in one reused (S, B*P, N) buffer: pre-activation, then
+        activation (in place), then act' = 1[pre > 0] = sign(act) (in place), then dL/dpre (in
+        place). So apart from the two matrix multiplies the step makes three passes over it and
+        allocates nothing of that size.
         """
         S, B, P, d = x.shape
-        H, dact = self.features(x)
+        N = self.N
+        x2 = x.reshape(S, B * P, d)
+        relu = self.cfg.activation == "relu"
+        if relu:
+            pre = self._pre(x, self.W, out=self._workspace("pre", (S, B * P, N), x))
+            act = pre.clamp_min_(0)
+            H = act.view(S, B, P, N).sum(2)  # (S, B, N)
+        else:
+            H, dact = self.features(x)
         logits = self.logits_from_features(H)  # (S, B, O)
         logp = torch.log_softmax(logits, -1)
         loss = -logp.gather(-1, y[..., None]).squeeze(-1).mean(1)
@@ -91,13 +126,16 @@ class PatchCNN:
         g = logp.exp()
         g.scatter_add_(-1, y[..., None], torch.full_like(g[..., :1], -1.0))
         g /= B  # dL/dlogits (S, B, O)
-        dH = (g[..., None] * self.a[:, None]).reshape(S, B, self.N)  # (S, B, N)
-        dpre = dact * dH[:, :, None, :]  # (S, B, P, N)
-        dW = torch.bmm(dpre.reshape(S, B * P, self.N).transpose(1, 2), x.reshape(S, B * P, d))  # (S, N, d)
+        dH = (g[..., None] * self.a[:, None]).reshape(S, B, N)  # (S, B, N)
+        if relu:
+            dpre = act.sign_().view(S, B, P, N).mul_(dH[:, :, None, :])  # (S, B, P, N), in the buffer
+        else:
+            dpre = dact.mul_(dH[:, :, None, :])  # (S, B, P, N)
+        dW = torch.bmm(dpre.view(S, B * P, N).transpose(1, 2), x2, out=self._workspace("dW", (S, N, d), x))  # (S, N, d)
         if self.cfg.train_second_layer:
             da = (g[..., None] * H.view(S, B, self.outputs, self.m)).sum(1)
             self.a -= lr * da
         if weight_decay:
-            dW += weight_decay * self.W
-        self.W -= lr * dW
+            dW.add_(self.W, alpha=weight_decay)
+        self.W.add_(dW, alpha=-lr)
         return loss, acc

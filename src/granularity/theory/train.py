@@ -41,6 +41,7 @@ class SeedBatch:
     train: list[Samples]
     subseeds: list[list[int]]
     device: torch.device
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, cfg: SimConfig, seeds: list[int], device: torch.device) -> SeedBatch:
@@ -54,10 +55,17 @@ class SeedBatch:
 
     @property
     def x(self) -> torch.Tensor:
-        return torch.stack([t.x for t in self.train]).to(self.device)  # (S, n, P, d)
+        """The training sets stacked over seeds, (S, n, P, d), built once (pretraining, probe and
+        finetune all read it; a new stack per call would copy S*n*P*d floats each time)."""
+        if "x" not in self._cache:
+            self._cache["x"] = torch.stack([t.x for t in self.train]).to(self.device)
+        return self._cache["x"]
 
     def labels(self, level: int) -> torch.Tensor:
-        return torch.stack([t.label(level) for t in self.train]).to(self.device)  # (S, n)
+        key = ("labels", level)
+        if key not in self._cache:
+            self._cache[key] = torch.stack([t.label(level) for t in self.train]).to(self.device)  # (S, n)
+        return self._cache[key]
 
     def dictionary(self) -> torch.Tensor:
         return torch.stack([d.dictionary for d in self.dists]).to(self.device)  # (S, M, d)
@@ -99,20 +107,41 @@ def _batches(n: int, batch: int | None, steps: int, gens: list[torch.Generator])
         pos += batch
 
 
+class Gather:
+    """Minibatches ``X[s, idx[s]]`` of every seed, copied by one ``index_select`` into a buffer
+    reused from step to step (advanced indexing would allocate (S, B, P, d) every step)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor):
+        S, n = X.shape[:2]
+        self.X = X.reshape(S * n, *X.shape[2:])  # (S*n, P, d), a view of the contiguous stack
+        self.Y = Y.reshape(S * n)
+        self.S, self.n = S, n
+        self.offset = (torch.arange(S, device=X.device) * n)[:, None]  # (S, 1)
+        self._buf: torch.Tensor | None = None
+
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        S, B = idx.shape
+        flat = (idx + self.offset).reshape(-1)  # (S*B,)
+        shape = (S * B, *self.X.shape[1:])
+        if self._buf is None or self._buf.shape != shape:
+            self._buf = torch.empty(shape, dtype=self.X.dtype, device=self.X.device)
+        x = torch.index_select(self.X, 0, flat, out=self._buf)
+        return x.view(S, B, *self.X.shape[1:]), self.Y[flat].view(S, B)
+
+
 def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int], None] | None = None) -> Pretrained:
     """Train S models (one per seed) on the level-``level`` labels with SGD."""
     S = len(sb.seeds)
     outputs = cfg.data.nodes_per_level[level - 1]
     init_gens = [generator(ss[_INIT] + level) for ss in sb.subseeds]
     model = PatchCNN(S, outputs, cfg.data.d, cfg.model, init_gens, sb.device)
-    X, Y = sb.x, sb.labels(level)
+    gather = Gather(sb.x, sb.labels(level))
     D = sb.dictionary()
     tc = cfg.train
     marks = set(log_steps(tc.steps, tc.log_points).tolist())
     log_every = max(1, tc.steps // 100)
     align, align_steps, curve = [], [], []
     order = [generator(ss[_ORDER] + level) for ss in sb.subseeds]
-    seed_idx = torch.arange(S, device=sb.device)[:, None]
     run_loss = torch.zeros(S, device=sb.device)
     run_acc = torch.zeros(S, device=sb.device)
     count = 0
@@ -120,8 +149,7 @@ def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int]
         if step in marks:
             align.append(torch.bmm(model.W, D.transpose(1, 2)).cpu())  # (S, N, M)
             align_steps.append(step)
-        idx = idx.to(sb.device)
-        loss, acc = model.step(X[seed_idx, idx], Y[seed_idx, idx], tc.lr, tc.weight_decay)
+        loss, acc = model.step(*gather(idx.to(sb.device)), tc.lr, tc.weight_decay)
         run_loss += loss
         run_acc += acc
         count += 1
@@ -154,11 +182,14 @@ class Head:
 
 
 def _features(model: PatchCNN, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    if not W.requires_grad:
+        return model.hidden(x, W)  # in place, no activation derivative
     S, B, P, d = x.shape
     pre = torch.bmm(x.reshape(S, B * P, d), W.transpose(1, 2))
     if model.bias:
         pre = pre + model.bias
-    return activation(pre, model.cfg)[0].view(S, B, P, -1).sum(2)  # (S, B, N)
+    act = torch.relu(pre) if model.cfg.activation == "relu" else activation(pre, model.cfg)[0]
+    return act.view(S, B, P, -1).sum(2)  # (S, B, N)
 
 
 def _head_logits(model: PatchCNN, head: Head, x: torch.Tensor) -> torch.Tensor:
@@ -204,13 +235,13 @@ def finetune(cfg: SimConfig, sb: SeedBatch, pre: Pretrained, target: int) -> Hea
     b = torch.zeros(S, O, device=sb.device, requires_grad=True)
     opt = torch.optim.SGD([W, w, b], lr=cfg.transfer.finetune_lr)
     order = [generator(ss[_HEAD] + target) for ss in sb.subseeds]
-    seed_idx = torch.arange(S, device=sb.device)[:, None]
+    gather = Gather(X, Y)
     head = Head(W, w, b)
     for idx in _batches(cfg.train.n_train, cfg.train.batch_size, cfg.transfer.finetune_steps, order):
-        idx = idx.to(sb.device)
+        xb, yb = gather(idx.to(sb.device))
         opt.zero_grad(set_to_none=True)
-        logits = _head_logits(model, head, X[seed_idx, idx])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, O), Y[seed_idx, idx].reshape(-1), reduction="none")
+        logits = _head_logits(model, head, xb)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, O), yb.reshape(-1), reduction="none")
         loss.view(S, -1).mean(1).sum().backward()
         opt.step()
     return Head(W.detach(), w.detach(), b.detach())
