@@ -117,7 +117,7 @@ def build_source_labels(
         per_class = max(1, k // g)  # K clusters in total, split evenly over the target classes
         labels, n, meta = _lf_result(lfs.kmeans_within(emb, coarse, per_class, seed=seed))
     else:
-        labels, n, meta = _lf_result(lfs.kmeans_global(emb, k, seed=seed))
+        labels, n, meta = _lf_result(lfs.kmeans_global(emb, k, seed=seed, coarse_labels=hierarchy.relabel(leaf_labels, target_level)))
     return SourceLabels(labels, n, spec, kind, {"kind": kind, "k_requested": k, **meta})
 
 
