@@ -1,0 +1,510 @@
+"""A self-contained HTML report from stored results.
+
+Inputs (any mix): simulate run folders (``result.json`` + ``seeds/``), phase-diagram folders
+(``phase_spec.json``), results stores of sweeps (``index.sqlite``) and single real-data transfer
+run folders. Every figure is drawn from the stored results, written as a PNG under
+``<out>/figures/`` and embedded in ``<out>/index.html`` as a base64 data URI, with its numbers
+(mean and 95% CI over seeds) and, in a collapsible block, the exact resolved configs and seeds.
+
+From a store, a simulate sweep over two axes gives phase-diagram heatmaps (mean over seeds per
+cell, one per protocol), one axis gives error curves, and small grids (<= 4 cells) also give
+the easy/hard bars and alignment curves per cell. A transfer sweep gives the real-data U-curve
+(target error against the number of pretraining classes, per label-function family) and
+hard-sample bars (rare vs common subclasses) when the runs have rare classes.
+The real-data study's own result folders are not an input yet: ``granularity.experiments`` has
+no study result format to read; its runs can be swept (kind ``transfer``) and reported from the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError
+from granularity.utils.io import check_writable, read_json
+from granularity.utils.stats import fmt_ci, mean_ci
+
+PROTOCOL_ORDER = ["map", "probe", "finetune"]
+
+
+@dataclass
+class Figure:
+    title: str
+    path: Path
+    caption: str
+    details: Any = None  # JSON-able: the configs and seeds behind the figure
+    table: list[list[str]] | None = None  # first row = header
+
+
+@dataclass
+class Section:
+    title: str
+    source: str
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, list[list[str]]]] = field(default_factory=list)
+
+
+class _Names:
+    """Unique, file-safe figure names."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, *parts: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9.=+-]+", "_", "_".join(p for p in parts if p)).strip("_")[:90] or "figure"
+        name, i = base, 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name + ".png"
+
+
+def _protocols(errors: Mapping[str, Any]) -> list[str]:
+    protos = list(dict.fromkeys(p for src in errors.values() for p in src))
+    return sorted(protos, key=lambda p: PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else 99)
+
+
+def _errors_table(errors: Mapping[str, Any]) -> list[list[str]]:
+    rows = [["pretraining", "protocol", "easy error", "hard error", "seeds"]]
+    for src, protos in errors.items():
+        for proto in _protocols({src: protos}):
+            e = protos[proto]
+            rows.append([src, proto, fmt_ci(e["easy"]), fmt_ci(e["hard"]), str(e["hard"].get("n", ""))])
+    return rows
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+def detect(path: Path) -> str:
+    """``simulate`` | ``phase`` | ``store`` | ``transfer`` for a results folder."""
+    if not path.is_dir():
+        raise GranularityError(f"The RESULTS entry {str(path)!r} is not a folder; give run folders, phase folders or sweep stores.")
+    if (path / "index.sqlite").exists():
+        return "store"
+    if (path / "phase_spec.json").exists():
+        return "phase"
+    if (path / "result.json").exists():
+        res = read_json(path / "result.json")
+        if "errors" in res and "seeds" in res:
+            return "simulate"
+        if "target_error" in res:
+            return "transfer"
+    raise GranularityError(
+        f"The RESULTS entry {str(path)!r} is not a simulate run folder (result.json), a phase folder "
+        "(phase_spec.json) or a results store (index.sqlite)."
+    )
+
+
+def _sim_records(folder: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    recs = []
+    for s in seeds:
+        p = folder / "seeds" / f"seed_{s}.json"
+        if p.exists():
+            recs.append(read_json(p))
+    return recs
+
+
+def section_simulate(folder: Path, figdir: Path, names: _Names) -> Section:
+    from granularity.theory.plots import plot_alignment, plot_errors
+
+    result = read_json(folder / "result.json")
+    config = read_json(folder / "config.json") if (folder / "config.json").exists() else None
+    sec = Section(f"Simulator run {result.get('name', folder.name)!r}", str(folder))
+    details = {"config": config, "seeds": result.get("seeds"), "config_hash": result.get("config_hash")}
+    n = len(result.get("seeds", []))
+    p = plot_errors(result, figdir / names(folder.name, "errors"))
+    sec.figures.append(Figure(
+        "Target error on easy and hard test samples", p,
+        f"Coarse vs fine pretraining, transferred to the target task by each protocol; mean and 95% CI over {n} seeds.",
+        details, _errors_table(result["errors"])))
+    recs = _sim_records(folder, result.get("seeds", []))
+    if recs and all("alignment" in r for r in recs):
+        p = plot_alignment(recs, figdir / names(folder.name, "alignment"))
+        sec.figures.append(Figure(
+            "Feature alignment during pretraining", p,
+            f"max over own-class neurons of <w, v> for common (level 1) and fine features; mean and 95% CI band over {len(recs)} seeds.",
+            details))
+    return sec
+
+
+def section_phase(folder: Path, figdir: Path, names: _Names) -> Section:
+    from granularity.theory.phase import _cell_name, build_phase
+    from granularity.theory.plots import plot_phase
+
+    phase = read_json(folder / "phase.json") if (folder / "phase.json").exists() else build_phase(folder)
+    spec = read_json(folder / "phase_spec.json")
+    sec = Section(f"Phase diagram {phase['y_key']} x {phase['x_key']}", str(folder))
+    cells = []
+    for yv in phase["y_values"]:
+        for xv in phase["x_values"]:
+            cell = folder / "cells" / _cell_name(phase["x_key"], xv, phase["y_key"], yv)
+            if (cell / "result.json").exists():
+                res = read_json(cell / "result.json")
+                cells.append({phase["x_key"]: xv, phase["y_key"]: yv, "seeds": res.get("seeds"),
+                              "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
+    if not phase.get("grids"):
+        sec.notes.append("No finished cells yet.")
+        return sec
+    p = plot_phase(phase, figdir / names(folder.name, "phase"))
+    sec.figures.append(Figure(
+        f"Hard-sample error ({phase['protocol']})", p,
+        f"Each cell: mean over {phase.get('seeds')} seeds of the hard-sample target error; the right panel is coarse - fine.",
+        {"spec": spec, "cells": cells}, _phase_table(phase)))
+    return sec
+
+
+def _phase_table(phase: Mapping[str, Any]) -> list[list[str]]:
+    rows = [[phase["y_key"], phase["x_key"], *[f"{src} hard error" for src in phase["grids"]]]]
+    for r, yv in enumerate(phase["y_values"]):
+        for c, xv in enumerate(phase["x_values"]):
+            vals = []
+            for src in phase["grids"]:
+                m = phase["grids"][src][r][c]
+                ci = phase.get("ci", {}).get(src, [[math.nan]])[r][c] if phase.get("ci") else math.nan
+                vals.append(fmt_ci({"mean": m, "ci": ci}))
+            rows.append([str(yv), str(xv), *vals])
+    return rows
+
+
+def section_transfer_run(folder: Path) -> Section:
+    res = read_json(folder / "result.json")
+    sec = Section(f"Transfer run {folder.name!r}", str(folder))
+    keys = ["source", "num_source_classes", "target_level", "transfer_mode", "target_error", "rare_error",
+            "common_error", "hierarchy_hash", "seed"]
+    sec.tables.append(("Result", [["field", "value"]] + [[k, str(res[k])] for k in keys if k in res]))
+    return sec
+
+
+# ---- stores ---------------------------------------------------------------------------------
+def _cells(rows: list[dict[str, Any]], axis_keys: list[str]) -> dict[tuple, list[dict[str, Any]]]:
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = tuple(json.dumps((r["params"] or {}).get(k)) for k in axis_keys)
+        cells.setdefault(key, []).append(r)
+    return cells
+
+
+def _cell_label(axis_keys: list[str], key: tuple) -> str:
+    return ", ".join(f"{k}={json.loads(v)}" for k, v in zip(axis_keys, key)) or "all runs"
+
+
+def _cell_details(axis_keys: list[str], cells: Mapping[tuple, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [
+        {"cell": {k: json.loads(v) for k, v in zip(axis_keys, key)},
+         "runs": [{"run_id": r["run_id"], "seed": (r["params"] or {}).get("seed"), "config": r["config"]} for r in runs]}
+        for key, runs in cells.items()
+    ]
+
+
+def _sim_aggregate(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """A result.json-like dict (errors with mean/CI over the runs' seeds) from one cell's runs."""
+    errors: dict[str, Any] = {}
+    seeds = []
+    for r in runs:
+        seeds.append((r["params"] or {}).get("seed"))
+    metrics = [r["metrics"] or {} for r in runs]
+    names = sorted({k for m in metrics for k in m if k.count(".") == 2 and not k.startswith("align.")})
+    for key in names:
+        src, proto, kind = key.split(".")
+        vals = [m[key] for m in metrics if m.get(key) is not None]
+        errors.setdefault(src, {}).setdefault(proto, {})[kind] = {**mean_ci(vals), "values": vals}
+    return {"name": name, "errors": errors, "seeds": seeds}
+
+
+def section_store(root: Path, figdir: Path, names: _Names, protocol: str | None = None) -> list[Section]:
+    from granularity.sweeps.store import ResultsStore
+
+    sections = []
+    with ResultsStore(root, create=False) as store:
+        sweeps = store.sweeps()
+        if not sweeps:
+            sec = Section(f"Results store {root.name!r}", str(root))
+            sec.notes.append("The store holds no sweep.")
+            return [sec]
+        for sw in sweeps:
+            rows = store.rows(sweep=sw["name"])
+            sec = Section(f"Sweep {sw['name']!r} ({sw['kind']})", f"{root} (sweep {sw['name']!r})")
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            sec.notes.append(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                             + f"; seeds {sw['seeds']}; axes " + (", ".join("+".join(g) for g in sw["axes"]) or "none") + ".")
+            failed = [r for r in rows if r["status"] == "failed"]
+            if failed:
+                sec.tables.append(("Failed runs", [["run", "axis values and seed", "error"]] + [
+                    [r["run_id"], json.dumps(r["params"]), r["error"] or ""] for r in failed]))
+            ok = [r for r in rows if r["status"] == "ok"]
+            if not ok:
+                sec.notes.append("No finished runs yet.")
+            elif sw["kind"] == "simulate":
+                _store_simulate(sec, sw, ok, root, figdir, names, protocol)
+            elif sw["kind"] == "transfer":
+                _store_transfer(sec, sw, ok, figdir, names)
+            sec.tables.insert(0, ("Spec", [["sweep file", json.dumps(sw["spec"], sort_keys=True)]]))
+            sections.append(sec)
+    return sections
+
+
+def _store_simulate(sec: Section, sw: Mapping[str, Any], ok: list[dict[str, Any]], root: Path, figdir: Path,
+                    names: _Names, protocol: str | None) -> None:
+    from granularity.theory.plots import plot_alignment, plot_errors, plot_phase
+
+    # one key per axis (a zip group is drawn against its first key)
+    axis_keys = [group[0] for group in sw["axes"]]
+    all_keys = [k for group in sw["axes"] for k in group]
+    cells = _cells(ok, all_keys)
+    aggs = {key: _sim_aggregate(runs, _cell_label(all_keys, key)) for key, runs in cells.items()}
+    first = next(iter(aggs.values()))
+    protos = _protocols(first["errors"])
+    if protocol is not None:
+        if protocol not in protos:
+            raise GranularityError(f"The '--protocol' option must be one of the stored protocols {protos}. Got {protocol!r} instead.")
+        protos = [protocol]
+    sources = list(first["errors"])
+    seeds_per_cell = sorted({len(v["seeds"]) for v in aggs.values()})
+    n_txt = "/".join(str(n) for n in seeds_per_cell)
+    details = _cell_details(all_keys, cells)
+
+    # table: every cell, hard and easy error per source (first protocol), mean +- CI over seeds
+    proto0 = protos[0]
+    table = [[*all_keys, "seeds", *[f"{s} {proto0} hard" for s in sources], *[f"{s} {proto0} easy" for s in sources]]]
+    for key, agg in aggs.items():
+        row = [str(json.loads(v)) for v in key] + [str(len(agg["seeds"]))]
+        for kind in ("hard", "easy"):
+            for s in sources:
+                e = agg["errors"].get(s, {}).get(proto0, {}).get(kind)
+                row.append(fmt_ci(e) if e else "")
+        table.append(row)
+    sec.tables.append((f"Per cell (mean ± 95% CI over seeds, protocol {proto0})", table))
+
+    if len(axis_keys) == 2:
+        xk, yk = axis_keys
+        xi, yi = all_keys.index(xk), all_keys.index(yk)
+        xs = list(dict.fromkeys(json.loads(k[xi]) for k in aggs))
+        ys = list(dict.fromkeys(json.loads(k[yi]) for k in aggs))
+        xs = _sorted_values(xs)
+        ys = _sorted_values(ys)
+        for proto in protos:
+            grids: dict[str, list[list[float]]] = {}
+            cis: dict[str, list[list[float]]] = {}
+            for key, agg in aggs.items():
+                c, r = xs.index(json.loads(key[xi])), ys.index(json.loads(key[yi]))
+                for src in sources:
+                    e = agg["errors"].get(src, {}).get(proto, {}).get("hard")
+                    if e is None:
+                        continue
+                    grids.setdefault(src, [[math.nan] * len(xs) for _ in ys])[r][c] = e["mean"]
+                    cis.setdefault(src, [[math.nan] * len(xs) for _ in ys])[r][c] = e["ci"]
+            phase = {"x_key": xk, "x_values": xs, "y_key": yk, "y_values": ys, "protocol": proto,
+                     "seeds": n_txt, "grids": grids, "ci": cis}
+            p = plot_phase(phase, figdir / names(sw["name"], "phase", proto))
+            sec.figures.append(Figure(
+                f"Phase diagram: hard-sample error ({proto})", p,
+                f"Rows {yk}, columns {xk}; each cell is the mean over {n_txt} seeds (one run per seed) of the "
+                "hard-sample target error; the right panel is coarse - fine. 95% CIs in the table.",
+                details, _phase_table(phase)))
+    elif len(axis_keys) == 1:
+        (xk,) = axis_keys
+        numeric = all(isinstance(json.loads(k[0]), (int, float)) for k in aggs)
+        for proto in protos:
+            series = {}
+            for src in sources:
+                for kind in ("hard", "easy"):
+                    pts = [(json.loads(k[0]), a["errors"][src][proto][kind]) for k, a in aggs.items()
+                           if proto in a["errors"].get(src, {})]
+                    if numeric and pts:
+                        series[f"{src}, {kind}"] = ([x for x, _ in pts], [e["mean"] for _, e in pts], [e["ci"] for _, e in pts])
+            if series:
+                p = _plot_lines(series, figdir / names(sw["name"], "curve", proto), xlabel=xk,
+                                ylabel="target test error", title=f"{proto}: error vs {xk} ({n_txt} seeds, 95% CI)")
+                sec.figures.append(Figure(f"Target error against {xk} ({proto})", p,
+                                          f"Mean and 95% CI band over {n_txt} seeds per point.", details))
+    # bars and alignment curves per cell for small grids (a heatmap says it all for big ones)
+    if len(aggs) <= 4:
+        for key, agg in aggs.items():
+            label = _cell_label(all_keys, key)
+            cell_details = _cell_details(all_keys, {key: cells[key]})
+            p = plot_errors(agg, figdir / names(sw["name"], label, "errors"))
+            sec.figures.append(Figure(f"Easy and hard target error — {label}", p,
+                                      f"Mean and 95% CI over {len(agg['seeds'])} seeds (one sweep run each).",
+                                      cell_details, _errors_table(agg["errors"])))
+            recs = []
+            for r in cells[key]:
+                seed = (r["params"] or {}).get("seed")
+                recs += _sim_records(root / "runs" / r["run_id"], [seed])
+            if recs and all("alignment" in rec for rec in recs):
+                p = plot_alignment(recs, figdir / names(sw["name"], label, "alignment"))
+                sec.figures.append(Figure(f"Feature alignment — {label}", p,
+                                          f"Mean and 95% CI band over {len(recs)} seeds.", cell_details))
+
+
+def _sorted_values(values: list[Any]) -> list[Any]:
+    try:
+        return sorted(values)
+    except TypeError:
+        return values
+
+
+def _plot_lines(series, path, **kw):
+    from granularity.report.figures import plot_lines
+
+    return plot_lines(series, path, **kw)
+
+
+def _store_transfer(sec: Section, sw: Mapping[str, Any], ok: list[dict[str, Any]], figdir: Path, names: _Names) -> None:
+    from granularity.report.figures import plot_grouped_bars, plot_lines
+
+    all_keys = [k for group in sw["axes"] for k in group]
+    cells = _cells(ok, all_keys)
+    details = _cell_details(all_keys, cells)
+    table = [[*all_keys, "seeds", "source classes", "target error", "rare error", "common error"]]
+    u: dict[str, list[tuple[float, dict, str]]] = {}
+    bars: dict[str, dict[str, tuple[float, float]]] = {}
+    for key, runs in cells.items():
+        ms = [r["metrics"] or {} for r in runs]
+        te = mean_ci([m.get("target_error") for m in ms if m.get("target_error") is not None])
+        rare = mean_ci([m["rare_error"] for m in ms if m.get("rare_error") is not None])
+        common = mean_ci([m["common_error"] for m in ms if m.get("common_error") is not None])
+        n_cls = ms[0].get("num_source_classes")
+        family = str(ms[0].get("source_family", "source"))
+        label = _cell_label(all_keys, key)
+        table.append([*(str(json.loads(v)) for v in key), str(len(runs)), str(n_cls), fmt_ci(te),
+                      fmt_ci(rare) if rare["n"] else "", fmt_ci(common) if common["n"] else ""])
+        if n_cls is not None:
+            u.setdefault(family, []).append((float(n_cls), te, label))
+        if rare["n"]:
+            bars[label] = {"rare subclasses": (rare["mean"], rare["ci"]), "common subclasses": (common["mean"], common["ci"])}
+    sec.tables.append(("Per cell (mean ± 95% CI over seeds)", table))
+    if any(len({x for x, _, _ in pts}) >= 2 for pts in u.values()):
+        series = {fam: ([x for x, _, _ in pts], [e["mean"] for _, e, _ in pts], [e["ci"] for _, e, _ in pts])
+                  for fam, pts in u.items()}
+        p = plot_lines(series, figdir / names(sw["name"], "u_curve"), xlabel="pretraining classes",
+                       ylabel="target test error", title="Target error vs pretraining granularity (95% CI)", logx=True)
+        sec.figures.append(Figure("U-curve: target error against pretraining granularity", p,
+                                  "Mean and 95% CI band over seeds, per label-function family.", details))
+    if bars:
+        p = plot_grouped_bars(bars, figdir / names(sw["name"], "hard_samples"), ylabel="target test error",
+                              title="Hard samples: rare vs common subclasses (95% CI)")
+        sec.figures.append(Figure("Hard samples: error on rare vs common subclasses", p,
+                                  "Mean and 95% CI over seeds.", details))
+
+
+# ---- HTML -----------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+figure{margin:1.5em 0;padding:.5em;border:1px solid #eee;border-radius:6px}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:.9em;color:#444;margin:.4em 0}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top}
+th{background:#f5f5f5}
+details{margin:.4em 0}summary{cursor:pointer;color:#0645ad}
+pre{background:#f8f8f8;padding:.6em;overflow:auto;max-height:30em;font-size:.8em}
+.src{color:#666;font-size:.85em}.note{color:#444}
+"""
+
+
+def _table_html(rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_html(fig: Figure, out: Path) -> str:
+    data = base64.b64encode(fig.path.read_bytes()).decode("ascii")
+    rel = fig.path.relative_to(out).as_posix()
+    parts = [
+        "<figure>",
+        f"<h3>{html.escape(fig.title)}</h3>",
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(fig.title)}" data-file="{html.escape(rel)}">',
+        f"<figcaption>{html.escape(fig.caption)} (PNG: <code>{html.escape(rel)}</code>)</figcaption>",
+    ]
+    if fig.table:
+        parts.append(_table_html(fig.table))
+    if fig.details is not None:
+        text = json.dumps(fig.details, indent=2, sort_keys=True, default=str)
+        parts.append(f"<details><summary>Resolved configs and seeds behind this figure</summary><pre>{html.escape(text)}</pre></details>")
+    parts.append("</figure>")
+    return "\n".join(parts)
+
+
+def render(sections: list[Section], out: Path, title: str) -> str:
+    import granularity
+
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p class='src'>granularity {html.escape(granularity.__version__)}, built {time.strftime('%Y-%m-%d %H:%M:%S')}; "
+            "every figure is drawn from stored results; error bars and bands are 95% confidence intervals over seeds.</p>"]
+    if len(sections) > 1:
+        body.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)) + "</ul>")
+    for i, sec in enumerate(sections):
+        body.append(f"<section id='s{i}'><h2>{html.escape(sec.title)}</h2><p class='src'>from <code>{html.escape(sec.source)}</code></p>")
+        body += [f"<p class='note'>{html.escape(n)}</p>" for n in sec.notes]
+        for caption, rows in sec.tables:
+            if caption == "Spec":
+                body.append(f"<details><summary>Sweep file</summary><pre>{html.escape(rows[0][1])}</pre></details>")
+            else:
+                body.append(f"<h4>{html.escape(caption)}</h4>{_table_html(rows)}")
+        body += [_figure_html(f, out) for f in sec.figures]
+        body.append("</section>")
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def build_report(results: Sequence[str | Path], out: str | Path, *, title: str = "granularity report",
+                 protocol: str | None = None) -> Path:
+    """Build ``<out>/index.html`` (self-contained) and ``<out>/figures/*.png`` from result folders.
+
+    Parameters
+    ----------
+    results : paths
+        Simulate run folders, phase folders, results stores (sweeps), transfer run folders.
+    out : path
+        Report folder.
+    protocol : str, optional
+        Only this transfer protocol in store heatmaps (default: every stored protocol).
+
+    Returns
+    -------
+    Path
+        The HTML file.
+
+    Examples
+    --------
+    >>> build_report(["runs/sweeps/phase"], "runs/report")  # doctest: +SKIP
+    """
+    if not results:
+        raise GranularityError("The 'RESULTS' argument needs at least one results folder.")
+    paths = [Path(p) for p in results]
+    kinds = [detect(p) for p in paths]  # every input checked before anything is drawn
+    out = check_writable(out)
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    names = _Names()
+    sections: list[Section] = []
+    for path, kind in zip(paths, kinds):
+        if kind == "simulate":
+            sections.append(section_simulate(path, figdir, names))
+        elif kind == "phase":
+            sections.append(section_phase(path, figdir, names))
+        elif kind == "store":
+            sections += section_store(path, figdir, names, protocol)
+        else:
+            sections.append(section_transfer_run(path))
+    page = out / "index.html"
+    from granularity.utils.io import write_bytes_atomic
+
+    text = render(sections, out, title)
+    write_bytes_atomic(page, lambda fh: fh.write(text.encode("utf-8")))
+    return page
