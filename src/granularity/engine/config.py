@@ -33,7 +33,11 @@ class StageConfig(Config):
 class TransferStageConfig(StageConfig):
     mode: Literal["finetune", "linear", "map"] = "finetune"  # fresh head + all weights | fresh head on frozen features | fine->coarse by logsumexp
     epochs: int = Field(1, ge=0)
-    lr: float = Field(0.01, gt=0)  # fine-tuning starts from a trained net: smaller steps
+    # A fresh head needs large enough steps: 1 fine-tuning epoch after 2 leaf-pretraining epochs
+    # (Fashion-MNIST 10k, 4-group target, seed 0) gave target acc 0.898 / 0.944 / 0.969 / 0.973
+    # with lr 0.003 / 0.01 / 0.03 / 0.05 + 0.2 warm-up epochs.
+    lr: float = Field(0.05, gt=0)
+    warmup_epochs: float = Field(0.2, ge=0)
 
 
 class RareConfig(Config):

@@ -1,0 +1,300 @@
+"""The paper's granularity study on a real data set (experiment 2 of Hong et al., in miniature).
+
+Target: a coarse level of the hierarchy. Pretraining label functions compared, each followed
+by the same transfer to the target: the target itself (baseline), every other hierarchy level,
+k-means inside each target class (aligned) and over the whole set (not aligned) at the same
+sizes, random labels, one label per sample; plus a rare-subclass variant (chosen fine classes
+kept at a small fraction of their training images). Hard test samples are those that
+independent reference models trained on the target labels (other seeds) get wrong or classify
+with a softmax margin below ``hard_margin``.
+
+Outputs in the study folder: ``study.json`` (resolved config), ``runs/<arm>/seed<s>/`` (one
+run folder each, see :mod:`granularity.engine.run`), ``refs/seed<s>/`` (reference models),
+``hard.npz`` (hard-sample mask), ``results.json`` and ``results.csv`` (mean and 95% CI over
+seeds per arm, and the paired difference to the baseline), and PNG figures. Finished runs are
+skipped when the study is run again.
+
+Default settings (``fashion-mnist``): 4-group target (tops / trousers / footwear / bags; level
+2), 10k training and 5k test images, 3 seeds, small CNN, 3 pretraining epochs + 1 fine-tuning
+epoch. The 4-group level is the target because it has a level coarser than it (2 groups: the
+paper's too-coarse arm) as well as finer ones, and its hard cases (bags, dresses, sandals look
+unlike the rest of their group) are of the kind the theory is about. ``full`` size:
+``train_size=null test_size=null seeds=[0,1,2,3,4]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from granularity.engine.config import ModelConfig, RareConfig, StageConfig, TransferConfig, TransferStageConfig
+from granularity.engine.run import run_transfer
+from granularity.errors import GranularityError
+from granularity.utils.config import Config
+from granularity.utils.io import check_writable, read_json, write_json, write_npz
+from granularity.utils.stats import mean_ci
+
+
+class StudyConfig(Config):
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    target: int = Field(2, ge=1)  # Fashion-MNIST level 2 = 4 groups (see the module docstring)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # 3 fit the 20-min budget on 2 cores; use 5+ to narrow CIs
+    train_size: int | None = Field(10000, ge=1)  # 1/6 of Fashion-MNIST: ~3.5 s per CNN epoch on 2 cores
+    test_size: int | None = Field(5000, ge=1)
+    data_seed: int = 0
+    kmeans_sizes: list[int] = Field(default_factory=lambda: [20, 80])  # total clusters, for both k-means families
+    random_classes: list[int] = Field(default_factory=lambda: [10])  # as many classes as the leaves, but meaningless
+    per_sample: bool = True
+    embedding: str = "pca"  # see granularity.engine.embeddings
+    rare: RareConfig | None = Field(default_factory=lambda: RareConfig(classes=["Shirt", "Sneaker"], keep_fraction=0.03))
+    rare_sources: list[str] = Field(default_factory=lambda: ["target", "leaf"])
+    reference_seeds: int = Field(3, ge=1)  # independent target-trained models that define hard samples
+    hard_margin: float = Field(0.5, ge=0, le=1)  # hard: any reference wrong, or mean softmax margin below this
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: StageConfig = Field(default_factory=StageConfig)
+    transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False
+
+
+QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
+    "seeds": [0, 1],
+    "train_size": 600,
+    "test_size": 300,
+    "kmeans_sizes": [8],
+    "random_classes": [4],
+    "reference_seeds": 2,
+    "model": {"name": "cnn", "options": {"width": 8}},
+    "pretrain": {"epochs": 1},
+    "transfer": {"epochs": 1},
+}
+
+
+def arms(cfg: StudyConfig, depth: int) -> list[tuple[str, str, RareConfig | None]]:
+    """``(arm name, source label function, rare config)`` of every compared arm."""
+    out: list[tuple[str, str | None, Any]] = [("target", "target", None)]
+    out += [(f"level:{lv}", f"level:{lv}", None) for lv in range(1, depth + 1) if lv != cfg.target]
+    for k in cfg.kmeans_sizes:
+        out += [(f"kmeans-within:{k}", f"kmeans-within:{k}", None), (f"kmeans-global:{k}", f"kmeans-global:{k}", None)]
+    out += [(f"random:{k}", f"random:{k}", None) for k in cfg.random_classes]
+    if cfg.per_sample:
+        out.append(("per-sample", "per-sample", None))
+    if cfg.rare is not None:
+        out += [(f"rare/{s}", s, cfg.rare) for s in cfg.rare_sources]
+    return out
+
+
+def _folder(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def run_config(cfg: StudyConfig, source: str, seed: int, rare: RareConfig | None) -> TransferConfig:
+    return TransferConfig(
+        dataset=cfg.dataset, data_root=cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
+        data_seed=cfg.data_seed, target=cfg.target, source=source, embedding=cfg.embedding, rare=rare,
+        model=cfg.model, pretrain=cfg.pretrain, transfer=cfg.transfer, seed=seed, device=cfg.device, bf16=cfg.bf16,
+    )
+
+
+def run_study(
+    config: StudyConfig | Mapping[str, Any], out: str | Path, *, dataset: Any | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) the study in folder ``out`` and write its tables and figures.
+
+    Returns the content of ``results.json``.
+
+    Examples
+    --------
+    >>> run_study({"seeds": [0, 1, 2, 3, 4]}, "runs/study")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config if isinstance(config, StudyConfig) else StudyConfig.build(config)
+    if cfg.rare is not None:
+        for s in cfg.rare_sources:
+            TransferConfig.build({"source": s}, where="rare_sources")
+    out = check_writable(out)
+    if (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
+        raise GranularityError(
+            f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it."
+        )
+    write_json(out / "study.json", cfg.to_dict())
+    t0 = time.perf_counter()
+    if dataset is None:
+        from granularity.data import load_dataset
+
+        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+    depth = int(dataset.hierarchy.depth)
+    if cfg.target >= depth:
+        raise GranularityError(
+            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.target} instead."
+        )
+    rare_names = [str(c) for c in (cfg.rare.classes if cfg.rare else [])]
+    for c in rare_names:
+        if not c.lstrip("-").isdigit() and c not in dataset.leaf_names:
+            from granularity.errors import unknown_name
+
+            raise unknown_name("rare class", c, dataset.leaf_names)
+    jobs = [(f"refs/seed{1000 + i}", run_config(cfg, "target", 1000 + i, None)) for i in range(cfg.reference_seeds)]
+    arm_list = arms(cfg, depth)
+    jobs += [(f"runs/{_folder(a)}/seed{s}", run_config(cfg, src, s, rare)) for s in cfg.seeds for a, src, rare in arm_list]
+    cache: dict = {}
+    results: dict[str, dict] = {}
+    bar = tqdm(jobs, desc="study runs", unit="run", disable=not progress)
+    for rel, rc in bar:
+        bar.set_postfix_str(rel)
+        results[rel] = run_transfer(rc, out / rel, dataset=dataset, embeddings_cache=cache)
+    summary = summarise_study(cfg, out, arm_list, results)
+    summary["seconds"] = time.perf_counter() - t0
+    write_json(out / "results.json", summary)
+    write_csv(out / "results.csv", summary["table"])
+    summary["figures"] = plot_study(summary, out)
+    write_json(out / "results.json", summary)
+    return summary
+
+
+def hard_mask(out: Path, n_refs: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Hard test samples: wrong for any reference model, or mean margin below ``margin``."""
+    preds = [np.load(out / f"refs/seed{1000 + i}/predictions.npz") for i in range(n_refs)]
+    wrong = np.any([p["pred"] != p["y_target"] for p in preds], axis=0)
+    mean_margin = np.mean([p["margin"] for p in preds], axis=0)
+    return wrong | (mean_margin < margin), mean_margin
+
+
+def summarise_study(cfg: StudyConfig, out: Path, arm_list, results: dict[str, dict]) -> dict[str, Any]:
+    hard, mean_margin = hard_mask(out, cfg.reference_seeds, cfg.hard_margin)
+    write_npz(out / "hard.npz", hard=hard, reference_margin=mean_margin)
+    per: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    info: dict[str, dict] = {}
+    for arm, _, rare in arm_list:
+        for s in cfg.seeds:
+            rel = f"runs/{_folder(arm)}/seed{s}"
+            r = results[rel]
+            p = np.load(out / rel / "predictions.npz")
+            wrong = p["pred"] != p["y_target"]
+            m = per[arm]
+            m["target_error"].append(r["target_error"])
+            m["hard_error"].append(float(wrong[hard].mean()) if hard.any() else math.nan)
+            m["easy_error"].append(float(wrong[~hard].mean()) if (~hard).any() else math.nan)
+            if rare is not None:
+                m["rare_error"].append(r["rare_error"])
+                m["common_error"].append(r["common_error"])
+            for name, acc in r["per_fine_class_target_acc"].items():
+                m[f"fine:{name}"].append(1 - acc)
+            info[arm] = {"family": "rare" if rare is not None else r["source_family"],
+                         "num_source_classes": r["num_source_classes"], "source": r["source"]}
+    base = per["target"]
+    table = []
+    for arm, _, rare in arm_list:
+        m = per[arm]
+        row: dict[str, Any] = {"arm": arm, **info[arm], "n_seeds": len(cfg.seeds)}
+        for key in ("target_error", "hard_error", "easy_error", "rare_error", "common_error"):
+            if key in m:
+                row[key] = mean_ci(m[key])
+        if rare is None and arm != "target":  # paired by seed: same data, same test images
+            for key in ("target_error", "hard_error"):
+                row[f"{key}_minus_baseline"] = mean_ci(np.subtract(m[key], base[key]))
+        if rare is not None and arm != f"rare/{cfg.rare_sources[0]}":
+            first = per[f"rare/{cfg.rare_sources[0]}"]
+            row["rare_error_minus_first_rare_arm"] = mean_ci(np.subtract(m["rare_error"], first["rare_error"]))
+        row["per_fine_class_target_error"] = {k[5:]: mean_ci(v)["mean"] for k, v in m.items() if k.startswith("fine:")}
+        table.append(row)
+    return {
+        "config": cfg.to_dict(),
+        "hard_samples": {"n": int(hard.sum()), "fraction": float(hard.mean()), "rule": f"wrong for any of {cfg.reference_seeds} reference models or mean margin < {cfg.hard_margin}"},
+        "hierarchy_hash": results[next(iter(results))].get("hierarchy_hash"),
+        "table": table,
+    }
+
+
+def write_csv(path: Path, table: list[dict]) -> None:
+    keys = ["target_error", "hard_error", "easy_error", "rare_error", "common_error",
+            "target_error_minus_baseline", "hard_error_minus_baseline"]
+    cols = ["arm", "family", "num_source_classes", "n_seeds"] + [f"{k}_{p}" for k in keys for p in ("mean", "ci")]
+    rows = []
+    for r in table:
+        row = {c: r.get(c, "") for c in cols[:4]}
+        for k in keys:
+            if k in r:
+                row[f"{k}_mean"], row[f"{k}_ci"] = r[k]["mean"], r[k]["ci"]
+        rows.append(row)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _err(v: float) -> float:
+    return 0.0 if v is None or math.isnan(v) else v
+
+
+def plot_study(summary: dict, out: Path) -> list[str]:
+    """Target error vs number of pretraining classes; easy vs hard error; rare subclasses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = [r for r in summary["table"] if r["family"] != "rare"]
+    fams = defaultdict(list)
+    for r in table:
+        fams["hierarchy" if r["family"] in ("target", "hierarchy") else r["family"]].append(r)
+    base = next(r for r in table if r["arm"] == "target")
+    files = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for fam, rows in fams.items():
+        rows = sorted(rows, key=lambda r: r["num_source_classes"])
+        ax.errorbar([r["num_source_classes"] for r in rows], [r["target_error"]["mean"] for r in rows],
+                    yerr=[_err(r["target_error"]["ci"]) for r in rows], marker="o", capsize=3, label=fam)
+    ax.axhline(base["target_error"]["mean"], color="grey", ls="--", lw=1, label="baseline (target labels)")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of pretraining classes")
+    ax.set_ylabel("target test error")
+    n = base["n_seeds"]
+    ax.set_title(f"Target error vs pretraining granularity (mean, 95% CI, {n} seeds)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_classes.png", dpi=120)
+    plt.close(fig)
+    files.append("error_vs_classes.png")
+
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(table)), 4.2))
+    xs = np.arange(len(table))
+    for off, key, label in ((-0.2, "easy_error", "easy"), (0.2, "hard_error", "hard")):
+        ax.bar(xs + off, [r[key]["mean"] for r in table], 0.4, yerr=[_err(r[key]["ci"]) for r in table], capsize=2, label=label)
+    ax.set_xticks(xs, [r["arm"] for r in table], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("target test error")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_title(f"Easy vs hard test samples ({summary['hard_samples']['n']} hard by reference models)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "easy_vs_hard.png", dpi=120)
+    plt.close(fig)
+    files.append("easy_vs_hard.png")
+
+    rare = [r for r in summary["table"] if r["family"] == "rare"]
+    if rare:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        xs = np.arange(len(rare))
+        for off, key, label in ((-0.2, "common_error", "other subclasses"), (0.2, "rare_error", "rare subclasses")):
+            ax.bar(xs + off, [r[key]["mean"] for r in rare], 0.4, yerr=[_err(r[key]["ci"]) for r in rare], capsize=2, label=label)
+        ax.set_xticks(xs, [r["arm"] for r in rare], fontsize=8)
+        ax.set_ylabel("target test error")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "rare_subclasses.png", dpi=120)
+        plt.close(fig)
+        files.append("rare_subclasses.png")
+    return files

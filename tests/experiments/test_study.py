@@ -1,0 +1,64 @@
+"""A tiny end-to-end study on the CPU (seconds), resume by skipping finished runs."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from granularity.errors import GranularityError
+from granularity.experiments import StudyConfig, run_study
+from granularity.experiments.study import arms
+
+from engine.conftest import tiny_dataset  # tests/ is on sys.path (rootdir import mode)
+
+
+def tiny_study(**kw) -> dict:
+    cfg = {
+        "dataset": "tiny", "target": 1, "seeds": [0, 1], "train_size": None, "test_size": None,
+        "kmeans_sizes": [4], "random_classes": [3], "rare": {"classes": ["b"], "keep_fraction": 0.25},
+        "reference_seeds": 2, "device": "cpu", "model": {"name": "cnn", "options": {"width": 4}},
+        "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32},
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def test_tiny_study_end_to_end(tmp_path):
+    ds = tiny_dataset()
+    res = run_study(tiny_study(), tmp_path, dataset=ds, progress=False)
+    names = [r["arm"] for r in res["table"]]
+    assert names == ["target", "level:2", "kmeans-within:4", "kmeans-global:4", "random:3", "per-sample", "rare/target", "rare/leaf"]
+    base = res["table"][0]
+    assert base["target_error"]["n"] == 2 and "target_error_minus_baseline" not in base
+    lvl = res["table"][1]
+    assert lvl["num_source_classes"] == 4 and lvl["family"] == "hierarchy"
+    assert lvl["target_error_minus_baseline"]["n"] == 2
+    rare = res["table"][-1]
+    assert {"rare_error", "common_error", "rare_error_minus_first_rare_arm"} <= set(rare)
+    for f in ("results.json", "results.csv", "hard.npz", "study.json", *res["figures"]):
+        assert (tmp_path / f).exists(), f
+    assert set(res["figures"]) == {"error_vs_classes.png", "easy_vs_hard.png", "rare_subclasses.png"}
+    with open(tmp_path / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(names)
+    # rerunning skips every finished run (result.json files are left untouched)
+    stamp = (tmp_path / "runs/target/seed0/result.json").stat().st_mtime_ns
+    again = run_study(tiny_study(), tmp_path, dataset=ds, progress=False)
+    assert (tmp_path / "runs/target/seed0/result.json").stat().st_mtime_ns == stamp
+    assert again["table"][0]["target_error"] == base["target_error"]
+
+
+def test_study_errors(tmp_path):
+    ds = tiny_dataset()
+    with pytest.raises(GranularityError, match="coarser than the leaves"):
+        run_study(tiny_study(target=2), tmp_path / "a", dataset=ds, progress=False)
+    with pytest.raises(GranularityError, match="Unknown rare class 'bb'"):
+        run_study(tiny_study(rare={"classes": ["bb"]}), tmp_path / "b", dataset=ds, progress=False)
+    with pytest.raises(GranularityError, match="Unknown config key 'seed'"):
+        StudyConfig.build({"seed": 1})
+
+
+def test_default_arms_cover_the_paper():
+    names = [a for a, _, _ in arms(StudyConfig(), depth=3)]
+    assert names[:3] == ["target", "level:1", "level:3"]
+    assert {"kmeans-within:20", "kmeans-global:20", "random:10", "per-sample", "rare/target", "rare/leaf"} <= set(names)
