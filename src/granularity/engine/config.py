@@ -13,6 +13,16 @@ class ModelConfig(Config):
     name: str = "cnn"  # a name from granularity.models.list_models(); the 3-conv CNN is ~1.7k img/s on 2 CPU threads
     options: dict[str, Any] = Field(default_factory=dict)  # constructor options, e.g. {"width": 16}
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from granularity.errors import unknown_name
+        from granularity.models import list_models
+
+        if v not in list_models():
+            raise ValueError(str(unknown_name("model", v, list_models())).rstrip("."))
+        return v
+
 
 class StageConfig(Config):
     """Optimiser and schedule of one training stage (pretraining or transfer)."""

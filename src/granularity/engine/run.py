@@ -64,7 +64,7 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
         dataset = load_dataset(cfg.dataset, root=cfg.data_root)
     if cfg.train_size is not None and cfg.train_size > len(dataset.train):
         raise GranularityError(
-            f"The 'train_size' parameter must be at most the training set size {len(dataset.train)}. Got {cfg.train_size} instead."
+            f"The 'train_size' parameter must be at most the training set size {len(dataset.train)} (set it with --train-size). Got {cfg.train_size} instead."
         )
     if cfg.test_size is not None and cfg.test_size > len(dataset.test):
         raise GranularityError(

@@ -1,0 +1,128 @@
+"""``granularity transfer`` (one pretrain -> transfer run) and ``granularity study``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _resolve(model_cls, config: Path | None, flags: dict, sets: tuple[str, ...]):
+    """defaults < file < flags < --set, validated once with one-line errors."""
+    from granularity.utils.config import apply_overrides, deep_merge, load_config_file
+
+    raw: dict = {}
+    if config is not None:
+        raw = load_config_file(config)
+    raw = deep_merge(raw, {k: v for k, v in flags.items() if v is not None})
+    raw = apply_overrides(raw, sets)
+    return model_cls.build(raw)
+
+
+def _nested(**flat):
+    """{"pretrain.epochs": 3} -> {"pretrain": {"epochs": 3}} (None values dropped)."""
+    out: dict = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        node = out
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+_config_opts = [
+    click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override any config field, e.g. --set pretrain.lr=0.1 --set model.options.width=16."),
+    click.option("--data-root", default=None, help="Folder with the data files (default: standard places)."),
+    click.option("--model", default=None, help="Model name: cnn (default), resnet18, mlp, vit."),
+    click.option("--epochs", type=click.IntRange(0), default=None, help="Pretraining epochs."),
+    click.option("--transfer-epochs", type=click.IntRange(0), default=None, help="Transfer epochs."),
+    click.option("--mode", type=click.Choice(["finetune", "linear", "map"]), default=None, help="Transfer mode."),
+    click.option("--train-size", type=click.IntRange(1), default=None, help="Training images (stratified subset)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.command()
+@click.option("--dataset", default=None, help="Data set name (default fashion-mnist).")
+@click.option("--source", default=None, help="Pretraining labels: target, leaf, level:L, kmeans-within:K, kmeans-global:K, random:K, per-sample.")
+@click.option("--target", type=click.IntRange(1), default=None, help="Hierarchy level of the target task (default 2).")
+@click.option("--seed", type=int, default=None)
+@_apply(_config_opts)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/transfer/<source>-seed<seed>); rerunning resumes it.")
+def transfer(dataset, source, target, seed, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out):
+    """Pretrain on one label function of a real data set, then transfer to the target level."""
+    from granularity.engine import TransferConfig, run_transfer
+
+    flags = _nested(dataset=dataset, source=source, target=target, seed=seed, data_root=data_root,
+                    **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
+                       "transfer.mode": mode}, train_size=train_size, device=device)
+    cfg = _resolve(TransferConfig, config, flags, sets)
+    out = out or Path("runs/transfer") / f"{cfg.source.replace(':', '')}-seed{cfg.seed}"
+    r = run_transfer(cfg, out, progress=True)
+    click.echo(
+        f"{cfg.source} -> level {cfg.target} ({r['transfer_mode']}): target error {r['target_error']:.4f}"
+        + (f", rare {r['rare_error']:.4f} / other {r['common_error']:.4f}" if "rare_error" in r else "")
+        + f"  [{out}]"
+    )
+
+
+def _seeds(text: str | None):
+    if text is None:
+        return None
+    try:
+        if text.isdigit():
+            return list(range(int(text)))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"must be a count (5) or a comma-separated list (0,1,2). Got {text!r} instead.", param_hint="'--seeds'") from None
+
+
+@click.command()
+@click.argument("dataset", default="fashion-mnist")
+@click.option("--seeds", default=None, help="Number of seeds (5) or a list (0,1,2); default 3.")
+@click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test, not a result.")
+@click.option("--full", is_flag=True, help="Whole data set and 5 seeds (hours on 2 CPU cores; minutes on a GPU).")
+@_apply(_config_opts)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-quick]); rerunning skips finished runs.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out, quiet):
+    """The paper's granularity study: target error after pretraining on each label function,
+    overall, on hard test samples and on rare subclasses (mean and 95% CI over seeds)."""
+    from granularity.experiments import QUICK, StudyConfig, run_study
+    from granularity.utils.config import deep_merge
+    from granularity.utils.stats import fmt_ci
+
+    if quick and full:
+        raise click.UsageError("--quick and --full cannot be used together.")
+    base: dict = {"dataset": dataset}
+    if quick:
+        base = deep_merge(base, QUICK)
+    if full:
+        base.update({"train_size": None, "test_size": None, "seeds": [0, 1, 2, 3, 4]})
+    flags = deep_merge(base, _nested(seeds=_seeds(seeds), data_root=data_root, train_size=train_size, device=device,
+                                     **{"model.name": model, "pretrain.epochs": epochs,
+                                        "transfer.epochs": transfer_epochs, "transfer.mode": mode}))
+    cfg = _resolve(StudyConfig, config, flags, sets)
+    out = out or Path("runs/study") / (dataset + ("-quick" if quick else "-full" if full else ""))
+    res = run_study(cfg, out, progress=not quiet)
+    keys = [k for k in ("target_error", "hard_error", "easy_error", "rare_error") if any(k in r for r in res["table"])]
+    click.echo(f"{'arm':<20} {'classes':>7}  " + "  ".join(f"{k:<16}" for k in keys))
+    for r in res["table"]:
+        cells = "  ".join(f"{fmt_ci(r[k]) if k in r else '-':<16}" for k in keys)
+        click.echo(f"{r['arm']:<20} {r['num_source_classes']:>7}  {cells}")
+    click.echo(f"hard samples: {res['hard_samples']['n']} ({res['hard_samples']['rule']}); "
+               f"{res['seconds']:.0f} s; results in {out}/results.json, figures {', '.join(res['figures'])}")

@@ -1,0 +1,84 @@
+"""``granularity transfer`` and ``granularity study`` on tiny Fashion-MNIST-format files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from granularity.cli.main import main
+from granularity.data.idx import write_idx
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors on 2 shared CI cores
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def fmnist_root(tmp_path):
+    """Tiny IDX files in the Fashion-MNIST layout: 10 classes, each a bright stripe at row 2c."""
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 200), ("t10k", 100)):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
+        for c in range(10):
+            x[y == c, 2 * c : 2 * c + 3, :] = 220
+        (tmp_path / "fm").mkdir(exist_ok=True)
+        write_idx(tmp_path / "fm" / f"{part}-images-idx3-ubyte", x)
+        write_idx(tmp_path / "fm" / f"{part}-labels-idx1-ubyte", y)
+    return tmp_path / "fm"
+
+
+def _one_line_error(capsys, code):
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("granularity: error:")
+    return err
+
+
+def test_transfer_command(fmnist_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["transfer", "--data-root", str(fmnist_root), "--source", "leaf", "--target", "1", "--epochs", "1",
+            "--set", "train_size=null", "--set", "model.options.width=4", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    assert "leaf -> level 1 (finetune): target error" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["pretrain"]["epochs"] == 1 and cfg["model"]["options"] == {"width": 4}
+    assert json.loads((out / "result.json").read_text())["hierarchy_hash"]
+
+
+def test_study_quick(fmnist_root, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["study", "fashion-mnist", "--quick", "--data-root", str(fmnist_root), "--device", "cpu", "--quiet",
+            "--set", "train_size=100", "--set", "test_size=50", "--set", "kmeans_sizes=[4]",
+            "--set", "per_sample=false", "--set", "rare_sources=[target]", "--set", "model.options.width=4",
+            "--set", "target=1", "--seeds", "2", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "kmeans-within:4" in text and "rare/target" in text and "hard samples" in text
+    assert (out / "results.csv").exists() and (out / "error_vs_classes.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["transfer", "--source", "kmeans-withn:4"], "did you mean 'kmeans-within'"),
+        (["transfer", "--set", "pretrain.epoch=2"], "Unknown config key 'pretrain.epoch'"),
+        (["transfer", "--model", "resnet19"], "Unknown model 'resnet19'"),
+        (["transfer", "--target", "7", "--data-root", "FMROOT", "--train-size", "100", "--out", "OUT"], "'target' parameter must be a hierarchy level"),
+        (["study", "--seeds", "0,x"], "--seeds"),
+        (["study", "--quick", "--full"], "cannot be used together"),
+        (["study", "cifar1000"], "Unknown data set 'cifar1000'"),
+        (["transfer", "--config", "missing.yaml"], "does not exist"),
+    ],
+)
+def test_cli_errors(args, match, capsys, fmnist_root, tmp_path):
+    args = [str(fmnist_root) if a == "FMROOT" else str(tmp_path / "o") if a == "OUT" else a for a in args]
+    err = _one_line_error(capsys, main(args))
+    assert match in err
