@@ -41,9 +41,26 @@ def _check_common(label_columns: Any, test_fraction: float, param: str) -> list[
     return list(label_columns)
 
 
-def _random_split(y_leaf_raw: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+def _check_labels(where: str, lname: str, lab: np.ndarray, n_rows: int, part: str = "") -> None:
+    """One label array: 1-D, one value per row, no missing values (one-line DataError)."""
+    lab = np.asarray(lab)
+    split = f" in the {part} split" if part else ""
+    if lab.ndim != 1:
+        raise DataError(f"{where}: label {lname!r} must be 1-D (one label per row); got shape {lab.shape}{split}.")
+    if len(lab) != n_rows:
+        raise DataError(f"{where}: label {lname!r} has {len(lab)} values for {n_rows} rows{split}.")
+    if lab.dtype.kind == "f" and np.isnan(lab).any():
+        raise DataError(f"{where}: label {lname!r} has missing values{split}.")
+    if lab.dtype.kind == "O" and any(v is None or (isinstance(v, float) and np.isnan(v)) for v in lab):
+        raise DataError(f"{where}: label {lname!r} has missing values{split}.")
+
+
+def _random_split(y_leaf_raw: np.ndarray, test_fraction: float, seed: int, where: str = "", lname: str = "") -> np.ndarray:
     """Boolean mask of test rows: a stratified draw on the finest labels."""
-    _, codes = np.unique(y_leaf_raw, return_inverse=True)
+    try:
+        _, codes = np.unique(y_leaf_raw, return_inverse=True)
+    except TypeError:
+        raise DataError(f"{where}: label {lname!r} mixes value types; use all numbers or all strings.") from None
     n_test = int(round(test_fraction * len(codes)))
     mask = np.zeros(len(codes), dtype=bool)
     mask[stratified_indices(codes, n_test, seed).numpy()] = True
@@ -56,7 +73,9 @@ def _features(x: np.ndarray, where: str) -> torch.Tensor:
         return t.unsqueeze(1) if x.ndim == 3 else t  # (N, H, W) -> (N, 1, H, W)
     if x.dtype.kind not in "biuf":
         raise DataError(f"Features in {where} must be numeric; got dtype {x.dtype}.")
-    x = x.reshape(len(x), -1).astype(np.float32)  # (N, ...) -> (N, D)
+    if x.ndim == 0:
+        raise DataError(f"Features in {where} must have one row per sample; got a scalar.")
+    x = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))).astype(np.float32)  # (N, ...) -> (N, D)
     if not np.isfinite(x).all():
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise DataError(f"Features in {where} contain NaN or infinity (first in row {row}).")
@@ -72,22 +91,19 @@ def _build(
     info: dict[str, Any],
 ) -> RealDataset:
     for key, (x, labels) in parts.items():
+        if np.ndim(x) == 0:
+            raise DataError(f"Features in {where} must have one row per sample; got a scalar.")
         for lname, lab in zip(level_names, labels):
-            if len(lab) != len(x):
-                raise DataError(f"{where}: label {lname!r} has {len(lab)} {key} values for {len(x)} rows.")
-            if lab.dtype.kind == "f" and np.isnan(lab).any():
-                raise DataError(f"{where}: label {lname!r} has missing values in the {key} split.")
-            if lab.dtype.kind == "O" and any(v is None or (isinstance(v, float) and np.isnan(v)) for v in lab):
-                raise DataError(f"{where}: label {lname!r} has missing values in the {key} split.")
+            _check_labels(where, lname, lab, len(x), key)
     leaf_ids, leaf_names, factory = encode_levels(
         [parts["train"][1], parts["test"][1]], level_names, name
     )
     train = Split(_features(parts["train"][0], where), torch.from_numpy(leaf_ids[0]))
     test = Split(_features(parts["test"][0], where), torch.from_numpy(leaf_ids[1]))
+    if len(train) == 0:
+        raise DataError(f"{where}: the training split is empty; it needs at least one row.")
     if train.x.shape[1:] != test.x.shape[1:]:
         raise DataError(f"{where}: train and test inputs differ in shape ({tuple(train.x.shape[1:])} vs {tuple(test.x.shape[1:])}).")
-    if len(train) == 0:
-        raise DataError(f"{where}: the training split is empty.")
     return RealDataset(
         name=name, version=version, train=train, test=test, leaf_names=leaf_names,
         hierarchy_factory=factory, info={"levels": level_names, **info},
@@ -169,6 +185,11 @@ def load_table(
                     f"Table {path} has no column {col!r}{suggest(col, map(str, df.columns))}; "
                     f"columns are: {', '.join(map(str, df.columns[:20]))}."
                 )
+        if df.columns.duplicated().any():
+            dup = df.columns[df.columns.duplicated()][0]
+            raise DataError(f"Table {path} has two columns named {dup!r}.")
+        for col in labels:
+            _check_labels(f"Table {path}", col, df[col].to_numpy(), len(df))
     if test_path is None:
         df = frames.pop("train")
         if split_column and split_column in df.columns:
@@ -178,7 +199,7 @@ def load_table(
                 raise DataError(f"Table {train_path}: column {split_column!r} has value {bad[0]!r}; allowed: train, test (or val).")
             is_test = values.isin(TEST_NAMES).to_numpy()
         else:
-            is_test = _random_split(df[labels[-1]].to_numpy(), test_fraction, seed)
+            is_test = _random_split(df[labels[-1]].to_numpy(), test_fraction, seed, f"Table {train_path}", labels[-1])
         frames = {"train": df[~is_test], "test": df[is_test]}
     cols = list(feature_columns) if feature_columns is not None else [
         c for c in frames["train"].columns if c not in labels and c != split_column
@@ -247,12 +268,16 @@ def load_npz(
     else:
         x = need(feature_key)
         ys = [need(k) for k in labels]
+        if x.ndim == 0:
+            raise DataError(f"npz file {path}: feature array {feature_key!r} must have one row per sample; got a scalar.")
+        for k, y in zip(labels, ys):
+            _check_labels(f"npz file {path}", k, y, len(x))
         if "split" in arrays:
             sp = arrays["split"]
+            if sp.ndim != 1 or len(sp) != len(x):
+                raise DataError(f"npz file {path}: 'split' has shape {sp.shape} for {len(x)} rows; give one value per row.")
             is_test = np.isin(np.char.lower(sp.astype(str)), sorted(TEST_NAMES | {"1", "true"}))
         else:
-            if len(ys[-1]) != len(x):
-                raise DataError(f"npz file {path}: {labels[-1]!r} has {len(ys[-1])} values for {len(x)} rows.")
-            is_test = _random_split(ys[-1], test_fraction, seed)
+            is_test = _random_split(ys[-1], test_fraction, seed, f"npz file {path}", labels[-1])
         parts = {"train": (x[~is_test], [y[~is_test] for y in ys]), "test": (x[is_test], [y[is_test] for y in ys])}
     return _build("npz", "npz-1", parts, labels, str(path), {"root": str(path)})

@@ -33,8 +33,16 @@ def read_pickle(path: Path) -> dict[str, Any]:
             obj = pickle.load(fh, encoding="latin1")
     except FileNotFoundError:
         raise DataError(f"CIFAR-100 file {path} not found.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
-        raise DataError(f"CIFAR-100 file {path} is truncated or not a CIFAR pickle ({type(exc).__name__}: {exc}).") from None
+    except IsADirectoryError:
+        raise DataError(f"CIFAR-100 file {path} is a folder, not a pickle file.") from None
+    except OSError as exc:
+        raise DataError(f"Cannot read CIFAR-100 file {path}: {exc.strerror or exc}.") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle raises almost anything (MemoryError too)
+        reason = " ".join(str(exc).split())[:200] or "no detail"
+        raise DataError(
+            f"CIFAR-100 file {path} is truncated or not a CIFAR pickle ({type(exc).__name__}: {reason}); "
+            "extract cifar-100-python.tar.gz again."
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"CIFAR-100 file {path} must hold a dict; got {type(obj).__name__}.")
     return {_str(k): v for k, v in obj.items()}
@@ -56,6 +64,31 @@ def find_folder(root: str | Path | None) -> Path:
     )
 
 
+def _int_labels(values: Any, path: Path, key: str) -> np.ndarray:
+    """A 1-D int64 array of the labels stored under ``key`` (one-line error otherwise)."""
+    try:
+        arr = np.asarray(values)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
+            raise TypeError
+        return arr.astype(np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"CIFAR-100 file {path}: {key!r} must be a list of integer labels.") from None
+
+
+def _names(meta: dict[str, Any], path: Path, key: str) -> list[str]:
+    """The class names stored under ``key`` of the meta file: a non-empty list of distinct strings."""
+    if key not in meta:
+        raise DataError(f"CIFAR-100 file {path} has no {key!r} entry.")
+    values = meta[key]
+    if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, (str, bytes)) for v in values):
+        raise DataError(f"CIFAR-100 file {path}: {key!r} must be a non-empty list of class names.")
+    names = [_str(n) for n in values]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"CIFAR-100 file {path}: {key!r} lists {dup[0]!r} more than once.")
+    return names
+
+
 def _split(folder: Path, part: str, n_fine: int, n_coarse: int) -> tuple[Split, np.ndarray, np.ndarray]:
     path = folder / part
     d = read_pickle(path)
@@ -63,8 +96,8 @@ def _split(folder: Path, part: str, n_fine: int, n_coarse: int) -> tuple[Split, 
         if key not in d:
             raise DataError(f"CIFAR-100 file {path} has no {key!r} entry (keys: {', '.join(sorted(d))}).")
     data = np.asarray(d["data"])
-    fine = np.asarray(d["fine_labels"], dtype=np.int64)
-    coarse = np.asarray(d["coarse_labels"], dtype=np.int64)
+    fine = _int_labels(d["fine_labels"], path, "fine_labels")
+    coarse = _int_labels(d["coarse_labels"], path, "coarse_labels")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"CIFAR-100 file {path}: 'data' must be uint8 (N, 3072); got {data.dtype} {data.shape}.")
     if not len(fine) == len(coarse) == len(data):
@@ -88,11 +121,8 @@ def load_cifar100(root: str | Path | None = None) -> RealDataset:
     """
     folder = find_folder(root)
     meta = read_pickle(folder / "meta")
-    for key in ("fine_label_names", "coarse_label_names"):
-        if key not in meta:
-            raise DataError(f"CIFAR-100 file {folder / 'meta'} has no {key!r} entry.")
-    fine_names = [_str(n) for n in meta["fine_label_names"]]
-    coarse_names = [_str(n) for n in meta["coarse_label_names"]]
+    fine_names = _names(meta, folder / "meta", "fine_label_names")
+    coarse_names = _names(meta, folder / "meta", "coarse_label_names")
     train, ftr, ctr = _split(folder, "train", len(fine_names), len(coarse_names))
     test, fte, cte = _split(folder, "test", len(fine_names), len(coarse_names))
     fine_all, coarse_all = np.concatenate([ftr, fte]), np.concatenate([ctr, cte])

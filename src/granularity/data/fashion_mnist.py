@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from granularity.data.base import RealDataset, Split
-from granularity.data.idx import read_idx
+from granularity.data.idx import read_idx, read_idx_bytes
 from granularity.errors import DataError
 
 NAME = "fashion-mnist"
@@ -148,12 +148,9 @@ def download(dest: Path, timeout: float = 10.0) -> dict[str, Path]:
 
 def verify_content(paths: dict[str, Path]) -> None:
     """Check the uncompressed content against the official SHA256 sums (raises DataError)."""
-    import gzip
-
     for key, path in paths.items():
         stem = FILES[key]
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        data = read_idx_bytes(path)  # one-line DataError for unreadable or corrupt gzip files
         digest = hashlib.sha256(data).hexdigest()
         if digest != CONTENT_SHA256[stem]:
             raise DataError(
@@ -187,6 +184,8 @@ def _images(path: Path) -> torch.Tensor:
     arr = read_idx(path)
     if arr.ndim != 3 or arr.dtype.itemsize != 1:
         raise DataError(f"Fashion-MNIST image file {path} must hold uint8 (N, H, W) images; got dims {arr.shape}, {arr.dtype}.")
+    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise DataError(f"Fashion-MNIST image file {path} holds no images (dims {arr.shape}); delete it and fetch it again.")
     return torch.from_numpy(arr.astype("uint8", copy=False).copy()).unsqueeze(1)  # (N, 1, H, W)
 
 

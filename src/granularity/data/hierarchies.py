@@ -55,8 +55,8 @@ def parent_map_factory(
         where = str(path)
         try:
             parents = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"Cannot read the parent map {path}: {exc}.") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise DataError(f"Cannot read the parent map {path}: {' '.join(str(exc).split())}.") from None
         if not isinstance(parents, dict):
             raise DataError(f"Parent map {path} must be a JSON object {{child: parent}}.")
     parents = {str(k): str(v) for k, v in parents.items()}
@@ -66,12 +66,21 @@ def parent_map_factory(
             f"Parent map {where} has no parent for {len(missing)} class(es), e.g. {missing[0]!r}."
         )
     roots = sorted({p for p in parents.values() if p not in parents})
+    if not roots:
+        raise HierarchyError(f"Parent map {where} has no root: every parent is also a child (a cycle).")
     if len(roots) != 1:
         raise HierarchyError(
             f"Parent map {where} must have exactly one root; found {len(roots)}: {', '.join(roots[:5])}."
         )
     leaves = list(leaf_names)
-    return lambda: tree(parents, roots[0], leaves, name)
+
+    def factory():
+        try:
+            return tree(parents, roots[0], leaves, name)
+        except HierarchyError as exc:  # name the map the broken tree came from
+            raise HierarchyError(f"Parent map {where}: {exc}") from None
+
+    return factory
 
 
 def encode_levels(

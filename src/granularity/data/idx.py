@@ -75,6 +75,11 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=False).reshape(dims)
 
 
+def read_idx_bytes(path: str | Path) -> bytes:
+    """The uncompressed bytes of an IDX file (``.gz`` or raw), with one-line errors."""
+    return _read_bytes(Path(path))
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (``.gz`` or raw, detected from the content) into a NumPy array."""
     path = Path(path)

@@ -31,6 +31,10 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"iNat2021 annotation file {path} not found (expected train.json / val.json in the root).") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"iNat2021 annotation file {path} is not valid JSON ({exc}).") from None
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise DataError(f"iNat2021 annotation file {path} cannot be read ({exc.strerror or exc}).") from None
+    except RecursionError:
+        raise DataError(f"iNat2021 annotation file {path} nests too deeply to be an annotation file.") from None
     if not isinstance(obj, dict):
         raise DataError(f"iNat2021 annotation file {path} must hold a JSON object.")
     for key in ("images", "annotations", "categories"):
@@ -42,6 +46,9 @@ def read_json(path: Path) -> dict[str, Any]:
 def _pairs(data: dict[str, Any], path: Path, root: Path, cat_index: dict[int, int]) -> tuple[list[str], list[int]]:
     try:
         files = {int(im["id"]): im["file_name"] for im in data["images"]}
+        bad = next((iid for iid, f in files.items() if not isinstance(f, str) or not f.strip()), None)
+        if bad is not None:
+            raise DataError(f"iNat2021 file {path}: image {bad} has file_name {files[bad]!r}, not a relative path.")
         labels: dict[int, int] = {}
         for ann in data["annotations"]:
             iid, cid = int(ann["image_id"]), int(ann["category_id"])
@@ -50,7 +57,9 @@ def _pairs(data: dict[str, Any], path: Path, root: Path, cat_index: dict[int, in
             if iid in labels and labels[iid] != cat_index[cid]:
                 raise DataError(f"iNat2021 file {path}: image {iid} has two different category annotations.")
             labels[iid] = cat_index[cid]
-    except (KeyError, TypeError, ValueError) as exc:
+    except DataError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(f"iNat2021 file {path}: malformed image or annotation record ({type(exc).__name__}: {exc}).") from None
     missing = [iid for iid in files if iid not in labels]
     if missing:
@@ -105,7 +114,7 @@ def load_inat2021(
     tr, te = read_json(tr_path), read_json(te_path)
     try:
         cats = sorted(tr["categories"], key=lambda c: int(c["id"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise DataError(f"iNat2021 file {tr_path}: every category needs an integer 'id'.") from None
     cat_index = {int(c["id"]): i for i, c in enumerate(cats)}
     if len(cat_index) != len(cats):
@@ -123,7 +132,7 @@ def load_inat2021(
     def factory():
         from granularity.hierarchy import inat2021_hierarchy
 
-        return inat2021_hierarchy({"categories": cats}, ranks=ranks)
+        return inat2021_hierarchy({"categories": cats}, ranks=ranks, source=str(tr_path))
 
     return RealDataset(
         name=NAME,

