@@ -1,0 +1,173 @@
+"""Simulator figures: training-step FLOP/s against the matmul ceiling (1), many seeds as one
+batched computation against sequential runs (2), generator speed and streamed-evaluation
+memory (5)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from granularity.bench.common import interleaved, matmul_fn, median, peak_rss, tf32
+from granularity.theory.config import SimConfig
+from granularity.theory.data import HierarchicalMultiView, generator
+from granularity.theory.model import PatchCNN
+from granularity.theory.presets import get_preset
+from granularity.theory.train import Gather, SeedBatch, _batches, evaluate, pretrain
+from granularity.utils.config import deep_merge
+
+
+def preset_config(name: str, **overrides: Any) -> SimConfig:
+    raw = deep_merge(deep_merge({"name": name}, get_preset(name).overrides), overrides)
+    return SimConfig.build(raw)
+
+
+def step_flops(S: int, B: int, P: int, d: int, N: int) -> float:
+    """The two batched matrix multiplies of a step (forward and weight gradient)."""
+    return 2 * (2.0 * S * B * P * d * N)
+
+
+def bench_step(device: torch.device, tiny: bool = False, repeats: int = 5) -> dict[str, Any]:
+    """Figure 1: achieved FLOP/s of one training step (minibatch gather, forward, hand-written
+    backward, SGD update) of the fine model, divided by the fp32 ``torch.mm`` rate measured in
+    the same process (on CUDA: the TF32 rate, with TF32 allowed for the step too; the bf16 rate
+    is reported beside it)."""
+    cases = {"paper": preset_config("paper"), "large": preset_config("large")}
+    if tiny:
+        cases = {"paper": preset_config("quick", seeds=2, seed_batch=2),
+                 "large": preset_config("quick", data={"d": 128, "P": 16, "k": 8}, seeds=2, seed_batch=2)}
+        repeats = 2
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "cases": {}}
+    with tf32():
+        mm, mm_flops = matmul_fn(device, torch.float32, 512 if tiny else None)
+        for name, cfg in cases.items():
+            S = min(cfg.seed_batch, cfg.seeds)
+            d, P, B = cfg.data.d, cfg.data.P, cfg.train.batch_size or 128
+            O = cfg.data.nodes_per_level[-1]  # the fine model (the larger one)
+            n = 4 * B  # a few batches of random inputs: the step's cost does not depend on n
+            g = torch.Generator().manual_seed(0)
+            X = (torch.randn(S, n, P, d, generator=g) / math.sqrt(d)).to(device)
+            Y = torch.randint(O, (S, n), generator=g).to(device)
+            model = PatchCNN(S, O, d, cfg.model, [generator(i) for i in range(S)], device)
+            gather = Gather(X, Y)
+            batches = iter(_batches(n, B, 10**9, [generator(100 + i) for i in range(S)]))
+
+            def step():
+                model.step(*gather(next(batches).to(device)), 1e-3)  # small lr: a stable run
+
+            flops = step_flops(S, B, P, d, model.N)
+            t = interleaved({"step": step, "mm": mm}, repeats, device)
+            step_rate = flops / median(t["step"])
+            mm_rate = mm_flops / median(t["mm"])
+            out["cases"][name] = {
+                "preset": cfg.name, "S": S, "B": B, "P": P, "d": d, "N": model.N,
+                "step_gflop": flops / 1e9, "step_seconds": median(t["step"]),
+                "step_gflops": step_rate / 1e9, "matmul_fp32_gflops": mm_rate / 1e9,
+                "ratio": step_rate / mm_rate,
+                "samples": {k: [round(v, 5) for v in vs] for k, vs in t.items()},
+            }
+            del X, Y, model, gather
+    if device.type == "cuda":
+        bf, bf_flops = matmul_fn(device, torch.bfloat16)
+        tb = interleaved({"bf16": bf}, repeats, device)
+        out["matmul_bf16_gflops"] = bf_flops / median(tb["bf16"]) / 1e9
+        for case in out["cases"].values():
+            case["ratio_vs_bf16"] = case["step_gflops"] / out["matmul_bf16_gflops"]
+    out["target"] = 0.5 if device.type == "cuda" else 0.7
+    out["value"] = out["cases"]["large"]["ratio"]
+    out["met"] = out["value"] >= out["target"]
+    return out
+
+
+def bench_seeds(device: torch.device, tiny: bool = False, steps: int | None = None, repeats: int = 2
+                ) -> dict[str, Any]:
+    """Figure 2: pretraining S=8 seeds of the paper's coarse model as one batched computation
+    versus one seed after another, on the same seeds; the per-seed results must agree."""
+    S = 8
+    if tiny:
+        cfg = preset_config("quick", seeds=S, seed_batch=S, train={"steps": steps or 60},
+                            transfer={"protocols": ["map"], "n_test": 200})
+        repeats = 1
+    else:
+        cfg = preset_config("paper", seeds=S, seed_batch=S, train={"steps": steps or 1000},
+                            transfer={"protocols": ["map"]})
+    seeds = list(range(S))
+    batched = SeedBatch.build(cfg, seeds, device)
+    singles = [SeedBatch.build(cfg, [s], device) for s in seeds]
+    level = cfg.source_level("coarse")
+    res: dict[str, Any] = {}
+
+    def run_batched():
+        res["batched"] = pretrain(cfg, batched, level)
+
+    def run_sequential():
+        res["sequential"] = [pretrain(cfg, sb, level) for sb in singles]
+
+    t = interleaved({"batched": run_batched, "sequential": run_sequential}, repeats, device, warmup=0)
+    # same results: final weights and test errors per seed
+    Wb = res["batched"].model.W.cpu()
+    Ws = torch.cat([p.model.W.cpu() for p in res["sequential"]])
+    w_diff = float((Wb - Ws).abs().max() / Ws.abs().max())
+    eb = evaluate(cfg, batched, {"coarse": res["batched"]}, {})[("coarse", "map")]
+    es = [evaluate(cfg, sb, {"coarse": p}, {})[("coarse", "map")] for sb, p in zip(singles, res["sequential"])]
+    err_b = {k: eb[k].tolist() for k in ("easy", "hard")}
+    err_s = {k: [float(e[k][0]) for e in es] for k in ("easy", "hard")}
+    e_diff = max(abs(a - b) for k in err_b for a, b in zip(err_b[k], err_s[k]))
+    speedup = median(t["sequential"]) / median(t["batched"])
+    agree = w_diff < 1e-3 and e_diff <= 2.0 / cfg.transfer.n_test
+    return {
+        "preset": cfg.name, "S": S, "steps": cfg.train.steps, "N": res["batched"].model.N,
+        "batched_seconds": median(t["batched"]), "sequential_seconds": median(t["sequential"]),
+        "samples": t, "speedup": speedup,
+        "max_rel_weight_diff": w_diff, "max_error_diff": e_diff,
+        "errors_batched": err_b, "errors_sequential": err_s, "results_agree": agree,
+        "target": 3.0, "value": speedup, "met": bool(speedup >= 3.0 and agree),
+    }
+
+
+def bench_generator(device: torch.device, tiny: bool = False, repeats: int = 3, eval_preset: str = "quick"
+                    ) -> dict[str, Any]:
+    """Figure 5: samples/s of the generator (paper and large presets), and peak RSS of a
+    streamed evaluation on 10^4, 10^5, 10^6 test samples, each in a fresh process (the
+    ``eval_preset``'s data: ``quick`` by default so that 10^6 samples take seconds, ``paper``
+    with ``--full``)."""
+    out: dict[str, Any] = {"speed": {}}
+    names = {"paper": "paper", "large": "large"} if not tiny else {"quick": "quick"}
+    chunk = 4096 if not tiny else 512
+    for name in names:
+        dist = HierarchicalMultiView(preset_config(name).data, seed=0)
+        gen = generator(1)
+        t = interleaved({"sample": lambda: dist.sample(chunk, gen)}, repeats, torch.device("cpu"))
+        out["speed"][name] = {"chunk": chunk, "samples_per_s": chunk / median(t["sample"]),
+                              "seconds": t["sample"]}
+    sizes = [500, 2000] if tiny else [10**4, 10**5, 10**6]
+    rss = {}
+    for n in sizes:
+        rss[str(n)] = peak_rss("generator_eval", {"n": n, "device": str(device), "preset": "quick" if tiny else eval_preset})
+    first, last = rss[str(sizes[0])], rss[str(sizes[-1])]
+    ratio = last["maxrss_mib"] / first["maxrss_mib"]
+    out.update({
+        "eval_rss": rss, "eval_sizes": sizes, "eval_preset": "quick" if tiny else eval_preset,
+        "rss_ratio_largest_to_smallest": ratio,
+        "samples_per_s": out["speed"].get("paper", next(iter(out["speed"].values())))["samples_per_s"],
+        "target": "peak RSS does not grow with n (ratio <= 1.1)",
+        "value": ratio, "met": bool(ratio <= 1.1),
+    })
+    return out
+
+
+def generator_eval(n: int, device: str, preset: str) -> dict[str, Any]:
+    """Evaluate a (briefly trained) coarse model of the paper preset on ``n`` streamed test
+    samples (n/2 easy + n/2 hard); run by the peak-RSS subprocess."""
+    import time
+
+    cfg = preset_config(preset, seeds=1, seed_batch=1, train={"n_train": 256, "steps": 20},
+                        transfer={"protocols": ["map"], "sources": ["coarse"], "n_test": max(1, n // 2)})
+    sb = SeedBatch.build(cfg, [0], torch.device(device))
+    pre = pretrain(cfg, sb, 1)
+    t0 = time.perf_counter()
+    err = evaluate(cfg, sb, {"coarse": pre}, {})[("coarse", "map")]
+    return {"n": n, "seconds": time.perf_counter() - t0, "samples_per_s": 2 * cfg.transfer.n_test / (time.perf_counter() - t0),
+            "easy": float(np.asarray(err["easy"])[0]), "hard": float(np.asarray(err["hard"])[0])}

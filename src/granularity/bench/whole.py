@@ -1,0 +1,82 @@
+"""Figure 3: the whole answer. ``simulate`` of the paper preset (5 seeds, coarse and fine, all
+protocols) against the peer-style implementation in :mod:`granularity.bench.baseline`."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+from granularity.bench.baseline import run_experiment
+from granularity.bench.common import median, timed
+from granularity.bench.simulator import preset_config
+from granularity.theory.experiment import simulate
+
+
+def scaled_config(scale: float, tiny: bool, device: torch.device):
+    """The paper preset with every step count multiplied by ``scale`` (1 = full size)."""
+    if tiny:
+        base, seeds = "quick", 2
+        scale = min(scale, 0.05)
+    else:
+        base, seeds = "paper", 5
+    cfg = preset_config(base, seeds=seeds, seed_batch=seeds, device=device.type)
+    t, tr = cfg.train, cfg.transfer
+    steps = max(10, round(t.steps * scale))
+    if tiny:
+        steps = 30
+    return preset_config(
+        base, seeds=seeds, seed_batch=seeds, device=device.type,
+        train={"steps": steps, "log_points": min(t.log_points, max(2, steps // 10))},
+        transfer={"probe_steps": max(5, round(tr.probe_steps * scale)),
+                  "finetune_steps": max(5, round(tr.finetune_steps * scale))},
+    )
+
+
+def _table(errors: dict) -> dict:
+    return {src: {proto: {k: {"mean": v[k]["mean"], "ci": v[k]["ci"], "values": v[k]["values"]}
+                          for k in ("easy", "hard")} for proto, v in protos.items()}
+            for src, protos in errors.items()}
+
+
+def compare(ours: dict, peer: dict, floor: float = 0.03) -> dict[str, Any]:
+    """Every (source, protocol, easy/hard) mean: same within noise when the difference is at most
+    the two 95% CIs added (or ``floor``, for near-zero errors whose CI is 0)."""
+    rows, ok = [], True
+    for src, protos in ours.items():
+        for proto, v in protos.items():
+            for k in ("easy", "hard"):
+                a, b = v[k], peer[src][proto][k]
+                ci = sum(c for c in (a["ci"], b["ci"]) if not math.isnan(c))
+                diff = abs(a["mean"] - b["mean"])
+                same = diff <= max(ci, floor)
+                ok &= same
+                rows.append({"source": src, "protocol": proto, "kind": k, "simulator": a["mean"],
+                             "baseline": b["mean"], "diff": diff, "allowed": max(ci, floor), "same": same})
+    return {"rows": rows, "all_same_within_noise": ok}
+
+
+def bench_whole(device: torch.device, tiny: bool = False, scale: float = 0.2) -> dict[str, Any]:
+    cfg = scaled_config(scale, tiny, device)
+    tmp = tempfile.mkdtemp(prefix="granularity-bench-")
+    try:
+        res: dict[str, Any] = {}
+        t_ours = timed(lambda: res.__setitem__("ours", simulate(cfg, tmp, progress=False)), device)
+        t_peer = timed(lambda: res.__setitem__("peer", run_experiment(cfg, device)), device)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ours, peer = _table(res["ours"]["errors"]), _table(res["peer"]["errors"])
+    cmp = compare(ours, peer)
+    speedup = t_peer / t_ours
+    return {
+        "preset": cfg.name, "seeds": cfg.seeds, "scale": scale, "steps": cfg.train.steps,
+        "probe_steps": cfg.transfer.probe_steps, "finetune_steps": cfg.transfer.finetune_steps,
+        "n_test": cfg.transfer.n_test,
+        "simulator_seconds": t_ours, "baseline_seconds": t_peer, "speedup": speedup,
+        "errors_simulator": ours, "errors_baseline": peer, "comparison": cmp,
+        "note": "simulate() includes writing its run folder and figures; the baseline only computes errors",
+        "target": 3.0, "value": speedup, "met": bool(speedup >= 3.0 and cmp["all_same_within_noise"]),
+    }
