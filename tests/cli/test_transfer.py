@@ -78,7 +78,18 @@ def test_study_quick(fmnist_root, tmp_path, capsys):
         (["transfer", "--config", "missing.yaml"], "does not exist"),
     ],
 )
-def test_cli_errors(args, match, capsys, fmnist_root, tmp_path):
+def test_cli_errors(args, match, capsys, fmnist_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default output folders land in the temporary folder
     args = [str(fmnist_root) if a == "FMROOT" else str(tmp_path / "o") if a == "OUT" else a for a in args]
     err = _one_line_error(capsys, main(args))
     assert match in err
+
+
+def test_failed_start_does_not_block_a_corrected_rerun(fmnist_root, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    base = ["transfer", "--data-root", str(fmnist_root), "--train-size", "100", "--epochs", "0",
+            "--transfer-epochs", "0", "--device", "cpu", "--out", out]
+    _one_line_error(capsys, main([*base, "--target", "7"]))
+    assert main([*base, "--target", "1"]) == 0
+    assert main([*base, "--target", "2"]) == 2  # a finished run of another config is protected
+    assert "holds a run with another config" in capsys.readouterr().err

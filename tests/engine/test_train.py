@@ -46,3 +46,18 @@ def test_schedules(schedule, last):
         sched.step()
     assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)  # warm-up over 5 steps
     assert opt.param_groups[0]["lr"] == pytest.approx(last, abs=1e-9)
+
+
+def test_embeddings(tmp_path):
+    from granularity.engine.embeddings import compute_embeddings
+    from granularity.errors import GranularityError
+
+    x = torch.randint(0, 255, (40, 1, 8, 8), dtype=torch.uint8)
+    y = np.arange(40) % 2
+    assert compute_embeddings("pca", x, y, 2, seed=0).shape == (40, 32)
+    assert compute_embeddings("cnn", x, y, 2, seed=0).shape == (40, 128)
+    np.save(tmp_path / "e.npy", np.ones((39, 3)))
+    with pytest.raises(GranularityError, match="must have shape \\(n_train=40, d\\)"):
+        compute_embeddings(str(tmp_path / "e.npy"), x, y, 2, seed=0)
+    with pytest.raises(GranularityError, match="'embedding' parameter must be 'pca', 'cnn' or a path"):
+        compute_embeddings("clip", x, y, 2, seed=0)

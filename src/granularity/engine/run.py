@@ -78,7 +78,7 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
         from granularity.data import make_rare
 
         idx = make_rare(dataset, cfg.rare.classes, cfg.rare.keep_fraction, seed=cfg.data_seed)
-        dataset = dataset._derive(dataset.train.take(idx), dataset.test, rare=cfg.rare.to_dict())
+        dataset = dataset.select(train=idx, rare=cfg.rare.to_dict())
     return dataset
 
 
@@ -137,7 +137,8 @@ def run_transfer(
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     out = check_writable(out)
     cfg_d = cfg.to_dict()
-    if (out / "config.json").exists():
+    started = (out / "checkpoint.pt").exists() or (out / "result.json").exists()
+    if started and (out / "config.json").exists():  # a folder that failed before training is reused
         old = read_json(out / "config.json")
         if old != cfg_d:
             diff = sorted(k for k in set(old) | set(cfg_d) if old.get(k) != cfg_d.get(k))

@@ -126,7 +126,8 @@ def run_study(
         for s in cfg.rare_sources:
             TransferConfig.build({"source": s}, where="rare_sources")
     out = check_writable(out)
-    if (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
+    started = (out / "runs").exists() or (out / "refs").exists()
+    if started and (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
         raise GranularityError(
             f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it."
         )
@@ -147,7 +148,10 @@ def run_study(
             from granularity.errors import unknown_name
 
             raise unknown_name("rare class", c, dataset.leaf_names)
-    jobs = [(f"refs/seed{1000 + i}", run_config(cfg, "target", 1000 + i, None)) for i in range(cfg.reference_seeds)]
+    # reference models: trained on the target labels only (pretraining on the target and reading
+    # its head directly, "map", saves the fine-tuning epoch that would add nothing here)
+    ref_cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"mode": "map"})})
+    jobs = [(f"refs/seed{1000 + i}", run_config(ref_cfg, "target", 1000 + i, None)) for i in range(cfg.reference_seeds)]
     arm_list = arms(cfg, depth)
     jobs += [(f"runs/{_folder(a)}/seed{s}", run_config(cfg, src, s, rare)) for s in cfg.seeds for a, src, rare in arm_list]
     cache: dict = {}
