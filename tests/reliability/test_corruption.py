@@ -420,6 +420,18 @@ def test_image_folder_layout(tmp_path, tally):
     case("train is a file", lambda r: shutil.rmtree(r / "train") or (r / "train").write_text("x"), "rejected")
     case("parent map missing a class", lambda r: None, "rejected", hierarchy={"cat": "animal"})
     case("parent map with a cycle", lambda r: None, "rejected", hierarchy={"cat": "a", "dog": "a", "a": "b", "b": "a"})
+
+    def bomb(r):  # a valid PNG whose header claims 40000 x 40000 pixels (correct CRC)
+        import struct
+        import zlib
+
+        p = next((r / "train" / "cat").glob("*.png"))
+        b = bytearray(p.read_bytes())
+        b[16:24] = struct.pack(">II", 40000, 40000)
+        b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+        p.write_bytes(bytes(b))
+
+    case("decompression bomb header", bomb, "rejected")
     pm = tmp_path / "pm.json"
     pm.write_text("{not json")
     case("parent map file corrupt", lambda r: None, "rejected", hierarchy=str(pm))

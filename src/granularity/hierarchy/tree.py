@@ -696,11 +696,17 @@ class LabelHierarchy:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False)
 
     def save(self, path: Path | str) -> Path:
-        """Write the JSON form atomically."""
+        """Write the JSON form atomically (a one-line error when ``path`` cannot be written)."""
         from granularity.utils.io import write_json
 
-        write_json(Path(path), self.to_dict())
-        return Path(path)
+        path = Path(path)
+        if path.is_dir():
+            raise HierarchyError(f"Cannot write hierarchy file {str(path)!r}: it is a folder; give a file name.")
+        try:
+            write_json(path, self.to_dict())
+        except OSError as exc:
+            raise HierarchyError(f"Cannot write hierarchy file {str(path)!r} ({exc.strerror or exc}).") from None
+        return path
 
     @classmethod
     def load(cls, path: Path | str) -> LabelHierarchy:

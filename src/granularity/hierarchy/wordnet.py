@@ -45,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from granularity.errors import GranularityError, HierarchyError, param_error
+from granularity.errors import GranularityError, HierarchyError, param_error, suggest
 from granularity.hierarchy.tree import LabelHierarchy
 
 #: Where the Debian packages put the WordNet 3.0 database.
@@ -197,10 +197,17 @@ def _parent(synset, policy: str):
     return min(hypers, key=lambda s: (-s.max_depth(), s.name()))
 
 
+def _policy_error(policy: Any) -> GranularityError:
+    return GranularityError(
+        f"The 'policy' parameter must be one of {', '.join(POLICIES)}. Got {policy!r} instead"
+        f"{suggest(policy, POLICIES)}."
+    )
+
+
 def ancestors(wnid: str, policy: str = "longest", wn=None) -> list[str]:
     """Synset names from the root (``entity.n.01``) down to the wnid's own synset."""
     if policy not in POLICIES:
-        raise param_error("policy", f"one of {', '.join(POLICIES)}", policy)
+        raise _policy_error(policy)
     s = synset_of(wnid, wn)
     path = [s.name()]
     while (s := _parent(s, policy)) is not None:
@@ -261,7 +268,7 @@ def wordnet_hierarchy(
         chosen paths; classes shallower than ``l`` keep their own label.
     """
     if policy not in POLICIES:
-        raise param_error("policy", f"one of {', '.join(POLICIES)}", policy)
+        raise _policy_error(policy)
     wnids = [str(w).strip() for w in wnids]
     if not wnids:
         raise HierarchyError("The class list is empty; give at least one wnid.")
@@ -337,7 +344,8 @@ def cifar100_wordnet_hierarchy(policy: str = "longest", wn=None) -> LabelHierarc
 
 def imagenet21k_hierarchy(path: Path | str, policy: str = "longest", wn=None) -> LabelHierarchy:
     """WordNet tree above an ImageNet-21k class list file (one wnid per line, class order)."""
-    return wordnet_hierarchy(
-        read_wnid_list(path), policy=policy, name="imagenet-21k", wn=wn,
-        meta={"class_list": str(path)},
-    )
+    wnids = read_wnid_list(path)
+    try:
+        return wordnet_hierarchy(wnids, policy=policy, name="imagenet-21k", wn=wn, meta={"class_list": str(path)})
+    except HierarchyError as exc:  # name the class list the bad wnid came from
+        raise HierarchyError(f"Class list file {str(path)!r}: {exc}") from None
