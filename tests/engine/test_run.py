@@ -94,3 +94,23 @@ def test_config_errors(tiny, tmp_path):
     with pytest.raises(GranularityError, match="holds a run with another config"):
         run_transfer(tiny_config(seed=1, pretrain={"epochs": 0}, transfer={"epochs": 0}), tmp_path / "c", dataset=tiny)
     assert read_json(tmp_path / "c" / "config.json")["seed"] == 0
+
+
+def test_tabular_data_with_mlp(tmp_path):
+    import torch
+
+    from granularity.data import RealDataset, Split
+    from granularity.hierarchy import LabelHierarchy
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = np.arange(n) % 4
+        x = rng.normal(size=(n, 6)).astype(np.float32) + np.eye(4, 6, dtype=np.float32)[y] * 3
+        return Split(torch.as_tensor(x), torch.as_tensor(y))
+
+    ds = RealDataset("table", "test", split(80), split(40), ["a", "b", "c", "d"],
+                     _hierarchy=LabelHierarchy.from_paths([["g0", "a"], ["g0", "b"], ["g1", "c"], ["g1", "d"]]))
+    cfg = tiny_config(model={"name": "mlp", "options": {"hidden": 16}}, transfer={"mode": "linear", "epochs": 10, "lr": 0.1})
+    r = run_transfer(cfg, tmp_path, dataset=ds)
+    assert r["target_acc"] > 0.75  # well-separated Gaussian blobs
