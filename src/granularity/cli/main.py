@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("GRANULARITY_DEBUG") == "1"
     try:
-        cli.main(args=args, prog_name="granularity", standalone_mode=False)
-        return 0
+        code = cli.main(args=args, prog_name="granularity", standalone_mode=False)
+        # a command may end with ctx.exit(n) (e.g. `sweep` exits 1 when runs failed)
+        return code if isinstance(code, int) and not isinstance(code, bool) else 0
     except click.exceptions.Exit as exc:  # --help / --version
         return exc.exit_code
     except click.exceptions.Abort:

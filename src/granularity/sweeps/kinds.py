@@ -34,6 +34,9 @@ class ExperimentKind:
     is_complete: Callable[[Path, Config], bool]
     hierarchy_hash: Callable[[dict[str, Any]], str | None] = lambda result: None
     defaults: dict[str, Any] = field(default_factory=dict)  # applied before the preset
+    # modules a worker process imports once, before its first run (the local executor's fork
+    # server imports them a single time for all its workers)
+    preload: tuple[str, ...] = ()
 
     def build(self, raw: Mapping[str, Any], where: str = "") -> Config:
         return self.config_class().build(raw, where=where)
@@ -116,6 +119,8 @@ register(
         run=_sim_run,
         metrics=_sim_metrics,
         is_complete=_sim_complete,
+        # torch._dynamo: torch.optim imports it on the first optimiser (~4 s); matplotlib: the figures
+        preload=("torch", "torch._dynamo", "granularity.theory.experiment", "granularity.theory.plots", "matplotlib.pyplot"),
     )
 )
 
@@ -180,5 +185,6 @@ register(
         metrics=_tr_metrics,
         is_complete=_tr_complete,
         hierarchy_hash=lambda result: result.get("hierarchy_hash"),
+        preload=("torch", "torch._dynamo", "granularity.engine.run", "granularity.models"),
     )
 )
