@@ -218,7 +218,7 @@ def run_transfer(
     resumed = None
     if ckpt_path.exists():
         resumed = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if resumed["stage"] == "transfer":
+        if resumed["stage"] == "transfer" and cfg.transfer.mode != "map":  # "map" keeps the source head
             with torch.random.fork_rng(devices=[]):
                 model.reset_head(n_target)
         model.load_state_dict(resumed["model"])
