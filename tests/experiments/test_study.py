@@ -62,3 +62,9 @@ def test_default_arms_cover_the_paper():
     names = [a for a, _, _ in arms(StudyConfig(), depth=3)]
     assert names[:3] == ["target", "level:1", "level:3"]
     assert {"kmeans-within:20", "kmeans-global:20", "random:10", "per-sample", "rare/target", "rare/leaf"} <= set(names)
+
+
+def test_map_mode_keeps_only_nesting_arms():
+    cfg = StudyConfig(transfer={"mode": "map"})
+    names = [a for a, _, _ in arms(cfg, depth=3)]
+    assert names[:2] == ["target", "level:3"] and not any(n.startswith(("random", "kmeans-global", "level:1")) for n in names)

@@ -84,11 +84,16 @@ QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
 
 def arms(cfg: StudyConfig, depth: int) -> list[tuple[str, str, RareConfig | None]]:
     """``(arm name, source label function, rare config)`` of every compared arm."""
+    nesting_only = cfg.transfer.mode == "map"  # "map" needs labels that nest in the target
     out: list[tuple[str, str | None, Any]] = [("target", "target", None)]
-    out += [(f"level:{lv}", f"level:{lv}", None) for lv in range(1, depth + 1) if lv != cfg.target]
+    out += [(f"level:{lv}", f"level:{lv}", None) for lv in range(1, depth + 1)
+            if lv != cfg.target and not (nesting_only and lv < cfg.target)]
     for k in cfg.kmeans_sizes:
-        out += [(f"kmeans-within:{k}", f"kmeans-within:{k}", None), (f"kmeans-global:{k}", f"kmeans-global:{k}", None)]
-    out += [(f"random:{k}", f"random:{k}", None) for k in cfg.random_classes]
+        out.append((f"kmeans-within:{k}", f"kmeans-within:{k}", None))
+        if not nesting_only:
+            out.append((f"kmeans-global:{k}", f"kmeans-global:{k}", None))
+    if not nesting_only:
+        out += [(f"random:{k}", f"random:{k}", None) for k in cfg.random_classes]
     if cfg.per_sample:
         out.append(("per-sample", "per-sample", None))
     if cfg.rare is not None:
