@@ -199,6 +199,9 @@ def test_fashion_mnist_idx(tmp_path, tally, gz, no_fmnist_search):
             d = write_fmnist(tmp_path / f"c{k}", gz)
             (d / (target + ext)).write_bytes(data)
             probe(f"{target}{ext}:{label}", _fm_load(d), target, check_dataset)
+            if label.startswith("truncated"):  # the SHA256 check reads the files too
+                probe(f"{target}{ext}:{label}:verify", lambda: load_dataset("fashion-mnist", root=d, download=False, verify=True),
+                      str(d), expect="rejected")  # tiny fakes never match the official sums
         if gz:  # also corrupt the IDX content inside a valid gzip stream
             body = gzip.decompress(raw)
             for label, data in corrupt_copies(body, seed=7, header=12, n_random=2):
@@ -232,6 +235,7 @@ def test_fashion_mnist_idx(tmp_path, tally, gz, no_fmnist_search):
         p.write_bytes(gzip.compress(bytes(body)) if gz else bytes(body))
 
     semantic("wrong magic", magic)
+    probe("root not a path", lambda: load_dataset("fashion-mnist", root=3, download=False), "root", expect="rejected")
     semantic("not a file", lambda d: [(d / f"t10k-labels-idx1-ubyte{ext}").unlink(),
                                       (d / f"t10k-labels-idx1-ubyte{ext}").mkdir()])
     probe.done()

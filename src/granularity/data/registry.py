@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,8 @@ def load_dataset(
         options["seed"] = seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise param_error("seed", "an integer", seed)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise param_error("root", "a path (str or pathlib.Path) or None", root)
     ds = fn(root=root, **options)
     if subset is not None or test_subset is not None:
         ds = ds.subset(train=subset, test=test_subset, seed=seed)
