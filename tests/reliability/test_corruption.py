@@ -17,6 +17,7 @@ import gzip
 import json
 import pickle
 import sys
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def test_fashion_mnist_idx(tmp_path, tally, gz, no_fmnist_search):
     k = 0
     for target in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
         raw = (good / (target + ext)).read_bytes()
-        for label, data in corrupt_copies(raw, seed=hash((target, gz)) % 1000, header=12 if not gz else 10):
+        for label, data in corrupt_copies(raw, seed=zlib.crc32(f"{target}{gz}".encode()), header=12 if not gz else 10):
             k += 1
             d = write_fmnist(tmp_path / f"c{k}", gz)
             (d / (target + ext)).write_bytes(data)
