@@ -83,8 +83,8 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="granularity")
 def cli(debug: bool) -> None:
     """granularity: at which label granularity should I pretrain, and why?"""
-    if debug:
-        os.environ["GRANULARITY_DEBUG"] = "1"
+    # --debug is read by main() before parsing (it decides how errors are shown); nothing to
+    # store here, so one --debug call never leaks into later in-process calls.
 
 
 def _one_line(text: str) -> str:
