@@ -251,6 +251,13 @@ def _err(v: float) -> float:
     return 0.0 if v is None or math.isnan(v) else v
 
 
+def _yerr(rows: list[dict], key: str) -> list[list[float]]:
+    """Asymmetric error bars clipped at 0 (an error rate cannot be negative)."""
+    means = [r[key]["mean"] for r in rows]
+    cis = [_err(r[key]["ci"]) for r in rows]
+    return [[min(c, m) for m, c in zip(means, cis)], cis]
+
+
 def plot_study(summary: dict, out: Path) -> list[str]:
     """Target error vs number of pretraining classes; easy vs hard error; rare subclasses."""
     import matplotlib
@@ -268,7 +275,7 @@ def plot_study(summary: dict, out: Path) -> list[str]:
     for fam, rows in fams.items():
         rows = sorted(rows, key=lambda r: r["num_source_classes"])
         ax.errorbar([r["num_source_classes"] for r in rows], [r["target_error"]["mean"] for r in rows],
-                    yerr=[_err(r["target_error"]["ci"]) for r in rows], marker="o", capsize=3, label=fam)
+                    yerr=_yerr(rows, "target_error"), marker="o", capsize=3, label=fam)
     ax.axhline(base["target_error"]["mean"], color="grey", ls="--", lw=1, label="baseline (target labels)")
     ax.set_xscale("log")
     ax.set_xlabel("number of pretraining classes")
@@ -284,10 +291,9 @@ def plot_study(summary: dict, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(table)), 4.2))
     xs = np.arange(len(table))
     for off, key, label in ((-0.2, "easy_error", "easy"), (0.2, "hard_error", "hard")):
-        ax.bar(xs + off, [r[key]["mean"] for r in table], 0.4, yerr=[_err(r[key]["ci"]) for r in table], capsize=2, label=label)
+        ax.bar(xs + off, [r[key]["mean"] for r in table], 0.4, yerr=_yerr(table, key), capsize=2, label=label)
     ax.set_xticks(xs, [r["arm"] for r in table], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("target test error")
-    ax.set_yscale("symlog", linthresh=0.01)
     ax.set_title(f"Easy vs hard test samples ({summary['hard_samples']['n']} hard by reference models)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -300,7 +306,7 @@ def plot_study(summary: dict, out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         xs = np.arange(len(rare))
         for off, key, label in ((-0.2, "common_error", "other subclasses"), (0.2, "rare_error", "rare subclasses")):
-            ax.bar(xs + off, [r[key]["mean"] for r in rare], 0.4, yerr=[_err(r[key]["ci"]) for r in rare], capsize=2, label=label)
+            ax.bar(xs + off, [r[key]["mean"] for r in rare], 0.4, yerr=_yerr(rare, key), capsize=2, label=label)
         ax.set_xticks(xs, [r["arm"] for r in rare], fontsize=8)
         ax.set_ylabel("target test error")
         ax.legend(fontsize=8)
