@@ -43,6 +43,68 @@ def inputs(tmp_path_factory):
     return {"store": store, "phase": phase, "sweep": sweep}
 
 
+def tiny_study(root):
+    """The real-data study of granularity.experiments on a tiny in-memory data set (seconds)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for engine.conftest
+    from engine.conftest import tiny_dataset
+
+    from granularity.experiments import run_study
+
+    cfg = {"dataset": "tiny", "target": 1, "seeds": [0, 1], "train_size": None, "test_size": None,
+           "kmeans_sizes": [], "random_classes": [], "per_sample": False,
+           "rare": {"classes": ["b"], "keep_fraction": 0.25}, "rare_sources": ["target"], "reference_seeds": 1,
+           "device": "cpu", "model": {"name": "cnn", "options": {"width": 4}},
+           "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32}}
+    run_study(cfg, root, dataset=tiny_dataset(), progress=False)
+    return root
+
+
+def transfer_store(root):
+    """A store of a transfer sweep (source x seeds), its runs recorded by hand (no training)."""
+    sweep = expand({"name": "granularity", "kind": "transfer", "base": {"dataset": "fashion-mnist", "train_size": 600},
+                    "axes": {"source": ["target", "level:3", "kmeans-within:20"]}, "seeds": 2})
+    classes = {"target": 4, "level:3": 10, "kmeans-within:20": 20}
+    with ResultsStore(root) as st:
+        st.register_sweep(sweep)
+        for i, run in enumerate(sweep.runs):
+            st.claim(run)
+            src = run.params["source"]
+            st.finish(run.run_id, "ok", metrics={"target_error": 0.2 - 0.01 * i, "num_source_classes": classes[src],
+                                                 "source_family": src.split(":")[0] if ":" in src else "hierarchy",
+                                                 "rare_error": 0.4, "common_error": 0.1},
+                      hierarchy_hash="abc123")
+    return root
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory):
+    import torch
+
+    root = tmp_path_factory.mktemp("real")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation
+    try:
+        study = tiny_study(root / "study")
+    finally:
+        torch.set_num_threads(threads)
+    store = transfer_store(root / "store")
+    page = build_report([study, store], root / "report")
+    return page, page.read_text()
+
+
+def test_real_data_report(real_report):
+    page, text = real_report
+    for title in ("U-curve: target error against pretraining granularity", "Hard samples: target error on easy vs hard",
+                  "Rare subclasses", "Hard samples: error on rare vs common subclasses"):
+        assert title in text
+    assert text.count("U-curve") >= 2  # the study's and the transfer sweep's
+    assert "&quot;rare_sources&quot;" in text and "&quot;kmeans-within:20&quot;" in text  # configs behind them
+    for data in re.findall(r'<img src="data:image/png;base64,([^"]+)"', text):
+        assert base64.b64decode(data)[:4] == b"\x89PNG"
+
+
 @pytest.fixture(scope="module")
 def report(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")

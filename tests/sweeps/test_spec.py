@@ -105,3 +105,13 @@ def test_sweep_file_errors(tmp_path):
     (tmp_path / "broken.yaml").write_text("axes: {data.k: [1,\n")
     with pytest.raises(GranularityError, match="not valid YAML"):
         load_sweep(tmp_path / "broken.yaml")
+
+
+def test_transfer_sweeps_use_the_study_settings():
+    sw = expand({"kind": "transfer", "preset": "study-quick", "axes": {"source": ["target", "level:3"]}, "seeds": 2})
+    assert [r.params for r in sw.runs][:2] == [{"source": "target", "seed": 0}, {"source": "target", "seed": 1}]
+    assert sw.runs[0].config["train_size"] == 600 and sw.runs[1].config["seed"] == 1
+    with pytest.raises(GranularityError, match=r"Unknown transfer preset 'stdy' \(did you mean 'study'\?\)"):
+        expand({"kind": "transfer", "preset": "stdy"})
+    with pytest.raises(GranularityError, match="source"):
+        expand({"kind": "transfer", "axes": {"source": ["nonsense:3"]}})

@@ -1,8 +1,9 @@
 """A self-contained HTML report from stored results.
 
 Inputs (any mix): simulate run folders (``result.json`` + ``seeds/``), phase-diagram folders
-(``phase_spec.json``), results stores of sweeps (``index.sqlite``) and single real-data transfer
-run folders. Every figure is drawn from the stored results, written as a PNG under
+(``phase_spec.json``), results stores of sweeps (``index.sqlite``), real-data study folders
+(``study.json`` + ``results.json`` of :mod:`granularity.experiments.study`) and single real-data
+transfer run folders. Every figure is drawn from the stored results, written as a PNG under
 ``<out>/figures/`` and embedded in ``<out>/index.html`` as a base64 data URI, with its numbers
 (mean and 95% CI over seeds) and, in a collapsible block, the exact resolved configs and seeds.
 
@@ -10,9 +11,9 @@ From a store, a simulate sweep over two axes gives phase-diagram heatmaps (mean 
 cell, one per protocol), one axis gives error curves, and small grids (<= 4 cells) also give
 the easy/hard bars and alignment curves per cell. A transfer sweep gives the real-data U-curve
 (target error against the number of pretraining classes, per label-function family) and
-hard-sample bars (rare vs common subclasses) when the runs have rare classes.
-The real-data study's own result folders are not an input yet: ``granularity.experiments`` has
-no study result format to read; its runs can be swept (kind ``transfer``) and reported from the store.
+hard-sample bars (rare vs common subclasses) when the runs have rare classes. A study folder
+gives the U-curve (target error against the number of pretraining classes per family), easy vs
+hard test-sample bars and the rare-subclass bars, from its ``results.json``.
 """
 
 from __future__ import annotations
@@ -85,13 +86,17 @@ def _errors_table(errors: Mapping[str, Any]) -> list[list[str]]:
 
 # ---- inputs ---------------------------------------------------------------------------------
 def detect(path: Path) -> str:
-    """``simulate`` | ``phase`` | ``store`` | ``transfer`` for a results folder."""
+    """``simulate`` | ``phase`` | ``store`` | ``study`` | ``transfer`` for a results folder."""
     if not path.is_dir():
         raise GranularityError(f"The RESULTS entry {str(path)!r} is not a folder; give run folders, phase folders or sweep stores.")
     if (path / "index.sqlite").exists():
         return "store"
     if (path / "phase_spec.json").exists():
         return "phase"
+    if (path / "study.json").exists():
+        if not (path / "results.json").exists():
+            raise GranularityError(f"The study folder {str(path)!r} has no results.json yet; run the study to the end first.")
+        return "study"
     if (path / "result.json").exists():
         res = read_json(path / "result.json")
         if "errors" in res and "seeds" in res:
@@ -100,7 +105,7 @@ def detect(path: Path) -> str:
             return "transfer"
     raise GranularityError(
         f"The RESULTS entry {str(path)!r} is not a simulate run folder (result.json), a phase folder "
-        "(phase_spec.json) or a results store (index.sqlite)."
+        "(phase_spec.json), a study folder (study.json) or a results store (index.sqlite)."
     )
 
 
@@ -181,6 +186,67 @@ def section_transfer_run(folder: Path) -> Section:
     keys = ["source", "num_source_classes", "target_level", "transfer_mode", "target_error", "rare_error",
             "common_error", "hierarchy_hash", "seed"]
     sec.tables.append(("Result", [["field", "value"]] + [[k, str(res[k])] for k in keys if k in res]))
+    return sec
+
+
+def section_study(folder: Path, figdir: Path, names: _Names) -> Section:
+    """The real-data study: U-curve, easy vs hard samples, rare subclasses, from results.json."""
+    from granularity.experiments.study import _folder
+    from granularity.report.figures import plot_grouped_bars, plot_lines
+
+    res = read_json(folder / "results.json")
+    cfg = res.get("config") or read_json(folder / "study.json")
+    table = res["table"]
+    seeds = cfg.get("seeds", [])
+    sec = Section(f"Real-data study {folder.name!r} ({cfg.get('dataset')}, target level {cfg.get('target')})", str(folder))
+    hs = res.get("hard_samples", {})
+    sec.notes.append(f"{len(table)} arms x {len(seeds)} seeds {seeds}; hard test samples: {hs.get('n')} "
+                     f"({hs.get('rule', '')}); hierarchy hash {res.get('hierarchy_hash')}.")
+    runs = {}
+    for row in table:
+        for seed in seeds:
+            p = folder / "runs" / _folder(row["arm"]) / f"seed{seed}" / "config.json"
+            if p.exists():
+                runs[f"{row['arm']}/seed{seed}"] = read_json(p)
+    details = {"study_config": cfg, "seeds": seeds, "hard_samples": hs, "hierarchy_hash": res.get("hierarchy_hash"),
+               "run_configs": runs}
+
+    def summ(row: Mapping[str, Any], key: str) -> str:
+        return fmt_ci(row[key]) if isinstance(row.get(key), Mapping) and row[key].get("n") else ""
+
+    rows = [["arm", "family", "pretraining classes", "target error", "hard error", "easy error",
+             "target error - baseline", "rare error", "common error"]]
+    for r in table:
+        rows.append([r["arm"], r["family"], str(r["num_source_classes"]), summ(r, "target_error"), summ(r, "hard_error"),
+                     summ(r, "easy_error"), summ(r, "target_error_minus_baseline"), summ(r, "rare_error"),
+                     summ(r, "common_error")])
+    main = [r for r in table if r["family"] != "rare"]
+    fams: dict[str, list[Mapping[str, Any]]] = {}
+    for r in main:
+        fams.setdefault("hierarchy" if r["family"] in ("target", "hierarchy") else r["family"], []).append(r)
+    series = {fam: ([r["num_source_classes"] for r in rs], [r["target_error"]["mean"] for r in rs],
+                    [r["target_error"]["ci"] for r in rs]) for fam, rs in fams.items()}
+    p = plot_lines(series, figdir / names(folder.name, "u_curve"), xlabel="number of pretraining classes",
+                   ylabel="target test error", logx=True,
+                   title=f"Target error vs pretraining granularity ({len(seeds)} seeds, 95% CI)")
+    sec.figures.append(Figure("U-curve: target error against pretraining granularity", p,
+                              f"Mean and 95% CI band over {len(seeds)} seeds per arm, one line per label-function family "
+                              "(hierarchy levels include the target labels themselves).", details, rows))
+    bars = {r["arm"]: {k: (r[f"{k}_error"]["mean"], r[f"{k}_error"]["ci"]) for k in ("easy", "hard")
+                       if isinstance(r.get(f"{k}_error"), Mapping)} for r in main}
+    p = plot_grouped_bars(bars, figdir / names(folder.name, "easy_hard"), ylabel="target test error",
+                          title=f"Easy vs hard test samples ({hs.get('n')} hard), 95% CI")
+    sec.figures.append(Figure("Hard samples: target error on easy vs hard test samples", p,
+                              f"Hard samples: {hs.get('rule', 'see the study')}; mean and 95% CI over {len(seeds)} seeds.",
+                              details))
+    rare = [r for r in table if r["family"] == "rare" and isinstance(r.get("rare_error"), Mapping)]
+    if rare:
+        bars = {r["arm"]: {"other subclasses": (r["common_error"]["mean"], r["common_error"]["ci"]),
+                           "rare subclasses": (r["rare_error"]["mean"], r["rare_error"]["ci"])} for r in rare}
+        p = plot_grouped_bars(bars, figdir / names(folder.name, "rare"), ylabel="target test error",
+                              title="Rare subclasses vs the others (95% CI)")
+        sec.figures.append(Figure("Rare subclasses", p, f"Rare classes {cfg.get('rare')}; mean and 95% CI over "
+                                  f"{len(seeds)} seeds.", details))
     return sec
 
 
@@ -469,7 +535,7 @@ def build_report(results: Sequence[str | Path], out: str | Path, *, title: str =
     Parameters
     ----------
     results : paths
-        Simulate run folders, phase folders, results stores (sweeps), transfer run folders.
+        Simulate run folders, phase folders, results stores (sweeps), study folders, transfer run folders.
     out : path
         Report folder.
     protocol : str, optional
@@ -500,6 +566,8 @@ def build_report(results: Sequence[str | Path], out: str | Path, *, title: str =
             sections.append(section_phase(path, figdir, names))
         elif kind == "store":
             sections += section_store(path, figdir, names, protocol)
+        elif kind == "study":
+            sections.append(section_study(path, figdir, names))
         else:
             sections.append(section_transfer_run(path))
     page = out / "index.html"

@@ -27,8 +27,8 @@ def plot_lines(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequ
         x = np.asarray(x, dtype=float)[order]
         mean = np.asarray(mean, dtype=float)[order]
         ci = np.nan_to_num(np.asarray(ci, dtype=float)[order])
-        ax.plot(x, mean, marker="o", label=label)
-        ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
+        line = ax.errorbar(x, mean, yerr=ci, marker="o", capsize=3, label=label)  # bars: visible for lone points
+        ax.fill_between(x, mean - ci, mean + ci, alpha=0.15, color=line[0].get_color())
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

@@ -132,17 +132,22 @@ def _tr_config() -> type[Config]:
     return TransferConfig
 
 
+TRANSFER_PRESETS = ("study", "study-quick")
+
+
 def _tr_preset(name: str) -> dict[str, Any]:
-    # The real-data study presets live in granularity.experiments once it lands; until then a
-    # transfer sweep is declared with `base:` overrides only.
-    try:
-        from granularity.experiments import presets as ex_presets  # type: ignore[attr-defined]
-    except ImportError:
-        raise GranularityError(
-            f"The 'preset' key of a transfer sweep names a real-data preset, but none are registered yet. Got {name!r}; "
-            "declare the run with 'base:' overrides instead."
-        ) from None
-    return dict(ex_presets.get_preset(name).overrides)  # pragma: no cover - wired when it lands
+    """The real-data study's run settings (granularity.experiments.study): ``study`` = its
+    defaults, ``study-quick`` = its QUICK sizes; a sweep then varies e.g. ``source`` and seeds."""
+    from granularity.experiments.study import QUICK, StudyConfig, run_config
+
+    if name not in TRANSFER_PRESETS:
+        raise unknown_name("transfer preset", name, TRANSFER_PRESETS)
+    study = StudyConfig.build(QUICK if name == "study-quick" else {})
+    # the arm-independent settings of every study run (source, seed and rare are per arm)
+    d = run_config(study, "target", 0, None).to_dict()
+    for key in ("source", "seed", "rare"):
+        d.pop(key)
+    return d
 
 
 def _tr_run(cfg: Config, out: Path) -> dict[str, Any]:
