@@ -26,7 +26,7 @@ from granularity.engine.labels import SourceLabels, build_source_labels, group_m
 from granularity.engine.train import (
     Normaliser,
     epoch_generator,
-    group_logits,
+    predict_levels,
     make_optimizer,
     make_scheduler,
     predict,
@@ -198,19 +198,15 @@ def run_transfer(
         model = create_model(cfg.model.name, tuple(x_tr.shape[1:]), src.num_classes, **cfg.model.options).to(device)
 
     # ---- evaluation ------------------------------------------------------------------------
-    def evaluate(logits: torch.Tensor, maps: dict[int, np.ndarray | None]) -> dict[str, float]:
-        m: dict[str, float] = {}
-        for lv, gm in maps.items():
-            if gm is None:
-                continue
-            g = int(hier.num_classes(lv))
-            pred = group_logits(logits, gm, g).argmax(1).numpy()
-            m[f"acc_level{lv}"] = float((pred == lv_te[lv]).mean())
-        return m
+    sizes = {lv: int(hier.num_classes(lv)) for lv in lv_te}
 
-    def test_logits() -> torch.Tensor:
+    def evaluate(level_logits: dict[int, torch.Tensor]) -> dict[str, float]:
+        return {f"acc_level{lv}": float((z.argmax(1).numpy() == lv_te[lv]).mean()) for lv, z in sorted(level_logits.items())}
+
+    def test_levels(maps: dict[int, np.ndarray | None], fn=None, x=None, normalise=True) -> dict[int, torch.Tensor]:
         model.eval()
-        return predict(model, x_te, norm, cfg.eval_batch_size, device, cfg.bf16)
+        return predict_levels(fn or model, x_te if x is None else x, norm if normalise else None,
+                              cfg.eval_batch_size, device, maps, sizes, cfg.bf16)
 
     # ---- checkpoint / resume ---------------------------------------------------------------
     ckpt_path = out / "checkpoint.pt"
@@ -255,8 +251,8 @@ def run_transfer(
                 },
             )
 
-    def log_epoch(stage: str, epoch: int, train_m: dict, logits: torch.Tensor, maps, seconds: float, n_imgs: int):
-        rec = {"stage": stage, "epoch": epoch, **train_m, **evaluate(logits, maps), "seconds": seconds,
+    def log_epoch(stage: str, epoch: int, train_m: dict, level_logits: dict, seconds: float, n_imgs: int):
+        rec = {"stage": stage, "epoch": epoch, **train_m, **evaluate(level_logits), "seconds": seconds,
                "images_per_s": n_imgs / max(seconds, 1e-9)}
         state["history"].append(rec)
         append_jsonl(out / "metrics.jsonl", rec)
@@ -281,12 +277,11 @@ def run_transfer(
             tm = train_epoch(model, x_tr, y_src, norm, p, opt, sched, epoch_generator(cfg.seed, "pretrain", epoch),
                              device, cfg.bf16, on_step)
             dt = time.perf_counter() - t0
-            log_epoch("pretrain", epoch, tm, test_logits(), src_maps, dt, len(y_src))
+            log_epoch("pretrain", epoch, tm, test_levels(src_maps), dt, len(y_src))
             state["epoch"] = epoch
             checkpoint(opt, sched)
         # switch to the transfer stage
-        pre_logits = test_logits() if p.epochs > 0 or cfg.transfer.mode == "map" else None
-        state["pretrain_final"] = evaluate(pre_logits, src_maps) if pre_logits is not None else {}
+        state["pretrain_final"] = evaluate(test_levels(src_maps)) if p.epochs > 0 else {}
         state["stage"], state["epoch"] = "transfer", 0
         if cfg.transfer.mode != "map":
             with torch.random.fork_rng(devices=[]):
@@ -299,7 +294,7 @@ def run_transfer(
     # ---- stage 2: transfer to the target ---------------------------------------------------
     t = cfg.transfer
     if t.mode == "map":
-        logits = group_logits(test_logits(), src_maps[cfg.target], n_target)
+        final = test_levels({lv: src_maps[lv] for lv in tgt_maps if tgt_maps[lv] is not None})
     elif t.mode == "finetune":
         opt = make_optimizer(model.parameters(), t)
         sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
@@ -308,10 +303,10 @@ def run_transfer(
             t0 = time.perf_counter()
             tm = train_epoch(model, x_tr, y_tgt, norm, t, opt, sched, epoch_generator(cfg.seed, "transfer", epoch),
                              device, cfg.bf16, on_step)
-            log_epoch("transfer", epoch, tm, test_logits(), tgt_maps, time.perf_counter() - t0, len(y_tgt))
+            log_epoch("transfer", epoch, tm, test_levels(tgt_maps), time.perf_counter() - t0, len(y_tgt))
             state["epoch"] = epoch
             checkpoint(opt, sched)
-        logits = test_logits()
+        final = test_levels(tgt_maps)
     else:  # linear probe: the backbone is frozen, so its features are computed once
         model.eval()
         f_tr = predict(model.forward_features, x_tr, norm, cfg.eval_batch_size, device, cfg.bf16).to(device)
@@ -324,17 +319,17 @@ def run_transfer(
             t0 = time.perf_counter()
             tm = train_epoch(model.head, f_tr, y_tgt, lambda z: z, no_aug, opt, sched,
                              epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step)
-            head_logits = predict(model.head, f_te, None, cfg.eval_batch_size, device)
-            log_epoch("transfer", epoch, tm, head_logits, tgt_maps, time.perf_counter() - t0, len(y_tgt))
+            log_epoch("transfer", epoch, tm, test_levels(tgt_maps, model.head, f_te, False), time.perf_counter() - t0, len(y_tgt))
             state["epoch"] = epoch
             checkpoint(opt, sched)
-        logits = predict(model.head, f_te, None, cfg.eval_batch_size, device)
+        final = test_levels(tgt_maps, model.head, f_te, False)
 
     # ---- final metrics -----------------------------------------------------------------------
+    logits = final[cfg.target]  # (N_test, n_target)
     result = summarise(logits, lv_te[cfg.target], leaf_te, list(ds.leaf_names), rare_leaf_ids(cfg, list(ds.leaf_names)))
     result.update(
         {
-            "levels": evaluate(logits, tgt_maps),
+            "levels": evaluate(final),
             "pretrain_levels": pretrain_final,
             "source": cfg.source,
             "source_family": src.family,

@@ -152,3 +152,28 @@ def group_logits(logits: torch.Tensor, gmap: np.ndarray, num_groups: int) -> tor
     m = z.max(dim=1, keepdim=True).values  # (N, 1), for a stable exp
     onehot = F.one_hot(gm[keep], num_groups).to(z.dtype)  # (K', G)
     return torch.log((z - m).exp() @ onehot) + m  # (N, G)
+
+
+@torch.no_grad()
+def predict_levels(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch: int,
+    device: torch.device,
+    maps: dict[int, np.ndarray | None],
+    sizes: dict[int, int],
+    bf16: bool = False,
+) -> dict[int, torch.Tensor]:
+    """Logits at every level ``lv`` with a map (``group_logits`` of ``fn``'s logits), batch by
+    batch, so a head with many classes (one per sample) never holds ``(N, K)`` logits at once."""
+    outs: dict[int, list[torch.Tensor]] = {lv: [] for lv, gm in maps.items() if gm is not None}
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch].to(device)
+        if norm is not None:
+            xb = norm(xb)
+        with autocast(device, bf16):
+            z = fn(xb).float().cpu()  # (B, K)
+        for lv in outs:
+            outs[lv].append(group_logits(z, maps[lv], sizes[lv]))  # (B, G_lv)
+    return {lv: torch.cat(v) for lv, v in outs.items()}
