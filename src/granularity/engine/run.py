@@ -281,7 +281,8 @@ def run_transfer(
             state["epoch"] = epoch
             checkpoint(opt, sched)
         # switch to the transfer stage
-        state["pretrain_final"] = evaluate(test_levels(src_maps)) if p.epochs > 0 else {}
+        last = state["history"][-1] if p.epochs > 0 else {}  # the last pretraining epoch's evaluation
+        state["pretrain_final"] = {k: v for k, v in last.items() if k.startswith("acc_level")}
         state["stage"], state["epoch"] = "transfer", 0
         if cfg.transfer.mode != "map":
             with torch.random.fork_rng(devices=[]):
