@@ -71,6 +71,7 @@ class LocalExecutor:
     """A pool of worker processes on this machine."""
 
     name = "local"
+    log: Callable[[str], None] = staticmethod(lambda _m: None)  # set by the runner
 
     def __init__(self, workers: int | None = None, threads: int | None = None):
         self.workers, self.threads = plan_workers(workers, threads, available_cores())
@@ -86,6 +87,7 @@ class LocalExecutor:
 
         crashes = _Crashes(store)
         pending = list(runs)
+        self.log(self.describe())
         while pending:
             preload = sorted({m for r in pending for m in get_kind(r.kind).preload})
             pool = ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=_worker_context(preload),
@@ -118,6 +120,7 @@ class RayExecutor:
     must be on a file system every node sees."""
 
     name = "ray"
+    log: Callable[[str], None] = staticmethod(lambda _m: None)  # set by the runner
 
     def __init__(self, workers: int | None = None, threads: int | None = None, address: str | None = None):
         try:
@@ -157,6 +160,7 @@ class RayExecutor:
         try:
             cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
             self.workers, self.threads = plan_workers(self.req_workers, self.req_threads, cpus)
+            self.log(self.describe() + f" ({cpus} CPUs in the cluster)")
             remote = ray.remote(num_cpus=self.threads, max_retries=0)(execute_run)
             crashes = _Crashes(store)
             queue = list(runs)

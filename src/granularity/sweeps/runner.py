@@ -57,6 +57,7 @@ def run_sweep(
     say = log or (lambda _m: None)
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
     ex = make_executor(executor, workers, threads, address)  # checks options before touching the store
+    ex.log = say
     out = Path(out) if out is not None else Path("runs") / "sweeps" / sw.name
     store = ResultsStore(out)
     try:
@@ -70,7 +71,6 @@ def run_sweep(
         ran = 0
         n_done = skipped
         while todo:
-            say(ex.describe())
             waiting: list[RunSpec] = []
             for outcome in ex.run(store, todo):
                 status = outcome["status"]
