@@ -3,7 +3,6 @@ written; configs and seeds included; a phase heatmap (mean over seeds) from a 2-
 store; rendered in a real headless browser."""
 
 import base64
-import json
 import re
 import shutil
 import subprocess

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from granularity.sweeps.spec import load_sweep
 from granularity.sweeps.store import ResultsStore

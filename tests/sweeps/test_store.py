@@ -77,3 +77,30 @@ def test_concurrent_writers_stay_consistent(tmp_path):
     db = sqlite3.connect(tmp_path / "index.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_run_of_another_live_sweep_is_waited_for(tmp_path):
+    import socket
+    import threading
+
+    from granularity.sweeps import runner
+
+    sw = _sweep("a", [2], seeds=2)
+    with ResultsStore(tmp_path) as st:
+        st.register_sweep(sw)
+        live, dead = sw.runs
+        st.claim(live, "otherhost:1")  # another sweep on another machine, heartbeat fresh
+        st.claim(dead, f"{socket.gethostname()}:999999999")  # a killed worker on this machine
+
+        def other_sweep_finishes():
+            with ResultsStore(tmp_path) as other:
+                other.finish(live.run_id, "ok", metrics={}, wall_time=0.0)
+
+        timer = threading.Timer(1.0, other_sweep_finishes)
+        timer.start()
+        t0 = time.time()
+        # the dead worker's run comes back at once, to be rerun here; the live one is still awaited
+        assert runner._wait_for_others(st, [live, dead]) == ([dead], [live])
+        assert runner._wait_for_others(st, [live]) == ([], [])
+        timer.join()
+        assert time.time() - t0 >= 1.0 and st.rows([live.run_id])[0]["status"] == "ok"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError, unknown_name
@@ -200,4 +199,4 @@ def make_executor(name: str, workers: int | None = None, threads: int | None = N
     return RayExecutor(workers, threads, address)
 
 
-__all__ = ["LocalExecutor", "RayExecutor", "make_executor", "available_cores", "plan_workers", "Path"]
+__all__ = ["LocalExecutor", "RayExecutor", "make_executor", "available_cores", "plan_workers"]

@@ -70,9 +70,9 @@ def run_sweep(
         say(f"sweep {sw.name!r}: {len(sw.runs)} runs, {skipped} already finished, {len(todo)} to run; store {out}")
         ran = 0
         n_done = skipped
-        while todo:
-            waiting: list[RunSpec] = []
-            for outcome in ex.run(store, todo):
+        waiting: list[RunSpec] = []  # runs another sweep is computing
+        while todo or waiting:
+            for outcome in ex.run(store, todo) if todo else ():
                 status = outcome["status"]
                 run = by_id[outcome["run_id"]]
                 if status == "busy":
@@ -83,7 +83,10 @@ def run_sweep(
                 wall = f" ({outcome['wall_time']:.1f} s)" if outcome.get("wall_time") is not None else ""
                 err = f": {outcome['error']}" if outcome.get("error") else ""
                 say(f"[{n_done}/{len(sw.runs)}] {status} {run.run_id} {_fmt_params(run.params)}{wall}{err}")
-            todo = _wait_for_others(store, waiting, say) if waiting else []
+            todo = []
+            if waiting:
+                say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
+                todo, waiting = _wait_for_others(store, waiting)
         rows = {r["run_id"]: r for r in store.rows(by_id)}
         counts: dict[str, int] = {}
         for r in rows.values():
@@ -98,9 +101,9 @@ def run_sweep(
         store.close()
 
 
-def _wait_for_others(store: ResultsStore, waiting: list[RunSpec], say: Callable[[str], None]) -> list[RunSpec]:
-    """Runs another sweep was computing: wait until they finish, or return them if it died."""
-    say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
+def _wait_for_others(store: ResultsStore, waiting: list[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Wait for runs another sweep is computing. Returns ``(orphans, still_waiting)`` as soon as
+    one of them lost its worker (to be run here), or ``([], [])`` when all have finished."""
     left = {r.run_id: r for r in waiting}
     while True:
         orphans = []
@@ -110,5 +113,5 @@ def _wait_for_others(store: ResultsStore, waiting: list[RunSpec], say: Callable[
             elif row["status"] == "pending" or not owner_alive(row["owner"], row["heartbeat"]):
                 orphans.append(left.pop(row["run_id"]))
         if orphans or not left:
-            return orphans + ([] if not left else list(left.values()))
+            return orphans, list(left.values())
         time.sleep(POLL_S)

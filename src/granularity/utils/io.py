@@ -137,9 +137,10 @@ def check_writable(out: Path | str) -> Path:
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
+        # a unique probe name: several processes may check one folder at once (sweep workers)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
     except OSError as exc:
         raise GranularityError(
             f"The output folder {str(out)!r} is not writable ({exc.strerror or exc}); choose another with --out."
