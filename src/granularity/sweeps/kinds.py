@@ -77,7 +77,7 @@ def _sim_preset(name: str) -> dict[str, Any]:
 def _sim_run(cfg: Config, out: Path) -> dict[str, Any]:
     from granularity.theory.experiment import simulate
 
-    return simulate(cfg, out, progress=False)
+    return simulate(cfg, out, progress=False, figures=False)  # the report draws from the store
 
 
 def _sim_metrics(result: dict[str, Any]) -> dict[str, Any]:

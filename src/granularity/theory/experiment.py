@@ -181,8 +181,12 @@ def check_run_folder(out: Path, cfg: SimConfig) -> None:
 
 
 def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the experiment into ``out`` and return the result dict."""
+             log: Callable[[str], None] | None = None, figures: bool = True) -> dict[str, Any]:
+    """Run (or resume) the experiment into ``out`` and return the result dict.
+
+    ``figures=False`` skips the PNGs (sweeps of one-seed runs draw from the store instead);
+    ``granularity.theory.plots.plot_simulation(out)`` draws them later from the stored files.
+    """
     out = check_writable(out)
     check_run_folder(out, cfg)
     check_memory(cfg)
@@ -241,9 +245,10 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
 
     write_bytes_atomic(out / "metrics.jsonl", lambda fh: fh.write("".join(json.dumps(x) + "\n" for x in lines).encode()))
     write_json(out / "result.json", result)
-    from granularity.theory.plots import plot_simulation
+    if figures:
+        from granularity.theory.plots import plot_simulation
 
-    plot_simulation(out)
+        plot_simulation(out)
     return result
 
 
