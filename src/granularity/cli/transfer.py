@@ -43,7 +43,8 @@ _config_opts = [
     click.option("--transfer-epochs", type=click.IntRange(0), default=None, help="Transfer epochs."),
     click.option("--mode", type=click.Choice(["finetune", "linear", "map"]), default=None, help="Transfer mode."),
     click.option("--train-size", type=click.IntRange(1), default=None, help="Training images (stratified subset)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                 help="auto = CUDA when available; cuda without a GPU is an error."),
 ]
 
 
@@ -63,16 +64,27 @@ def _apply(options):
 @click.option("--seed", type=int, default=None)
 @_apply(_config_opts)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/transfer/<source>-seed<seed>); rerunning resumes it.")
-def transfer(dataset, source, target, seed, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out):
-    """Pretrain on one label function of a real data set, then transfer to the target level."""
+@click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast in training and evaluation (CUDA only; ignored on the CPU).")
+@click.option("--tf32/--no-tf32", default=None, help="TF32 matmuls and convolutions (CUDA only).")
+def transfer(dataset, source, target, seed, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out,
+             bf16, tf32):
+    """Pretrain on one label function of a real data set, then transfer to the target level.
+
+    Data-parallel on several processes or GPUs when started by torchrun, e.g.
+    ``torchrun --nproc_per_node=4 -m granularity transfer ...`` (see docs/distributed.md).
+    """
+    import os
+
     from granularity.engine import TransferConfig, run_transfer
 
     flags = _nested(dataset=dataset, source=source, target=target, seed=seed, data_root=data_root,
                     **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
-                       "transfer.mode": mode}, train_size=train_size, device=device)
+                       "transfer.mode": mode}, train_size=train_size, device=device, bf16=bf16, tf32=tf32)
     cfg = _resolve(TransferConfig, config, flags, sets)
     out = out or Path("runs/transfer") / f"{cfg.source.replace(':', '')}-seed{cfg.seed}"
     r = run_transfer(cfg, out, progress=True)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     click.echo(
         f"{cfg.source} -> level {cfg.target} ({r['transfer_mode']}): target error {r['target_error']:.4f}"
         + (f", rare {r['rare_error']:.4f} / other {r['common_error']:.4f}" if "rare_error" in r else "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from granularity.engine.config import TransferConfig
+from granularity.engine.distributed import DistContext, init_distributed
 from granularity.engine.embeddings import compute_embeddings
 from granularity.engine.labels import SourceLabels, build_source_labels, group_map
 from granularity.engine.train import (
@@ -133,24 +135,77 @@ def run_transfer(
     Examples
     --------
     >>> run_transfer({"source": "leaf", "target": 2, "train_size": 2000}, "runs/leaf")  # doctest: +SKIP
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the run is data-parallel: see
+    :mod:`granularity.engine.distributed` and ``docs/distributed.md``. Only rank 0 touches
+    ``out``; every rank returns the result.
     """
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
-    out = check_writable(out)
+    dctx = init_distributed(resolve_device(cfg.device))
+    with _tf32(dctx.device, cfg.tf32):
+        return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
+
+
+@contextmanager
+def _tf32(device: torch.device, on: bool):
+    """TF32 matmuls and cuDNN convolutions on CUDA while the run lasts (process-wide flags,
+    restored afterwards); ``on=False`` means full float32 there."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(on)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda}
+    if (cfg.bf16 or cfg.tf32) and not cuda:
+        rec["note"] = "bf16/tf32 apply on CUDA only; this run computed in float32 on the CPU"
+    return rec
+
+
+def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, embeddings_cache, progress,
+                  stop_after_steps) -> dict[str, Any]:
     cfg_d = cfg.to_dict()
-    started = (out / "checkpoint.pt").exists() or (out / "result.json").exists()
-    if started and (out / "config.json").exists():  # a folder that failed before training is reused
-        old = read_json(out / "config.json")
-        if old != cfg_d:
-            diff = sorted(k for k in set(old) | set(cfg_d) if old.get(k) != cfg_d.get(k))
-            raise GranularityError(
-                f"Run folder {str(out)!r} holds a run with another config (differs in {', '.join(diff)}); "
-                "choose another --out or delete the folder."
-            )
-        if (out / "result.json").exists():
-            return read_json(out / "result.json")
-    write_json(out / "config.json", cfg_d)
-    device = resolve_device(cfg.device)
-    write_json(out / "env.json", environment(str(device)))
+    device = dctx.device
+    ckpt_path = out / "checkpoint.pt"
+
+    def open_folder() -> tuple[str, Any]:
+        """Rank 0 only: a finished result, or the checkpoint to resume from (or None)."""
+        check_writable(out)
+        started = ckpt_path.exists() or (out / "result.json").exists()
+        if started and (out / "config.json").exists():  # a folder that failed before training is reused
+            old = read_json(out / "config.json")
+            if old != cfg_d:
+                diff = sorted(k for k in set(old) | set(cfg_d) if old.get(k) != cfg_d.get(k))
+                raise GranularityError(
+                    f"Run folder {str(out)!r} holds a run with another config (differs in {', '.join(diff)}); "
+                    "choose another --out or delete the folder."
+                )
+            if (out / "result.json").exists():
+                return "done", read_json(out / "result.json")
+        write_json(out / "config.json", cfg_d)
+        write_json(out / "env.json", {**environment(str(device)), "world_size": dctx.world_size})
+        if not ckpt_path.exists():
+            if (out / "metrics.jsonl").exists():
+                (out / "metrics.jsonl").unlink()
+            return "run", None
+        # the other ranks get rank 0's copy (CPU tensors), so the folder need not be shared
+        ckpt = torch.load(ckpt_path, map_location="cpu" if dctx.enabled else device, weights_only=False)
+        # metrics.jsonl may hold a line of the epoch that was cut; rewrite it from the checkpoint
+        write_bytes_atomic(out / "metrics.jsonl", lambda fh: None)
+        for rec in ckpt.get("history", []):
+            append_jsonl(out / "metrics.jsonl", rec)
+        return "run", ckpt
+
+    kind, resumed = dctx.on_main(open_folder)
+    if kind == "done":
+        return resumed
     t_start = time.perf_counter()
 
     # ---- data and labels -----------------------------------------------------------------
@@ -176,6 +231,8 @@ def run_transfer(
         return cache[key]
 
     src: SourceLabels = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
+    if dctx.enabled:  # k-means of GPU embeddings may differ in the last bit between GPUs: rank 0's labels
+        src.labels = dctx.broadcast_object(src.labels)
     if cfg.transfer.mode == "map" and group_map(src.labels, lv_tr[cfg.target], src.num_classes) is None:
         raise GranularityError(
             f"Transfer mode 'map' needs source labels that nest in the target level; {cfg.source!r} does not. Use 'finetune' or 'linear'."
@@ -196,6 +253,7 @@ def run_transfer(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
         model = create_model(cfg.model.name, tuple(x_tr.shape[1:]), src.num_classes, **cfg.model.options).to(device)
+    model = dctx.convert_batchnorm(model)  # world_size > 1: statistics of the global batch
 
     # ---- evaluation ------------------------------------------------------------------------
     sizes = {lv: int(hier.num_classes(lv)) for lv in lv_te}
@@ -205,26 +263,19 @@ def run_transfer(
 
     def test_levels(maps: dict[int, np.ndarray | None], fn=None, x=None, normalise=True) -> dict[int, torch.Tensor]:
         model.eval()
-        return predict_levels(fn or model, x_te if x is None else x, norm if normalise else None,
-                              cfg.eval_batch_size, device, maps, sizes, cfg.bf16)
+        # world_size > 1: each rank predicts its slice of the test set, the rows are gathered
+        return dctx.map_rows(lambda xs: predict_levels(fn or model, xs, norm if normalise else None,
+                                                       cfg.eval_batch_size, device, maps, sizes, cfg.bf16),
+                             x_te if x is None else x)
 
     # ---- checkpoint / resume ---------------------------------------------------------------
-    ckpt_path = out / "checkpoint.pt"
     state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
-    resumed = None
-    if ckpt_path.exists():
-        resumed = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if resumed is not None:  # read by rank 0 in open_folder (metrics.jsonl already rewritten there)
         if resumed["stage"] == "transfer" and cfg.transfer.mode != "map":  # "map" keeps the source head
             with torch.random.fork_rng(devices=[]):
                 model.reset_head(n_target)
         model.load_state_dict(resumed["model"])
         state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final") if k in resumed})
-        # metrics.jsonl may hold a line of the epoch that was cut; rewrite it from the checkpoint
-        write_bytes_atomic(out / "metrics.jsonl", lambda fh: None)
-        for rec in state["history"]:
-            append_jsonl(out / "metrics.jsonl", rec)
-    elif (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
 
     steps = [0]
 
@@ -234,7 +285,8 @@ def run_transfer(
             raise _Interrupt(f"stopped after {steps[0]} steps (test hook)")
 
     def checkpoint(opt, sched) -> None:
-        if cfg.save_checkpoints:
+        # rank 0 only, from the unwrapped model: the same file as a one-process run's
+        if cfg.save_checkpoints and dctx.is_main:
             _save_checkpoint(
                 ckpt_path,
                 {
@@ -255,6 +307,8 @@ def run_transfer(
         rec = {"stage": stage, "epoch": epoch, **train_m, **evaluate(level_logits), "seconds": seconds,
                "images_per_s": n_imgs / max(seconds, 1e-9)}
         state["history"].append(rec)
+        if not dctx.is_main:
+            return
         append_jsonl(out / "metrics.jsonl", rec)
         if progress:
             accs = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k.startswith(("acc_", "train_")))
@@ -272,10 +326,11 @@ def run_transfer(
         opt = make_optimizer(model.parameters(), p)
         sched = make_scheduler(opt, p, steps_per_epoch)
         load_opt(opt, sched)
+        net = dctx.wrap(model)  # DistributedDataParallel when world_size > 1
         for epoch in range(state["epoch"] + 1, p.epochs + 1):
             t0 = time.perf_counter()
-            tm = train_epoch(model, x_tr, y_src, norm, p, opt, sched, epoch_generator(cfg.seed, "pretrain", epoch),
-                             device, cfg.bf16, on_step)
+            tm = train_epoch(net, x_tr, y_src, norm, p, opt, sched, epoch_generator(cfg.seed, "pretrain", epoch),
+                             device, cfg.bf16, on_step, dist=dctx)
             dt = time.perf_counter() - t0
             log_epoch("pretrain", epoch, tm, test_levels(src_maps), dt, len(y_src))
             state["epoch"] = epoch
@@ -300,26 +355,28 @@ def run_transfer(
         opt = make_optimizer(model.parameters(), t)
         sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
         load_opt(opt, sched)
+        net = dctx.wrap(model)  # after reset_head: the new head's parameters
         for epoch in range(state["epoch"] + 1, t.epochs + 1):
             t0 = time.perf_counter()
-            tm = train_epoch(model, x_tr, y_tgt, norm, t, opt, sched, epoch_generator(cfg.seed, "transfer", epoch),
-                             device, cfg.bf16, on_step)
+            tm = train_epoch(net, x_tr, y_tgt, norm, t, opt, sched, epoch_generator(cfg.seed, "transfer", epoch),
+                             device, cfg.bf16, on_step, dist=dctx)
             log_epoch("transfer", epoch, tm, test_levels(tgt_maps), time.perf_counter() - t0, len(y_tgt))
             state["epoch"] = epoch
             checkpoint(opt, sched)
         final = test_levels(tgt_maps)
     else:  # linear probe: the backbone is frozen, so its features are computed once
         model.eval()
-        f_tr = predict(model.forward_features, x_tr, norm, cfg.eval_batch_size, device, cfg.bf16).to(device)
-        f_te = predict(model.forward_features, x_te, norm, cfg.eval_batch_size, device, cfg.bf16).to(device)
+        feats = lambda xs: predict(model.forward_features, xs, norm, cfg.eval_batch_size, device, cfg.bf16)  # noqa: E731
+        f_tr, f_te = dctx.map_rows(feats, x_tr).to(device), dctx.map_rows(feats, x_te).to(device)
         opt = make_optimizer(model.head.parameters(), t)
         sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
         load_opt(opt, sched)
         no_aug = t.model_copy(update={"augment": False})
+        head = dctx.wrap(model.head)
         for epoch in range(state["epoch"] + 1, t.epochs + 1):
             t0 = time.perf_counter()
-            tm = train_epoch(model.head, f_tr, y_tgt, lambda z: z, no_aug, opt, sched,
-                             epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step)
+            tm = train_epoch(head, f_tr, y_tgt, lambda z: z, no_aug, opt, sched,
+                             epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step, dist=dctx)
             log_epoch("transfer", epoch, tm, test_levels(tgt_maps, model.head, f_te, False), time.perf_counter() - t0, len(y_tgt))
             state["epoch"] = epoch
             checkpoint(opt, sched)
@@ -344,6 +401,8 @@ def run_transfer(
             "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in model.parameters()))},
             "seed": cfg.seed,
             "device": str(device),
+            "world_size": dctx.world_size,
+            "precision": _precision(cfg, device),
             "seconds": time.perf_counter() - t_start,  # this invocation (a resumed run: the rest only)
             "train_seconds": sum(r["seconds"] for r in state["history"]),
         }
@@ -354,11 +413,13 @@ def run_transfer(
     other = probs.clone()
     other[torch.arange(len(y)), y] = -1.0
     margin = (p_true - other.max(1).values).numpy()  # > 0 iff correct
-    write_npz(out / "predictions.npz", pred=logits.argmax(1).numpy().astype(np.int32), margin=margin.astype(np.float32),
-              y_target=lv_te[cfg.target].astype(np.int32), y_leaf=leaf_te.astype(np.int32))
-    write_json(out / "result.json", result)
-    if ckpt_path.exists() and not cfg.save_checkpoints:
-        ckpt_path.unlink()
+    if dctx.is_main:
+        write_npz(out / "predictions.npz", pred=logits.argmax(1).numpy().astype(np.int32), margin=margin.astype(np.float32),
+                  y_target=lv_te[cfg.target].astype(np.int32), y_leaf=leaf_te.astype(np.int32))
+        write_json(out / "result.json", result)
+        if ckpt_path.exists() and not cfg.save_checkpoints:
+            ckpt_path.unlink()
+    dctx.barrier()  # every rank returns once the run folder is complete
     return result
 
 

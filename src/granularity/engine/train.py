@@ -91,34 +91,52 @@ def train_epoch(
     device: torch.device,
     bf16: bool = False,
     on_step: Callable[[int], None] | None = None,
+    dist=None,
 ) -> dict[str, float]:
-    """One pass over ``(x, y)`` in shuffled batches; returns mean loss and accuracy."""
+    """One pass over ``(x, y)`` in shuffled batches; returns mean loss and accuracy.
+
+    ``dist`` (a :class:`granularity.engine.distributed.DistContext` with ``world_size > 1``;
+    ``model`` then wrapped in DistributedDataParallel): every rank draws the same permutation and
+    augmentation of the global batch and trains on its contiguous chunk of it, with the loss
+    scaled so DDP's averaged gradient is the global batch's mean; metrics are summed over ranks.
+    """
     model.train()
     n = len(y)
     perm = torch.randperm(n, generator=gen)
     image = x.ndim == 4
     pad = 4 if image and x.shape[-1] >= 32 else 2
+    world = dist.world_size if dist is not None and dist.enabled else 1
     tot_loss, tot_correct, seen = 0.0, 0, 0
     for step, start in enumerate(range(0, n, stage.batch_size)):
         idx = perm[start : start + stage.batch_size].to(x.device)
-        if len(idx) < 2 and seen:  # a batch of one breaks BatchNorm; drop the ragged tail
+        # a batch of one breaks BatchNorm, and every rank needs an image: drop the ragged tail
+        if len(idx) < max(2, world) and seen:
             break
         xb = norm(x[idx].to(device, non_blocking=True))
         yb = y[idx].to(device, non_blocking=True)
         if image and stage.augment:
-            xb = random_crop_flip(xb, pad, gen)
+            xb = random_crop_flip(xb, pad, gen)  # the global batch: same draws as one process
+        if world > 1:
+            lo, hi = dist.shard_bounds(len(idx))
+            xb, yb, n_global = xb[lo:hi], yb[lo:hi], len(idx)
         with autocast(device, bf16):
             logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing)
+            if world > 1:  # sum * world / global batch: DDP's mean over ranks = the global mean
+                loss_sum = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing, reduction="sum")
+                loss = loss_sum * (world / n_global)
+            else:
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        tot_loss += float(loss.detach()) * len(idx)
+        tot_loss += float(loss_sum.detach()) if world > 1 else float(loss.detach()) * len(idx)
         tot_correct += int((logits.argmax(1) == yb).sum())
-        seen += len(idx)
+        seen += len(yb)
         if on_step is not None:
             on_step(step)
+    if world > 1:
+        tot_loss, tot_correct, seen = dist.all_reduce_sum([tot_loss, tot_correct, seen])
     return {"train_loss": tot_loss / max(seen, 1), "train_acc": tot_correct / max(seen, 1)}
 
 
