@@ -61,7 +61,7 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
     device = resolve_device(device) if isinstance(device, str) else device
     names = parse_only(",".join(only) if isinstance(only, list) else only)
     out_dir = check_writable(out) if out is not None else None
-    scale = scale if scale is not None else (1.0 if full else 0.2)
+    scale = scale if scale is not None else (1.0 if full else 0.1)
     log = log or (lambda s: None)
     record: dict[str, Any] = {
         "schema": 1,

@@ -91,7 +91,7 @@ def bench_seeds(device: torch.device, tiny: bool = False, steps: int | None = No
                             transfer={"protocols": ["map"], "n_test": 200})
         repeats = 1
     else:
-        cfg = preset_config("paper", seeds=S, seed_batch=S, train={"steps": steps or 1000},
+        cfg = preset_config("paper", seeds=S, seed_batch=S, train={"steps": steps or 300},
                             transfer={"protocols": ["map"]})
     seeds = list(range(S))
     batched = SeedBatch.build(cfg, seeds, device)
