@@ -68,11 +68,11 @@ def test_interrupt_keeps_finished_seeds(tmp_path, monkeypatch):
     real = ex.run_seed_batch
     calls = []
 
-    def flaky(cfg, seeds, device, progress=None):
+    def flaky(cfg, seeds, device, progress=None, partial=None):
         calls.append(seeds)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cfg, seeds, device, progress)
+        return real(cfg, seeds, device, progress, partial)
 
     monkeypatch.setattr(ex, "run_seed_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -125,3 +125,36 @@ def test_phase_diagram(tmp_path):
     assert again["grids"] == phase["grids"] and (tmp_path / "phase.png").exists()
     with pytest.raises(GranularityError, match="key=v1,v2"):
         run_phase(base, "data.k", "data.sigma=0.1", tmp_path / "bad", progress=False)
+
+
+def test_mid_training_checkpoint_resumes_identically(tmp_path, monkeypatch):
+    """Interrupt inside pretraining (after a checkpoint), resume: same result as uninterrupted."""
+    import granularity.theory.train as tr
+
+    cfg = tiny(seeds=2, seed_batch=2, checkpoint_every=7)
+    reference = simulate(cfg, tmp_path / "ref", progress=False)
+    real_step = tr.PatchCNN.step
+    count = {"n": 0}
+
+    def dying_step(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == 40 + 25:  # inside the fine model's pretraining, after checkpoints
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(tr.PatchCNN, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(cfg, tmp_path / "run", progress=False)
+    partial = list((tmp_path / "run" / "partial").glob("*.pt"))
+    assert len(partial) == 1
+    import torch
+
+    state = torch.load(partial[0], weights_only=False)
+    assert "coarse" in state["done"] and state["current"]["src"] == "fine"
+    assert 0 < state["current"]["state"]["step"] < 40
+    monkeypatch.setattr(tr.PatchCNN, "step", real_step)
+    count["n"] = 0
+    resumed = simulate(cfg, tmp_path / "run", progress=False)
+    assert resumed["errors"] == reference["errors"]
+    assert resumed["alignment_final"] == reference["alignment_final"]
+    assert not list((tmp_path / "run" / "partial").glob("*.pt"))  # cleaned up once saved

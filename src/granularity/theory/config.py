@@ -161,6 +161,9 @@ class SimConfig(Config):
     seed0: int = Field(0, ge=0, description="first seed")
     seed_batch: int = Field(5, ge=1, le=64, description="seeds trained together as one batched computation")
     device: Literal["auto", "cpu", "cuda"] = "cpu"
+    checkpoint_every: int = Field(
+        0, ge=0, description="SGD steps between mid-training checkpoints; 0 = a tenth of train.steps"
+    )
 
     @model_validator(mode="after")
     def _check_levels(self) -> SimConfig:

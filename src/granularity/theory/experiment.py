@@ -30,7 +30,10 @@ import torch
 
 from granularity.errors import GranularityError
 from granularity.theory.config import SimConfig
+from granularity.theory.model import PatchCNN
 from granularity.theory.train import (
+    Head,
+    Pretrained,
     SeedBatch,
     evaluate,
     feature_summary,
@@ -43,7 +46,7 @@ from granularity.utils.io import check_writable, environment, read_json, read_js
 from granularity.utils.stats import mean_ci
 
 # fields that do not change any seed's result: a run may be resumed or extended with other values
-_RUN_ONLY = ("seeds", "seed_batch", "device", "name")
+_RUN_ONLY = ("seeds", "seed_batch", "device", "name", "checkpoint_every")
 
 
 def config_hash(cfg: SimConfig) -> str:
@@ -85,21 +88,72 @@ def _sources(cfg: SimConfig) -> dict[str, int]:
     return {str(s): cfg.source_level(s) for s in cfg.transfer.sources}
 
 
+def _load_partial(path: Path | None) -> dict:
+    empty = {"done": {}, "current": None}
+    if path is None or not path.exists():
+        return empty
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - written atomically, so only a foreign file lands here
+        return empty
+
+
+def _save_partial(path: Path | None, state: dict) -> None:
+    if path is not None:
+        from granularity.utils.io import write_bytes_atomic
+
+        write_bytes_atomic(path, lambda fh: torch.save(state, fh))
+
+
 def run_seed_batch(cfg: SimConfig, seeds: list[int], device: torch.device,
-                   progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Train and evaluate every source/protocol for a batch of seeds; one record per seed."""
+                   progress: Callable[[int], None] | None = None,
+                   partial: Path | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every source/protocol for a batch of seeds; one record per seed.
+
+    With ``partial`` (a checkpoint file), the training state is saved every
+    ``cfg.checkpoint_every`` steps and after each finished source, and a rerun continues from
+    it with the same result as an uninterrupted run.
+    """
     sb = SeedBatch.build(cfg, seeds, device)
     models, heads, curves, summaries = {}, {}, {}, {}
     target = cfg.transfer.target_level
+    state = _load_partial(partial)
+    every = cfg.checkpoint_every or max(1, cfg.train.steps // 10)
     for src, level in _sources(cfg).items():
-        pre = pretrain(cfg, sb, level, progress)
+        if src in state["done"]:
+            done = state["done"][src]
+            model = PatchCNN(len(seeds), cfg.data.nodes_per_level[level - 1], cfg.data.d, cfg.model,
+                             [torch.Generator() for _ in seeds], device)
+            model.W, model.a = done["W"].to(device), done["a"].to(device)
+            pre = Pretrained(level, model, done["align_steps"], done["alignment"], done["curve"])
+            for proto, h in done["heads"].items():
+                heads[(src, proto)] = Head(**{k: (v.to(device) if v is not None else None) for k, v in h.items()})
+            if progress is not None:
+                progress(cfg.train.steps)
+        else:
+            cur = state["current"]
+            resume = cur["state"] if cur is not None and cur["src"] == src else None
+
+            def save_current(st: dict, src: str = src) -> None:
+                state["current"] = {"src": src, "state": st}
+                _save_partial(partial, state)
+
+            pre = pretrain(cfg, sb, level, progress, checkpoint=save_current if partial else None,
+                           every=every, resume=resume)
+            if "probe" in cfg.transfer.protocols:
+                heads[(src, "probe")] = linear_probe(cfg, sb, pre, target)
+            if "finetune" in cfg.transfer.protocols:
+                heads[(src, "finetune")] = finetune(cfg, sb, pre, target)
+            state["done"][src] = {
+                "W": pre.model.W.cpu(), "a": pre.model.a.cpu(), "align_steps": pre.align_steps,
+                "alignment": pre.alignment, "curve": pre.curve,
+                "heads": {p: vars(heads[(s, p)]) for (s, p) in heads if s == src},
+            }
+            state["current"] = None
+            _save_partial(partial, state)
         models[src] = pre
         summaries[src] = feature_summary(cfg, sb, pre)
         curves[src] = pre.curve
-        if "probe" in cfg.transfer.protocols:
-            heads[(src, "probe")] = linear_probe(cfg, sb, pre, target)
-        if "finetune" in cfg.transfer.protocols:
-            heads[(src, "finetune")] = finetune(cfg, sb, pre, target)
     errors = evaluate(cfg, sb, models, heads)
     tree = sb.dists[0].tree
     records = []
@@ -213,7 +267,8 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
                 bar.set_postfix_str(f"seeds {batch[0]}-{batch[-1]}")
             tb = time.perf_counter()
             try:
-                records_batch = run_seed_batch(cfg, batch, device, bar.update if bar is not None else None)
+                partial = out / "partial" / f"{config_hash(cfg)}_seeds{batch[0]}-{batch[-1]}.pt"
+                records_batch = run_seed_batch(cfg, batch, device, bar.update if bar is not None else None, partial)
             except FloatingPointError as exc:
                 # a diverged run stops with its reason recorded; finished seeds stay saved
                 write_json(out / "failed.json", {"seeds": batch, "error": str(exc), "config_hash": config_hash(cfg)})
@@ -225,6 +280,7 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
                     write_npz(out / "alignment" / f"seed_{rec['seed']}_{src}.npz", **arr)
                 write_json(_seed_path(out, rec["seed"]), rec)  # written last: marks the seed done
                 done[rec["seed"]] = rec
+            partial.unlink(missing_ok=True)  # every seed of the batch is saved
     finally:
         if bar is not None:
             bar.close()

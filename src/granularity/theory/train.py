@@ -90,21 +90,42 @@ class Pretrained:
     curve: list[dict] = field(default_factory=list)  # per logged step: step, loss (S,), acc (S,)
 
 
+class BatchOrder:
+    """Per step, (S, B) indices: each seed walks its own random permutations (epochs).
+
+    Its state (current permutations, position, generator states) can be saved and restored, so
+    a resumed run draws exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, batch: int | None, gens: list[torch.Generator]):
+        self.n, self.gens = n, gens
+        self.batch = None if batch is None or batch >= n else batch
+        self.perms: list[torch.Tensor] | None = None
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.batch is None:
+            return torch.arange(self.n).expand(len(self.gens), self.n)
+        if self.perms is None or self.pos + self.batch > self.n:
+            self.perms = [torch.randperm(self.n, generator=g) for g in self.gens]
+            self.pos = 0
+        idx = torch.stack([p[self.pos : self.pos + self.batch] for p in self.perms])
+        self.pos += self.batch
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"perms": self.perms, "pos": self.pos, "gens": [g.get_state() for g in self.gens]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perms, self.pos = state["perms"], state["pos"]
+        for g, st in zip(self.gens, state["gens"]):
+            g.set_state(st)
+
+
 def _batches(n: int, batch: int | None, steps: int, gens: list[torch.Generator]):
-    """Per step, (S, B) indices: each seed walks its own random permutations (epochs)."""
-    if batch is None or batch >= n:
-        full = torch.arange(n).expand(len(gens), n)
-        for _ in range(steps):
-            yield full
-        return
-    perms = [torch.randperm(n, generator=g) for g in gens]
-    pos = 0
+    order = BatchOrder(n, batch, gens)
     for _ in range(steps):
-        if pos + batch > n:
-            perms = [torch.randperm(n, generator=g) for g in gens]
-            pos = 0
-        yield torch.stack([p[pos : pos + batch] for p in perms])
-        pos += batch
+        yield order.next()
 
 
 class Gather:
@@ -129,8 +150,14 @@ class Gather:
         return x.view(S, B, *self.X.shape[1:]), self.Y[flat].view(S, B)
 
 
-def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int], None] | None = None) -> Pretrained:
-    """Train S models (one per seed) on the level-``level`` labels with SGD."""
+def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int], None] | None = None,
+             checkpoint: Callable[[dict], None] | None = None, every: int = 0,
+             resume: dict | None = None) -> Pretrained:
+    """Train S models (one per seed) on the level-``level`` labels with SGD.
+
+    ``checkpoint(state)`` is called every ``every`` steps with the full training state; passing
+    that state back as ``resume`` continues bit-identically to an uninterrupted run.
+    """
     S = len(sb.seeds)
     outputs = cfg.data.nodes_per_level[level - 1]
     init_gens = [generator(ss[_INIT] + level) for ss in sb.subseeds]
@@ -141,15 +168,27 @@ def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int]
     marks = set(log_steps(tc.steps, tc.log_points).tolist())
     log_every = max(1, tc.steps // 100)
     align, align_steps, curve = [], [], []
-    order = [generator(ss[_ORDER] + level) for ss in sb.subseeds]
+    order = BatchOrder(tc.n_train, tc.batch_size, [generator(ss[_ORDER] + level) for ss in sb.subseeds])
     run_loss = torch.zeros(S, device=sb.device)
     run_acc = torch.zeros(S, device=sb.device)
-    count = 0
-    for step, idx in enumerate(_batches(tc.n_train, tc.batch_size, tc.steps, order)):
+    count, start = 0, 0
+    if resume is not None:
+        model.W.copy_(resume["W"]), model.a.copy_(resume["a"])
+        order.load_state_dict(resume["order"])
+        run_loss.copy_(resume["run_loss"]), run_acc.copy_(resume["run_acc"])
+        count, start = resume["count"], resume["step"]
+        align, align_steps, curve = list(resume["align"]), list(resume["align_steps"]), list(resume["curve"])
+        if progress is not None:
+            progress(start)
+    for step in range(start, tc.steps):
+        if checkpoint is not None and every and step > start and step % every == 0:
+            checkpoint({"step": step, "W": model.W, "a": model.a, "order": order.state_dict(),
+                        "run_loss": run_loss, "run_acc": run_acc, "count": count,
+                        "align": align, "align_steps": align_steps, "curve": curve})
         if step in marks:
             align.append(torch.bmm(model.W, D.transpose(1, 2)).cpu())  # (S, N, M)
             align_steps.append(step)
-        loss, acc = model.step(*gather(idx.to(sb.device)), tc.lr, tc.weight_decay)
+        loss, acc = model.step(*gather(order.next().to(sb.device)), tc.lr, tc.weight_decay)
         run_loss += loss
         run_acc += acc
         count += 1
