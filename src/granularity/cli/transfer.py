@@ -66,8 +66,10 @@ def _apply(options):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/transfer/<source>-seed<seed>); rerunning resumes it.")
 @click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast in training and evaluation (CUDA only; ignored on the CPU).")
 @click.option("--tf32/--no-tf32", default=None, help="TF32 matmuls and convolutions (CUDA only).")
+@click.option("--dry-run", is_flag=True,
+              help="Validate the config, data set, label function, target level and memory estimate; print the resolved config; train nothing.")
 def transfer(dataset, source, target, seed, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out,
-             bf16, tf32):
+             bf16, tf32, dry_run):
     """Pretrain on one label function of a real data set, then transfer to the target level.
 
     Data-parallel on several processes or GPUs when started by torchrun, e.g.
@@ -81,6 +83,11 @@ def transfer(dataset, source, target, seed, config, sets, data_root, model, epoc
                     **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
                        "transfer.mode": mode}, train_size=train_size, device=device, bf16=bf16, tf32=tf32)
     cfg = _resolve(TransferConfig, config, flags, sets)
+    if dry_run:
+        from granularity.engine.run import plan_transfer
+
+        _print_plan(plan_transfer(cfg))
+        return
     out = out or Path("runs/transfer") / f"{cfg.source.replace(':', '')}-seed{cfg.seed}"
     r = run_transfer(cfg, out, progress=True)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
@@ -90,6 +97,17 @@ def transfer(dataset, source, target, seed, config, sets, data_root, model, epoc
         + (f", rare {r['rare_error']:.4f} / other {r['common_error']:.4f}" if "rare_error" in r else "")
         + f"  [{out}]"
     )
+
+
+def _print_plan(plan: dict) -> None:
+    import json
+
+    click.echo(json.dumps(plan["config"], indent=2, sort_keys=True))
+    limit = plan["memory_limit_bytes"]
+    click.echo(f"{plan['n_train']} training / {plan['n_test']} test inputs of shape {tuple(plan['input_shape'])}; "
+               f"{plan['num_source_classes']} source -> {plan['num_target_classes']} target classes; device {plan['device']}")
+    click.echo(f"memory estimate: {plan['memory_estimate_bytes'] / 2**20:.1f} MiB"
+               + (f" (available {limit / 2**20:.0f} MiB)" if limit else ""))
 
 
 def _seeds(text: str | None):
@@ -111,7 +129,9 @@ def _seeds(text: str | None):
 @_apply(_config_opts)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-quick]); rerunning skips finished runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out, quiet):
+@click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
+def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out, quiet,
+          dry_run):
     """The paper's granularity study: target error after pretraining on each label function,
     overall, on hard test samples and on rare subclasses (mean and 95% CI over seeds)."""
     from granularity.experiments import QUICK, StudyConfig, run_study
@@ -129,6 +149,16 @@ def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, t
                                      **{"model.name": model, "pretrain.epochs": epochs,
                                         "transfer.epochs": transfer_epochs, "transfer.mode": mode}))
     cfg = _resolve(StudyConfig, config, flags, sets)
+    if dry_run:
+        import json
+
+        from granularity.experiments.study import plan_study
+
+        plan = plan_study(cfg)
+        click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        click.echo(f"{len(plan['runs'])} runs ({len(plan['arms'])} arms x {len(cfg.seeds)} seeds + {cfg.reference_seeds} references); "
+                   f"largest memory estimate: {plan['memory_estimate_bytes'] / 2**20:.1f} MiB")
+        return
     out = out or Path("runs/study") / (dataset + ("-quick" if quick else "-full" if full else ""))
     res = run_study(cfg, out, progress=not quiet)
     keys = [k for k in ("target_error", "hard_error", "easy_error", "rare_error") if any(k in r for r in res["table"])]

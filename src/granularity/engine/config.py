@@ -82,6 +82,10 @@ class TransferConfig(Config):
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (Ampere+); False = full float32 there
     eval_batch_size: int = Field(1000, ge=1)
     save_checkpoints: bool = True  # every epoch, atomically; needed for resume
+    # torch.use_deterministic_algorithms(True) + cudnn.benchmark=False while the run lasts: the
+    # same run twice on one GPU gives the same numbers (slower; an op without a deterministic
+    # kernel is an error). The CPU path is deterministic already. See docs/reliability.md.
+    deterministic: bool = False
 
     @field_validator("source")
     @classmethod

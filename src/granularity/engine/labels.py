@@ -106,17 +106,19 @@ def build_source_labels(
     if kind == "random":
         labels, n, meta = _lf_result(lfs.random_labels(len(leaf_labels), k, seed=seed))
         return SourceLabels(labels, n, spec, kind, {"kind": kind, **meta})
-    emb = embeddings()
     if kind == "kmeans-within":
         coarse = np.asarray(hierarchy.relabel(leaf_labels, target_level), dtype=np.int64)
         g = int(hierarchy.num_classes(target_level))
-        if k < g:
+        if k < g:  # checked before the (possibly expensive) embeddings are computed
             raise GranularityError(
-                f"kmeans-within:{k} needs at least one cluster per target class (>= {g}). Got {k} instead."
+                f"The 'source' parameter {spec!r} needs at least one cluster per target class: K >= {g} "
+                f"(target level {target_level} has {g} classes). Got K={k} instead."
             )
+        emb = embeddings()
         per_class = max(1, k // g)  # K clusters in total, split evenly over the target classes
         labels, n, meta = _lf_result(lfs.kmeans_within(emb, coarse, per_class, seed=seed))
     else:
+        emb = embeddings()
         labels, n, meta = _lf_result(lfs.kmeans_global(emb, k, seed=seed, coarse_labels=hierarchy.relabel(leaf_labels, target_level)))
     return SourceLabels(labels, n, spec, kind, {"kind": kind, "k_requested": k, **meta})
 

@@ -24,7 +24,7 @@ import torch
 from granularity.engine.config import TransferConfig
 from granularity.engine.distributed import DistContext, init_distributed
 from granularity.engine.embeddings import compute_embeddings
-from granularity.engine.labels import SourceLabels, build_source_labels, group_map
+from granularity.engine.labels import SourceLabels, build_source_labels, group_map, parse_source
 from granularity.engine.train import (
     Normaliser,
     epoch_generator,
@@ -90,6 +90,109 @@ def rare_leaf_ids(cfg: TransferConfig, leaf_names: list[str]) -> list[int]:
     return sorted({leaf_names.index(c) if isinstance(c, str) else int(c) for c in cfg.rare.classes})
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for the run's tensors on ``device`` (None: unknown, no check). Tests
+    monkeypatch this to simulate a small machine."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def num_source_classes(cfg: TransferConfig, hierarchy: Any, n_train: int) -> int:
+    """Classes of the pretraining head, known before any label function is computed
+    (k-means: at most K)."""
+    kind, k = parse_source(cfg.source)
+    depth = int(hierarchy.depth)
+    if kind in ("target", "level", "leaf"):
+        return int(hierarchy.num_classes({"target": cfg.target, "leaf": depth}.get(kind, k)))
+    if kind == "per-sample":
+        return int(n_train)
+    return int(k)
+
+
+def estimate_memory(cfg: TransferConfig, ds: Any, n_classes: int) -> int:
+    """Bytes the run holds at its peak: the training and test inputs as float32 on the device,
+    weights + gradients + two optimiser buffers, a batch's logits (forward, softmax, gradient)
+    and the per-sample label arrays. A lower bound that counts what grows with the data set
+    and the number of classes; activations of a batch are left out (small for these models)."""
+    from granularity.models import create_model
+
+    shape = tuple(int(s) for s in ds.input_shape)
+    per_input = int(np.prod(shape)) * 4
+    n_tr, n_te = len(ds.train), len(ds.test)
+    data = (n_tr + n_te) * per_input
+    with torch.random.fork_rng(devices=[]):
+        backbone = create_model(cfg.model.name, shape, 1, **cfg.model.options)
+    n_feat = int(getattr(backbone, "num_features", 0))
+    params = sum(p.numel() for p in backbone.parameters()) + n_feat * (n_classes - 1)
+    weights = 4 * params * 4  # (params, grads, momentum / Adam's two moments)
+    batch = max(cfg.pretrain.batch_size, cfg.transfer.batch_size)
+    logits = 3 * batch * n_classes * 4 + cfg.eval_batch_size * n_classes * 4
+    labels = 8 * n_tr * (int(ds.hierarchy.depth) + 2)
+    return int(data + weights + logits + labels)
+
+
+def check_plan(cfg: TransferConfig, ds: Any, *, memory_limit: int | None = None, device: torch.device | None = None) -> dict[str, Any]:
+    """Every check that needs only the config and the (subsetted) data set, before any label
+    function, model or epoch runs. Returns what a dry run prints (classes, memory estimate)."""
+    hier = ds.hierarchy
+    depth = int(hier.depth)
+    if cfg.target > depth:
+        raise GranularityError(
+            f"The 'target' parameter must be a hierarchy level in [1, {depth}] for data set {cfg.dataset!r}. Got {cfg.target} instead."
+        )
+    kind, k = parse_source(cfg.source)
+    n_target = int(hier.num_classes(cfg.target))
+    n_train = len(ds.train)
+    if kind == "level" and k > depth:
+        raise GranularityError(
+            f"The source level in {cfg.source!r} must be in the range [1, {depth}] for data set {cfg.dataset!r}. Got {k} instead."
+        )
+    if kind == "kmeans-within" and k < n_target:
+        raise GranularityError(
+            f"The 'source' parameter {cfg.source!r} needs at least one cluster per target class: K >= {n_target} "
+            f"(target level {cfg.target} has {n_target} classes). Got K={k} instead."
+        )
+    if kind in ("kmeans-within", "kmeans-global", "random") and k > n_train:
+        raise GranularityError(
+            f"The 'source' parameter {cfg.source!r} asks for more classes than training images ({n_train}, 'train_size'). Got K={k} instead."
+        )
+    if cfg.transfer.mode == "map":
+        level = {"target": cfg.target, "leaf": depth}.get(kind, k) if kind in ("target", "level", "leaf") else None
+        if kind in ("kmeans-global", "random") or (level is not None and level < cfg.target):
+            what = f"level {level} is coarser than the target level {cfg.target}" if level is not None else "its classes cut across target classes"
+            raise GranularityError(
+                f"The 'transfer.mode' 'map' needs source labels that nest in the target level, but 'source' {cfg.source!r} "
+                f"does not ({what}); use --mode finetune or linear, or a source at level >= {cfg.target}."
+            )
+    n_src = num_source_classes(cfg, hier, n_train)
+    need = estimate_memory(cfg, ds, n_src)
+    limit = memory_limit if memory_limit is not None else available_memory(device or torch.device("cpu"))
+    if limit is not None and need > 0.8 * limit:
+        raise GranularityError(
+            f"This run needs about {need / 2**30:.2f} GiB of memory ({n_train} training images, {n_src} source classes) "
+            f"but {limit / 2**30:.2f} GiB is available; lower 'train_size', choose a source with fewer classes or a smaller model."
+        )
+    return {"num_target_classes": n_target, "num_source_classes": n_src, "n_train": n_train, "n_test": len(ds.test),
+            "input_shape": list(ds.input_shape), "memory_estimate_bytes": need, "memory_limit_bytes": limit}
+
+
+def plan_transfer(config: TransferConfig | Mapping[str, Any], *, dataset: Any | None = None,
+                  memory_limit: int | None = None) -> dict[str, Any]:
+    """Validate a run without training: the config, the data set (name, root, sizes), the
+    source label function against the hierarchy, the target level, the memory estimate.
+    Raises :class:`GranularityError` (one line) for anything :func:`run_transfer` would refuse."""
+    cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
+    device = resolve_device(cfg.device)
+    ds = prepare_data(cfg, dataset)
+    return {"config": cfg.to_dict(), "device": str(device), **check_plan(cfg, ds, memory_limit=memory_limit, device=device)}
+
+
 def _level_labels(hierarchy: Any, leaf: np.ndarray) -> dict[int, np.ndarray]:
     return {lv: np.asarray(hierarchy.relabel(leaf, lv), dtype=np.int64) for lv in range(1, int(hierarchy.depth) + 1)}
 
@@ -142,7 +245,7 @@ def run_transfer(
     """
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     dctx = init_distributed(resolve_device(cfg.device))
-    with _tf32(dctx.device, cfg.tf32):
+    with _tf32(dctx.device, cfg.tf32), _deterministic(cfg.deterministic):
         return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
 
 
@@ -161,9 +264,31 @@ def _tf32(device: torch.device, on: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+@contextmanager
+def _deterministic(on: bool):
+    """``torch.use_deterministic_algorithms(True)`` and ``cudnn.benchmark = False`` (cuDNN's
+    deterministic kernels) while the run lasts; process-wide flags, restored afterwards."""
+    if not on:
+        yield
+        return
+    import os
+
+    # cuBLAS needs a fixed workspace for deterministic matmuls; read when cuBLAS starts
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old[1], old[2]
+
+
 def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda}
+    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda,
+                           "deterministic_algorithms": cfg.deterministic}
     if (cfg.bf16 or cfg.tf32) and not cuda:
         rec["note"] = "bf16/tf32 apply on CUDA only; this run computed in float32 on the CPU"
     return rec
@@ -210,14 +335,13 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
 
     # ---- data and labels -----------------------------------------------------------------
     ds = prepare_data(cfg, dataset)
+    # refused before decoding images, building labels or a model: contradictory settings, and
+    # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
+    check_plan(cfg, ds, device=device)
     if not getattr(ds.train, "in_memory", True):
         ds = ds._derive(ds.train.materialize(), ds.test.materialize() if not ds.test.in_memory else ds.test)
     hier = ds.hierarchy
     depth = int(hier.depth)
-    if cfg.target > depth:
-        raise GranularityError(
-            f"The 'target' parameter must be a hierarchy level in [1, {depth}] for data set {cfg.dataset!r}. Got {cfg.target} instead."
-        )
     leaf_tr = ds.train.y.cpu().numpy()
     leaf_te = ds.test.y.cpu().numpy()
     lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)

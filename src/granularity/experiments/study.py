@@ -33,7 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -54,8 +54,8 @@ class StudyConfig(Config):
     train_size: int | None = Field(10000, ge=1)  # 1/6 of Fashion-MNIST: ~3.5 s per CNN epoch on 2 cores
     test_size: int | None = Field(5000, ge=1)
     data_seed: int = 0
-    kmeans_sizes: list[int] = Field(default_factory=lambda: [20, 80])  # total clusters, for both k-means families
-    random_classes: list[int] = Field(default_factory=lambda: [10])  # as many classes as the leaves, but meaningless
+    kmeans_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [20, 80])  # total clusters, for both k-means families
+    random_classes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10])  # as many classes as the leaves, but meaningless
     per_sample: bool = True
     embedding: str = "pca"  # see granularity.engine.embeddings
     rare: RareConfig | None = Field(default_factory=lambda: RareConfig(classes=["Dress", "Sandal"], keep_fraction=0.03))
@@ -127,9 +127,7 @@ def run_study(
     from tqdm.auto import tqdm
 
     cfg = config if isinstance(config, StudyConfig) else StudyConfig.build(config)
-    if cfg.rare is not None:
-        for s in cfg.rare_sources:
-            TransferConfig.build({"source": s}, where="rare_sources")
+    _check_sources(cfg)
     out = check_writable(out)
     started = (out / "runs").exists() or (out / "refs").exists()
     if started and (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
@@ -142,23 +140,7 @@ def run_study(
         from granularity.data import load_dataset
 
         dataset = load_dataset(cfg.dataset, root=cfg.data_root)
-    depth = int(dataset.hierarchy.depth)
-    if cfg.target >= depth:
-        raise GranularityError(
-            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.target} instead."
-        )
-    rare_names = [str(c) for c in (cfg.rare.classes if cfg.rare else [])]
-    for c in rare_names:
-        if not c.lstrip("-").isdigit() and c not in dataset.leaf_names:
-            from granularity.errors import unknown_name
-
-            raise unknown_name("rare class", c, dataset.leaf_names)
-    # reference models: trained on the target labels only (pretraining on the target and reading
-    # its head directly, "map", saves the fine-tuning epoch that would add nothing here)
-    ref_cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"mode": "map"})})
-    jobs = [(f"refs/seed{1000 + i}", run_config(ref_cfg, "target", 1000 + i, None)) for i in range(cfg.reference_seeds)]
-    arm_list = arms(cfg, depth)
-    jobs += [(f"runs/{_folder(a)}/seed{s}", run_config(cfg, src, s, rare)) for s in cfg.seeds for a, src, rare in arm_list]
+    arm_list, jobs = study_jobs(cfg, dataset)
     cache: dict = {}
     results: dict[str, dict] = {}
     bar = tqdm(jobs, desc="study runs", unit="run", disable=not progress)
@@ -172,6 +154,73 @@ def run_study(
     summary["figures"] = plot_study(summary, out)
     write_json(out / "results.json", summary)
     return summary
+
+
+def _check_sources(cfg: StudyConfig) -> None:
+    if cfg.rare is not None:
+        for s in cfg.rare_sources:
+            TransferConfig.build({"source": s}, where="rare_sources")
+
+
+def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[tuple[str, TransferConfig]]]:
+    """The arms and every run (folder, config) of the study, after the checks that need the
+    data set (target level, k-means sizes, rare class names)."""
+    depth = int(dataset.hierarchy.depth)
+    if cfg.target >= depth:
+        raise GranularityError(
+            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.target} instead."
+        )
+    n_target = int(dataset.hierarchy.num_classes(cfg.target))
+    small = [k for k in cfg.kmeans_sizes if k < n_target]
+    if small:
+        raise GranularityError(
+            f"The 'kmeans_sizes' parameter must hold sizes >= the {n_target} classes of target level {cfg.target} "
+            f"(kmeans-within needs a cluster per target class). Got {small} instead."
+        )
+    n_train = len(dataset.train) if cfg.train_size is None else min(cfg.train_size, len(dataset.train))
+    for param, sizes in (("kmeans_sizes", cfg.kmeans_sizes), ("random_classes", cfg.random_classes)):
+        big = [k for k in sizes if k > n_train]
+        if big:
+            raise GranularityError(
+                f"The {param!r} parameter must hold sizes <= the {n_train} training images ('train_size'). Got {big} instead."
+            )
+    rare_names = [str(c) for c in (cfg.rare.classes if cfg.rare else [])]
+    for c in rare_names:
+        if c.lstrip("-").isdigit():
+            if not 0 <= int(c) < len(dataset.leaf_names):
+                raise GranularityError(
+                    f"The 'rare.classes' entry {c} must be a leaf class id in [0, {len(dataset.leaf_names) - 1}] or a name."
+                )
+        elif c not in dataset.leaf_names:
+            from granularity.errors import unknown_name
+
+            raise unknown_name("rare class", c, dataset.leaf_names)
+    # reference models: trained on the target labels only (pretraining on the target and reading
+    # its head directly, "map", saves the fine-tuning epoch that would add nothing here)
+    ref_cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"mode": "map"})})
+    jobs = [(f"refs/seed{1000 + i}", run_config(ref_cfg, "target", 1000 + i, None)) for i in range(cfg.reference_seeds)]
+    arm_list = arms(cfg, depth)
+    jobs += [(f"runs/{_folder(a)}/seed{s}", run_config(cfg, src, s, rare)) for s in cfg.seeds for a, src, rare in arm_list]
+    return arm_list, jobs
+
+
+def plan_study(config: StudyConfig | Mapping[str, Any], *, dataset: Any | None = None) -> dict[str, Any]:
+    """Validate a study and every run it would start (see
+    :func:`granularity.engine.run.plan_transfer`) without training; nothing is written."""
+    from granularity.engine.run import check_plan, prepare_data, resolve_device
+
+    cfg = config if isinstance(config, StudyConfig) else StudyConfig.build(config)
+    _check_sources(cfg)
+    device = resolve_device(cfg.device)
+    if dataset is None:
+        from granularity.data import load_dataset
+
+        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+    arm_list, jobs = study_jobs(cfg, dataset)
+    need = 0
+    for _, rc in jobs:
+        need = max(need, check_plan(rc, prepare_data(rc, dataset), device=device)["memory_estimate_bytes"])
+    return {"arms": [a for a, _, _ in arm_list], "runs": [rel for rel, _ in jobs], "memory_estimate_bytes": need}
 
 
 def hard_mask(out: Path, n_refs: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
