@@ -170,11 +170,9 @@ def results(store, filters, columns, sweep_name, export):
         cols = default_columns(df, axis_keys)
     df = df[cols]
     if export is not None:
-        export.parent.mkdir(parents=True, exist_ok=True)
-        if export.suffix == ".csv":
-            df.to_csv(export, index=False)
-        else:
-            df.to_parquet(export, index=False)
+        from granularity.sweeps.store import export_table
+
+        export_table(df, export)
         click.echo(f"{len(df)} runs written to {export}", err=True)
         return
     with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):

@@ -18,6 +18,8 @@ hard test-sample bars and the rare-subclass bars, from its ``results.json``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import base64
 import html
 import json
@@ -85,6 +87,25 @@ def _errors_table(errors: Mapping[str, Any]) -> list[list[str]]:
 
 
 # ---- inputs ---------------------------------------------------------------------------------
+@contextmanager
+def _reading(path: Path, kind: str):
+    """Files of a results folder that do not have the structure granularity writes (edited by
+    hand, written by another program, cut short) end in one line naming the folder."""
+    import pickle
+    import zipfile
+
+    try:
+        yield
+    except GranularityError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, EOFError, OSError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise GranularityError(
+            f"The RESULTS entry {str(path)!r} ({kind} folder) holds malformed files ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}); it was not written by granularity or is corrupt."
+        ) from None
+
+
 def detect(path: Path) -> str:
     """``simulate`` | ``phase`` | ``store`` | ``study`` | ``transfer`` for a results folder."""
     if not path.is_dir():
@@ -99,6 +120,7 @@ def detect(path: Path) -> str:
         return "study"
     if (path / "result.json").exists():
         res = read_json(path / "result.json")
+        res = res if isinstance(res, dict) else {}  # a foreign result.json: "not a results folder" below
         if "errors" in res and "seeds" in res:
             return "simulate"
         if "target_error" in res:
@@ -560,16 +582,17 @@ def build_report(results: Sequence[str | Path], out: str | Path, *, title: str =
     names = _Names()
     sections: list[Section] = []
     for path, kind in zip(paths, kinds):
-        if kind == "simulate":
-            sections.append(section_simulate(path, figdir, names))
-        elif kind == "phase":
-            sections.append(section_phase(path, figdir, names))
-        elif kind == "store":
-            sections += section_store(path, figdir, names, protocol)
-        elif kind == "study":
-            sections.append(section_study(path, figdir, names))
-        else:
-            sections.append(section_transfer_run(path))
+        with _reading(path, kind):
+            if kind == "simulate":
+                sections.append(section_simulate(path, figdir, names))
+            elif kind == "phase":
+                sections.append(section_phase(path, figdir, names))
+            elif kind == "store":
+                sections += section_store(path, figdir, names, protocol)
+            elif kind == "study":
+                sections.append(section_study(path, figdir, names))
+            else:
+                sections.append(section_transfer_run(path))
     page = out / "index.html"
     from granularity.utils.io import write_bytes_atomic
 

@@ -127,12 +127,21 @@ class ResultsStore:
 
             check_writable(self.root)
             (self.root / "runs").mkdir(exist_ok=True)
-        self._db = self._connect(path)
-        if create:
-            with self.transaction() as db:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+        try:
+            self._db = self._connect(path)
+            if create:
+                with self.transaction() as db:
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+            else:  # an index of another program (or an empty database) has not got our tables
+                self._db.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+                self._db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise GranularityError(
+                f"The results store index {str(path)!r} is unreadable ({exc}); it is not a store written by "
+                "granularity sweep, or it is corrupt: give another store or delete it to start afresh."
+            ) from None
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -329,3 +338,30 @@ def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def export_table(df: Any, path: str | Path) -> Path:
+    """Write a results table to ``path`` (.csv or .parquet), atomically, with one-line errors
+    for a bad suffix, a folder in the way or an unwritable place."""
+    import io
+
+    from granularity.utils.io import check_writable, write_bytes_atomic
+
+    path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise GranularityError(f"The '--export' option must end in .csv or .parquet. Got {str(path)!r} instead.")
+    if path.is_dir():
+        raise GranularityError(f"The '--export' path {str(path)!r} is a folder; give a file name ending in {path.suffix}.")
+    try:
+        check_writable(path.parent)
+    except GranularityError:
+        raise GranularityError(
+            f"The '--export' path {str(path)!r} cannot be written: its folder {str(path.parent)!r} cannot be created or is not writable."
+        ) from None
+    buf = io.BytesIO()
+    if path.suffix == ".csv":
+        buf.write(df.to_csv(index=False).encode())
+    else:
+        df.to_parquet(buf, index=False)
+    write_bytes_atomic(path, lambda fh: fh.write(buf.getvalue()))
+    return path

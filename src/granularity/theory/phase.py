@@ -70,7 +70,14 @@ def build_phase(out: str | Path) -> dict[str, Any]:
     if not spec_path.exists():
         raise GranularityError(f"{str(out)!r} is not a phase-diagram folder (no phase_spec.json).")
     spec = read_json(spec_path)
-    (xk, xs), (yk, ys), protocol = spec["x"], spec["y"], spec["protocol"]
+    try:
+        (xk, xs), (yk, ys), protocol = spec["x"], spec["y"], spec["protocol"]
+        xs, ys, protocol = list(xs), list(ys), str(protocol)
+    except (KeyError, TypeError, ValueError):
+        raise GranularityError(
+            f"{str(spec_path)!r} is malformed (needs x: [key, values], y: [key, values], protocol); "
+            "it was not written by granularity phase or is corrupt."
+        ) from None
     grids: dict[str, list[list[float]]] = {}
     cis: dict[str, list[list[float]]] = {}
     seeds = None
