@@ -1,0 +1,58 @@
+"""Same config and seed give identical metrics on the CPU (documented in docs/reliability.md);
+``deterministic: true`` sets torch's deterministic mode only while the run lasts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from granularity.engine import run_transfer
+
+from .conftest import tiny_config
+
+
+def _files(folder):
+    res = json.loads((folder / "result.json").read_text())
+    for k in ("seconds", "train_seconds"):
+        res.pop(k)
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+               for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return res, metrics, dict(np.load(folder / "predictions.npz"))
+
+
+@pytest.mark.parametrize("source,mode", [("leaf", "finetune"), ("kmeans-within:4", "linear")])
+def test_same_config_and_seed_identical_on_cpu(tiny, tmp_path, source, mode):
+    cfg = tiny_config(source=source, transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "mode": mode})
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_transfer(cfg, a, dataset=tiny)
+    run_transfer({**cfg, "deterministic": True}, b, dataset=tiny)
+    ra, ma, pa = _files(a)
+    rb, mb, pb = _files(b)
+    assert rb["precision"].pop("deterministic_algorithms") is True
+    ra["precision"].pop("deterministic_algorithms")
+    assert ra == rb and ma == mb  # every metric, bit for bit
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+
+
+def test_deterministic_flag_is_restored_after_the_run(tiny, tmp_path):
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    seen = []
+    import granularity.engine.run as run_mod
+
+    orig = run_mod._run_transfer
+
+    def spy(*a, **k):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        return orig(*a, **k)
+
+    run_mod._run_transfer = spy
+    try:
+        run_transfer(tiny_config(deterministic=True, pretrain={"epochs": 1, "batch_size": 16}), tmp_path / "r", dataset=tiny)
+    finally:
+        run_mod._run_transfer = orig
+    assert seen == [(True, False)]
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
