@@ -28,7 +28,7 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     from granularity.engine.train import Normaliser, make_optimizer, make_scheduler, train_epoch
     from granularity.models import create_model
 
-    n = images or (512 if tiny else 5120)
+    n = images or (512 if tiny else 2560)
     repeats = 1 if tiny else repeats
     x, y = _data(n, device)
     cfg = TransferConfig()

@@ -117,7 +117,16 @@ def bench_seeds(device: torch.device, tiny: bool = False, steps: int | None = No
     e_diff = max(abs(a - b) for k in err_b for a, b in zip(err_b[k], err_s[k]))
     speedup = median(t["sequential"]) / median(t["batched"])
     agree = w_diff < 1e-3 and e_diff <= 2.0 / cfg.transfer.n_test
+    # the bound: both sides do the same GEMM FLOPs, so batching can win at most what the
+    # sequential runs leave of the matmul ceiling
+    mm, mm_flops = matmul_fn(device, torch.float32, 512 if tiny else None)
+    mm_rate = mm_flops / median(interleaved({"mm": mm}, 3, device)["mm"])
+    flops = cfg.train.steps * step_flops(S, cfg.train.batch_size or cfg.train.n_train, cfg.data.P, cfg.data.d,
+                                         res["batched"].model.N)
+    seq_rate = flops / median(t["sequential"])
     return {
+        "gemm_gflop": flops / 1e9, "sequential_gflops": seq_rate / 1e9, "batched_gflops": flops / median(t["batched"]) / 1e9,
+        "matmul_fp32_gflops": mm_rate / 1e9, "max_possible_speedup": mm_rate / seq_rate,
         "preset": cfg.name, "S": S, "steps": cfg.train.steps, "N": res["batched"].model.N,
         "batched_seconds": median(t["batched"]), "sequential_seconds": median(t["sequential"]),
         "samples": t, "speedup": speedup,
