@@ -16,6 +16,7 @@ import torch
 
 from granularity.data.base import RealDataset, Split
 from granularity.errors import DataError
+from granularity.hierarchy.builders import int_labels
 
 NAME = "cifar100"
 VERSION = "python-pickle-1"
@@ -64,17 +65,6 @@ def find_folder(root: str | Path | None) -> Path:
     )
 
 
-def _int_labels(values: Any, path: Path, key: str) -> np.ndarray:
-    """A 1-D int64 array of the labels stored under ``key`` (one-line error otherwise)."""
-    try:
-        arr = np.asarray(values)
-        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
-            raise TypeError
-        return arr.astype(np.int64)
-    except (TypeError, ValueError, OverflowError):
-        raise DataError(f"CIFAR-100 file {path}: {key!r} must be a list of integer labels.") from None
-
-
 def _names(meta: dict[str, Any], path: Path, key: str) -> list[str]:
     """The class names stored under ``key`` of the meta file: a non-empty list of distinct strings."""
     if key not in meta:
@@ -96,8 +86,8 @@ def _split(folder: Path, part: str, n_fine: int, n_coarse: int) -> tuple[Split, 
         if key not in d:
             raise DataError(f"CIFAR-100 file {path} has no {key!r} entry (keys: {', '.join(sorted(d))}).")
     data = np.asarray(d["data"])
-    fine = _int_labels(d["fine_labels"], path, "fine_labels")
-    coarse = _int_labels(d["coarse_labels"], path, "coarse_labels")
+    fine = int_labels(d["fine_labels"], "fine_labels", path)
+    coarse = int_labels(d["coarse_labels"], "coarse_labels", path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"CIFAR-100 file {path}: 'data' must be uint8 (N, 3072); got {data.dtype} {data.shape}.")
     if not len(fine) == len(coarse) == len(data):

@@ -9,7 +9,6 @@ training file's categories (homonyms across ranks are disambiguated there).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,17 @@ from granularity.data.base import RealDataset
 from granularity.data.image_folder import check_image_options, make_splits
 from granularity.errors import DataError, param_error
 
+from granularity.utils.io import load_json_file
+
 NAME = "inat2021"
 VERSION = "inat2021-json-1"
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except FileNotFoundError:
-        raise DataError(f"iNat2021 annotation file {path} not found (expected train.json / val.json in the root).") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"iNat2021 annotation file {path} is not valid JSON ({exc}).") from None
-    except OSError as exc:  # a folder, no permission, an I/O error
-        raise DataError(f"iNat2021 annotation file {path} cannot be read ({exc.strerror or exc}).") from None
-    except RecursionError:
-        raise DataError(f"iNat2021 annotation file {path} nests too deeply to be an annotation file.") from None
+    if not Path(path).exists():
+        raise DataError(f"iNat2021 annotation file {path} not found (expected train.json / val.json in the root).")
+    obj = load_json_file(path, "iNat2021 annotation file")
     if not isinstance(obj, dict):
         raise DataError(f"iNat2021 annotation file {path} must hold a JSON object.")
     for key in ("images", "annotations", "categories"):

@@ -7,7 +7,6 @@ is the data set's fine label order.
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from granularity.errors import DataError, GranularityError, HierarchyError, param_error, suggest
 from granularity.hierarchy.tree import LabelHierarchy
+from granularity.utils.io import load_json_file
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 FASHION_MNIST_CLASSES = (
@@ -88,7 +88,8 @@ def _decode(names: Any, key: str, path: Path) -> list[str]:
     return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
-def _labels(values: Any, key: str, path: Path) -> np.ndarray:
+def int_labels(values: Any, key: str, path: Path) -> np.ndarray:
+    """A 1-D int64 array of the CIFAR-100 labels stored under ``key`` (one-line error otherwise)."""
     try:
         arr = np.asarray(values)
         if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
@@ -131,8 +132,8 @@ def cifar100_hierarchy(root: Path | str, splits: Sequence[str] = ("train", "test
         if not p.is_file():
             continue
         rec = _unpickle(p)
-        f = _labels(_get(rec, "fine_labels", p), "fine_labels", p)
-        c = _labels(_get(rec, "coarse_labels", p), "coarse_labels", p)
+        f = int_labels(_get(rec, "fine_labels", p), "fine_labels", p)
+        c = int_labels(_get(rec, "coarse_labels", p), "coarse_labels", p)
         if f.shape != c.shape:
             raise DataError(f"CIFAR-100 file {str(p)!r} has {f.size} fine but {c.size} coarse labels.")
         fines.append(f)
@@ -178,17 +179,7 @@ def inat2021_hierarchy(
     src = f"file {source!r}" if source else "the given categories"
     if isinstance(path, (str, Path)):
         src = f"file {str(path)!r}"
-        try:
-            with open(path, "rb") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise DataError(f"iNaturalist annotation {src} does not exist.") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"iNaturalist annotation {src} is not valid JSON ({exc}).") from None
-        except OSError as exc:  # a folder, no permission, an I/O error
-            raise DataError(f"iNaturalist annotation {src} cannot be read ({exc.strerror or exc}).") from None
-        except RecursionError:
-            raise DataError(f"iNaturalist annotation {src} nests too deeply to be an annotation file.") from None
+        data = load_json_file(path, "iNaturalist annotation file")
     else:
         data = path
     cats = data.get("categories") if isinstance(data, Mapping) else data

@@ -75,6 +75,24 @@ def read_json(path: Path | str) -> Any:
         raise GranularityError(f"File {str(path)!r} is not valid JSON ({exc}).") from None
 
 
+def load_json_file(path: Path | str, what: str) -> Any:
+    """Parse a JSON file; any failure is one :class:`DataError` line naming ``what`` and the file."""
+    from granularity.errors import DataError
+
+    src = f"{what} {str(path)!r}"
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"{src} does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{src} is not valid JSON ({exc}).") from None
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise DataError(f"{src} cannot be read ({exc.strerror or exc}).") from None
+    except RecursionError:
+        raise DataError(f"{src} nests too deeply to be a {what}.") from None
+
+
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
     """Write a compressed ``.npz`` atomically."""
     _atomic(Path(path), lambda fh: np.savez_compressed(fh, **arrays), "wb")
