@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from granularity.cli.options import apply_options
+
 from granularity.theory.presets import PRESETS, get_preset
 
 
@@ -39,17 +41,10 @@ common = [
 ]
 
 
-def _apply(options):
-    def deco(f):
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-
-    return deco
 
 
 @click.command(epilog="Presets: " + _preset_help())
-@_apply(common)
+@apply_options(common)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder (default runs/simulate/<preset>); rerunning resumes it.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config and its memory estimate; run nothing.")
@@ -73,7 +68,7 @@ def simulate(preset, config, sets, seeds, quiet, out, dry_run):
 
 
 @click.command(epilog="Presets: " + _preset_help())
-@_apply(common)
+@apply_options(common)
 @click.option("--x", "x_axis", default="data.k=4,8,16", show_default=True, help="Columns: key=v1,v2,...")
 @click.option("--y", "y_axis", default="data.sigma=0.03125,0.0625,0.125", show_default=True,
               help="Rows: key=v1,v2,...")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from granularity.cli.options import apply_options
+
 
 def _resolve(model_cls, config: Path | None, flags: dict, sets: tuple[str, ...]):
     """defaults < file < flags < --set, validated once with one-line errors."""
@@ -48,13 +50,6 @@ _config_opts = [
 ]
 
 
-def _apply(options):
-    def deco(f):
-        for opt in reversed(options):
-            f = opt(f)
-        return f
-
-    return deco
 
 
 @click.command()
@@ -62,7 +57,7 @@ def _apply(options):
 @click.option("--source", default=None, help="Pretraining labels: target, leaf, level:L, kmeans-within:K, kmeans-global:K, random:K, per-sample.")
 @click.option("--target", type=click.IntRange(1), default=None, help="Hierarchy level of the target task (default 2).")
 @click.option("--seed", type=int, default=None)
-@_apply(_config_opts)
+@apply_options(_config_opts)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/transfer/<source>-seed<seed>); rerunning resumes it.")
 @click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast in training and evaluation (CUDA only; ignored on the CPU).")
 @click.option("--tf32/--no-tf32", default=None, help="TF32 matmuls and convolutions (CUDA only).")
@@ -126,7 +121,7 @@ def _seeds(text: str | None):
 @click.option("--seeds", default=None, help="Number of seeds (5) or a list (0,1,2); default 3.")
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test, not a result.")
 @click.option("--full", is_flag=True, help="Whole data set and 5 seeds (hours on 2 CPU cores; minutes on a GPU).")
-@_apply(_config_opts)
+@apply_options(_config_opts)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-quick]); rerunning skips finished runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
