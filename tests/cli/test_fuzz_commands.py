@@ -120,7 +120,7 @@ filter_items = st.one_of(
 )
 
 
-@settings(max_examples=150, **SETTINGS)
+@settings(max_examples=100, **SETTINGS)
 @given(filters=st.lists(filter_items, max_size=3),
        columns=st.one_of(st.none(), st.just("all"), st.lists(st.one_of(st.sampled_from(COLUMNS), st.text(max_size=5)), max_size=3).map(",".join)),
        export=st.one_of(st.none(), st.sampled_from(["o.csv", "o.parquet", "o.txt", "sub/dir/o.csv", "o", ".csv", "BLOCK/o.csv", "DIR.csv"])),
@@ -163,7 +163,7 @@ contents = st.one_of(
 )
 
 
-@settings(max_examples=100, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(files=st.dictionaries(st.sampled_from(FILE_NAMES), contents, max_size=3),
        extra=st.lists(st.sampled_from(["MISSING", "EMPTY", "FILE", "STORE", "STORE"]), max_size=2),
        protocol=st.one_of(st.none(), st.sampled_from(["map", "probe", "finetune", "nope"])),
@@ -198,7 +198,7 @@ TINY_SETS = [f"{k}={json.dumps(v)}" for k, v in {
     "train.log_points": 2, "transfer.n_test": 20, "transfer.probe_steps": 3, "transfer.finetune_steps": 3}.items()]
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=8, **SETTINGS)
 @given(x=axis_text, y=axis_text, protocol=st.sampled_from(["map", "probe", "finetune", "nope"]),
        plot_only=st.sampled_from([False, False, True]),
        sets=st.lists(st.sampled_from(["data.k=0", "seeds=0", "train.steps=x", "nope=1", "data.sigma=-1"]), max_size=1))

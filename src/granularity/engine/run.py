@@ -287,8 +287,9 @@ def _deterministic(on: bool):
 
 def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda,
-                           "deterministic_algorithms": cfg.deterministic}
+    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda}
+    if cfg.deterministic:
+        rec["deterministic_algorithms"] = True
     if (cfg.bf16 or cfg.tf32) and not cuda:
         rec["note"] = "bf16/tf32 apply on CUDA only; this run computed in float32 on the CPU"
     return rec
