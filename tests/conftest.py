@@ -19,3 +19,26 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def make_fmnist(tmp_path_factory):
+    """Factory of tiny IDX files in the Fashion-MNIST layout: 10 classes, class c a bright
+    stripe at rows 2c..2c+2 over uniform noise (learnable in a few steps). Returns the folder."""
+    import numpy as np
+
+    from granularity.data.idx import write_idx
+
+    def make(n_train: int = 200, n_test: int = 100):
+        root = tmp_path_factory.mktemp("fm")
+        rng = np.random.default_rng(0)
+        for part, n in (("train", n_train), ("t10k", n_test)):
+            y = (np.arange(n) % 10).astype(np.uint8)
+            x = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
+            for c in range(10):
+                x[y == c, 2 * c : 2 * c + 3, :] = 220
+            write_idx(root / f"{part}-images-idx3-ubyte", x)
+            write_idx(root / f"{part}-labels-idx1-ubyte", y)
+        return root
+
+    return make

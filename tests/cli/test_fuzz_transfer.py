@@ -4,10 +4,8 @@ with exit code 2 -- never a traceback; a few tiny real runs on tiny IDX files li
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,7 +13,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from granularity.data.idx import write_idx
 from granularity.engine.config import TransferConfig
 from granularity.experiments.study import StudyConfig
 
@@ -29,18 +26,8 @@ def _report_counts():
 
 
 @pytest.fixture(scope="module")
-def fm_root(tmp_path_factory):
-    """Tiny IDX files in the Fashion-MNIST layout (10 classes, 60 train / 30 test images)."""
-    root = tmp_path_factory.mktemp("fm")
-    rng = np.random.default_rng(0)
-    for part, n in (("train", 60), ("t10k", 30)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
-        for c in range(10):
-            x[y == c, 2 * c : 2 * c + 3, :] = 220
-        write_idx(root / f"{part}-images-idx3-ubyte", x)
-        write_idx(root / f"{part}-labels-idx1-ubyte", y)
-    return root
+def fm_root(make_fmnist):
+    return make_fmnist(60, 30)
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from granularity.cli.main import main
-from granularity.data.idx import write_idx
 
 
 @pytest.fixture(autouse=True)
@@ -21,18 +19,8 @@ def _one_thread():
 
 
 @pytest.fixture
-def fmnist_root(tmp_path):
-    """Tiny IDX files in the Fashion-MNIST layout: 10 classes, each a bright stripe at row 2c."""
-    rng = np.random.default_rng(0)
-    for part, n in (("train", 200), ("t10k", 100)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
-        for c in range(10):
-            x[y == c, 2 * c : 2 * c + 3, :] = 220
-        (tmp_path / "fm").mkdir(exist_ok=True)
-        write_idx(tmp_path / "fm" / f"{part}-images-idx3-ubyte", x)
-        write_idx(tmp_path / "fm" / f"{part}-labels-idx1-ubyte", y)
-    return tmp_path / "fm"
+def fmnist_root(make_fmnist):
+    return make_fmnist(200, 100)
 
 
 def _one_line_error(capsys, code):

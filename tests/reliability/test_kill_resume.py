@@ -10,12 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from granularity.data.idx import write_idx
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 CLI = [sys.executable, "-m", "granularity"]
@@ -66,18 +63,8 @@ def test_simulate_sigkill_resume(tmp_path):
 
 
 @pytest.fixture
-def fmnist_root(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "fm"
-    root.mkdir()
-    for part, n in (("train", 600), ("t10k", 100)):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 50, size=(n, 28, 28)).astype(np.uint8)
-        for c in range(10):
-            x[y == c, 2 * c : 2 * c + 3, :] = 220
-        write_idx(root / f"{part}-images-idx3-ubyte", x)
-        write_idx(root / f"{part}-labels-idx1-ubyte", y)
-    return root
+def fmnist_root(make_fmnist):
+    return make_fmnist(600, 100)
 
 
 def test_transfer_sigkill_resume(tmp_path, fmnist_root):

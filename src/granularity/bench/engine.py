@@ -24,7 +24,7 @@ def _data(n: int, device: torch.device):
 
 def bench_engine(device: torch.device, tiny: bool = False, images: int | None = None, repeats: int = 3
                  ) -> dict[str, Any]:
-    from granularity.engine.config import StageConfig, TransferConfig
+    from granularity.engine.config import TransferConfig
     from granularity.engine.train import Normaliser, make_optimizer, make_scheduler, train_epoch
     from granularity.models import create_model
 

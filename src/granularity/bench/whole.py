@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from granularity.bench.baseline import run_experiment
-from granularity.bench.common import median, timed
+from granularity.bench.common import timed
 from granularity.bench.simulator import preset_config
 from granularity.theory.experiment import simulate
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import time
 from contextlib import contextmanager
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +342,6 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
     if not getattr(ds.train, "in_memory", True):
         ds = ds._derive(ds.train.materialize(), ds.test.materialize() if not ds.test.in_memory else ds.test)
     hier = ds.hierarchy
-    depth = int(hier.depth)
     leaf_tr = ds.train.y.cpu().numpy()
     leaf_te = ds.test.y.cpu().numpy()
     lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)

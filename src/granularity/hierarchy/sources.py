@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from granularity.errors import GranularityError, suggest, unknown_name
+from granularity.errors import GranularityError, unknown_name
 from granularity.hierarchy.tree import LabelHierarchy
 
 #: name -> (what it needs, description)

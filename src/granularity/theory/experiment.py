@@ -42,7 +42,7 @@ from granularity.theory.train import (
     pretrain,
     resolve_device,
 )
-from granularity.utils.io import check_writable, environment, read_json, read_jsonl, write_json, write_npz
+from granularity.utils.io import check_writable, environment, read_json, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
 # fields that do not change any seed's result: a run may be resumed or extended with other values
