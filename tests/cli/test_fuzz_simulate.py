@@ -6,23 +6,11 @@ import json
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from granularity.theory.config import SimConfig
+from granularity.utils.config import dotted_keys
 
-
-def dotted_keys(model=SimConfig, prefix=""):
-    keys = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += dotted_keys(ann, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
-
-
-KEYS = dotted_keys()
+KEYS = dotted_keys(SimConfig)
 scalars = st.one_of(
     st.none(),
     st.booleans(),

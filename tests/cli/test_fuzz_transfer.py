@@ -11,7 +11,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from granularity.utils.config import dotted_keys
 
 from granularity.engine.config import TransferConfig
 from granularity.experiments.study import StudyConfig
@@ -36,17 +36,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def dotted_keys(model, prefix=""):
-    keys = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += dotted_keys(ann, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
 
 
 scalars = st.one_of(

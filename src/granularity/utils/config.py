@@ -144,3 +144,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"Config file {str(path)!r} must hold a mapping of keys to values, not a {type(data).__name__}."
         )
     return data
+
+
+def dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every settable leaf key of a config class as a dotted path (``data.k``, ``train.lr``...)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += dotted_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
