@@ -81,6 +81,10 @@ class TransferConfig(Config):
     bf16: bool = False  # bfloat16 autocast in training and evaluation, CUDA only (ignored on CPU, noted in result.json)
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (Ampere+); False = full float32 there
     eval_batch_size: int = Field(1000, ge=1)
+    # DataLoader worker processes decoding images of a streamed data set (an image folder loaded
+    # with in_memory=False, or too large for its max_memory_mb); 0 = decode in the main
+    # process. In-memory data sets ignore it. Results do not depend on it.
+    workers: int = Field(0, ge=0)
     save_checkpoints: bool = True  # every epoch, atomically; needed for resume
     # torch.use_deterministic_algorithms(True) + cudnn.benchmark=False while the run lasts: the
     # same run twice on one GPU gives the same numbers (slower; an op without a deterministic

@@ -33,6 +33,10 @@ def compute_embeddings(
     """``(N, d)`` float32 embeddings of the training inputs ``x`` (see the module docstring)."""
     n = len(x)
     if method == "pca":
+        if not isinstance(x, torch.Tensor):  # a streamed data set (check_plan refuses this earlier)
+            raise GranularityError(
+                "The 'embedding' 'pca' needs all training pixels in memory; for a streamed data set use 'cnn' or a .npy file."
+            )
         from sklearn.decomposition import PCA
 
         flat = x.reshape(n, -1).float().cpu().numpy()

@@ -27,6 +27,7 @@ from granularity.engine.embeddings import compute_embeddings
 from granularity.engine.labels import SourceLabels, build_source_labels, group_map, parse_source
 from granularity.engine.train import (
     Normaliser,
+    Streamed,
     epoch_generator,
     predict_levels,
     make_optimizer,
@@ -115,23 +116,33 @@ def num_source_classes(cfg: TransferConfig, hierarchy: Any, n_train: int) -> int
     return int(k)
 
 
+def _streams(split: Any) -> bool:
+    return not getattr(split, "in_memory", True)
+
+
 def estimate_memory(cfg: TransferConfig, ds: Any, n_classes: int) -> int:
     """Bytes the run holds at its peak: the training and test inputs as float32 on the device,
     weights + gradients + two optimiser buffers, a batch's logits (forward, softmax, gradient)
     and the per-sample label arrays. A lower bound that counts what grows with the data set
-    and the number of classes; activations of a batch are left out (small for these models)."""
+    and the number of classes; activations of a batch are left out (small for these models).
+    A streamed split (images decoded from disk per batch) counts only the batches in flight:
+    two per DataLoader worker (its prefetch) plus the one being trained on."""
     from granularity.models import create_model
 
     shape = tuple(int(s) for s in ds.input_shape)
     per_input = int(np.prod(shape)) * 4
     n_tr, n_te = len(ds.train), len(ds.test)
-    data = (n_tr + n_te) * per_input
+    batch = max(cfg.pretrain.batch_size, cfg.transfer.batch_size)
+    in_flight = (2 * max(cfg.workers, 1) + 1) * per_input
+    data = sum(
+        min(n, (batch if i == 0 else cfg.eval_batch_size)) * in_flight if _streams(split) else n * per_input
+        for i, (split, n) in enumerate(((ds.train, n_tr), (ds.test, n_te)))
+    )
     with torch.random.fork_rng(devices=[]):
         backbone = create_model(cfg.model.name, shape, 1, **cfg.model.options)
     n_feat = int(getattr(backbone, "num_features", 0))
     params = sum(p.numel() for p in backbone.parameters()) + n_feat * (n_classes - 1)
     weights = 4 * params * 4  # (params, grads, momentum / Adam's two moments)
-    batch = max(cfg.pretrain.batch_size, cfg.transfer.batch_size)
     logits = 3 * batch * n_classes * 4 + cfg.eval_batch_size * n_classes * 4
     labels = 8 * n_tr * (int(ds.hierarchy.depth) + 2)
     return int(data + weights + logits + labels)
@@ -170,6 +181,11 @@ def check_plan(cfg: TransferConfig, ds: Any, *, memory_limit: int | None = None,
                 f"The 'transfer.mode' 'map' needs source labels that nest in the target level, but 'source' {cfg.source!r} "
                 f"does not ({what}); use --mode finetune or linear, or a source at level >= {cfg.target}."
             )
+    if kind in ("kmeans-within", "kmeans-global") and cfg.embedding == "pca" and _streams(ds.train):
+        raise GranularityError(
+            f"The 'embedding' 'pca' needs all training pixels in memory, but this data set streams its "
+            f"{n_train} training images from disk; use embedding 'cnn' or a .npy file of embeddings for source {cfg.source!r}."
+        )
     n_src = num_source_classes(cfg, hier, n_train)
     need = estimate_memory(cfg, ds, n_src)
     limit = memory_limit if memory_limit is not None else available_memory(device or torch.device("cpu"))
@@ -191,6 +207,14 @@ def plan_transfer(config: TransferConfig | Mapping[str, Any], *, dataset: Any | 
     device = resolve_device(cfg.device)
     ds = prepare_data(cfg, dataset)
     return {"config": cfg.to_dict(), "device": str(device), **check_plan(cfg, ds, memory_limit=memory_limit, device=device)}
+
+
+def _inputs(split: Any, ds: Any, cfg: TransferConfig, device: torch.device) -> Any:
+    """In memory: the inputs resident on the device (batches are index slices). Streamed: a
+    :class:`Streamed` view whose batches a DataLoader decodes (``cfg.workers`` processes)."""
+    if _streams(split):
+        return Streamed(split.dataset, tuple(ds.input_shape), cfg.workers, pin_memory=device.type == "cuda")
+    return split.x.to(device)
 
 
 def _level_labels(hierarchy: Any, leaf: np.ndarray) -> dict[int, np.ndarray]:
@@ -339,8 +363,6 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
     # refused before decoding images, building labels or a model: contradictory settings, and
     # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
     check_plan(cfg, ds, device=device)
-    if not getattr(ds.train, "in_memory", True):
-        ds = ds._derive(ds.train.materialize(), ds.test.materialize() if not ds.test.in_memory else ds.test)
     hier = ds.hierarchy
     leaf_tr = ds.train.y.cpu().numpy()
     leaf_te = ds.test.y.cpu().numpy()
@@ -351,7 +373,9 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
         cache = embeddings_cache if embeddings_cache is not None else {}
         if key not in cache:
-            cache[key] = compute_embeddings(cfg.embedding, ds.train.x, lv_tr[cfg.target], n_target, cfg.data_seed, device)
+            # streamed: "cnn" trains and predicts from streamed batches, a .npy needs only the length
+            x_emb = _inputs(ds.train, ds, cfg, device) if _streams(ds.train) else ds.train.x
+            cache[key] = compute_embeddings(cfg.embedding, x_emb, lv_tr[cfg.target], n_target, cfg.data_seed, device)
         return cache[key]
 
     src: SourceLabels = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
@@ -361,8 +385,7 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         raise GranularityError(
             f"Transfer mode 'map' needs source labels that nest in the target level; {cfg.source!r} does not. Use 'finetune' or 'linear'."
         )
-    # data resident on the device: no DataLoader, batches are index slices
-    x_tr, x_te = ds.train.x.to(device), ds.test.x.to(device)
+    x_tr, x_te = _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device)
     mean = getattr(ds, "mean", None) if getattr(ds, "is_image", x_tr.ndim == 4) else None
     std = getattr(ds, "std", None) if mean is not None else None
     norm = Normaliser(x_tr, None if mean is None else mean.cpu(), None if std is None else std.cpu())

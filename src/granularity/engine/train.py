@@ -1,7 +1,11 @@
-"""The training loop: in-memory tensors, explicit generators, per-step schedules.
+"""The training loop: in-memory tensors or streamed images, explicit generators, per-step schedules.
 
-No DataLoader: the whole (subset of the) data set sits in memory as tensors (on the device when
-it is a GPU), batches are index slices of one permutation drawn from an explicit generator.
+In memory, the whole (subset of the) data set sits in tensors (on the device when it is a GPU)
+and batches are index slices of one permutation drawn from an explicit generator. A data set
+too large for memory is wrapped in :class:`Streamed`: a ``DataLoader`` over its lazy Dataset
+whose batch sampler yields exactly the same permutation's batches, so both paths train on the
+same batches with the same augmentation draws (normalisation and augmentation run per batch on
+the device in both).
 """
 
 from __future__ import annotations
@@ -14,9 +18,72 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from granularity.engine.augment import random_crop_flip
 from granularity.engine.config import StageConfig
+
+
+class _Batches(Sampler):
+    """A batch sampler that yields given lists of indices in the given order."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Streamed:
+    """Images streamed from a lazy ``Dataset`` of ``(uint8 (C, S, S), label)`` items.
+
+    Stands in for the in-memory ``uint8 (N, C, S, S)`` tensor in :func:`train_epoch`,
+    :func:`predict` and :func:`predict_levels`: it has ``len``, ``shape``, ``ndim``, ``dtype``
+    and row slices (``x[a:b]``, for the per-rank slices under DDP). Pixels are decoded by
+    ``workers`` DataLoader processes (0: in this process); ``pin_memory`` for CUDA copies.
+    """
+
+    ndim = 4
+    dtype = torch.uint8
+
+    def __init__(self, dataset: Dataset, shape: tuple[int, ...], workers: int = 0, pin_memory: bool = False) -> None:
+        self.data = dataset
+        self.shape = (len(dataset), *(int(s) for s in shape))
+        self.workers = int(workers)
+        self.pin_memory = bool(pin_memory)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> Streamed:
+        if not isinstance(rows, slice):
+            raise TypeError("Streamed supports row slices only")
+        idx = list(range(len(self)))[rows]
+        return Streamed(Subset(self.data, idx), self.shape[1:], self.workers, self.pin_memory)
+
+    def to(self, device=None) -> Streamed:  # batches are moved by the training loop
+        return self
+
+    def load(self, batches: list[list[int]]):
+        """An iterator over the uint8 image batches ``batches`` (lists of row indices), in order."""
+        loader = DataLoader(self.data, batch_sampler=_Batches(batches), num_workers=self.workers,
+                            pin_memory=self.pin_memory, persistent_workers=False)
+        return (xb for xb, _ in loader)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` images decoded into memory."""
+        n = min(n, len(self))
+        return torch.cat(list(self.load([list(range(s, min(s + 256, n))) for s in range(0, n, 256)])))
+
+
+def _row_batches(x, batch: int):
+    """``x`` in consecutive row batches (index slices, or a streamed pass)."""
+    if isinstance(x, Streamed):
+        return x.load([list(range(s, min(s + batch, len(x)))) for s in range(0, len(x), batch)])
+    return (x[s : s + batch] for s in range(0, len(x), batch))
 
 
 class Normaliser:
@@ -26,7 +93,7 @@ class Normaliser:
         self.image = x.dtype == torch.uint8
         scale = 255.0 if self.image else 1.0
         if mean is None or std is None:
-            xs = x[: min(len(x), 10000)].float() / scale
+            xs = (x.head(10000) if isinstance(x, Streamed) else x[: min(len(x), 10000)]).float() / scale
             dims = (0, 2, 3) if xs.ndim == 4 else (0,)
             mean, std = xs.mean(dims), xs.std(dims)
         mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
@@ -106,19 +173,30 @@ def train_epoch(
     image = x.ndim == 4
     pad = 4 if image and x.shape[-1] >= 32 else 2
     world = dist.world_size if dist is not None and dist.enabled else 1
+    # the epoch's global batches; a batch of one breaks BatchNorm, and every rank needs an
+    # image: drop the ragged tail (never the first batch)
+    batches = [perm[s : s + stage.batch_size] for s in range(0, n, stage.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < max(2, world):
+        batches.pop()
+    bounds = [dist.shard_bounds(len(b)) if world > 1 else (0, len(b)) for b in batches]
+    streamed = isinstance(x, Streamed)
+    if streamed:  # decode only this rank's rows of each global batch, in the same order
+        x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in zip(batches, bounds)])
     tot_loss, tot_correct, seen = 0.0, 0, 0
-    for step, start in enumerate(range(0, n, stage.batch_size)):
-        idx = perm[start : start + stage.batch_size].to(x.device)
-        # a batch of one breaks BatchNorm, and every rank needs an image: drop the ragged tail
-        if len(idx) < max(2, world) and seen:
-            break
-        xb = norm(x[idx].to(device, non_blocking=True))
-        yb = y[idx].to(device, non_blocking=True)
+    for step, (idx, (lo, hi)) in enumerate(zip(batches, bounds)):
+        if streamed:
+            xb = norm(next(x_iter).to(device, non_blocking=True))  # rows lo:hi of the global batch
+            yb = y[idx[lo:hi]].to(device, non_blocking=True)
+        else:
+            idx = idx.to(x.device)
+            xb = norm(x[idx].to(device, non_blocking=True))
+            yb = y[idx].to(device, non_blocking=True)
         if image and stage.augment:
-            xb = random_crop_flip(xb, pad, gen)  # the global batch: same draws as one process
-        if world > 1:
-            lo, hi = dist.shard_bounds(len(idx))
-            xb, yb, n_global = xb[lo:hi], yb[lo:hi], len(idx)
+            # draws for the global batch (same as one process); applied to this rank's rows
+            xb = random_crop_flip(xb, pad, gen, rows=(lo, hi, len(idx)) if streamed else None)
+        n_global = len(idx)
+        if world > 1 and not streamed:
+            xb, yb = xb[lo:hi], yb[lo:hi]
         with autocast(device, bf16):
             logits = model(xb)
             if world > 1:  # sum * world / global batch: DDP's mean over ranks = the global mean
@@ -151,8 +229,8 @@ def predict(
 ) -> torch.Tensor:
     """``fn`` applied in batches; returns float32 on the CPU."""
     outs = []
-    for start in range(0, len(x), batch):
-        xb = x[start : start + batch].to(device)
+    for xb in _row_batches(x, batch):
+        xb = xb.to(device)
         if norm is not None:
             xb = norm(xb)
         with autocast(device, bf16):
@@ -186,8 +264,8 @@ def predict_levels(
     """Logits at every level ``lv`` with a map (``group_logits`` of ``fn``'s logits), batch by
     batch, so a head with many classes (one per sample) never holds ``(N, K)`` logits at once."""
     outs: dict[int, list[torch.Tensor]] = {lv: [] for lv, gm in maps.items() if gm is not None}
-    for start in range(0, len(x), batch):
-        xb = x[start : start + batch].to(device)
+    for xb in _row_batches(x, batch):
+        xb = xb.to(device)
         if norm is not None:
             xb = norm(xb)
         with autocast(device, bf16):
