@@ -42,3 +42,13 @@ def make_fmnist(tmp_path_factory):
         return root
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on tiny tensors a second thread only adds synchronisation (and CI
+    has 2 shared cores). Restores the previous count afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

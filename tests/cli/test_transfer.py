@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from granularity.cli.main import main
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on 2 shared CI cores
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

@@ -17,21 +17,9 @@ from granularity.data import load_dataset
 from granularity.data.idx import parse_idx, read_idx, write_idx
 from granularity.errors import DataError
 
+from fakes import write_fake_fmnist  # noqa: E402
+
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-
-
-def write_fake_fmnist(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = True) -> Path:
-    """Tiny Fashion-MNIST lookalike: class c images are filled with 20*c (+ noise)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    ext = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        y = np.arange(n, dtype=np.uint8) % 10
-        x = (y[:, None, None] * 20 + rng.integers(0, 5, (n, 28, 28))).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", x)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", y)
-    return folder
-
 
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch, tmp_path):

@@ -46,9 +46,5 @@ def tiny_config(**kw) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second thread only adds synchronisation, and the CI machine has 2 shared cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(old)

@@ -159,19 +159,13 @@ def check_tree(h):
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
+from fakes import write_fake_fmnist  # noqa: E402
+
 FM_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def write_fmnist(folder: Path, gz: bool, n_train: int = 20, n_test: int = 10) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    ext = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        y = np.arange(n, dtype=np.uint8) % 10
-        x = (y[:, None, None] * 20 + rng.integers(0, 5, (n, 28, 28))).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", x)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", y)
-    return folder
+    return write_fake_fmnist(folder, n_train, n_test, gz=gz)
 
 
 @pytest.fixture
