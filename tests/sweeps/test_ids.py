@@ -94,3 +94,21 @@ def test_a_finished_transfer_folder_is_adopted_across_run_only_fields(tmp_path):
     assert kind.is_complete(tmp_path, cfg)
     write_json(tmp_path / "config.json", {**cfg.to_dict(), "data_seed": 5})
     assert not kind.is_complete(tmp_path, cfg)
+
+
+def test_an_interrupted_transfer_run_resumes_across_run_only_fields(tmp_path, make_fmnist, one_thread):
+    from granularity.engine.run import run_transfer
+
+    kind = get_kind("transfer")
+    raw = {"data_root": str(make_fmnist(60, 30)), "train_size": None, "test_size": None, "device": "cpu",
+           "model": {"options": {"width": 2}}, "pretrain": {"epochs": 2, "batch_size": 16},
+           "transfer": {"epochs": 1, "batch_size": 16}}
+    cfg, other = kind.build(raw), kind.build({**raw, "workers": 2})  # in-memory data: workers unused
+    full = run_transfer(cfg, tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):  # cut in pretraining epoch 2, after epoch 1's checkpoint
+        run_transfer(cfg, tmp_path / "cut", stop_after_steps=5)
+    assert not kind.is_complete(tmp_path / "cut", other)
+    resumed = kind.run(other, tmp_path / "cut")  # the engine alone refuses: "another config"
+    assert resumed["target_acc"] == full["target_acc"]
+    assert resumed["per_fine_class_target_acc"] == full["per_fine_class_target_acc"]
+    assert kind.is_complete(tmp_path / "cut", cfg) and kind.is_complete(tmp_path / "cut", other)

@@ -167,7 +167,19 @@ def _tr_preset(name: str) -> dict[str, Any]:
 
 def _tr_run(cfg: Config, out: Path) -> dict[str, Any]:
     from granularity.engine.run import run_transfer
+    from granularity.utils.io import write_json
 
+    # The engine resumes only a folder of the identical config; one that differs in run-only
+    # fields (an interrupted run sent again with other workers or device) is the same run, so
+    # its config.json is brought up to date first. Anything else is left to the engine's check.
+    path, new = out / "config.json", cfg.to_dict()
+    try:
+        old = read_json(path) if path.exists() else None
+    except GranularityError:
+        old = None
+    kind = KINDS["transfer"]
+    if isinstance(old, dict) and old != new and kind.result_config(old) == kind.result_config(new):
+        write_json(path, new)
     return run_transfer(cfg, out)
 
 
