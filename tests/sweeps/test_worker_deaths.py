@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from granularity.sweeps.spec import load_sweep
-from granularity.sweeps.store import ResultsStore
+from granularity.sweeps.runner import LOST, _reconcile
+from granularity.sweeps.spec import expand, load_sweep
+from granularity.sweeps.store import ResultsStore, owner_id
 from granularity.sweeps.worker import KILL_ENV
 
-from sweep_helpers import write_sweep
-
-pytestmark = pytest.mark.slow
+from sweep_helpers import TINY_BASE, write_sweep
 
 
 def sweep_proc(file: Path, store: Path, *args, env: dict | None = None) -> subprocess.Popen:
@@ -113,6 +112,7 @@ def summary(store: Path) -> dict[str, object]:
             "running": sum(r["status"] == "running" for r in rows)}
 
 
+@pytest.mark.slow
 def test_killed_workers_cost_only_their_own_runs(tmp_path):
     # the reproduction: 24 runs, 2 workers; once 2 runs are ok, SIGKILL the worker of a
     # running run, 1.5 s later the worker of another one
@@ -139,6 +139,7 @@ def test_killed_workers_cost_only_their_own_runs(tmp_path):
     assert min(attempts.values()) >= 1 and attempts[first] >= 1 and attempts[second] >= 1
 
 
+@pytest.mark.slow
 def test_a_run_that_always_kills_its_worker_fails_alone(tmp_path):
     file = write_sweep(tmp_path / "grid.yaml", axes={"data.k": [2, 3]}, seeds=8)
     runs = load_sweep(file).runs
@@ -161,6 +162,7 @@ def test_a_run_that_always_kills_its_worker_fails_alone(tmp_path):
     assert {r["attempts"] for rid, r in rows.items() if rid != killer} == {1}  # nothing else restarted
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_leaves_no_worker_or_fork_server(tmp_path):
     file = write_sweep(tmp_path / "grid.yaml", axes={"data.k": [2, 3]}, seeds=8)
     store = tmp_path / "store"
@@ -181,3 +183,18 @@ def test_a_killed_sweep_leaves_no_worker_or_fork_server(tmp_path):
         except ProcessLookupError:
             pass
     assert not left, f"processes left 20 s after the sweep was killed: {left}"
+
+
+def test_rows_left_running_under_dead_owners_are_failed_and_listed(tmp_path):
+    sweep = expand({"kind": "simulate", "base": TINY_BASE, "seeds": 3})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with ResultsStore(tmp_path / "store") as st:
+        st.register_sweep(sweep)
+        lost, mine, pending = sweep.runs
+        assert st.claim(lost, owner_id(gone.pid)) == "claimed" and st.claim(mine, owner_id()) == "claimed"
+        assert _reconcile(st, {r.run_id: r for r in sweep.runs}) == [lost.run_id]
+        rows = {r["run_id"]: r for r in st.rows()}
+    assert (rows[lost.run_id]["status"], rows[lost.run_id]["error"]) == ("failed", LOST)
+    assert rows[mine.run_id]["status"] == "running"  # a live owner keeps its claim
+    assert rows[pending.run_id]["status"] == "pending"

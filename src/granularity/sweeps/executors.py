@@ -81,8 +81,11 @@ class _Worker:
         self.run: RunSpec | None = None
 
     def submit(self, root: str, run: RunSpec) -> None:
-        self.conn.send((root, run))
         self.run = run
+        try:
+            self.conn.send((root, run))
+        except OSError:  # it died idle: its sentinel tells, and the run goes back unclaimed
+            pass
 
     def receive(self) -> dict[str, Any] | None:
         """The outcome of its run, or None if the process died before answering."""
@@ -98,8 +101,11 @@ class _Worker:
 
     def death(self) -> str:
         code = self.proc.exitcode
-        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        return f"its worker process (pid {self.proc.pid}) died with {how} (killed, or out of memory)"
+        if code is not None and code < 0:
+            how = f"signal {signal.Signals(-code).name} (killed, or out of memory)"
+        else:
+            how = f"exit code {code}"
+        return f"its worker process (pid {self.proc.pid}) died with {how}"
 
     def stop(self, wait: bool) -> None:
         try:

@@ -9,6 +9,7 @@ and its runs' claims become stale so that the next sweep takes them over.
 from __future__ import annotations
 
 import os
+import pickle
 import select
 import signal
 import threading
@@ -63,8 +64,9 @@ def exit_with(pid: int) -> None:
     """SIGKILL this process as soon as process ``pid`` (the sweep that started it) exits.
 
     A watchdog thread, not ``PR_SET_PDEATHSIG``: workers are children of the fork server, not of
-    the sweep process, and the fork server does not outlive the sweep only as long as nothing
-    else holds its pipe. The thread waits on a pidfd (no polling) where Linux has them."""
+    the sweep process. The fork server (and multiprocessing's resource tracker) exit by themselves
+    once no process holds their pipes, i.e. once the sweep and all its workers are gone. The
+    thread waits on a pidfd (no polling) where Linux has them."""
 
     def watch() -> None:
         try:
@@ -99,11 +101,11 @@ def serve(conn: Any, threads: int | None, driver: int) -> None:
             try:
                 reply: tuple[str, Any] = ("ok", execute_run(msg[0], msg[1], threads))
             except Exception as exc:  # noqa: BLE001 - handed to the sweep process
-                reply = ("error", exc)
-            try:
-                conn.send(reply)
-            except Exception:  # noqa: BLE001 - an exception that does not pickle
-                conn.send(("error", RuntimeError(one_line(reply[1]))))
+                try:
+                    reply = ("error", pickle.loads(pickle.dumps(exc)))
+                except Exception:  # noqa: BLE001 - an exception that does not pickle
+                    reply = ("error", RuntimeError(one_line(exc)))
+            conn.send(reply)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the sweep reports it
         return
 
