@@ -73,8 +73,9 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 JSON_COLUMNS = ("config", "params", "metrics", "versions")
 
 
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def owner_id(pid: int | None = None) -> str:
+    """The claim owner of process ``pid`` (default: this one) on this host."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def _pid_alive(pid: int) -> bool:
