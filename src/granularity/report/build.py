@@ -643,6 +643,32 @@ def render(sections: list[Section], out: Path, title: str) -> str:
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+def collect_sections(results: Sequence[str | Path], out: str | Path, *, protocol: str | None = None) -> list[Section]:
+    """The report's sections from result folders, figures drawn into ``<out>/figures``; each
+    :class:`Figure` holds the PNG path, its table and ``data`` (what it draws)."""
+    if not results:
+        raise GranularityError("The 'RESULTS' argument needs at least one results folder.")
+    paths = [Path(p) for p in results]
+    kinds = [detect(p) for p in paths]  # every input checked before anything is drawn
+    figdir = check_writable(out) / "figures"
+    figdir.mkdir(exist_ok=True)
+    names = _Names()
+    sections: list[Section] = []
+    for path, kind in zip(paths, kinds):
+        with _reading(path, kind):
+            if kind == "simulate":
+                sections.append(section_simulate(path, figdir, names))
+            elif kind == "phase":
+                sections.append(section_phase(path, figdir, names))
+            elif kind == "store":
+                sections += section_store(path, figdir, names, protocol)
+            elif kind == "study":
+                sections.append(section_study(path, figdir, names))
+            else:
+                sections.append(section_transfer_run(path))
+    return sections
+
+
 def build_report(results: Sequence[str | Path], out: str | Path, *, title: str = "granularity report",
                  protocol: str | None = None) -> Path:
     """Build ``<out>/index.html`` (self-contained) and ``<out>/figures/*.png`` from result folders.
@@ -665,27 +691,8 @@ def build_report(results: Sequence[str | Path], out: str | Path, *, title: str =
     --------
     >>> build_report(["runs/sweeps/phase"], "runs/report")  # doctest: +SKIP
     """
-    if not results:
-        raise GranularityError("The 'RESULTS' argument needs at least one results folder.")
-    paths = [Path(p) for p in results]
-    kinds = [detect(p) for p in paths]  # every input checked before anything is drawn
-    out = check_writable(out)
-    figdir = out / "figures"
-    figdir.mkdir(exist_ok=True)
-    names = _Names()
-    sections: list[Section] = []
-    for path, kind in zip(paths, kinds):
-        with _reading(path, kind):
-            if kind == "simulate":
-                sections.append(section_simulate(path, figdir, names))
-            elif kind == "phase":
-                sections.append(section_phase(path, figdir, names))
-            elif kind == "store":
-                sections += section_store(path, figdir, names, protocol)
-            elif kind == "study":
-                sections.append(section_study(path, figdir, names))
-            else:
-                sections.append(section_transfer_run(path))
+    out = Path(out)
+    sections = collect_sections(results, out, protocol=protocol)
     page = out / "index.html"
     from granularity.utils.io import write_bytes_atomic
 
