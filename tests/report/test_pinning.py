@@ -207,3 +207,109 @@ def test_report_figures_and_tables_equal_a_recomputation_from_the_run_folders(ca
         else:
             check_curves(sec, sweep, cells, sources)
         check_cell_bars(sec, sweep, cells, sources)
+
+
+# ---- transfer sweeps: the per-cell table and the U-curve ----------------------------------------
+CLASSES = {"target": 4, "leaf": 10, "level:1": 2, "level:2": 4}  # level:2 has the target's class count
+
+
+@st.composite
+def transfer_specs(draw):
+    specs = []
+    for _ in range(draw(st.integers(1, 2))):
+        axes = {"source": draw(st.lists(st.sampled_from(sorted(CLASSES)), min_size=1, max_size=4, unique=True))}
+        lr = draw(st.lists(st.sampled_from([0.05, 0.005]), min_size=1, max_size=2, unique=True))
+        base = {"dataset": "fashion-mnist", "train_size": 600}
+        if draw(st.booleans()):
+            axes["transfer.lr"] = lr
+        else:
+            base["transfer.lr"] = lr[0]
+        specs.append({"name": draw(st.sampled_from("ab")), "kind": "transfer", "base": base, "axes": axes,
+                      "seeds": draw(st.sampled_from([1, 2]))})
+    return specs, draw(st.one_of(st.none(), st.integers(0, 10**6)))
+
+
+def transfer_outcome(fail_salt):
+    from store_fakes import transfer_result
+
+    def outcome(run):
+        if fail_salt is not None and unit(run.run_id, fail_salt) < 0.25:
+            return None
+        src = run.config["source"]
+        return transfer_result(run, round(unit(run.run_id, "te"), 4), CLASSES[src], "target" if src == "target" else
+                               "hierarchy" if src.startswith(("level", "leaf")) else src)
+    return outcome
+
+
+def expected_u_lines(sweep, cells):
+    """label -> sorted [(classes, mean target error)], recomputed: one line per family (target
+    folded onto hierarchy unless that line has its class count) and value of the other axis."""
+    others = [k for k in sweep.axis_keys if k != "source"]
+    lines = defaultdict(dict)
+    for key, results in cells.items():
+        ok = [r for r in results if r is not None]
+        if ok:
+            rest = tuple(v for k, v in zip(sweep.axis_keys, key) if k != "source")
+            lines[(ok[0]["source_family"], rest)][ok[0]["num_source_classes"]] = float(np.mean([r["target_error"] for r in ok]))
+    out = {}
+    for (fam, rest), pts in lines.items():
+        if fam == "target" and not set(pts) & set(lines.get(("hierarchy", rest), {})):
+            continue  # folded below
+        merged = dict(pts)
+        if fam == "hierarchy":
+            target = lines.get(("target", rest), {})
+            if not set(target) & set(pts):
+                merged.update(target)
+        label = fam + "".join(f", {k}={v}" for k, v in zip(others, rest))
+        out[label] = sorted(merged.items())
+    for (fam, rest), pts in lines.items():  # a target line with no hierarchy line at all
+        label = "hierarchy" + "".join(f", {k}={v}" for k, v in zip(others, rest))
+        if fam == "target" and ("hierarchy", rest) not in lines:
+            out[label] = sorted(pts.items())
+    return out
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(case=transfer_specs())
+def test_transfer_report_equals_a_recomputation_from_the_run_folders(case, tmp_path_factory):
+    specs, fail_salt = case
+    root = tmp_path_factory.mktemp("pin_tr")
+    store = root / "store"
+    final = {}
+    for spec in specs:
+        sweep = expand(spec)
+        record(store, sweep, transfer_outcome(fail_salt))
+        final[sweep.name] = sweep
+    sections = {s.title: s for s in collect_sections([store], root / "report")}
+    for name, sweep in final.items():
+        sec = sections[f"Sweep {name!r} (transfer)"]
+        cells = expected(store, sweep)
+        check_results_table(store, sweep)
+        if not any(any(r) for r in cells.values()):
+            assert not sec.figures
+            continue
+        (rows,) = [t for c, t in sec.tables if c.startswith("Per cell")]
+        head, body = rows[0], rows[1:]
+        assert len(body) == len(cells)
+        for row in body:
+            results = [r for r in cells[next(k for k in cells if [str(v) for v in k] == row[: len(k)])] if r is not None]
+            assert row[head.index("seeds")] == str(len(results))
+            if results:
+                vals = np.array([r["target_error"] for r in results])
+                ci = stats.t.ppf(0.975, vals.size - 1) * vals.std(ddof=1) / math.sqrt(vals.size) if vals.size > 1 else math.nan
+                got = parse_ci(row[head.index("target error")])
+                assert close(got[0], vals.mean()) and close(got[1], ci)
+            else:
+                assert "no finished run" in row[-1]
+        lines = expected_u_lines(sweep, cells)
+        figs = [f for f in sec.figures if f.title.startswith("U-curve")]
+        if not any(len(pts) >= 2 for pts in lines.values()):
+            assert not figs
+            continue
+        (fig,) = figs
+        drawn = {label: list(zip(s["x"], s["mean"])) for label, s in fig.data["series"].items()}
+        assert drawn.keys() == lines.keys()
+        for label, pts in lines.items():
+            assert [x for x, _ in drawn[label]] == [float(x) for x, _ in pts]
+            np.testing.assert_allclose([m for _, m in drawn[label]], [m for _, m in pts], rtol=0, atol=1e-12)
