@@ -229,3 +229,23 @@ def test_axis_value_whose_runs_all_failed_is_shown_missing(tmp_path, imshow_spy)
     missing = [r for r in rows[1:] if r[1] == "0.3"]
     assert len(missing) == 2 and all("no finished run" in " ".join(r) for r in missing)
     assert "all runs failed" in text
+
+
+def test_phase_folder_cell_without_result_is_named_missing(tmp_path, imshow_spy):
+    from granularity.report import collect_sections
+    from granularity.theory.phase import build_phase, format_phase
+    from granularity.utils.io import write_json
+
+    write_json(tmp_path / "p" / "phase_spec.json",
+               {"x": ["data.k", [3, 4]], "y": ["data.sigma", [0.1]], "protocol": "map", "base": {}})
+    cell = tmp_path / "p" / "cells" / "k=3__sigma=0.1"  # k=4 never finished
+    write_json(cell / "result.json", sim_result({"coarse": {"map": {"easy": 0, "hard": 0.3}},
+                                                 "fine": {"map": {"easy": 0, "hard": 0.1}}}, 0))
+    text = format_phase(build_phase(tmp_path / "p"))
+    assert "missing" in text and "nan" not in text
+    (sec,) = collect_sections([tmp_path / "p"], tmp_path / "report")
+    (fig,) = sec.figures
+    assert fig.table[1:] == [["0.1", "3", "0.300 ± 0.000", "0.100 ± 0.000"], ["0.1", "4", "missing", "missing"]]
+    np.testing.assert_allclose(np.array([p["values"] for p in fig.data["panels"]], dtype=float),
+                               [[[0.3, np.nan]], [[0.1, np.nan]], [[0.2, np.nan]]], atol=1e-12)
+    assert any("data.k=4, data.sigma=0.1" in n for n in sec.notes)

@@ -166,7 +166,7 @@ def section_simulate(folder: Path, figdir: Path, names: _Names) -> Section:
 
 def section_phase(folder: Path, figdir: Path, names: _Names) -> Section:
     from granularity.theory.phase import _cell_name, build_phase
-    from granularity.theory.plots import plot_phase
+    from granularity.theory.plots import phase_panels, plot_phase
 
     phase = read_json(folder / "phase.json") if (folder / "phase.json").exists() else build_phase(folder)
     spec = read_json(folder / "phase_spec.json")
@@ -182,11 +182,18 @@ def section_phase(folder: Path, figdir: Path, names: _Names) -> Section:
     if not phase.get("grids"):
         sec.notes.append("No finished cells yet.")
         return sec
+    missing = [f"{phase['x_key']}={xv}, {phase['y_key']}={yv}" for r, yv in enumerate(phase["y_values"])
+               for c, xv in enumerate(phase["x_values"])
+               if all(g[r][c] is None or math.isnan(g[r][c]) for g in phase["grids"].values())]
+    if missing:
+        sec.notes.append(f"{len(missing)} cells have no result (hatched grey, 'missing'): {'; '.join(missing)}.")
     p = plot_phase(phase, figdir / names(folder.name, "phase"))
     sec.figures.append(Figure(
         f"Hard-sample error ({phase['protocol']})", p,
         f"Each cell: mean over {phase.get('seeds')} seeds of the hard-sample target error; the right panel is coarse - fine.",
-        {"spec": spec, "cells": cells}, _phase_table(phase)))
+        {"spec": spec, "cells": cells}, _phase_table(phase),
+        {"kind": "heatmaps", "x_key": phase["x_key"], "x_values": phase["x_values"], "y_key": phase["y_key"],
+         "y_values": phase["y_values"], "panels": [{**pnl, "values": pnl["values"].tolist()} for pnl in phase_panels(phase)]}))
     return sec
 
 
@@ -198,7 +205,7 @@ def _phase_table(phase: Mapping[str, Any]) -> list[list[str]]:
             for src in phase["grids"]:
                 m = phase["grids"][src][r][c]
                 ci = phase.get("ci", {}).get(src, [[math.nan]])[r][c] if phase.get("ci") else math.nan
-                vals.append(fmt_ci({"mean": m, "ci": ci}))
+                vals.append("missing" if m is None or math.isnan(m) else fmt_ci({"mean": m, "ci": ci}))
             rows.append([str(yv), str(xv), *vals])
     return rows
 
