@@ -95,7 +95,7 @@ def run_sweep(
         for r in rows.values():
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         failures = [
-            {"run_id": rid, "params": rows[rid]["params"], "error": rows[rid]["error"]}
+            {"run_id": rid, "params": by_id[rid].params, "error": rows[rid]["error"]}
             for rid in by_id if rows[rid]["status"] == "failed"
         ]
         return {"name": sw.name, "store": str(out), "total": len(sw.runs), "counts": counts, "ran": ran,
