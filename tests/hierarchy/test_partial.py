@@ -111,6 +111,8 @@ def test_worked_example():
         (["Trousers"], 2, "fill", r"'Trousers' are missing from the hierarchy .*did you mean 'Trouser'"),
         ([["goods", "Shirt"]], 2, "fill", "'goods' is not an ancestor of 'Shirt'"),
         ([[None, ""]], 2, "fill", "Sample 0 has no label"),
+        (["Bag", float("nan")], 2, "fill", "Sample 1 has no label"),
+        (["Bag", " "], 2, "fill", "Sample 1 has no label"),
         ([3], 2, "fill", "Sample 0: a label must be a node name"),
         (["Bag"], 2, "keep", "'policy' parameter must be one of fill, drop, own"),
         (["Bag"], 2, {1: "fill"}, "no entry for level 2"),

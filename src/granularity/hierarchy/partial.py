@@ -84,14 +84,16 @@ def _policy_for(policy: str | Mapping[Any, str], h: LabelHierarchy, lv: int) -> 
 
 
 def _parse_one(h: LabelHierarchy, i: int, s: Any) -> tuple[list[str], bool]:
-    if isinstance(s, str):
-        return [s.strip()], True
-    if isinstance(s, (Sequence, np.ndarray)):
+    plain = isinstance(s, str)
+    if plain or _missing(s):
+        names = [] if _missing(s) else [s.strip()]
+    elif isinstance(s, (Sequence, np.ndarray)):
         names = [str(v).strip() for v in s if not _missing(v)]
-        if names:
-            return names, False
+    else:
+        raise HierarchyError(f"Sample {i}: a label must be a node name or a list of names. Got {s!r}.")
+    if not names:
         raise HierarchyError(f"Sample {i} has no label (every name is missing); drop it from the data.")
-    raise HierarchyError(f"Sample {i}: a label must be a node name or a list of names. Got {s!r}.")
+    return names, plain
 
 
 def parse_samples(h: LabelHierarchy, samples: Sequence[Any]) -> tuple[list[str], list[frozenset[str] | None]]:
