@@ -57,7 +57,7 @@ def parse_source(spec: str) -> tuple[str, int | None]:
 def _lf_result(lf: Any) -> tuple[np.ndarray, int, dict]:
     labels = np.asarray(getattr(lf, "labels", lf), dtype=np.int64)
     k = int(getattr(lf, "num_classes", int(labels.max()) + 1 if labels.size else 0))
-    meta = dict(getattr(lf, "meta", {}) or {})
+    meta = {**(getattr(lf, "meta", {}) or {}), "num_classes": k}  # the number made, recorded
     return labels, k, meta
 
 
@@ -99,7 +99,8 @@ def build_source_labels(
             )
         labels = np.asarray(hierarchy.relabel(leaf_labels, level), dtype=np.int64)
         fam = "target" if kind == "target" else "hierarchy"
-        return SourceLabels(labels, int(hierarchy.num_classes(level)), spec, fam, {"kind": "level", "level": level})
+        n = int(hierarchy.num_classes(level))
+        return SourceLabels(labels, n, spec, fam, {"kind": "level", "level": level, "num_classes": n})
     if kind == "per-sample":
         labels, n, meta = _lf_result(lfs.per_sample_labels(len(leaf_labels)))
         return SourceLabels(labels, n, spec, kind, {"kind": kind, **meta})
@@ -115,8 +116,8 @@ def build_source_labels(
                 f"(target level {target_level} has {g} classes). Got K={k} instead."
             )
         emb = embeddings()
-        per_class = max(1, k // g)  # K clusters in total, split evenly over the target classes
-        labels, n, meta = _lf_result(lfs.kmeans_within(emb, coarse, per_class, seed=seed))
+        # K clusters in total: K // g per target class, the remainder to the largest classes
+        labels, n, meta = _lf_result(lfs.kmeans_within(emb, coarse, seed=seed, num_clusters=k))
     else:
         emb = embeddings()
         labels, n, meta = _lf_result(lfs.kmeans_global(emb, k, seed=seed, coarse_labels=hierarchy.relabel(leaf_labels, target_level)))

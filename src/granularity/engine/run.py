@@ -368,6 +368,9 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
     leaf_te = ds.test.y.cpu().numpy()
     lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)
     n_target = int(hier.num_classes(cfg.target))
+    # images and tables alike: the whole training split's statistics (computed once per data set)
+    norm = Normaliser(ds.train.x if not _streams(ds.train) else _inputs(ds.train, ds, cfg, device),
+                      *ds.normalisation_stats(cfg.workers))
 
     def embeddings() -> np.ndarray:
         key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
@@ -375,7 +378,7 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         if key not in cache:
             # streamed: "cnn" trains and predicts from streamed batches, a .npy needs only the length
             x_emb = _inputs(ds.train, ds, cfg, device) if _streams(ds.train) else ds.train.x
-            cache[key] = compute_embeddings(cfg.embedding, x_emb, lv_tr[cfg.target], n_target, cfg.data_seed, device)
+            cache[key] = compute_embeddings(cfg.embedding, x_emb, lv_tr[cfg.target], n_target, cfg.data_seed, device, norm=norm)
         return cache[key]
 
     src: SourceLabels = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
@@ -386,9 +389,6 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
             f"Transfer mode 'map' needs source labels that nest in the target level; {cfg.source!r} does not. Use 'finetune' or 'linear'."
         )
     x_tr, x_te = _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device)
-    mean = getattr(ds, "mean", None) if getattr(ds, "is_image", x_tr.ndim == 4) else None
-    std = getattr(ds, "std", None) if mean is not None else None
-    norm = Normaliser(x_tr, None if mean is None else mean.cpu(), None if std is None else std.cpu())
     y_src = torch.as_tensor(src.labels)
     y_tgt = torch.as_tensor(lv_tr[cfg.target])
     # source class -> class at each level, where the source labels nest in that level

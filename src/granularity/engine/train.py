@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -87,17 +87,21 @@ def _row_batches(x, batch: int):
 
 
 class Normaliser:
-    """uint8 images -> standardised float; float tables -> standardised float."""
+    """uint8 images -> standardised float; float tables -> standardised float.
+
+    ``mean``/``std``: the training split's statistics (``RealDataset.normalisation_stats``);
+    without them they are computed here over every row of ``x`` by the same
+    :func:`~granularity.data.base.channel_stats` (one streamed pass for :class:`Streamed`)."""
 
     def __init__(self, x: torch.Tensor, mean=None, std=None) -> None:
         self.image = x.dtype == torch.uint8
         scale = 255.0 if self.image else 1.0
         if mean is None or std is None:
-            xs = (x.head(10000) if isinstance(x, Streamed) else x[: min(len(x), 10000)]).float() / scale
-            dims = (0, 2, 3) if xs.ndim == 4 else (0,)
-            mean, std = xs.mean(dims), xs.std(dims)
-        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
-        std = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(-1).clamp_min(1e-6)
+            from granularity.data.base import channel_stats
+
+            mean, std = channel_stats(_row_batches(x, 4096) if isinstance(x, Streamed) else x)
+        mean = torch.as_tensor(np.asarray(torch.as_tensor(mean).cpu(), dtype=np.float32)).reshape(-1)
+        std = torch.as_tensor(np.asarray(torch.as_tensor(std).cpu(), dtype=np.float32)).reshape(-1).clamp_min(1e-6)
         shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
         self.mean, self.std, self.scale = mean.reshape(shape), std.reshape(shape), scale
 
@@ -144,6 +148,22 @@ def epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
     so a resumed run draws exactly what an uninterrupted one would."""
     salt = {"pretrain": 1, "transfer": 2, "embed": 3}[stage]
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt * 10_007 + int(epoch)) % (2**63))
+
+
+@contextmanager
+def step_rng(epoch_gen: torch.Generator, step: int, rank: int, device: torch.device):
+    """torch's global RNG (what dropout and other in-model draws use) seeded from (the epoch
+    generator's seed, step, rank) for one forward pass, and restored afterwards: a step's
+    draws depend on nothing that ran before it, so a fresh process and a resumed run draw the
+    same, and the caller's global RNG is left as it was."""
+    seed = (epoch_gen.initial_seed() * 1_000_033 + int(step) * 101 + int(rank) + 1) % (2**63)
+    on_cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if on_cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if on_cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def train_epoch(
@@ -197,7 +217,7 @@ def train_epoch(
         n_global = len(idx)
         if world > 1 and not streamed:
             xb, yb = xb[lo:hi], yb[lo:hi]
-        with autocast(device, bf16):
+        with autocast(device, bf16), step_rng(gen, step, dist.rank if world > 1 else 0, device):
             logits = model(xb)
             if world > 1:  # sum * world / global batch: DDP's mean over ranks = the global mean
                 loss_sum = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing, reduction="sum")
