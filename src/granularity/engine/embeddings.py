@@ -81,6 +81,7 @@ def _cnn_features(x, y_target, num_target, seed, device, norm=None) -> np.ndarra
     steps = -(-len(y) // stage.batch_size)
     sched = make_scheduler(opt, stage, steps)
     for ep in range(stage.epochs):
-        train_epoch(model, x, y, norm, stage, opt, sched, epoch_generator(seed, "embed", ep), device)
+        train_epoch(model, x, y, norm, stage, opt, sched, epoch_generator(seed, "embed", ep), device,
+                    label=f"the embedding CNN's epoch {ep + 1}")
     model.eval()
     return predict(model.forward_features, x, norm, 1000, device).numpy()

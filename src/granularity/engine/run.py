@@ -35,7 +35,7 @@ from granularity.engine.train import (
     predict,
     train_epoch,
 )
-from granularity.errors import GranularityError
+from granularity.errors import GranularityError, RunFailedError
 from granularity.utils.io import (
     append_jsonl,
     check_writable,
@@ -270,7 +270,13 @@ def run_transfer(
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     dctx = init_distributed(resolve_device(cfg.device))
     with _tf32(dctx.device, cfg.tf32), _deterministic(cfg.deterministic):
-        return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
+        try:
+            return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
+        except FloatingPointError as exc:  # a diverged run: fail with its reason, never record chance metrics
+            path = Path(out) / "failed.json"
+            if dctx.is_main:
+                write_json(path, {"error": str(exc), "config": cfg.to_dict()})
+            raise RunFailedError(f"transfer run stopped: {exc}; lower the learning rate (recorded in {path}).") from None
 
 
 @contextmanager
@@ -477,7 +483,7 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         for epoch in range(state["epoch"] + 1, p.epochs + 1):
             t0 = time.perf_counter()
             tm = train_epoch(net, x_tr, y_src, norm, p, opt, sched, epoch_generator(cfg.seed, "pretrain", epoch),
-                             device, cfg.bf16, on_step, dist=dctx)
+                             device, cfg.bf16, on_step, dist=dctx, label=f"pretrain epoch {epoch}")
             dt = time.perf_counter() - t0
             log_epoch("pretrain", epoch, tm, test_levels(src_maps), dt, len(y_src))
             state["epoch"] = epoch
@@ -506,7 +512,7 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         for epoch in range(state["epoch"] + 1, t.epochs + 1):
             t0 = time.perf_counter()
             tm = train_epoch(net, x_tr, y_tgt, norm, t, opt, sched, epoch_generator(cfg.seed, "transfer", epoch),
-                             device, cfg.bf16, on_step, dist=dctx)
+                             device, cfg.bf16, on_step, dist=dctx, label=f"transfer epoch {epoch}")
             log_epoch("transfer", epoch, tm, test_levels(tgt_maps), time.perf_counter() - t0, len(y_tgt))
             state["epoch"] = epoch
             checkpoint(opt, sched)
@@ -523,7 +529,8 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         for epoch in range(state["epoch"] + 1, t.epochs + 1):
             t0 = time.perf_counter()
             tm = train_epoch(head, f_tr, y_tgt, lambda z: z, no_aug, opt, sched,
-                             epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step, dist=dctx)
+                             epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step, dist=dctx,
+                             label=f"transfer epoch {epoch}")
             log_epoch("transfer", epoch, tm, test_levels(tgt_maps, model.head, f_te, False), time.perf_counter() - t0, len(y_tgt))
             state["epoch"] = epoch
             checkpoint(opt, sched)
@@ -564,6 +571,7 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
         write_npz(out / "predictions.npz", pred=logits.argmax(1).numpy().astype(np.int32), margin=margin.astype(np.float32),
                   y_target=lv_te[cfg.target].astype(np.int32), y_leaf=leaf_te.astype(np.int32))
         write_json(out / "result.json", result)
+        (out / "failed.json").unlink(missing_ok=True)  # an earlier failure of this folder is superseded
         if ckpt_path.exists() and not cfg.save_checkpoints:
             ckpt_path.unlink()
     dctx.barrier()  # every rank returns once the run folder is complete

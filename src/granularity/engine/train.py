@@ -179,6 +179,7 @@ def train_epoch(
     bf16: bool = False,
     on_step: Callable[[int], None] | None = None,
     dist=None,
+    label: str = "training",
 ) -> dict[str, float]:
     """One pass over ``(x, y)`` in shuffled batches; returns mean loss and accuracy.
 
@@ -186,6 +187,10 @@ def train_epoch(
     ``model`` then wrapped in DistributedDataParallel): every rank draws the same permutation and
     augmentation of the global batch and trains on its contiguous chunk of it, with the loss
     scaled so DDP's averaged gradient is the global batch's mean; metrics are summed over ranks.
+
+    A non-finite loss raises ``FloatingPointError`` naming ``label`` (e.g. "pretrain epoch 2"):
+    at once in one process; under DDP the count of such steps is summed with the metrics at the
+    end of the epoch, so every rank raises at the same point (none waits in a collective).
     """
     model.train()
     n = len(y)
@@ -202,7 +207,7 @@ def train_epoch(
     streamed = isinstance(x, Streamed)
     if streamed:  # decode only this rank's rows of each global batch, in the same order
         x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in zip(batches, bounds)])
-    tot_loss, tot_correct, seen = 0.0, 0, 0
+    tot_loss, tot_correct, seen, bad = 0.0, 0, 0, 0
     for step, (idx, (lo, hi)) in enumerate(zip(batches, bounds)):
         if streamed:
             xb = norm(next(x_iter).to(device, non_blocking=True))  # rows lo:hi of the global batch
@@ -224,17 +229,24 @@ def train_epoch(
                 loss = loss_sum * (world / n_global)
             else:
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing)
+        step_loss = float(loss_sum.detach()) if world > 1 else float(loss.detach()) * len(idx)
+        if not math.isfinite(step_loss):
+            bad += 1
+            if world == 1:
+                raise FloatingPointError(f"non-finite training loss ({step_loss}) at step {step + 1} of {label}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        tot_loss += float(loss_sum.detach()) if world > 1 else float(loss.detach()) * len(idx)
+        tot_loss += step_loss
         tot_correct += int((logits.argmax(1) == yb).sum())
         seen += len(yb)
         if on_step is not None:
             on_step(step)
     if world > 1:
-        tot_loss, tot_correct, seen = dist.all_reduce_sum([tot_loss, tot_correct, seen])
+        tot_loss, tot_correct, seen, bad = dist.all_reduce_sum([tot_loss, tot_correct, seen, bad])
+        if bad > 0:
+            raise FloatingPointError(f"non-finite training loss in {int(bad)} step(s) of {label} (summed over ranks)")
     return {"train_loss": tot_loss / max(seen, 1), "train_acc": tot_correct / max(seen, 1)}
 
 
