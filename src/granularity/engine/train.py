@@ -166,6 +166,27 @@ def step_rng(epoch_gen: torch.Generator, step: int, rank: int, device: torch.dev
         yield
 
 
+def _epoch_batches(n: int, batch_size: int, gen: torch.Generator, dist, world: int):
+    """One epoch's global batches (index tensors of one permutation drawn from ``gen``) and
+    this rank's ``(lo, hi)`` rows of each. A batch of one breaks BatchNorm, and every rank
+    needs an image: the ragged tail is dropped then (never the first batch)."""
+    perm = torch.randperm(n, generator=gen)
+    batches = [perm[s : s + batch_size] for s in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < max(2, world):
+        batches.pop()
+    return batches, [dist.shard_bounds(len(b)) if world > 1 else (0, len(b)) for b in batches]
+
+
+def _loss(logits: torch.Tensor, yb: torch.Tensor, smoothing: float, world: int, n_global: int):
+    """The loss to backpropagate and this rank's summed loss (a float). With ``world > 1``:
+    sum * world / global batch, so DDP's mean over ranks is the global batch's mean."""
+    if world > 1:
+        loss_sum = F.cross_entropy(logits.float(), yb, label_smoothing=smoothing, reduction="sum")
+        return loss_sum * (world / n_global), float(loss_sum.detach())
+    loss = F.cross_entropy(logits.float(), yb, label_smoothing=smoothing)
+    return loss, float(loss.detach()) * n_global
+
+
 def train_epoch(
     model: nn.Module,
     x: torch.Tensor,
@@ -193,17 +214,10 @@ def train_epoch(
     end of the epoch, so every rank raises at the same point (none waits in a collective).
     """
     model.train()
-    n = len(y)
-    perm = torch.randperm(n, generator=gen)
     image = x.ndim == 4
     pad = 4 if image and x.shape[-1] >= 32 else 2
     world = dist.world_size if dist is not None and dist.enabled else 1
-    # the epoch's global batches; a batch of one breaks BatchNorm, and every rank needs an
-    # image: drop the ragged tail (never the first batch)
-    batches = [perm[s : s + stage.batch_size] for s in range(0, n, stage.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < max(2, world):
-        batches.pop()
-    bounds = [dist.shard_bounds(len(b)) if world > 1 else (0, len(b)) for b in batches]
+    batches, bounds = _epoch_batches(len(y), stage.batch_size, gen, dist, world)
     streamed = isinstance(x, Streamed)
     if streamed:  # decode only this rank's rows of each global batch, in the same order
         x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in zip(batches, bounds)])
@@ -224,12 +238,7 @@ def train_epoch(
             xb, yb = xb[lo:hi], yb[lo:hi]
         with autocast(device, bf16), step_rng(gen, step, dist.rank if world > 1 else 0, device):
             logits = model(xb)
-            if world > 1:  # sum * world / global batch: DDP's mean over ranks = the global mean
-                loss_sum = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing, reduction="sum")
-                loss = loss_sum * (world / n_global)
-            else:
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing)
-        step_loss = float(loss_sum.detach()) if world > 1 else float(loss.detach()) * len(idx)
+            loss, step_loss = _loss(logits, yb, stage.label_smoothing, world, n_global)
         if not math.isfinite(step_loss):
             bad += 1
             if world == 1:
