@@ -70,11 +70,10 @@ def estimate_memory(cfg: SimConfig) -> int:
 
 def check_memory(cfg: SimConfig, limit: int | None = None) -> None:
     if limit is None:
-        try:
-            import os
+        from granularity.utils.device import available_memory
 
-            limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
+        limit = available_memory()
+        if limit is None:
             return
     need = estimate_memory(cfg)
     if need > 0.8 * limit:
