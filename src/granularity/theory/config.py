@@ -146,7 +146,9 @@ class TrainConfig(Config):
     lr: float = Field(0.5, gt=0, description="SGD step size")
     steps: int = Field(3000, ge=1, description="SGD steps")
     batch_size: int | None = Field(128, ge=1, description="minibatch size; None = full batch")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(
+        0.0, ge=0, description="L2 decay of every pretrained parameter (W, and a if trained)"
+    )
     log_points: int = Field(20, ge=2, le=200, description="log-spaced steps at which alignment is recorded")
 
 

@@ -362,4 +362,5 @@ def feature_summary(cfg: SimConfig, sb: SeedBatch, pre: Pretrained) -> dict[str,
 def level_keys(summary: dict, prefix: str = "own_level") -> list[tuple[int, str]]:
     """``(level, key)`` of the ``<prefix><level>`` keys of a :func:`feature_summary` (or its
     stored form), ordered by level as a number: level 2 before level 10."""
-    return sorted((int(k[len(prefix):]), k) for k in summary if k.startswith(prefix) and k[len(prefix):].isdigit())
+    n = len(prefix)
+    return sorted((int(k[n:]), k) for k in summary if k.startswith(prefix) and k[n:].isdigit())
