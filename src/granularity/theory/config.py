@@ -186,9 +186,6 @@ class SimConfig(Config):
     @model_validator(mode="after")
     def _check_levels(self) -> SimConfig:
         L = self.data.levels
-        if self.data.hard_level is None:  # resolved here, so that dumps and hashes carry the level
-            self.data = self.data.model_copy(update={"hard_level": self.transfer.target_level})
-        self.check_hard_level()
         if self.transfer.target_level > L:
             raise ValueError(f"transfer.target_level={self.transfer.target_level} is deeper than the {L} levels")
         for src in self.transfer.sources:
@@ -200,6 +197,9 @@ class SimConfig(Config):
                     f"source level {lvl} is coarser than target_level={self.transfer.target_level}; "
                     "pretraining labels must be at least as fine as the target"
                 )
+        if self.data.hard_level is None:  # resolved here, so that dumps and hashes carry the level
+            self.data = self.data.model_copy(update={"hard_level": self.transfer.target_level})
+        self.check_hard_level()
         return self
 
     def check_hard_level(self) -> None:
