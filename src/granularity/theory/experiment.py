@@ -38,6 +38,7 @@ from granularity.theory.train import (
     evaluate,
     feature_summary,
     finetune,
+    level_keys,
     linear_probe,
     pretrain,
     resolve_device,
@@ -329,8 +330,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append("max <w, v> at the end (mean over features; common = level 1, fine = leaves):")
         for src, summ in al.items():
-            levels = sorted(k for k in summ if k.startswith("own_level"))
-            parts = [f"level {k[len('own_level'):]}: {fmt_ci(summ[k])}" for k in levels]
+            parts = [f"level {lvl}: {fmt_ci(summ[k])}" for lvl, k in level_keys(summ)]
             lines.append(f"  {src:>8}: " + ", ".join(parts))
     n = len(result.get("seeds", []))
     lines.append(f"({n} seeds, mean ± 95% CI; {result.get('seconds_total', 0):.0f} s of training)")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from granularity.theory.train import level_keys
 from granularity.utils.stats import mean_ci
 
 
@@ -56,14 +57,13 @@ def plot_alignment(records: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 3.6), sharey=True, squeeze=False)
     for ax, src in zip(axes[0], sources):
         steps = np.asarray(records[0]["alignment"][src]["steps"])
-        keys = sorted(k for k in records[0]["alignment"][src] if k.startswith("own_level"))
-        for key in keys:
+        keys = level_keys(records[0]["alignment"][src])
+        for lvl, key in keys:
             vals = np.asarray([r["alignment"][src][key] for r in records])  # (seeds, T)
             summ = [mean_ci(vals[:, t]) for t in range(vals.shape[1])]
             mean = np.array([s["mean"] for s in summ])
             ci = np.nan_to_num(np.array([s["ci"] for s in summ]))
-            lvl = int(key[len("own_level"):])
-            label = "common (level 1)" if lvl == 1 else f"level {lvl}" + (" (fine)" if key == keys[-1] else "")
+            label = "common (level 1)" if lvl == 1 else f"level {lvl}" + (" (fine)" if lvl == keys[-1][0] else "")
             x = steps + 1  # log axis: step 0 (the initialisation) sits at 1
             ax.plot(x, mean, label=label)
             ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
