@@ -80,6 +80,10 @@ class TransferConfig(Config):
     train_size: int | None = Field(10000, ge=1)  # training images (stratified subset); None = all
     test_size: int | None = Field(None, ge=1)  # test images; None = all
     data_seed: int = 0  # which subset
+    # Training images held out as a validation split (stratified by leaf, drawn with data_seed
+    # after train_size and rare are applied; never trained on, not in the normalisation
+    # statistics). Its target error is reported as result["val"]: select on it, report on test.
+    val_size: int | None = Field(None, ge=1)
     target: int = Field(2, ge=1)  # hierarchy level of the downstream task (Fashion-MNIST: 1 = 2 groups, 2 = 4 groups, 3 = 10 classes)
     # pretraining label function, see the class docstring; parsed once here (a SourceSpec: the
     # string plus .kind and .k), written to config.json as the string

@@ -70,6 +70,22 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
     return dataset
 
 
+def holdout_validation(cfg: TransferConfig, ds: Any) -> tuple[Any, Any]:
+    """``(ds without the validation rows, the validation split or None)`` for ``cfg.val_size``."""
+    if cfg.val_size is None:
+        return ds, None
+    from granularity.data.base import stratified_indices
+
+    n = len(ds.train)
+    if cfg.val_size > n // 2:
+        raise GranularityError(
+            f"The 'val_size' parameter must be at most half the training images ({n // 2} of {n}). Got {cfg.val_size} instead."
+        )
+    val_idx = stratified_indices(ds.train.y, cfg.val_size, cfg.data_seed + 7919)  # its own stream: not the subset's
+    keep = np.setdiff1d(np.arange(n), np.asarray(val_idx))
+    return ds.select(train=keep, val_size=cfg.val_size), ds.train.take(val_idx)
+
+
 def rare_leaf_ids(cfg: TransferConfig, leaf_names: list[str]) -> list[int]:
     if cfg.rare is None:
         return []
@@ -157,8 +173,9 @@ def plan_transfer(config: TransferConfig | Mapping[str, Any], *, dataset: Any | 
     Raises :class:`GranularityError` (one line) for anything :func:`run_transfer` would refuse."""
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     device = resolve_device(cfg.device)
-    ds = prepare_data(cfg, dataset)
-    return {"config": cfg.to_dict(), "device": str(device), **check_plan(cfg, ds, memory_limit=memory_limit, device=device)}
+    ds, val = holdout_validation(cfg, prepare_data(cfg, dataset))
+    plan = check_plan(cfg, ds, memory_limit=memory_limit, device=device)
+    return {"config": cfg.to_dict(), "device": str(device), **plan, "n_val": 0 if val is None else len(val)}
 
 
 def _inputs(split: Any, ds: Any, cfg: TransferConfig, device: torch.device) -> Any:
@@ -301,11 +318,13 @@ class _RunData:
     x_te: Any
     src_maps: dict[int, np.ndarray | None]  # source class -> class at each level it nests in
     tgt_maps: dict[int, np.ndarray | None]
+    x_val: Any = None  # the validation split (cfg.val_size), or None
+    y_val: np.ndarray | None = None  # its target-level labels
 
     @classmethod
     def build(cls, cfg: TransferConfig, dataset: Any, dctx: DistContext, embeddings_cache: dict | None) -> _RunData:
         device = dctx.device
-        ds = prepare_data(cfg, dataset)
+        ds, val = holdout_validation(cfg, prepare_data(cfg, dataset))
         # refused before decoding images, building labels or a model: contradictory settings, and
         # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
         check_plan(cfg, ds, device=device)
@@ -337,7 +356,9 @@ class _RunData:
         return cls(ds, leaf_tr, leaf_te, lv_tr, lv_te, n_target, norm, src,
                    _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device),
                    {lv: group_map(src.labels, lv_tr[lv], src.num_classes) for lv in lv_tr},
-                   {lv: group_map(lv_tr[cfg.target], lv_tr[lv], n_target) for lv in lv_tr})
+                   {lv: group_map(lv_tr[cfg.target], lv_tr[lv], n_target) for lv in lv_tr},
+                   None if val is None else _inputs(val, ds, cfg, device),
+                   None if val is None else np.asarray(hier.relabel(val.y.cpu().numpy(), cfg.target), dtype=np.int64))
 
 
 class _Run:
@@ -358,6 +379,7 @@ class _Run:
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
         self.resumed: dict[str, Any] | None = None
         self.steps = 0
+        self.val_logits: torch.Tensor | None = None  # target logits on the validation split (val_size)
 
     # ---- checkpoint / resume ---------------------------------------------------------------
     def restore(self, resumed: dict[str, Any] | None) -> None:
@@ -459,10 +481,14 @@ class _Run:
         cfg, d, t, model = self.cfg, self.d, self.cfg.transfer, self.model
         y_tgt = torch.as_tensor(d.lv_tr[cfg.target])
         if t.mode == "map":
+            if d.x_val is not None:
+                self.val_logits = self.test_levels({cfg.target: d.src_maps[cfg.target]}, x=d.x_val)[cfg.target]
             return self.test_levels({lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None})
         if t.mode == "finetune":
             self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
                              lambda: self.test_levels(d.tgt_maps), cfg.bf16)
+            if d.x_val is not None:
+                self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, x=d.x_val)[cfg.target]
             return self.test_levels(d.tgt_maps)
         # linear probe: the backbone is frozen, so its features are computed once
         model.eval()
@@ -471,6 +497,9 @@ class _Run:
         probe = lambda: self.test_levels(d.tgt_maps, model.head, f_te, False)  # noqa: E731
         self.train_stage("transfer", t.model_copy(update={"augment": False}), model.head.parameters(), model.head,
                          f_tr, y_tgt, lambda z: z, probe, False)
+        if d.x_val is not None:
+            f_val = self.dctx.map_rows(feats, d.x_val).to(self.device)
+            self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, model.head, f_val, False)[cfg.target]
         return probe()
 
     # ---- final files -----------------------------------------------------------------------
@@ -511,6 +540,9 @@ class _Run:
             "world_size": self.dctx.world_size,
             "precision": _precision(cfg, self.device),
         })
+        if d.y_val is not None:  # selection figures: the validation split held out of training
+            ok = self.val_logits.argmax(1).numpy() == d.y_val
+            result["val"] = {"target_error": float(1 - ok.mean()), "target_acc": float(ok.mean()), "n": int(len(ok))}
         return result
 
 
