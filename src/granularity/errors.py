@@ -15,6 +15,13 @@ class GranularityError(ValueError):
     """An error caused by user input; its message is one line and says how to fix it."""
 
 
+class RunFailedError(GranularityError):
+    """A run that started but could not finish correctly (e.g. its loss went non-finite); the
+    reason is recorded in the run folder and the CLI exits with code 1 (not 2: not bad input)."""
+
+    exit_code = 1
+
+
 class DataError(GranularityError):
     """A data file is missing, truncated, corrupt or inconsistent."""
 

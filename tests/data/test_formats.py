@@ -240,3 +240,35 @@ def test_npz_errors(tmp_path):
     np.savez(tmp_path / "n.npz", x=np.array([[1.0], [np.nan]]), y=np.array([0, 1]), split=np.array([0, 0]))
     with pytest.raises(DataError, match="NaN"):
         load_dataset("npz", root=tmp_path / "n.npz")
+
+
+@pytest.mark.parametrize("split,match", [
+    (np.array([0.0, 1.0] * 10), "'split' has dtype float64"),  # issue 17: floats put every row in train
+    (np.array(["train", "tst"] * 10), "'split' has value 'tst'"),
+    (np.array([0, 2] * 10), "'split' has value '2'"),
+    (np.zeros(20, dtype=int), "test split is empty"),
+    (np.array(["test"] * 20), "training split is empty"),
+])
+def test_npz_split_array_is_validated_in_one_line(tmp_path, split, match):
+    np.savez(tmp_path / "s.npz", x=np.zeros((20, 2)), y=np.arange(20) % 2, split=split)
+    with pytest.raises(DataError, match=match) as exc:
+        load_dataset("npz", root=tmp_path / "s.npz")
+    assert "\n" not in str(exc.value) and "s.npz" in str(exc.value)
+
+
+def test_table_and_npz_accept_the_same_split_values(tmp_path):
+    values = np.array(["Train", "test ", "VAL", "validation"] * 5)
+    np.savez(tmp_path / "s.npz", x=np.zeros((20, 2)), y=np.arange(20) % 2, split=values)
+    df = _frame(20)
+    df["split"] = values
+    df.to_csv(tmp_path / "t.csv", index=False)
+    a = load_dataset("npz", root=tmp_path / "s.npz")
+    b = load_dataset("table", root=tmp_path / "t.csv", label_columns=["coarse", "fine"])
+    assert len(a.train) == len(b.train) == 5 and len(a.test) == len(b.test) == 15
+    df["split"] = np.array([0, 1] * 10)  # integers: 1 = test, as in npz
+    df.to_csv(tmp_path / "u.csv", index=False)
+    assert len(load_dataset("table", root=tmp_path / "u.csv", label_columns=["coarse", "fine"]).test) == 10
+    df["split"] = np.array([0.0, 1.0] * 10)
+    df.to_csv(tmp_path / "f.csv", index=False)
+    with pytest.raises(DataError, match="'split' has dtype float64"):
+        load_dataset("table", root=tmp_path / "f.csv", label_columns=["coarse", "fine"])

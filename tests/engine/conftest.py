@@ -48,3 +48,27 @@ def tiny_config(**kw) -> dict:
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     yield
+
+
+def table_dataset(n: int = 20000, order: str = "shuffled", seed: int = 0) -> RealDataset:
+    """A float table: 10 leaves in 5 groups (target level 1), 8 features. Feature 0 is 0 for
+    leaves 0..5 and noisy for the others, so a label-sorted table starts with > 10,000 rows in
+    which it is constant (the issue-17 reproduction). ``order``: "shuffled" or "sorted"."""
+    rng = np.random.default_rng(seed)
+
+    def split(m: int, sort: bool) -> Split:
+        y = rng.integers(0, 10, size=m)
+        centres = np.random.default_rng(99).normal(0, 1, size=(10, 8))
+        x = centres[y] + rng.normal(0, 1.0, size=(m, 8))
+        x[:, 0] = np.where(y < 6, 0.0, rng.normal(3.0, 1.0, size=m))
+        if sort:
+            o = np.argsort(y, kind="stable")
+            x, y = x[o], y[o]
+        return Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y))
+
+    leaves = [f"l{i}" for i in range(10)]
+    paths = [[f"g{i // 2}", leaf] for i, leaf in enumerate(leaves)]
+    return RealDataset(
+        name="table-test", version="test", train=split(n, order == "sorted"), test=split(2000, False),
+        leaf_names=leaves, _hierarchy=LabelHierarchy.from_paths(paths, name="table-test"),
+    )

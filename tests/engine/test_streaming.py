@@ -151,3 +151,30 @@ def test_streamed_two_processes_match_one_process(folder, tmp_path, in_memory_re
     # same global batches and augmentation, global BatchNorm: float summation order only
     assert train_losses(tmp_path / "ddp") == pytest.approx(in_memory_result["train_loss"], abs=1e-3)
     assert abs(r["target_acc"] - in_memory_result["target_acc"]) <= 0.05
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory):
+    """1,050 training PNGs, more than any sample the engine or data layer ever took (1,000),
+    with the classes' brightness differing so a sample's statistics differ from the whole's."""
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(1)
+    for part, n in (("train", 105), ("val", 3)):
+        for i, c in enumerate(CLASSES):
+            (root / part / c).mkdir(parents=True)
+            for j in range(n):
+                img = rng.integers(0, 40 + 20 * i, size=(8, 8, 3)).astype(np.uint8)
+                Image.fromarray(img).save(root / part / c / f"{j}.png")
+    return root
+
+
+def test_streamed_matches_in_memory_above_every_sample_size(big_folder, tmp_path):
+    """Issue 17 #4: streamed statistics came from a 1,000-image sample (tolerances: docs)."""
+    mem, st = load(big_folder, True), load(big_folder, False)
+    torch.testing.assert_close(st.mean, mem.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(st.std, mem.std, rtol=0, atol=1e-6)
+    cfg = config(pretrain={"epochs": 1, "batch_size": 128, "lr": 0.05}, transfer={"epochs": 1, "batch_size": 128})
+    a = run_transfer(cfg, tmp_path / "mem", dataset=mem)
+    b = run_transfer(cfg, tmp_path / "st", dataset=st)
+    assert train_losses(tmp_path / "st") == pytest.approx(train_losses(tmp_path / "mem"), rel=1e-5)
+    assert b["target_acc"] == pytest.approx(a["target_acc"], abs=1e-6)

@@ -85,3 +85,20 @@ def test_load_errors(tmp_path):
     p.write_text('{"root": "r"}')
     with pytest.raises(HierarchyError, match="lacks key"):
         LabelHierarchy.load(p)
+
+
+@pytest.mark.parametrize("level", [2.9, 2.0, True, False, np.float64(1.0), np.bool_(True), None, [1]])
+def test_levels_must_be_integers(level):
+    # 2.9 and True used to act as levels 2 and 1 silently
+    h = fashion_mnist_hierarchy()
+    for call in (lambda: h.relabel([0, 1], level), lambda: h.level_nodes(level), lambda: h.num_classes(level)):
+        with pytest.raises(HierarchyError, match=r"Level must be an integer 0..3 .* Got .* instead") as e:
+            call()
+        one_line(e)
+
+
+def test_integer_levels_of_any_int_type():
+    h = fashion_mnist_hierarchy()
+    want = h.relabel([0, 9], 2)
+    for level in (2, np.int64(2), np.int32(2), -2, "2", "groups4"):
+        assert h.relabel([0, 9], level).tolist() == want.tolist()

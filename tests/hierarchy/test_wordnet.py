@@ -66,3 +66,23 @@ def test_cifar100_wordnet_and_class_lists(wn, tmp_path):
         W.imagenet21k_hierarchy(p, wn=wn)
     with pytest.raises(GranularityError, match="does not exist"):
         W.imagenet21k_hierarchy(tmp_path / "none.txt", wn=wn)
+
+
+@pytest.mark.parametrize("bad", ["n1440764", "n001440764", "N01440764", "n01440764x", "01440764", "n 01440764", "n"])
+def test_wnids_only_in_canonical_form(wn, bad):
+    # other spellings of one synset used to become separate leaves of the same synset
+    with pytest.raises(HierarchyError, match=r"Invalid wnid .*'n' and the 8-digit") as e:
+        W.wordnet_hierarchy(["n01443537", bad], wn=wn)
+    assert "\n" not in str(e.value)
+
+
+def test_wnid_list_from_file_names_bad_line(wn, tmp_path):
+    p = tmp_path / "classes.txt"
+    p.write_text("n01440764\nn001440764\n")
+    with pytest.raises(HierarchyError, match=r"classes.txt.*'n001440764'"):
+        W.imagenet21k_hierarchy(p, wn=wn)
+
+
+def test_verb_wnid_is_not_a_class(wn):
+    with pytest.raises(HierarchyError, match="noun"):
+        W.wordnet_hierarchy(["n01440764", "v01926329"], wn=wn)  # run.v.01

@@ -104,3 +104,26 @@ def test_a_run_of_another_live_sweep_is_waited_for(tmp_path):
         assert runner._wait_for_others(st, [live]) == ([], [])
         timer.join()
         assert time.time() - t0 >= 1.0 and st.rows([live.run_id])[0]["status"] == "ok"
+
+
+def test_a_shared_run_has_each_sweeps_own_params(tmp_path):
+    """A run registered first by sweep a (axis data.k only) keeps, for sweep b, b's axis values:
+    from b's membership row, or (a store written before memberships had params) from the run's
+    resolved config; never a's params."""
+    a = expand({"name": "a", "kind": "simulate", "base": {**TINY_BASE, "data": {**TINY_BASE["data"], "sigma": 0.1}},
+                "axes": {"data.k": [2, 3]}, "seeds": 1})
+    b = expand({"name": "b", "kind": "simulate", "base": TINY_BASE, "axes": {"data.k": [2, 3], "data.sigma": [0.1, 0.2]},
+                "seeds": 1})
+    assert {r.run_id for r in a.runs} < {r.run_id for r in b.runs}
+    with ResultsStore(tmp_path) as st:
+        st.register_sweep(a)
+        st.register_sweep(b)
+        assert [r["params"] for r in st.rows(sweep="b")] == [r.params for r in b.runs]
+        assert [r["params"] for r in st.rows(sweep="a")] == [r.params for r in a.runs]
+        assert list(st.frame(sweep="b")["data.sigma"]) == [0.1, 0.2, 0.1, 0.2]
+        st._db.execute("ALTER TABLE sweep_runs DROP COLUMN params")  # an older store
+    with ResultsStore(tmp_path, create=False) as st:
+        assert [r["params"] for r in st.rows(sweep="b")] == [r.params for r in b.runs]
+    with ResultsStore(tmp_path) as st:  # opened for writing: the column is added back
+        st.register_sweep(b)
+        assert [r["params"] for r in st.rows(sweep="b")] == [r.params for r in b.runs]

@@ -207,3 +207,131 @@ def test_save_with_dictionary(tmp_path):
     z = np.load(tmp_path / "data.npz")
     assert np.array_equal(z["x"], s.x.numpy()) and np.array_equal(z["dictionary"], dist.dictionary.numpy())
     assert json.loads((tmp_path / "data.json").read_text())["data"]["k"] == 4
+
+
+# --- hard samples follow the target level (issue 19) -------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def trees_and_targets(draw):
+    """A random tree (superclasses, subclasses, deeper levels, views) and a target level in it."""
+    K = draw(st.integers(2, 3))
+    k = draw(st.one_of(st.integers(1, 3), st.lists(st.integers(1, 3), min_size=K, max_size=K)))
+    deeper = draw(st.lists(st.integers(1, 2), max_size=3))
+    views_common, views_fine = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    target = draw(st.integers(1, 2 + len(deeper)))
+    return {"K": K, "k": k, "deeper": deeper, "views_common": views_common, "views_fine": views_fine}, target
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees_and_targets(), st.integers(0, 2**31))
+def test_hard_test_samples_lack_exactly_the_target_levels(tree_target, seed):
+    """Through the engine's own test sampler: a hard sample for target t carries no feature of its
+    levels 1..t, every feature of its levels t+1..L at full strength, and nothing else."""
+    from granularity.theory.config import SimConfig
+    from granularity.theory.train import SeedBatch
+
+    data, t = tree_target
+    probe = DataConfig.build({**data, "d": 4096, "P": 4096, "s": 1})
+    L, M = probe.levels, probe.num_features
+    blocks = data["views_common"] + data["views_fine"] * (L - 1)
+    data = {**data, "d": M + 1, "P": blocks + 1, "s": 1, "sigma": 0.0, "gamma": 0.0}
+    cfg = SimConfig.build({"data": data, "train": {"n_train": 2}, "transfer": {"target_level": t}})
+    sb = SeedBatch.build(cfg, [seed], torch.device("cpu"))
+    dist = sb.dists[0]
+    flevel, fnode = dist.tree.feature_level(), dist.tree.feature_node()
+    for hard in (False, True):
+        x, labels = next(sb.test_stream(40, hard))
+        coef = x[0] @ dist.dictionary.T  # (n, P, M): exact up to rounding (sigma = gamma = 0)
+        present = coef.abs().sum(1) > 1e-4  # (n, M) feature anywhere in the sample
+        on_path = labels[0][:, flevel - 1] == fnode  # (n, M) feature of the sample's own nodes
+        expect = on_path & ((flevel > t) if hard else torch.ones_like(flevel, dtype=torch.bool))
+        assert torch.equal(present, expect), (hard, t)
+
+
+def test_hard_level_null_follows_the_target_and_mismatch_is_refused():
+    from granularity.theory.config import SimConfig
+
+    deep = {"k": 2, "deeper": [2], "P": 8}
+    for t in (1, 2, 3):
+        cfg = SimConfig.build({"data": deep, "transfer": {"target_level": t, "sources": ["fine"]}})
+        assert cfg.data.hard_level == t
+    with pytest.raises(GranularityError, match=r"data.hard_level=1 .*transfer.target_level=2.*allow_hard_level_mismatch"):
+        SimConfig.build({"data": {**deep, "hard_level": 1}, "transfer": {"target_level": 2}})
+    cfg = SimConfig.build({"data": {**deep, "hard_level": 1, "allow_hard_level_mismatch": True},
+                           "transfer": {"target_level": 2}})
+    assert cfg.data.hard_level == 1
+    # the resolved config round-trips (a run folder's config.json is validated again on resume)
+    assert SimConfig.build(cfg.to_dict()) == cfg
+    # alone, the distribution's hard samples lose level 1 (the coarse task), as before
+    assert DataConfig().hard_level is None
+    s = make(sigma=0.0, k=2, deeper=[2]).sample(30, generator(0), hard=True)
+    assert torch.all(s.block_strength[:, 0] == 0) and torch.all(s.block_strength[:, 1:] == 1)
+
+
+def test_seed_batch_refuses_a_config_changed_after_validation():
+    from granularity.theory.config import SimConfig
+    from granularity.theory.train import SeedBatch
+
+    cfg = SimConfig.build({"data": {"d": 32, "P": 6, "k": 2, "deeper": [2]}, "train": {"n_train": 4},
+                           "transfer": {"target_level": 2}})
+    cfg.transfer.target_level = 3  # re-validated field by field only: the link is checked at run time
+    with pytest.raises(GranularityError, match="hard_level"):
+        SeedBatch.build(cfg, [0], torch.device("cpu"))
+
+
+# --- save, seeds (issue 19) ----------------------------------------------------------------------
+
+
+def test_save_refuses_a_path_its_sidecar_would_overwrite(tmp_path):
+    dist = make()
+    s = dist.sample(5, generator(0))
+    for name in ("ds.json", "ds", "ds.npy"):
+        with pytest.raises(GranularityError, match=rf"'path'.*\.npz.*{name}'"):
+            dist.save(tmp_path / name, s)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_generator_uses_every_bit_of_a_63_bit_seed():
+    def draw(g):
+        return torch.rand(8, generator=g)
+
+    # small seeds keep torch's own stream (every stored result depends on it)
+    for seed in (0, 5, 2**32 - 1):
+        assert torch.equal(draw(generator(seed)), draw(torch.Generator().manual_seed(seed)))
+    streams = {seed: draw(generator(seed)) for seed in (5, 2**32 + 5, 2**40 + 5, 2**62 + 5, 2**63 - 1)}
+    values = list(streams.values())
+    assert all(not torch.equal(a, b) for i, a in enumerate(values) for b in values[i + 1:])
+    assert torch.equal(draw(generator(2**40 + 5)), streams[2**40 + 5])  # deterministic
+    assert generator(2**40 + 5).initial_seed() == 2**40 + 5
+    # independently: the words behind torch.rand are those of NumPy's MT19937 of the same seed
+    import numpy as np
+
+    for seed in (2**32, 2**40 + 5, 2**63 - 1):
+        words = np.random.MT19937(seed).random_raw(700)  # past a twist of the 624-word state
+        expect = torch.from_numpy(((words & 0xFFFFFF) / 2**24).astype(np.float32))
+        assert torch.equal(torch.rand(700, generator=generator(seed)), expect)
+    # the state is a proper mt19937 state: normal draws and randperm work, and differ from seed 5's
+    assert not torch.equal(torch.randn(4, generator=generator(2**40 + 5)), torch.randn(4, generator=generator(5)))
+    with pytest.raises(GranularityError, match="'seed'.*0 <= seed < 2\\*\\*63"):
+        generator(2**63)
+    with pytest.raises(GranularityError, match="'seed'"):
+        generator(-1)
+
+
+def test_engine_streams_keep_their_32_bit_seeds():
+    """The engine seeds its streams with the low 32 bits of each SeedSequence draw, as torch's
+    manual_seed always did with the full draw: default runs stay bit-identical."""
+    from granularity.theory.config import SimConfig
+    from granularity.theory.data import derive_seeds
+    from granularity.theory.train import _INIT, SeedBatch
+
+    cfg = SimConfig.build({"data": {"d": 32, "P": 6, "k": 2}, "train": {"n_train": 4}})
+    sb = SeedBatch.build(cfg, [3], torch.device("cpu"))
+    full = derive_seeds(3, 6)[_INIT] + 2
+    assert full >= 2**32
+    assert torch.equal(torch.rand(5, generator=sb.generators(_INIT, 2)[0]),
+                       torch.rand(5, generator=torch.Generator().manual_seed(full)))

@@ -158,3 +158,48 @@ def test_mid_training_checkpoint_resumes_identically(tmp_path, monkeypatch):
     assert resumed["errors"] == reference["errors"]
     assert resumed["alignment_final"] == reference["alignment_final"]
     assert not list((tmp_path / "run" / "partial").glob("*.pt"))  # cleaned up once saved
+
+
+# --- issue 19 ----------------------------------------------------------------------------------
+
+
+def test_hard_errors_follow_the_target_level(tmp_path):
+    """The issue's repro, smaller: target level 2 of a 3-level tree. Hard test samples lack the
+    level-1 and level-2 features, so the level-2 model is at chance on them (easy: near 0), while
+    the leaf model's map still reads the level-3 features."""
+    cfg = tiny(data={"d": 32, "P": 6, "k": 2, "deeper": [2]}, seeds=2, seed_batch=2,
+               train={"steps": 120}, transfer={"sources": [2, 3], "target_level": 2, "protocols": ["map"]})
+    assert cfg.data.hard_level == 2
+    err = simulate(cfg, tmp_path, progress=False, figures=False)["errors"]
+    for src in ("2", "3"):
+        assert err[src]["map"]["easy"]["mean"] < 0.1, src
+    assert err["2"]["map"]["hard"]["mean"] > 0.3  # chance on 4 classes is 0.75
+    assert min(err["2"]["map"]["hard"]["values"]) > err["2"]["map"]["easy"]["mean"] + 0.2
+
+
+def test_level_keys_sort_numerically_and_the_finest_is_labelled_fine(tmp_path, monkeypatch):
+    """An 11-level tree (branching 1 below the subclasses): table and figure list level 2 before
+    level 10, and '(fine)' marks level 11."""
+    import matplotlib.figure
+
+    from granularity.theory.experiment import format_table
+
+    cfg = tiny(data={"d": 32, "P": 11, "k": 1, "s": 1, "deeper": [1] * 9}, seeds=1,
+               train={"steps": 3}, transfer={"sources": ["fine"], "protocols": ["map"], "n_test": 10})
+    assert cfg.data.levels == 11
+    labels = []
+
+    def record(fig, *a, **k):
+        for ax in fig.axes:
+            if ax.get_legend() is not None:
+                labels.append([t.get_text() for t in ax.get_legend().get_texts()])
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    res = simulate(cfg, tmp_path, progress=False)
+    line = next(x for x in format_table(res).splitlines() if x.strip().startswith("fine:"))
+    levels = [int(part.split(":")[0].split()[-1]) for part in line.split(":", 1)[1].split(", ")]
+    assert levels == list(range(1, 12))
+    alignment_legend = labels[-1]
+    assert alignment_legend[0] == "common (level 1)" and alignment_legend[-1] == "level 11 (fine)"
+    assert [x for x in alignment_legend if "(fine)" in x] == ["level 11 (fine)"]
+    assert alignment_legend[1:3] == ["level 2", "level 3"]

@@ -61,3 +61,29 @@ def test_smooth_relu_shape():
     act, grad = activation(z, cfg)
     assert torch.allclose(act, torch.tensor([0.0, 0.0, 0.0625, 0.25, 0.75]))
     assert torch.allclose(grad, torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("train_a", [False, True])
+def test_weight_decay_matches_autograd_sgd(train_a):
+    """Several steps with weight decay against torch.optim.SGD over the trainable parameters."""
+    cfg = ModelConfig(m=3, bias=-0.05, train_second_layer=train_a)
+    S, O, d, B, P = 2, 3, 12, 5, 4
+    model = PatchCNN(S, O, d, cfg, [generator(i) for i in range(S)])
+    model.W = model.W.double() * 5
+    model.a = (model.a + 0.1 * torch.randn(model.a.shape, generator=generator(9))).double()
+    W = model.W.clone().requires_grad_(True)
+    a = model.a.clone().requires_grad_(train_a)
+    opt = torch.optim.SGD([W, a] if train_a else [W], lr=0.3, weight_decay=0.2)
+    g = generator(11)
+    for _ in range(4):
+        x = torch.randn(S, B, P, d, generator=g, dtype=torch.float64)
+        y = torch.randint(O, (S, B), generator=g)
+        opt.zero_grad()
+        pre = torch.einsum("sbpd,snd->sbpn", x, W) + cfg.bias
+        logits = (torch.relu(pre).sum(2).view(S, B, O, cfg.m) * a[:, None]).sum(-1)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(S * B, O), y.reshape(-1), reduction="none")
+        loss.view(S, B).mean(1).sum().backward()
+        opt.step()
+        model.step(x, y, lr=0.3, weight_decay=0.2)
+    assert torch.allclose(model.W, W.detach(), atol=1e-10)
+    assert torch.allclose(model.a, a.detach(), atol=1e-10)

@@ -20,7 +20,6 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from granularity.theory.config import SimConfig
-from granularity.theory.data import generator
 from granularity.theory.train import _INIT, SeedBatch
 from granularity.utils.stats import mean_ci
 
@@ -105,7 +104,7 @@ def run_seed(cfg: SimConfig, seed: int, device: torch.device | str = "cpu") -> d
         outputs = cfg.data.nodes_per_level[level - 1]
         net = PatchConvNet(d, P, outputs, m, cfg.model.bias).to(device)
         std = cfg.model.init_std or 1 / np.sqrt(d)
-        W0 = torch.randn(net.conv.out_channels, d, generator=generator(sb.subseeds[0][_INIT] + level)) * std
+        W0 = torch.randn(net.conv.out_channels, d, generator=sb.generators(_INIT, level)[0]) * std
         with torch.no_grad():
             net.conv.weight.copy_(W0.view(-1, 1, d))
         _train(net, net.parameters(), x, sb.train[0].label(level).to(device), cfg.train.lr, cfg.train.steps,

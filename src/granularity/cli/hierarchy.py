@@ -28,7 +28,7 @@ def _source_options(f):
         click.option("--root", "root", type=click.Path(path_type=Path), default=None,
                      help="Data folder (cifar100: the cifar-100-python folder)."),
         click.option("--file", "file", type=click.Path(path_type=Path), default=None,
-                     help="Input file (imagenet-21k: wnid list; inat2021: train.json; json: hierarchy)."),
+                     help="Input file (imagenet-21k: wnid list; inat2021: train.json; json/file: hierarchy file)."),
         click.option("--policy", type=_Choice(["longest", "shortest", "alphabetical"]), default="longest",
                      show_default=True, help="WordNet: which hypernym is a synset's parent."),
         click.option("--within", multiple=True, metavar="RANK=VALUE",
@@ -58,7 +58,8 @@ def _build(source, root, file, policy, within, leaf_rank, compress, cut_up, max_
     return h
 
 
-@click.group(help="Show, list levels of, or export a label hierarchy. Sources: " + ", ".join(SOURCES) + ".")
+@click.group(help="Show, list levels of, or export a label hierarchy. SOURCE: " + ", ".join(SOURCES)
+             + ", or the path of a hierarchy file (JSON, child,parent .csv/.tsv, one path per class .paths/.txt).")
 def hierarchy() -> None:
     pass
 

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         click.echo(f"granularity: error: {_one_line(exc)}", err=True)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 1 for a run that started and failed (RunFailedError)
     except MemoryError as exc:
         if debug:
             raise

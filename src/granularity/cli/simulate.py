@@ -12,7 +12,7 @@ from granularity.theory.presets import PRESETS, get_preset
 
 
 def _preset_help() -> str:
-    return "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
+    return "; ".join(f"{p.name}: {p.summary()}" for p in PRESETS.values())
 
 
 def build_config(preset: str, config: Path | None, sets: tuple[str, ...], seeds: int | None):

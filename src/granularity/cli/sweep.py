@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -85,16 +86,45 @@ def _parse_filters(filters: tuple[str, ...]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _kind(v) -> str:
+    from granularity.utils.config import is_number
+
+    if isinstance(v, bool):
+        return "a boolean (true or false)"
+    if is_number(v):
+        return "a number"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    return "a mapping" if isinstance(v, dict) else "text"
+
+
+def _compare(op: str, a, b) -> bool:
+    """``a op b`` for one stored value ``a`` and the parsed filter value ``b``: ``=``/``!=`` by
+    :func:`~granularity.utils.config.same_value`; ``<``... on numbers, equal-within-tolerance
+    counting as equal (so ``<=`` includes it and ``<`` does not)."""
+    from granularity.utils.config import is_number, same_value
+
+    equal = same_value(a, b)
+    if op in ("=", "!="):
+        return equal if op == "=" else not equal
+    if not is_number(a) or (isinstance(a, float) and math.isnan(a)):
+        return False
+    return {"<": a < b and not equal, "<=": a < b or equal, ">": a > b and not equal, ">=": a > b or equal}[op]
+
+
 def apply_filters(df, filters: tuple[str, ...]):
-    """Keep the rows matching every ``key<op>value`` (values compared as numbers when both are)."""
-    import operator
+    """Keep the rows matching every ``key<op>value``.
 
-    import pandas as pd
-
+    Values are parsed like ``--set`` values and sweep files (YAML 1.2: ``5e-1`` is a number, only
+    ``true``/``false`` are booleans, ``null`` is missing, ``[4, 12]`` is a list) and compared as
+    values: floats equal within a relative 1e-9 (FLOAT_REL_TOL; the table shows 10 significant
+    digits, so a shown value selects its runs), lists element by element; ``<``, ``<=``, ``>``,
+    ``>=`` need a number. A value of another type than the column holds is an error. Lists in
+    ``df`` must be Python lists (``ResultsStore.frame(encode_lists=False)``).
+    """
     from granularity.errors import GranularityError, suggest
-    from granularity.utils.config import parse_value
+    from granularity.utils.config import is_number, parse_value
 
-    ops = {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
     for key, op, text in _parse_filters(filters):
         if key not in df.columns:
             raise GranularityError(
@@ -102,18 +132,21 @@ def apply_filters(df, filters: tuple[str, ...]):
                 f"columns include: {', '.join(list(df.columns)[:25])}."
             )
         value = parse_value(text)
-        col = df[key]
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and pd.api.types.is_numeric_dtype(col):
-            mask = ops[op](col.astype(float), float(value))
-        elif op in ("=", "!="):
-            as_text = col.map(lambda v: "" if v is None else str(v))
-            mask = as_text == str(text) if op == "=" else as_text != str(text)
-            if value is None or text.lower() in ("null", "none"):
-                mask = col.isna() if op == "=" else col.notna()
-        else:
-            raise GranularityError(f"The '--filter' {key}{op}{text} compares with {op!r}, which needs a number.")
-        df = df[mask.fillna(False).astype(bool)]
+        if op not in ("=", "!=") and not is_number(value):
+            raise GranularityError(f"The '--filter' {key}{op}{text} compares with {op!r}, which needs a number. "
+                                   f"Got {text!r} instead.")
+        present = {_kind(v) for v in df[key] if not _missing(v)}
+        if value is not None and present and _kind(value) not in present:
+            raise GranularityError(
+                f"The '--filter' value {text!r} for {key!r} is {_kind(value)}, but the column holds "
+                f"{' and '.join(sorted(present))}; write the value as the column holds it (booleans: true or false)."
+            )
+        df = df[[_compare(op, v, value) for v in df[key]]]
     return df
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def default_columns(df, axis_keys: list[str]) -> list[str]:
@@ -147,7 +180,7 @@ def results(store, filters, columns, sweep_name, export):
     if export is not None and export.suffix not in (".csv", ".parquet"):
         raise GranularityError(f"The '--export' option must end in .csv or .parquet. Got {str(export)!r} instead.")
     with ResultsStore(store, create=False) as st:
-        df = st.frame(sweep=sweep_name)
+        df = st.frame(sweep=sweep_name, encode_lists=False)  # lists compared as values by --filter
         sweeps = st.sweeps()
     if sweep_name is not None:
         sweeps = [s for s in sweeps if s["name"] == sweep_name]
@@ -168,7 +201,9 @@ def results(store, filters, columns, sweep_name, export):
                 )
     else:
         cols = default_columns(df, axis_keys)
-    df = df[cols]
+    from granularity.sweeps.store import encode_lists
+
+    df = encode_lists(df[cols])
     if export is not None:
         from granularity.sweeps.store import export_table
 
@@ -176,4 +211,5 @@ def results(store, filters, columns, sweep_name, export):
         click.echo(f"{len(df)} runs written to {export}", err=True)
         return
     with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
-        click.echo(df.to_string(index=False) if len(df) else "(no matching runs)")
+        # 10 significant digits: a shown float typed into --filter selects its runs (rel. tolerance 1e-9)
+        click.echo(df.to_string(index=False, float_format=lambda v: f"{v:.10g}") if len(df) else "(no matching runs)")

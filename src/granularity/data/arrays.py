@@ -55,6 +55,27 @@ def _check_labels(where: str, lname: str, lab: np.ndarray, n_rows: int, part: st
         raise DataError(f"{where}: label {lname!r} has missing values{split}.")
 
 
+def split_is_test(values: np.ndarray, where: str, name: str) -> np.ndarray:
+    """Which rows a split column/array puts in the test split. Allowed: the strings train, test,
+    val, valid, validation (any case, spaces stripped), booleans or the integers 0 (train) and
+    1 (test); anything else (floats, other names) is a one-line error, never silently 'train'."""
+    v = np.asarray(values)
+    if v.dtype.kind == "b":
+        return v.astype(bool)
+    if v.dtype.kind in "iu":
+        bad = sorted(set(np.unique(v).tolist()) - {0, 1})
+        if bad:
+            raise DataError(f"{where}: {name!r} has value {str(bad[0])!r}; allowed: 0 (train) and 1 (test), or the names train, test, val.")
+        return v == 1
+    if v.dtype.kind not in "USO":
+        raise DataError(f"{where}: {name!r} has dtype {v.dtype}; give the names train/test/val or the integers 0 (train) / 1 (test).")
+    names = np.char.lower(np.char.strip(v.astype(str)))
+    bad = sorted(set(np.unique(names).tolist()) - {"train"} - TEST_NAMES)
+    if bad:
+        raise DataError(f"{where}: {name!r} has value {bad[0]!r}; allowed: train, test (or val, valid, validation).")
+    return np.isin(names, sorted(TEST_NAMES))
+
+
 def _random_split(y_leaf_raw: np.ndarray, test_fraction: float, seed: int, where: str = "", lname: str = "") -> np.ndarray:
     """Boolean mask of test rows: a stratified draw on the finest labels."""
     try:
@@ -100,8 +121,9 @@ def _build(
     )
     train = Split(_features(parts["train"][0], where), torch.from_numpy(leaf_ids[0]))
     test = Split(_features(parts["test"][0], where), torch.from_numpy(leaf_ids[1]))
-    if len(train) == 0:
-        raise DataError(f"{where}: the training split is empty; it needs at least one row.")
+    for key, split in (("training", train), ("test", test)):
+        if len(split) == 0:
+            raise DataError(f"{where}: the {key} split is empty; it needs at least one row (check the split values).")
     if train.x.shape[1:] != test.x.shape[1:]:
         raise DataError(f"{where}: train and test inputs differ in shape ({tuple(train.x.shape[1:])} vs {tuple(test.x.shape[1:])}).")
     return RealDataset(
@@ -193,11 +215,7 @@ def load_table(
     if test_path is None:
         df = frames.pop("train")
         if split_column and split_column in df.columns:
-            values = df[split_column].astype(str).str.strip().str.lower()
-            bad = sorted(set(values) - {"train"} - TEST_NAMES)
-            if bad:
-                raise DataError(f"Table {train_path}: column {split_column!r} has value {bad[0]!r}; allowed: train, test (or val).")
-            is_test = values.isin(TEST_NAMES).to_numpy()
+            is_test = split_is_test(df[split_column].to_numpy(), f"Table {train_path}", split_column)
         else:
             is_test = _random_split(df[labels[-1]].to_numpy(), test_fraction, seed, f"Table {train_path}", labels[-1])
         frames = {"train": df[~is_test], "test": df[is_test]}
@@ -276,7 +294,7 @@ def load_npz(
             sp = arrays["split"]
             if sp.ndim != 1 or len(sp) != len(x):
                 raise DataError(f"npz file {path}: 'split' has shape {sp.shape} for {len(x)} rows; give one value per row.")
-            is_test = np.isin(np.char.lower(sp.astype(str)), sorted(TEST_NAMES | {"1", "true"}))
+            is_test = split_is_test(sp, f"npz file {path}", "split")
         else:
             is_test = _random_split(ys[-1], test_fraction, seed, f"npz file {path}", labels[-1])
         parts = {"train": (x[~is_test], [y[~is_test] for y in ys]), "test": (x[is_test], [y[is_test] for y in ys])}

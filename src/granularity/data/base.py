@@ -9,7 +9,7 @@ labels and decodes images lazily through a :class:`torch.utils.data.Dataset` tha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,17 +162,20 @@ class StreamSplit:
         return Split(decode_all(self.dataset, num_workers, batch_size), self.y.clone())
 
 
+def iter_batches(dataset: LazyImageDataset, num_workers: int = 0, batch_size: int = 256):
+    """The ``uint8 (B, C, S, S)`` image batches of a :class:`LazyImageDataset`, in order."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return (xb for xb, _ in loader)
+
+
 def decode_all(dataset: LazyImageDataset, num_workers: int = 0, batch_size: int = 256) -> torch.Tensor:
     """Decode a :class:`LazyImageDataset` into one ``uint8`` tensor ``(N, C, S, S)``."""
     n = len(dataset)
     out = torch.empty((n, dataset.channels, dataset.size, dataset.size), dtype=torch.uint8)
     if n == 0:
         return out
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers
-    )
     pos = 0
-    for xb, _ in loader:
+    for xb in iter_batches(dataset, num_workers, batch_size):
         out[pos : pos + len(xb)] = xb
         pos += len(xb)
     return out
@@ -343,26 +346,22 @@ class RealDataset:
                 self._input_shape = tuple(int(s) for s in split.x.shape[1:])
         return self._input_shape
 
-    def _compute_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalisation_stats(self, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` of the whole training split (:func:`channel_stats`), computed once;
+        a streamed split is decoded in one pass by ``workers`` processes (no sample), so a
+        streamed and an in-memory copy of the same images normalise identically."""
         if self._stats is None:
             split = self.train
-            if isinstance(split, StreamSplit):
-                # estimate from at most 1,000 training images (seeded, so reproducible)
-                n = min(len(split), 1000)
-                idx = stratified_indices(split.y, n, seed=0) if n < len(split) else torch.arange(n)
-                x = decode_all(split.take(idx).dataset)
-            else:
-                x = split.x
-            self._stats = channel_stats(x)
+            self._stats = channel_stats(iter_batches(split.dataset, workers) if isinstance(split, StreamSplit) else split.x)
         return self._stats
 
     @property
     def mean(self) -> torch.Tensor:
-        return self._compute_stats()[0]
+        return self.normalisation_stats()[0]
 
     @property
     def std(self) -> torch.Tensor:
-        return self._compute_stats()[1]
+        return self.normalisation_stats()[1]
 
     # -- derived data sets -------------------------------------------------------------------
     def _derive(self, train: AnySplit, test: AnySplit, **info: Any) -> RealDataset:
@@ -412,28 +411,33 @@ class RealDataset:
         )
 
 
-def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(x: torch.Tensor | Iterable[torch.Tensor], chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean/std of uint8 images (in [0, 1] units) or per-feature of (N, D) floats.
 
-    Accumulated in float64 over chunks so 60k images need no float copy of the whole set.
+    The one place normalisation statistics are computed (data sets, the engine, embeddings):
+    always over every row given, never a sample. ``x`` is a tensor, or an iterable of row
+    batches (a streamed split: one pass). Accumulated in float64 over chunks so 60k images
+    need no float copy of the whole set; the population std (ddof 0), at least 1e-8.
     """
-    if x.shape[0] == 0:
-        raise DataError("Cannot compute normalisation statistics of an empty training split.")
-    scale = 255.0 if x.dtype == torch.uint8 else 1.0
-    s = torch.zeros(x.shape[1] if x.dim() >= 2 else 1, dtype=torch.float64, device=x.device)
-    ss = torch.zeros_like(s)
+    batches = (x[s : s + chunk] for s in range(0, x.shape[0], chunk)) if isinstance(x, torch.Tensor) else x
+    s = ss = None
     count = 0
-    for start in range(0, x.shape[0], chunk):
-        xb = x[start : start + chunk].to(torch.float64) / scale
+    for xb in batches:
+        if len(xb) == 0:
+            continue
+        scale = 255.0 if xb.dtype == torch.uint8 else 1.0
+        xb = xb.to(torch.float64) / scale
         if xb.dim() == 4:
             xb = xb.transpose(0, 1).reshape(xb.shape[1], -1)  # (C, N*H*W)
         elif xb.dim() == 2:
             xb = xb.T  # (D, N)
         else:
             xb = xb.reshape(1, -1)
-        s += xb.sum(dim=1)
-        ss += (xb * xb).sum(dim=1)
+        s = xb.sum(dim=1) if s is None else s + xb.sum(dim=1)
+        ss = (xb * xb).sum(dim=1) if ss is None else ss + (xb * xb).sum(dim=1)
         count += xb.shape[1]
+    if count == 0:
+        raise DataError("Cannot compute normalisation statistics of an empty training split.")
     mean = s / count
     var = (ss / count - mean * mean).clamp_min(0.0)
     std = var.sqrt().clamp_min(1e-8)

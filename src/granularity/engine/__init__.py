@@ -5,13 +5,14 @@
 """
 
 from granularity.engine.config import ModelConfig, RareConfig, StageConfig, TransferConfig, TransferStageConfig
-from granularity.engine.labels import SourceLabels, build_source_labels, parse_source
+from granularity.engine.labels import SourceLabels, SourceSpec, build_source_labels, parse_source
 from granularity.engine.run import run_transfer
 
 __all__ = [
     "ModelConfig",
     "RareConfig",
     "SourceLabels",
+    "SourceSpec",
     "StageConfig",
     "TransferConfig",
     "TransferStageConfig",

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, PlainSerializer, field_validator
 
+from granularity.engine.labels import SourceSpec
 from granularity.utils.config import Config
+
+
+def _check_embedding(v: str) -> str:
+    if v not in ("pca", "cnn") and not str(v).endswith(".npy"):
+        raise ValueError("must be 'pca', 'cnn' or a path to a .npy file")
+    return v
+
+
+SourceField = Annotated[str, AfterValidator(SourceSpec), PlainSerializer(str, return_type=str)]
+EmbeddingField = Annotated[str, AfterValidator(_check_embedding)]
 
 
 class ModelConfig(Config):
@@ -69,9 +80,15 @@ class TransferConfig(Config):
     train_size: int | None = Field(10000, ge=1)  # training images (stratified subset); None = all
     test_size: int | None = Field(None, ge=1)  # test images; None = all
     data_seed: int = 0  # which subset
+    # Training images held out as a validation split (stratified by leaf, drawn with data_seed
+    # after train_size and rare are applied; never trained on, not in the normalisation
+    # statistics). Its target error is reported as result["val"]: select on it, report on test.
+    val_size: int | None = Field(None, ge=1)
     target: int = Field(2, ge=1)  # hierarchy level of the downstream task (Fashion-MNIST: 1 = 2 groups, 2 = 4 groups, 3 = 10 classes)
-    source: str = "leaf"  # pretraining label function, see the class docstring
-    embedding: str = "pca"  # for k-means labels: "pca" (pixels), "cnn" (features of a CNN trained on the target), or a .npy path
+    # pretraining label function, see the class docstring; parsed once here (a SourceSpec: the
+    # string plus .kind and .k), written to config.json as the string
+    source: SourceField = Field("leaf", validate_default=True)
+    embedding: EmbeddingField = "pca"  # for k-means labels: "pca" (pixels), "cnn" (features of a CNN trained on the target), or a .npy path
     rare: RareConfig | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: StageConfig = Field(default_factory=StageConfig)
@@ -90,11 +107,3 @@ class TransferConfig(Config):
     # same run twice on one GPU gives the same numbers (slower; an op without a deterministic
     # kernel is an error). The CPU path is deterministic already. See docs/reliability.md.
     deterministic: bool = False
-
-    @field_validator("source")
-    @classmethod
-    def _check_source(cls, v: str) -> str:
-        from granularity.engine.labels import parse_source
-
-        parse_source(v)
-        return v

@@ -29,8 +29,11 @@ def compute_embeddings(
     num_target: int,
     seed: int,
     device: torch.device | str = "cpu",
+    norm=None,
 ) -> np.ndarray:
-    """``(N, d)`` float32 embeddings of the training inputs ``x`` (see the module docstring)."""
+    """``(N, d)`` float32 embeddings of the training inputs ``x`` (see the module docstring).
+    ``norm``: the run's :class:`~granularity.engine.train.Normaliser` (the "cnn" embedding
+    trains on normalised inputs); default: statistics of all of ``x``."""
     n = len(x)
     if method == "pca":
         if not isinstance(x, torch.Tensor):  # a streamed data set (check_plan refuses this earlier)
@@ -44,7 +47,7 @@ def compute_embeddings(
         dim = min(PCA_DIM, flat.shape[1], n)
         return PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(flat).astype(np.float32)
     if method == "cnn":
-        return _cnn_features(x, y_target, num_target, seed, torch.device(device))
+        return _cnn_features(x, y_target, num_target, seed, torch.device(device), norm)
     path = Path(method)
     if path.suffix != ".npy":
         raise GranularityError(
@@ -63,7 +66,7 @@ def compute_embeddings(
     return emb.astype(np.float32)
 
 
-def _cnn_features(x, y_target, num_target, seed, device) -> np.ndarray:
+def _cnn_features(x, y_target, num_target, seed, device, norm=None) -> np.ndarray:
     from granularity.engine.config import StageConfig
     from granularity.engine.train import Normaliser, epoch_generator, make_optimizer, make_scheduler, predict, train_epoch
     from granularity.models import create_model
@@ -72,12 +75,13 @@ def _cnn_features(x, y_target, num_target, seed, device) -> np.ndarray:
         torch.manual_seed(seed)
         model = create_model("cnn", tuple(x.shape[1:]), int(num_target)).to(device)
     stage = StageConfig(epochs=2)
-    norm = Normaliser(x)
+    norm = norm if norm is not None else Normaliser(x)
     y = torch.as_tensor(y_target, dtype=torch.int64)
     opt = make_optimizer(model.parameters(), stage)
     steps = -(-len(y) // stage.batch_size)
     sched = make_scheduler(opt, stage, steps)
     for ep in range(stage.epochs):
-        train_epoch(model, x, y, norm, stage, opt, sched, epoch_generator(seed, "embed", ep), device)
+        train_epoch(model, x, y, norm, stage, opt, sched, epoch_generator(seed, "embed", ep), device,
+                    label=f"the embedding CNN's epoch {ep + 1}")
     model.eval()
     return predict(model.forward_features, x, norm, 1000, device).numpy()

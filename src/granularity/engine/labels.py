@@ -31,9 +31,40 @@ class SourceLabels:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_source(spec: str) -> tuple[str, int | None]:
-    """Split ``"kmeans-within:40"`` into ``("kmeans-within", 40)``, with one-line errors."""
-    kind, _, arg = str(spec).partition(":")
+class SourceSpec(str):
+    """A source label function, parsed once: the string itself (as written in configs and
+    results, e.g. ``"kmeans-within:40"``) with ``kind`` (one of :data:`KINDS`) and ``k`` (the
+    number after ':', or None). ``TransferConfig.source`` holds one; :func:`check_source`,
+    :func:`build_source_labels` and the run's class count read its fields."""
+
+    kind: str
+    k: int | None
+
+    def __new__(cls, spec: str) -> SourceSpec:
+        if isinstance(spec, SourceSpec):
+            return spec
+        kind, k = _parse(str(spec))
+        obj = super().__new__(cls, str(spec))
+        obj.kind, obj.k = kind, k
+        return obj
+
+    def __getnewargs__(self) -> tuple[str]:  # pickled (sweep workers, DDP) as its text
+        return (str(self),)
+
+    def level(self, target: int, depth: int) -> int | None:
+        """The hierarchy level of ``target``/``level:L``/``leaf`` (None for the others)."""
+        return {"target": target, "leaf": depth, "level": self.k}.get(self.kind)
+
+    def num_classes(self, hierarchy: Any, target: int, n_train: int) -> int:
+        """Classes of the pretraining head, known before any label function is computed."""
+        level = self.level(target, int(hierarchy.depth))
+        if level is not None:
+            return int(hierarchy.num_classes(level))
+        return int(n_train) if self.kind == "per-sample" else int(self.k)
+
+
+def _parse(spec: str) -> tuple[str, int | None]:
+    kind, _, arg = spec.partition(":")
     allowed = "target, leaf, level:L, kmeans-within:K, kmeans-global:K, random:K, per-sample"
     if kind not in KINDS:
         raise GranularityError(
@@ -54,10 +85,39 @@ def parse_source(spec: str) -> tuple[str, int | None]:
     return kind, None
 
 
+def parse_source(spec: str) -> tuple[str, int | None]:
+    """``(kind, k)`` of a source string (``"kmeans-within:40"`` -> ``("kmeans-within", 40)``),
+    with one-line errors; see :class:`SourceSpec`."""
+    src = SourceSpec(spec)
+    return src.kind, src.k
+
+
+def check_source(src: SourceSpec, hierarchy: Any, target: int, n_train: int, dataset: str | None = None) -> None:
+    """The checks of a source that need the data (hierarchy depth, target classes, training
+    size), made once, before any embedding or label is computed."""
+    depth = int(hierarchy.depth)
+    level = src.level(target, depth)
+    if level is not None and not 1 <= level <= depth:
+        where = f"data set {dataset!r}" if dataset else "this hierarchy"
+        raise GranularityError(
+            f"The source level in {str(src)!r} must be in the range [1, {depth}] for {where}. Got {level} instead."
+        )
+    n_target = int(hierarchy.num_classes(target)) if src.kind == "kmeans-within" else 0
+    if src.kind == "kmeans-within" and src.k < n_target:
+        raise GranularityError(
+            f"The 'source' parameter {str(src)!r} needs at least one cluster per target class: K >= {n_target} "
+            f"(target level {target} has {n_target} classes). Got K={src.k} instead."
+        )
+    if src.kind in ("kmeans-within", "kmeans-global", "random") and src.k > n_train:
+        raise GranularityError(
+            f"The 'source' parameter {str(src)!r} asks for more classes than training images ({n_train}, 'train_size'). Got K={src.k} instead."
+        )
+
+
 def _lf_result(lf: Any) -> tuple[np.ndarray, int, dict]:
     labels = np.asarray(getattr(lf, "labels", lf), dtype=np.int64)
     k = int(getattr(lf, "num_classes", int(labels.max()) + 1 if labels.size else 0))
-    meta = dict(getattr(lf, "meta", {}) or {})
+    meta = {**(getattr(lf, "meta", {}) or {}), "num_classes": k}  # the number made, recorded
     return labels, k, meta
 
 
@@ -73,8 +133,8 @@ def build_source_labels(
 
     Parameters
     ----------
-    spec : str
-        Label function name, see :func:`parse_source`.
+    spec : SourceSpec or str
+        Label function, see :class:`SourceSpec`.
     hierarchy : LabelHierarchy
         The data set's hierarchy (leaf labels -> any level).
     leaf_labels : ndarray of shape (N,)
@@ -88,39 +148,29 @@ def build_source_labels(
     """
     from granularity.hierarchy import label_functions as lfs
 
-    kind, k = parse_source(spec)
-    depth = int(hierarchy.depth)
+    src = SourceSpec(spec)
     leaf_labels = np.asarray(leaf_labels, dtype=np.int64)
-    if kind in ("target", "level", "leaf"):
-        level = {"target": target_level, "leaf": depth}.get(kind, k)
-        if not 1 <= level <= depth:
-            raise GranularityError(
-                f"The source level in {spec!r} must be in the range [1, {depth}] for this hierarchy. Got {level} instead."
-            )
+    check_source(src, hierarchy, target_level, len(leaf_labels))  # before the (possibly expensive) embeddings
+    level = src.level(target_level, int(hierarchy.depth))
+    if level is not None:
         labels = np.asarray(hierarchy.relabel(leaf_labels, level), dtype=np.int64)
-        fam = "target" if kind == "target" else "hierarchy"
-        return SourceLabels(labels, int(hierarchy.num_classes(level)), spec, fam, {"kind": "level", "level": level})
-    if kind == "per-sample":
+        n = int(hierarchy.num_classes(level))
+        fam = "target" if src.kind == "target" else "hierarchy"
+        return SourceLabels(labels, n, str(src), fam, {"kind": "level", "level": level, "num_classes": n})
+    if src.kind == "per-sample":
         labels, n, meta = _lf_result(lfs.per_sample_labels(len(leaf_labels)))
-        return SourceLabels(labels, n, spec, kind, {"kind": kind, **meta})
-    if kind == "random":
-        labels, n, meta = _lf_result(lfs.random_labels(len(leaf_labels), k, seed=seed))
-        return SourceLabels(labels, n, spec, kind, {"kind": kind, **meta})
-    if kind == "kmeans-within":
-        coarse = np.asarray(hierarchy.relabel(leaf_labels, target_level), dtype=np.int64)
-        g = int(hierarchy.num_classes(target_level))
-        if k < g:  # checked before the (possibly expensive) embeddings are computed
-            raise GranularityError(
-                f"The 'source' parameter {spec!r} needs at least one cluster per target class: K >= {g} "
-                f"(target level {target_level} has {g} classes). Got K={k} instead."
-            )
-        emb = embeddings()
-        per_class = max(1, k // g)  # K clusters in total, split evenly over the target classes
-        labels, n, meta = _lf_result(lfs.kmeans_within(emb, coarse, per_class, seed=seed))
+        return SourceLabels(labels, n, str(src), src.kind, {"kind": src.kind, **meta})
+    if src.kind == "random":
+        labels, n, meta = _lf_result(lfs.random_labels(len(leaf_labels), src.k, seed=seed))
+        return SourceLabels(labels, n, str(src), src.kind, {"kind": src.kind, **meta})
+    coarse = np.asarray(hierarchy.relabel(leaf_labels, target_level), dtype=np.int64)
+    if src.kind == "kmeans-within":
+        # K clusters in total: K // g per target class, the remainder to the largest classes
+        lf = lfs.kmeans_within(embeddings(), coarse, seed=seed, num_clusters=src.k)
     else:
-        emb = embeddings()
-        labels, n, meta = _lf_result(lfs.kmeans_global(emb, k, seed=seed, coarse_labels=hierarchy.relabel(leaf_labels, target_level)))
-    return SourceLabels(labels, n, spec, kind, {"kind": kind, "k_requested": k, **meta})
+        lf = lfs.kmeans_global(embeddings(), src.k, seed=seed, coarse_labels=coarse)
+    labels, n, meta = _lf_result(lf)
+    return SourceLabels(labels, n, str(src), src.kind, {"kind": src.kind, "k_requested": src.k, **meta})
 
 
 def group_map(fine: np.ndarray, coarse: np.ndarray, num_fine: int) -> np.ndarray | None:

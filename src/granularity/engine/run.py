@@ -11,20 +11,21 @@ finished result at once.
 
 from __future__ import annotations
 
-import io
 import time
 from contextlib import contextmanager
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from granularity.engine.config import TransferConfig
+from granularity.engine.config import StageConfig, TransferConfig
 from granularity.engine.distributed import DistContext, init_distributed
 from granularity.engine.embeddings import compute_embeddings
-from granularity.engine.labels import SourceLabels, build_source_labels, group_map, parse_source
+from granularity.engine.folder import RunFolder
+from granularity.engine.labels import SourceLabels, build_source_labels, check_source, group_map
 from granularity.engine.train import (
     Normaliser,
     Streamed,
@@ -35,28 +36,12 @@ from granularity.engine.train import (
     predict,
     train_epoch,
 )
-from granularity.errors import GranularityError
-from granularity.utils.io import (
-    append_jsonl,
-    check_writable,
-    environment,
-    read_json,
-    write_bytes_atomic,
-    write_json,
-    write_npz,
-)
+from granularity.errors import GranularityError, RunFailedError
+from granularity.utils.device import available_memory, resolve_device  # noqa: F401 (resolve_device: API)
 
 
 class _Interrupt(KeyboardInterrupt):
     """Raised by the test hook ``stop_after_steps`` to simulate a killed run."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
@@ -85,35 +70,31 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
     return dataset
 
 
+def holdout_validation(cfg: TransferConfig, ds: Any) -> tuple[Any, Any]:
+    """``(ds without the validation rows, the validation split or None)`` for ``cfg.val_size``."""
+    if cfg.val_size is None:
+        return ds, None
+    from granularity.data.base import stratified_indices
+
+    n = len(ds.train)
+    if cfg.val_size > n // 2:
+        raise GranularityError(
+            f"The 'val_size' parameter must be at most half the training images ({n // 2} of {n}). Got {cfg.val_size} instead."
+        )
+    val_idx = stratified_indices(ds.train.y, cfg.val_size, cfg.data_seed + 7919)  # its own stream: not the subset's
+    keep = np.setdiff1d(np.arange(n), np.asarray(val_idx))
+    return ds.select(train=keep, val_size=cfg.val_size), ds.train.take(val_idx)
+
+
 def rare_leaf_ids(cfg: TransferConfig, leaf_names: list[str]) -> list[int]:
     if cfg.rare is None:
         return []
     return sorted({leaf_names.index(c) if isinstance(c, str) else int(c) for c in cfg.rare.classes})
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for the run's tensors on ``device`` (None: unknown, no check). Tests
-    monkeypatch this to simulate a small machine."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        import os
-
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return None
-
-
 def num_source_classes(cfg: TransferConfig, hierarchy: Any, n_train: int) -> int:
-    """Classes of the pretraining head, known before any label function is computed
-    (k-means: at most K)."""
-    kind, k = parse_source(cfg.source)
-    depth = int(hierarchy.depth)
-    if kind in ("target", "level", "leaf"):
-        return int(hierarchy.num_classes({"target": cfg.target, "leaf": depth}.get(kind, k)))
-    if kind == "per-sample":
-        return int(n_train)
-    return int(k)
+    """Classes of the pretraining head, known before any label function is computed."""
+    return cfg.source.num_classes(hierarchy, cfg.target, n_train)
 
 
 def _streams(split: Any) -> bool:
@@ -151,40 +132,27 @@ def estimate_memory(cfg: TransferConfig, ds: Any, n_classes: int) -> int:
 def check_plan(cfg: TransferConfig, ds: Any, *, memory_limit: int | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """Every check that needs only the config and the (subsetted) data set, before any label
     function, model or epoch runs. Returns what a dry run prints (classes, memory estimate)."""
-    hier = ds.hierarchy
+    hier, src = ds.hierarchy, cfg.source
     depth = int(hier.depth)
     if cfg.target > depth:
         raise GranularityError(
             f"The 'target' parameter must be a hierarchy level in [1, {depth}] for data set {cfg.dataset!r}. Got {cfg.target} instead."
         )
-    kind, k = parse_source(cfg.source)
     n_target = int(hier.num_classes(cfg.target))
     n_train = len(ds.train)
-    if kind == "level" and k > depth:
-        raise GranularityError(
-            f"The source level in {cfg.source!r} must be in the range [1, {depth}] for data set {cfg.dataset!r}. Got {k} instead."
-        )
-    if kind == "kmeans-within" and k < n_target:
-        raise GranularityError(
-            f"The 'source' parameter {cfg.source!r} needs at least one cluster per target class: K >= {n_target} "
-            f"(target level {cfg.target} has {n_target} classes). Got K={k} instead."
-        )
-    if kind in ("kmeans-within", "kmeans-global", "random") and k > n_train:
-        raise GranularityError(
-            f"The 'source' parameter {cfg.source!r} asks for more classes than training images ({n_train}, 'train_size'). Got K={k} instead."
-        )
+    check_source(src, hier, cfg.target, n_train, cfg.dataset)
     if cfg.transfer.mode == "map":
-        level = {"target": cfg.target, "leaf": depth}.get(kind, k) if kind in ("target", "level", "leaf") else None
-        if kind in ("kmeans-global", "random") or (level is not None and level < cfg.target):
+        level = src.level(cfg.target, depth)
+        if src.kind in ("kmeans-global", "random") or (level is not None and level < cfg.target):
             what = f"level {level} is coarser than the target level {cfg.target}" if level is not None else "its classes cut across target classes"
             raise GranularityError(
-                f"The 'transfer.mode' 'map' needs source labels that nest in the target level, but 'source' {cfg.source!r} "
+                f"The 'transfer.mode' 'map' needs source labels that nest in the target level, but 'source' {str(src)!r} "
                 f"does not ({what}); use --mode finetune or linear, or a source at level >= {cfg.target}."
             )
-    if kind in ("kmeans-within", "kmeans-global") and cfg.embedding == "pca" and _streams(ds.train):
+    if src.kind in ("kmeans-within", "kmeans-global") and cfg.embedding == "pca" and _streams(ds.train):
         raise GranularityError(
             f"The 'embedding' 'pca' needs all training pixels in memory, but this data set streams its "
-            f"{n_train} training images from disk; use embedding 'cnn' or a .npy file of embeddings for source {cfg.source!r}."
+            f"{n_train} training images from disk; use embedding 'cnn' or a .npy file of embeddings for source {str(src)!r}."
         )
     n_src = num_source_classes(cfg, hier, n_train)
     need = estimate_memory(cfg, ds, n_src)
@@ -205,8 +173,9 @@ def plan_transfer(config: TransferConfig | Mapping[str, Any], *, dataset: Any | 
     Raises :class:`GranularityError` (one line) for anything :func:`run_transfer` would refuse."""
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     device = resolve_device(cfg.device)
-    ds = prepare_data(cfg, dataset)
-    return {"config": cfg.to_dict(), "device": str(device), **check_plan(cfg, ds, memory_limit=memory_limit, device=device)}
+    ds, val = holdout_validation(cfg, prepare_data(cfg, dataset))
+    plan = check_plan(cfg, ds, memory_limit=memory_limit, device=device)
+    return {"config": cfg.to_dict(), "device": str(device), **plan, "n_val": 0 if val is None else len(val)}
 
 
 def _inputs(split: Any, ds: Any, cfg: TransferConfig, device: torch.device) -> Any:
@@ -219,12 +188,6 @@ def _inputs(split: Any, ds: Any, cfg: TransferConfig, device: torch.device) -> A
 
 def _level_labels(hierarchy: Any, leaf: np.ndarray) -> dict[int, np.ndarray]:
     return {lv: np.asarray(hierarchy.relabel(leaf, lv), dtype=np.int64) for lv in range(1, int(hierarchy.depth) + 1)}
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes_atomic(path, lambda fh: fh.write(buf.getvalue()))
 
 
 def run_transfer(
@@ -270,7 +233,11 @@ def run_transfer(
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     dctx = init_distributed(resolve_device(cfg.device))
     with _tf32(dctx.device, cfg.tf32), _deterministic(cfg.deterministic):
-        return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
+        try:
+            return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
+        except FloatingPointError as exc:  # a diverged run: fail with its reason, never record chance metrics
+            path = RunFolder(Path(out), cfg.to_dict(), dctx.is_main).fail(str(exc))
+            raise RunFailedError(f"transfer run stopped: {exc}; lower the learning rate (recorded in {path}).") from None
 
 
 @contextmanager
@@ -321,254 +288,272 @@ def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
 
 def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, embeddings_cache, progress,
                   stop_after_steps) -> dict[str, Any]:
-    cfg_d = cfg.to_dict()
-    device = dctx.device
-    ckpt_path = out / "checkpoint.pt"
-
-    def open_folder() -> tuple[str, Any]:
-        """Rank 0 only: a finished result, or the checkpoint to resume from (or None)."""
-        check_writable(out)
-        started = ckpt_path.exists() or (out / "result.json").exists()
-        if started and (out / "config.json").exists():  # a folder that failed before training is reused
-            old = read_json(out / "config.json")
-            if old != cfg_d:
-                diff = sorted(k for k in set(old) | set(cfg_d) if old.get(k) != cfg_d.get(k))
-                raise GranularityError(
-                    f"Run folder {str(out)!r} holds a run with another config (differs in {', '.join(diff)}); "
-                    "choose another --out or delete the folder."
-                )
-            if (out / "result.json").exists():
-                return "done", read_json(out / "result.json")
-        write_json(out / "config.json", cfg_d)
-        write_json(out / "env.json", {**environment(str(device)), "world_size": dctx.world_size})
-        if not ckpt_path.exists():
-            if (out / "metrics.jsonl").exists():
-                (out / "metrics.jsonl").unlink()
-            return "run", None
-        # the other ranks get rank 0's copy (CPU tensors), so the folder need not be shared
-        ckpt = torch.load(ckpt_path, map_location="cpu" if dctx.enabled else device, weights_only=False)
-        # metrics.jsonl may hold a line of the epoch that was cut; rewrite it from the checkpoint
-        write_bytes_atomic(out / "metrics.jsonl", lambda fh: None)
-        for rec in ckpt.get("history", []):
-            append_jsonl(out / "metrics.jsonl", rec)
-        return "run", ckpt
-
-    kind, resumed = dctx.on_main(open_folder)
+    folder = RunFolder(out, cfg.to_dict(), dctx.is_main)
+    # the other ranks get rank 0's copy of the checkpoint (CPU tensors): no shared folder needed
+    kind, resumed = dctx.on_main(lambda: folder.open(dctx.device, dctx.world_size, "cpu" if dctx.enabled else None))
     if kind == "done":
         return resumed
     t_start = time.perf_counter()
+    data = _RunData.build(cfg, dataset, dctx, embeddings_cache)
+    run = _Run(cfg, data, dctx, folder, progress, stop_after_steps)
+    run.restore(resumed)
+    run.pretrain()
+    final = run.transfer()
+    return run.finish(final, t_start)
 
-    # ---- data and labels -----------------------------------------------------------------
-    ds = prepare_data(cfg, dataset)
-    # refused before decoding images, building labels or a model: contradictory settings, and
-    # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
-    check_plan(cfg, ds, device=device)
-    hier = ds.hierarchy
-    leaf_tr = ds.train.y.cpu().numpy()
-    leaf_te = ds.test.y.cpu().numpy()
-    lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)
-    n_target = int(hier.num_classes(cfg.target))
 
-    def embeddings() -> np.ndarray:
-        key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
-        cache = embeddings_cache if embeddings_cache is not None else {}
-        if key not in cache:
-            # streamed: "cnn" trains and predicts from streamed batches, a .npy needs only the length
-            x_emb = _inputs(ds.train, ds, cfg, device) if _streams(ds.train) else ds.train.x
-            cache[key] = compute_embeddings(cfg.embedding, x_emb, lv_tr[cfg.target], n_target, cfg.data_seed, device)
-        return cache[key]
+@dataclass
+class _RunData:
+    """A run's inputs, labels at every level, source labels and level maps."""
 
-    src: SourceLabels = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
-    if dctx.enabled:  # k-means of GPU embeddings may differ in the last bit between GPUs: rank 0's labels
-        src.labels = dctx.broadcast_object(src.labels)
-    if cfg.transfer.mode == "map" and group_map(src.labels, lv_tr[cfg.target], src.num_classes) is None:
-        raise GranularityError(
-            f"Transfer mode 'map' needs source labels that nest in the target level; {cfg.source!r} does not. Use 'finetune' or 'linear'."
-        )
-    x_tr, x_te = _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device)
-    mean = getattr(ds, "mean", None) if getattr(ds, "is_image", x_tr.ndim == 4) else None
-    std = getattr(ds, "std", None) if mean is not None else None
-    norm = Normaliser(x_tr, None if mean is None else mean.cpu(), None if std is None else std.cpu())
-    y_src = torch.as_tensor(src.labels)
-    y_tgt = torch.as_tensor(lv_tr[cfg.target])
-    # source class -> class at each level, where the source labels nest in that level
-    src_maps = {lv: group_map(src.labels, lv_tr[lv], src.num_classes) for lv in lv_tr}
-    tgt_maps = {lv: group_map(lv_tr[cfg.target], lv_tr[lv], n_target) for lv in lv_tr}
+    ds: Any
+    leaf_tr: np.ndarray
+    leaf_te: np.ndarray
+    lv_tr: dict[int, np.ndarray]
+    lv_te: dict[int, np.ndarray]
+    n_target: int
+    norm: Normaliser
+    src: SourceLabels
+    x_tr: Any
+    x_te: Any
+    src_maps: dict[int, np.ndarray | None]  # source class -> class at each level it nests in
+    tgt_maps: dict[int, np.ndarray | None]
+    x_val: Any = None  # the validation split (cfg.val_size), or None
+    y_val: np.ndarray | None = None  # its target-level labels
 
-    from granularity.models import create_model
+    @classmethod
+    def build(cls, cfg: TransferConfig, dataset: Any, dctx: DistContext, embeddings_cache: dict | None) -> _RunData:
+        device = dctx.device
+        ds, val = holdout_validation(cfg, prepare_data(cfg, dataset))
+        # refused before decoding images, building labels or a model: contradictory settings, and
+        # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
+        check_plan(cfg, ds, device=device)
+        hier = ds.hierarchy
+        leaf_tr, leaf_te = ds.train.y.cpu().numpy(), ds.test.y.cpu().numpy()
+        lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)
+        n_target = int(hier.num_classes(cfg.target))
+        # images and tables alike: the whole training split's statistics (computed once per data set)
+        norm = Normaliser(ds.train.x if not _streams(ds.train) else _inputs(ds.train, ds, cfg, device),
+                          *ds.normalisation_stats(cfg.workers))
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
-        model = create_model(cfg.model.name, tuple(x_tr.shape[1:]), src.num_classes, **cfg.model.options).to(device)
-    model = dctx.convert_batchnorm(model)  # world_size > 1: statistics of the global batch
+        def embeddings() -> np.ndarray:
+            key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
+            cache = embeddings_cache if embeddings_cache is not None else {}
+            if key not in cache:
+                # streamed: "cnn" trains and predicts from streamed batches, a .npy needs only the length
+                x_emb = _inputs(ds.train, ds, cfg, device) if _streams(ds.train) else ds.train.x
+                cache[key] = compute_embeddings(cfg.embedding, x_emb, lv_tr[cfg.target], n_target, cfg.data_seed,
+                                                device, norm=norm)
+            return cache[key]
 
-    # ---- evaluation ------------------------------------------------------------------------
-    sizes = {lv: int(hier.num_classes(lv)) for lv in lv_te}
+        src = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
+        if dctx.enabled:  # k-means of GPU embeddings may differ in the last bit between GPUs: rank 0's labels
+            src.labels = dctx.broadcast_object(src.labels)
+        if cfg.transfer.mode == "map" and group_map(src.labels, lv_tr[cfg.target], src.num_classes) is None:
+            raise GranularityError(
+                f"Transfer mode 'map' needs source labels that nest in the target level; {str(cfg.source)!r} does not. Use 'finetune' or 'linear'."
+            )
+        return cls(ds, leaf_tr, leaf_te, lv_tr, lv_te, n_target, norm, src,
+                   _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device),
+                   {lv: group_map(src.labels, lv_tr[lv], src.num_classes) for lv in lv_tr},
+                   {lv: group_map(lv_tr[cfg.target], lv_tr[lv], n_target) for lv in lv_tr},
+                   None if val is None else _inputs(val, ds, cfg, device),
+                   None if val is None else np.asarray(hier.relabel(val.y.cpu().numpy(), cfg.target), dtype=np.int64))
 
-    def evaluate(level_logits: dict[int, torch.Tensor]) -> dict[str, float]:
-        return {f"acc_level{lv}": float((z.argmax(1).numpy() == lv_te[lv]).mean()) for lv, z in sorted(level_logits.items())}
 
-    def test_levels(maps: dict[int, np.ndarray | None], fn=None, x=None, normalise=True) -> dict[int, torch.Tensor]:
-        model.eval()
-        # world_size > 1: each rank predicts its slice of the test set, the rows are gathered
-        return dctx.map_rows(lambda xs: predict_levels(fn or model, xs, norm if normalise else None,
-                                                       cfg.eval_batch_size, device, maps, sizes, cfg.bf16),
-                             x_te if x is None else x)
+class _Run:
+    """One run's model, state and stages. Every training stage (pretraining, fine-tuning, the
+    linear probe) goes through :meth:`train_stage`; ``state`` is what a checkpoint resumes."""
+
+    def __init__(self, cfg: TransferConfig, data: _RunData, dctx: DistContext, folder: RunFolder, progress: bool,
+                 stop_after_steps: int | None) -> None:
+        from granularity.models import create_model
+
+        self.cfg, self.d, self.dctx, self.folder = cfg, data, dctx, folder
+        self.device, self.progress, self.stop_after_steps = dctx.device, progress, stop_after_steps
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
+            model = create_model(cfg.model.name, tuple(data.x_tr.shape[1:]), data.src.num_classes, **cfg.model.options)
+        self.model = dctx.convert_batchnorm(model.to(self.device))  # world_size > 1: statistics of the global batch
+        self.sizes = {lv: int(data.ds.hierarchy.num_classes(lv)) for lv in data.lv_te}
+        self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
+        self.resumed: dict[str, Any] | None = None
+        self.steps = 0
+        self.val_logits: torch.Tensor | None = None  # target logits on the validation split (val_size)
 
     # ---- checkpoint / resume ---------------------------------------------------------------
-    state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
-    if resumed is not None:  # read by rank 0 in open_folder (metrics.jsonl already rewritten there)
-        if resumed["stage"] == "transfer" and cfg.transfer.mode != "map":  # "map" keeps the source head
-            with torch.random.fork_rng(devices=[]):
-                model.reset_head(n_target)
-        model.load_state_dict(resumed["model"])
-        state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final") if k in resumed})
-
-    steps = [0]
-
-    def on_step(_: int) -> None:
-        steps[0] += 1
-        if stop_after_steps is not None and steps[0] >= stop_after_steps:
-            raise _Interrupt(f"stopped after {steps[0]} steps (test hook)")
-
-    def checkpoint(opt, sched) -> None:
-        # rank 0 only, from the unwrapped model: the same file as a one-process run's
-        if cfg.save_checkpoints and dctx.is_main:
-            _save_checkpoint(
-                ckpt_path,
-                {
-                    **state,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict() if opt is not None else None,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    # shuffles and augmentation use per-epoch generators derived from (seed, stage,
-                    # epoch), so resuming needs no generator state; the global states are kept
-                    # for inspection only
-                    "rng": {"torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                    "config": cfg_d,
-                },
-            )
-
-    def log_epoch(stage: str, epoch: int, train_m: dict, level_logits: dict, seconds: float, n_imgs: int):
-        rec = {"stage": stage, "epoch": epoch, **train_m, **evaluate(level_logits), "seconds": seconds,
-               "images_per_s": n_imgs / max(seconds, 1e-9)}
-        state["history"].append(rec)
-        if not dctx.is_main:
+    def restore(self, resumed: dict[str, Any] | None) -> None:
+        """Model and state from a checkpoint (read by rank 0; metrics.jsonl already rewritten)."""
+        self.resumed = resumed
+        if resumed is None:
             return
-        append_jsonl(out / "metrics.jsonl", rec)
-        if progress:
+        if resumed["stage"] == "transfer" and self.cfg.transfer.mode != "map":  # "map" keeps the source head
+            with torch.random.fork_rng(devices=[]):
+                self.model.reset_head(self.d.n_target)
+        self.model.load_state_dict(resumed["model"])
+        self.state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final") if k in resumed})
+
+    def checkpoint(self, opt, sched) -> None:
+        """Rank 0, from the unwrapped model: the same file as a one-process run's."""
+        if not self.cfg.save_checkpoints:
+            return
+        self.folder.checkpoint({
+            **self.state,
+            "model": self.model.state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            # every draw comes from generators derived from (seed, stage, epoch[, step]), so
+            # resuming needs no generator state; the global states are kept for inspection only
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.folder.cfg_d,
+        })
+
+    def _on_step(self, _: int) -> None:
+        self.steps += 1
+        if self.stop_after_steps is not None and self.steps >= self.stop_after_steps:
+            raise _Interrupt(f"stopped after {self.steps} steps (test hook)")
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def accuracies(self, level_logits: dict[int, torch.Tensor]) -> dict[str, float]:
+        return {f"acc_level{lv}": float((z.argmax(1).numpy() == self.d.lv_te[lv]).mean())
+                for lv, z in sorted(level_logits.items())}
+
+    def test_levels(self, maps: dict[int, np.ndarray | None], fn=None, x=None, normalise=True) -> dict[int, torch.Tensor]:
+        self.model.eval()
+        norm = self.d.norm if normalise else None
+        # world_size > 1: each rank predicts its slice of the test set, the rows are gathered
+        return self.dctx.map_rows(lambda xs: predict_levels(fn or self.model, xs, norm, self.cfg.eval_batch_size,
+                                                            self.device, maps, self.sizes, self.cfg.bf16),
+                                  self.d.x_te if x is None else x)
+
+    def log_epoch(self, stage: str, epoch: int, train_m: dict, level_logits: dict, seconds: float, n_imgs: int) -> None:
+        rec = {"stage": stage, "epoch": epoch, **train_m, **self.accuracies(level_logits), "seconds": seconds,
+               "images_per_s": n_imgs / max(seconds, 1e-9)}
+        self.state["history"].append(rec)
+        self.folder.log(rec)
+        if self.progress and self.dctx.is_main:
             accs = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k.startswith(("acc_", "train_")))
-            print(f"[{out.name}] {stage} epoch {epoch}: {accs} ({seconds:.1f}s)", flush=True)
+            print(f"[{self.folder.out.name}] {stage} epoch {epoch}: {accs} ({seconds:.1f}s)", flush=True)
 
-    def load_opt(opt, sched) -> None:
-        if resumed is not None and resumed["stage"] == state["stage"] and resumed["optimizer"] is not None:
-            opt.load_state_dict(resumed["optimizer"])
-            sched.load_state_dict(resumed["scheduler"])
-
-    # ---- stage 1: pretraining on the source labels ----------------------------------------
-    p = cfg.pretrain
-    steps_per_epoch = -(-len(y_src) // p.batch_size)
-    if state["stage"] == "pretrain":
-        opt = make_optimizer(model.parameters(), p)
-        sched = make_scheduler(opt, p, steps_per_epoch)
-        load_opt(opt, sched)
-        net = dctx.wrap(model)  # DistributedDataParallel when world_size > 1
-        for epoch in range(state["epoch"] + 1, p.epochs + 1):
+    # ---- the one training loop -------------------------------------------------------------
+    def train_stage(self, name: str, stage: StageConfig, params, net: torch.nn.Module, x, y: torch.Tensor,
+                    norm: Callable, evaluate: Callable[[], dict[int, torch.Tensor]], bf16: bool) -> None:
+        """Epochs ``state['epoch'] + 1 .. stage.epochs`` of stage ``name`` ("pretrain" or
+        "transfer"): train, evaluate, log, checkpoint; the optimiser and scheduler resume from
+        the checkpoint when it was written in this stage."""
+        opt = make_optimizer(params, stage)
+        sched = make_scheduler(opt, stage, -(-len(y) // stage.batch_size))
+        r = self.resumed
+        if r is not None and r["stage"] == self.state["stage"] and r["optimizer"] is not None:
+            opt.load_state_dict(r["optimizer"])
+            sched.load_state_dict(r["scheduler"])
+        net = self.dctx.wrap(net)  # DistributedDataParallel when world_size > 1
+        for epoch in range(self.state["epoch"] + 1, stage.epochs + 1):
             t0 = time.perf_counter()
-            tm = train_epoch(net, x_tr, y_src, norm, p, opt, sched, epoch_generator(cfg.seed, "pretrain", epoch),
-                             device, cfg.bf16, on_step, dist=dctx)
+            tm = train_epoch(net, x, y, norm, stage, opt, sched, epoch_generator(self.cfg.seed, name, epoch), self.device,
+                             bf16, self._on_step, dist=self.dctx, label=f"{name} epoch {epoch}")
             dt = time.perf_counter() - t0
-            log_epoch("pretrain", epoch, tm, test_levels(src_maps), dt, len(y_src))
-            state["epoch"] = epoch
-            checkpoint(opt, sched)
-        # switch to the transfer stage
-        last = state["history"][-1] if p.epochs > 0 else {}  # the last pretraining epoch's evaluation
-        state["pretrain_final"] = {k: v for k, v in last.items() if k.startswith("acc_level")}
-        state["stage"], state["epoch"] = "transfer", 0
+            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y))
+            self.state["epoch"] = epoch
+            self.checkpoint(opt, sched)
+
+    # ---- stages ----------------------------------------------------------------------------
+    def pretrain(self) -> None:
+        """Stage 1, pretraining on the source labels; then the switch to the transfer stage."""
+        if self.state["stage"] != "pretrain":
+            return
+        cfg, d, p = self.cfg, self.d, self.cfg.pretrain
+        self.train_stage("pretrain", p, self.model.parameters(), self.model, d.x_tr, torch.as_tensor(d.src.labels),
+                         d.norm, lambda: self.test_levels(d.src_maps), cfg.bf16)
+        last = self.state["history"][-1] if p.epochs > 0 else {}  # the last pretraining epoch's evaluation
+        self.state["pretrain_final"] = {k: v for k, v in last.items() if k.startswith("acc_level")}
+        self.state["stage"], self.state["epoch"] = "transfer", 0
         if cfg.transfer.mode != "map":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + 1)  # fresh head, reproducibly
-                model.reset_head(n_target)
-        resumed = None
-        checkpoint(None, None)
-    pretrain_final = state["pretrain_final"]
+                self.model.reset_head(d.n_target)
+        self.resumed = None
+        self.checkpoint(None, None)
 
-    # ---- stage 2: transfer to the target ---------------------------------------------------
-    t = cfg.transfer
-    if t.mode == "map":
-        final = test_levels({lv: src_maps[lv] for lv in tgt_maps if tgt_maps[lv] is not None})
-    elif t.mode == "finetune":
-        opt = make_optimizer(model.parameters(), t)
-        sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
-        load_opt(opt, sched)
-        net = dctx.wrap(model)  # after reset_head: the new head's parameters
-        for epoch in range(state["epoch"] + 1, t.epochs + 1):
-            t0 = time.perf_counter()
-            tm = train_epoch(net, x_tr, y_tgt, norm, t, opt, sched, epoch_generator(cfg.seed, "transfer", epoch),
-                             device, cfg.bf16, on_step, dist=dctx)
-            log_epoch("transfer", epoch, tm, test_levels(tgt_maps), time.perf_counter() - t0, len(y_tgt))
-            state["epoch"] = epoch
-            checkpoint(opt, sched)
-        final = test_levels(tgt_maps)
-    else:  # linear probe: the backbone is frozen, so its features are computed once
+    def transfer(self) -> dict[int, torch.Tensor]:
+        """Stage 2, transfer to the target; returns the final test logits at every level."""
+        cfg, d, t, model = self.cfg, self.d, self.cfg.transfer, self.model
+        y_tgt = torch.as_tensor(d.lv_tr[cfg.target])
+        if t.mode == "map":
+            if d.x_val is not None:
+                self.val_logits = self.test_levels({cfg.target: d.src_maps[cfg.target]}, x=d.x_val)[cfg.target]
+            return self.test_levels({lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None})
+        if t.mode == "finetune":
+            self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
+                             lambda: self.test_levels(d.tgt_maps), cfg.bf16)
+            if d.x_val is not None:
+                self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, x=d.x_val)[cfg.target]
+            return self.test_levels(d.tgt_maps)
+        # linear probe: the backbone is frozen, so its features are computed once
         model.eval()
-        feats = lambda xs: predict(model.forward_features, xs, norm, cfg.eval_batch_size, device, cfg.bf16)  # noqa: E731
-        f_tr, f_te = dctx.map_rows(feats, x_tr).to(device), dctx.map_rows(feats, x_te).to(device)
-        opt = make_optimizer(model.head.parameters(), t)
-        sched = make_scheduler(opt, t, -(-len(y_tgt) // t.batch_size))
-        load_opt(opt, sched)
-        no_aug = t.model_copy(update={"augment": False})
-        head = dctx.wrap(model.head)
-        for epoch in range(state["epoch"] + 1, t.epochs + 1):
-            t0 = time.perf_counter()
-            tm = train_epoch(head, f_tr, y_tgt, lambda z: z, no_aug, opt, sched,
-                             epoch_generator(cfg.seed, "transfer", epoch), device, False, on_step, dist=dctx)
-            log_epoch("transfer", epoch, tm, test_levels(tgt_maps, model.head, f_te, False), time.perf_counter() - t0, len(y_tgt))
-            state["epoch"] = epoch
-            checkpoint(opt, sched)
-        final = test_levels(tgt_maps, model.head, f_te, False)
+        feats = lambda xs: predict(model.forward_features, xs, d.norm, cfg.eval_batch_size, self.device, cfg.bf16)  # noqa: E731
+        f_tr, f_te = self.dctx.map_rows(feats, d.x_tr).to(self.device), self.dctx.map_rows(feats, d.x_te).to(self.device)
+        probe = lambda: self.test_levels(d.tgt_maps, model.head, f_te, False)  # noqa: E731
+        self.train_stage("transfer", t.model_copy(update={"augment": False}), model.head.parameters(), model.head,
+                         f_tr, y_tgt, lambda z: z, probe, False)
+        if d.x_val is not None:
+            f_val = self.dctx.map_rows(feats, d.x_val).to(self.device)
+            self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, model.head, f_val, False)[cfg.target]
+        return probe()
 
-    # ---- final metrics -----------------------------------------------------------------------
-    logits = final[cfg.target]  # (N_test, n_target)
-    result = summarise(logits, lv_te[cfg.target], leaf_te, list(ds.leaf_names), rare_leaf_ids(cfg, list(ds.leaf_names)))
-    result.update(
-        {
-            "levels": evaluate(final),
-            "pretrain_levels": pretrain_final,
-            "source": cfg.source,
-            "source_family": src.family,
-            "num_source_classes": src.num_classes,
-            "label_function_meta": src.meta,
+    # ---- final files -----------------------------------------------------------------------
+    def finish(self, final: dict[int, torch.Tensor], t_start: float) -> dict[str, Any]:
+        cfg, d = self.cfg, self.d
+        logits = final[cfg.target]  # (N_test, n_target)
+        y_tgt = d.lv_te[cfg.target]
+        result = self.result(final, logits)
+        result["seconds"] = time.perf_counter() - t_start  # this invocation (a resumed run: the rest only)
+        result["train_seconds"] = sum(r["seconds"] for r in self.state["history"])
+        self.folder.finish(result, {"pred": logits.argmax(1).numpy().astype(np.int32),
+                                    "margin": _margins(logits, y_tgt).astype(np.float32),
+                                    "y_target": y_tgt.astype(np.int32), "y_leaf": d.leaf_te.astype(np.int32)},
+                           keep_checkpoint=cfg.save_checkpoints)
+        self.dctx.barrier()  # every rank returns once the run folder is complete
+        return result
+
+    def result(self, final: dict[int, torch.Tensor], logits: torch.Tensor) -> dict[str, Any]:
+        cfg, d, ds = self.cfg, self.d, self.d.ds
+        names = list(ds.leaf_names)
+        result = summarise(logits, d.lv_te[cfg.target], d.leaf_te, names, rare_leaf_ids(cfg, names))
+        result.update({
+            "levels": self.accuracies(final),
+            "pretrain_levels": self.state["pretrain_final"],
+            "source": str(cfg.source),
+            "source_family": d.src.family,
+            "num_source_classes": d.src.num_classes,
+            "label_function_meta": d.src.meta,
             "target_level": cfg.target,
-            "num_target_classes": n_target,
-            "transfer_mode": t.mode,
-            "hierarchy_hash": getattr(hier, "content_hash", None),
-            "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(leaf_tr), "n_test": len(leaf_te)},
-            "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in model.parameters()))},
+            "num_target_classes": d.n_target,
+            "transfer_mode": cfg.transfer.mode,
+            "hierarchy_hash": getattr(ds.hierarchy, "content_hash", None),
+            "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(d.leaf_tr),
+                        "n_test": len(d.leaf_te)},
+            "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in self.model.parameters()))},
             "seed": cfg.seed,
-            "device": str(device),
-            "world_size": dctx.world_size,
-            "precision": _precision(cfg, device),
-            "seconds": time.perf_counter() - t_start,  # this invocation (a resumed run: the rest only)
-            "train_seconds": sum(r["seconds"] for r in state["history"]),
-        }
-    )
+            "device": str(self.device),
+            "world_size": self.dctx.world_size,
+            "precision": _precision(cfg, self.device),
+        })
+        if d.y_val is not None:  # selection figures: the validation split held out of training
+            ok = self.val_logits.argmax(1).numpy() == d.y_val
+            result["val"] = {"target_error": float(1 - ok.mean()), "target_acc": float(ok.mean()), "n": int(len(ok))}
+        return result
+
+
+def _margins(logits: torch.Tensor, y_target: np.ndarray) -> np.ndarray:
+    """Softmax probability of the true class minus the largest other one (> 0 iff correct)."""
     probs = torch.softmax(logits, 1)
-    y = torch.as_tensor(lv_te[cfg.target])
+    y = torch.as_tensor(y_target)
     p_true = probs.gather(1, y[:, None])[:, 0]
     other = probs.clone()
     other[torch.arange(len(y)), y] = -1.0
-    margin = (p_true - other.max(1).values).numpy()  # > 0 iff correct
-    if dctx.is_main:
-        write_npz(out / "predictions.npz", pred=logits.argmax(1).numpy().astype(np.int32), margin=margin.astype(np.float32),
-                  y_target=lv_te[cfg.target].astype(np.int32), y_leaf=leaf_te.astype(np.int32))
-        write_json(out / "result.json", result)
-        if ckpt_path.exists() and not cfg.save_checkpoints:
-            ckpt_path.unlink()
-    dctx.barrier()  # every rank returns once the run folder is complete
-    return result
-
+    return (p_true - other.max(1).values).numpy()
 
 def summarise(logits: torch.Tensor, y_target: np.ndarray, y_leaf: np.ndarray, leaf_names: list[str],
               rare: list[int]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -87,17 +87,21 @@ def _row_batches(x, batch: int):
 
 
 class Normaliser:
-    """uint8 images -> standardised float; float tables -> standardised float."""
+    """uint8 images -> standardised float; float tables -> standardised float.
+
+    ``mean``/``std``: the training split's statistics (``RealDataset.normalisation_stats``);
+    without them they are computed here over every row of ``x`` by the same
+    :func:`~granularity.data.base.channel_stats` (one streamed pass for :class:`Streamed`)."""
 
     def __init__(self, x: torch.Tensor, mean=None, std=None) -> None:
         self.image = x.dtype == torch.uint8
         scale = 255.0 if self.image else 1.0
         if mean is None or std is None:
-            xs = (x.head(10000) if isinstance(x, Streamed) else x[: min(len(x), 10000)]).float() / scale
-            dims = (0, 2, 3) if xs.ndim == 4 else (0,)
-            mean, std = xs.mean(dims), xs.std(dims)
-        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).reshape(-1)
-        std = torch.as_tensor(np.asarray(std, dtype=np.float32)).reshape(-1).clamp_min(1e-6)
+            from granularity.data.base import channel_stats
+
+            mean, std = channel_stats(_row_batches(x, 4096) if isinstance(x, Streamed) else x)
+        mean = torch.as_tensor(np.asarray(torch.as_tensor(mean).cpu(), dtype=np.float32)).reshape(-1)
+        std = torch.as_tensor(np.asarray(torch.as_tensor(std).cpu(), dtype=np.float32)).reshape(-1).clamp_min(1e-6)
         shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
         self.mean, self.std, self.scale = mean.reshape(shape), std.reshape(shape), scale
 
@@ -146,6 +150,43 @@ def epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt * 10_007 + int(epoch)) % (2**63))
 
 
+@contextmanager
+def step_rng(epoch_gen: torch.Generator, step: int, rank: int, device: torch.device):
+    """torch's global RNG (what dropout and other in-model draws use) seeded from (the epoch
+    generator's seed, step, rank) for one forward pass, and restored afterwards: a step's
+    draws depend on nothing that ran before it, so a fresh process and a resumed run draw the
+    same, and the caller's global RNG is left as it was."""
+    seed = (epoch_gen.initial_seed() * 1_000_033 + int(step) * 101 + int(rank) + 1) % (2**63)
+    on_cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if on_cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if on_cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _epoch_batches(n: int, batch_size: int, gen: torch.Generator, dist, world: int):
+    """One epoch's global batches (index tensors of one permutation drawn from ``gen``) and
+    this rank's ``(lo, hi)`` rows of each. A batch of one breaks BatchNorm, and every rank
+    needs an image: the ragged tail is dropped then (never the first batch)."""
+    perm = torch.randperm(n, generator=gen)
+    batches = [perm[s : s + batch_size] for s in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < max(2, world):
+        batches.pop()
+    return batches, [dist.shard_bounds(len(b)) if world > 1 else (0, len(b)) for b in batches]
+
+
+def _loss(logits: torch.Tensor, yb: torch.Tensor, smoothing: float, world: int, n_global: int):
+    """The loss to backpropagate and this rank's summed loss (a float). With ``world > 1``:
+    sum * world / global batch, so DDP's mean over ranks is the global batch's mean."""
+    if world > 1:
+        loss_sum = F.cross_entropy(logits.float(), yb, label_smoothing=smoothing, reduction="sum")
+        return loss_sum * (world / n_global), float(loss_sum.detach())
+    loss = F.cross_entropy(logits.float(), yb, label_smoothing=smoothing)
+    return loss, float(loss.detach()) * n_global
+
+
 def train_epoch(
     model: nn.Module,
     x: torch.Tensor,
@@ -159,6 +200,7 @@ def train_epoch(
     bf16: bool = False,
     on_step: Callable[[int], None] | None = None,
     dist=None,
+    label: str = "training",
 ) -> dict[str, float]:
     """One pass over ``(x, y)`` in shuffled batches; returns mean loss and accuracy.
 
@@ -166,23 +208,20 @@ def train_epoch(
     ``model`` then wrapped in DistributedDataParallel): every rank draws the same permutation and
     augmentation of the global batch and trains on its contiguous chunk of it, with the loss
     scaled so DDP's averaged gradient is the global batch's mean; metrics are summed over ranks.
+
+    A non-finite loss raises ``FloatingPointError`` naming ``label`` (e.g. "pretrain epoch 2"):
+    at once in one process; under DDP the count of such steps is summed with the metrics at the
+    end of the epoch, so every rank raises at the same point (none waits in a collective).
     """
     model.train()
-    n = len(y)
-    perm = torch.randperm(n, generator=gen)
     image = x.ndim == 4
     pad = 4 if image and x.shape[-1] >= 32 else 2
     world = dist.world_size if dist is not None and dist.enabled else 1
-    # the epoch's global batches; a batch of one breaks BatchNorm, and every rank needs an
-    # image: drop the ragged tail (never the first batch)
-    batches = [perm[s : s + stage.batch_size] for s in range(0, n, stage.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < max(2, world):
-        batches.pop()
-    bounds = [dist.shard_bounds(len(b)) if world > 1 else (0, len(b)) for b in batches]
+    batches, bounds = _epoch_batches(len(y), stage.batch_size, gen, dist, world)
     streamed = isinstance(x, Streamed)
     if streamed:  # decode only this rank's rows of each global batch, in the same order
         x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in zip(batches, bounds)])
-    tot_loss, tot_correct, seen = 0.0, 0, 0
+    tot_loss, tot_correct, seen, bad = 0.0, 0, 0, 0
     for step, (idx, (lo, hi)) in enumerate(zip(batches, bounds)):
         if streamed:
             xb = norm(next(x_iter).to(device, non_blocking=True))  # rows lo:hi of the global batch
@@ -197,24 +236,26 @@ def train_epoch(
         n_global = len(idx)
         if world > 1 and not streamed:
             xb, yb = xb[lo:hi], yb[lo:hi]
-        with autocast(device, bf16):
+        with autocast(device, bf16), step_rng(gen, step, dist.rank if world > 1 else 0, device):
             logits = model(xb)
-            if world > 1:  # sum * world / global batch: DDP's mean over ranks = the global mean
-                loss_sum = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing, reduction="sum")
-                loss = loss_sum * (world / n_global)
-            else:
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=stage.label_smoothing)
+            loss, step_loss = _loss(logits, yb, stage.label_smoothing, world, n_global)
+        if not math.isfinite(step_loss):
+            bad += 1
+            if world == 1:
+                raise FloatingPointError(f"non-finite training loss ({step_loss}) at step {step + 1} of {label}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        tot_loss += float(loss_sum.detach()) if world > 1 else float(loss.detach()) * len(idx)
+        tot_loss += step_loss
         tot_correct += int((logits.argmax(1) == yb).sum())
         seen += len(yb)
         if on_step is not None:
             on_step(step)
     if world > 1:
-        tot_loss, tot_correct, seen = dist.all_reduce_sum([tot_loss, tot_correct, seen])
+        tot_loss, tot_correct, seen, bad = dist.all_reduce_sum([tot_loss, tot_correct, seen, bad])
+        if bad > 0:
+            raise FloatingPointError(f"non-finite training loss in {int(bad)} step(s) of {label} (summed over ranks)")
     return {"train_loss": tot_loss / max(seen, 1), "train_acc": tot_correct / max(seen, 1)}
 
 

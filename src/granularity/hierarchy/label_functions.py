@@ -98,54 +98,83 @@ def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int) -> tuple[np.ndarray, 
     return remap[labels], float(km.inertia_)
 
 
+def allocate_clusters(total: int, sizes: Sequence[int], capacity: Sequence[int]) -> list[int]:
+    """``total`` clusters spread over classes: ``total // g`` each, the remainder one more to
+    the largest classes (ties: lower index), never more than a class's ``capacity`` (its
+    distinct points; what a class cannot take goes to the next largest). Classes of size 0
+    get none. Refuses (one line) a total outside ``[classes with samples, sum(capacity)]``."""
+    sizes, cap = np.asarray(sizes, dtype=np.int64), np.asarray(capacity, dtype=np.int64)
+    present = int((sizes > 0).sum())
+    if not present <= total <= int(cap.sum()):
+        raise param_error("num_clusters", f"at least one per class with samples ({present}) and at most the "
+                          f"{int(cap.sum())} distinct points", total)
+    out = np.where(sizes > 0, np.minimum(total // max(present, 1), cap), 0)
+    order = sorted(np.flatnonzero(sizes > 0), key=lambda c: (-sizes[c], c))
+    while out.sum() < total:  # one more to the largest classes that can still take one
+        for c in order:
+            if out.sum() < total and out[c] < cap[c]:
+                out[c] += 1
+    return [int(v) for v in out]
+
+
 def kmeans_within(
     embeddings: Any,
     coarse_labels: Any,
-    clusters_per_class: int,
-    seed: int,
+    clusters_per_class: int | None = None,
+    seed: int | None = None,
     *,
+    num_clusters: int | None = None,
     coarse_names: Sequence[str] | None = None,
     n_init: int = 1,
 ) -> LabelFunction:
     """k-means inside each coarse class: finer labels aligned with the target.
 
-    Class ``c`` gets ``min(clusters_per_class, distinct points of c)`` clusters; labels are
-    numbered class by class (all clusters of class 0, then of class 1, ...). A coarse class
-    with no samples (in ``0..max label`` or ``coarse_names``) gets one empty cluster, so level 1
-    of the implied hierarchy stays the target's label order: ``hierarchy.relabel(labels, 1)
-    == coarse_labels``. Each class uses seed ``seed + c``.
+    Give either ``clusters_per_class`` (class ``c`` gets ``min(clusters_per_class, distinct
+    points of c)`` clusters) or ``num_clusters``, exactly that many in total, spread by
+    :func:`allocate_clusters`. Labels are numbered class by class (all clusters of class 0,
+    then of class 1, ...). A coarse class with no samples (in ``0..max label`` or
+    ``coarse_names``) gets one empty cluster with ``clusters_per_class`` (so level 1 of the
+    implied hierarchy stays the target's label order: ``hierarchy.relabel(labels, 1) ==
+    coarse_labels``) and none with ``num_clusters``. Each class uses seed ``seed + c``.
     """
     x = _embeddings(embeddings)
     y = _int_labels(coarse_labels, x.shape[0], "coarse_labels")
-    k = _positive("clusters_per_class", clusters_per_class)
+    if seed is None:
+        raise param_error("seed", "an int", None)
+    if (clusters_per_class is None) == (num_clusters is None):
+        raise GranularityError("kmeans_within needs exactly one of 'clusters_per_class' and 'num_clusters'.")
     n_coarse = len(coarse_names) if coarse_names is not None else int(y.max()) + 1
     if int(y.max()) >= n_coarse:
         raise param_error("coarse_names", f"at least {int(y.max()) + 1} names", n_coarse)
     cnames = [str(c) for c in coarse_names] if coarse_names is not None else [f"coarse_{c}" for c in range(n_coarse)]
+    members = [np.flatnonzero(y == c) for c in range(n_coarse)]
+    distinct = [len(np.unique(x[idx], axis=0)) if idx.size else 0 for idx in members]
+    if num_clusters is not None:
+        k = _positive("num_clusters", num_clusters)
+        alloc = allocate_clusters(k, [idx.size for idx in members], distinct)
+        params: dict[str, Any] = {"num_clusters": k}
+    else:
+        k = _positive("clusters_per_class", clusters_per_class)
+        alloc = [1 if idx.size == 0 else min(k, d) for idx, d in zip(members, distinct)]
+        params = {"clusters_per_class": k}
     labels = np.empty(x.shape[0], dtype=np.int64)
-    per_class, inertia, offset = [], 0.0, 0
+    inertia, offset = 0.0, 0
     parent: dict[str, str] = {}
     leaves: list[str] = []
-    for c in range(n_coarse):
-        idx = np.flatnonzero(y == c)
-        kc = 1 if idx.size == 0 else min(k, len(np.unique(x[idx], axis=0)))
-        if kc > 1:
-            sub, inert = _kmeans(x[idx], kc, seed + c, n_init)
-            inertia += inert
-        else:
-            sub = np.zeros(idx.size, dtype=np.int64)
+    for c, (idx, kc) in enumerate(zip(members, alloc)):
+        sub, inert = _kmeans(x[idx], kc, seed + c, n_init) if kc > 1 else (np.zeros(idx.size, dtype=np.int64), 0.0)
+        inertia += inert
         labels[idx] = offset + sub
         for j in range(kc):
             leaves.append(f"{cnames[c]}/k{j}")
             parent[leaves[-1]] = cnames[c]
         parent[cnames[c]] = "root"
-        per_class.append(kc)
         offset += kc
     meta = {
         "kind": "kmeans_within",
-        "parameters": {"clusters_per_class": k, "n_init": n_init, "num_coarse": n_coarse},
+        "parameters": {**params, "n_init": n_init, "num_coarse": n_coarse},
         "seed": int(seed),
-        "clusters_per_class_used": per_class,
+        "clusters_per_class_used": alloc,
         "inertia": inertia,
         "aligned": True,
     }
@@ -203,7 +232,18 @@ def random_labels(n: int, num_classes: int, seed: int) -> LabelFunction:
     """
     n = _positive("n", n)
     k = _positive("num_classes", num_classes)
-    labels = np.random.default_rng(seed).integers(0, k, size=n, dtype=np.int64)
+    if k > n:
+        raise param_error("num_classes", f"at most the number of samples {n} (every class gets one)", k)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, size=n, dtype=np.int64)
+    counts = np.bincount(labels, minlength=k)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:  # every class gets a sample: each empty class takes one from a class with >= 2
+        donors = np.repeat(np.arange(k), np.maximum(counts - 1, 0))  # spare samples, by class
+        taken = rng.choice(donors.size, size=empty.size, replace=False)
+        for cls, d in zip(empty, np.sort(taken)):
+            pool = np.flatnonzero(labels == donors[d])
+            labels[pool[rng.integers(pool.size)]] = cls
     meta = {"kind": "random", "parameters": {"n": n, "num_classes": k}, "seed": int(seed), "aligned": False}
     return LabelFunction(labels, k, _flat(k, "random_", f"random_{k}_s{seed}", meta), meta)
 

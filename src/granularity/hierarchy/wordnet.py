@@ -36,6 +36,7 @@ a leaf named by its wnid under the internal node of the same synset.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -78,6 +79,8 @@ _INSTALL_HINT = (
     "(or set GRANULARITY_WORDNET_DIR to a folder holding data.noun, index.noun, ...)"
 )
 POLICIES = ("longest", "shortest", "alphabetical")
+#: The canonical wnid: a part-of-speech letter and the 8-digit WordNet offset.
+_WNID = re.compile(r"[nvasr][0-9]{8}")
 
 
 def cache_dir() -> Path:
@@ -154,12 +157,14 @@ def wordnet_reader(cache: Path | None = None):
 
 
 def parse_wnid(wnid: str) -> tuple[str, int]:
-    """``'n01440764'`` -> ``('n', 1440764)``; a one-line error for anything else."""
+    """``'n01440764'`` -> ``('n', 1440764)``; a one-line error for any other spelling."""
     s = str(wnid).strip()
-    if len(s) < 2 or s[0] not in "nvasr" or not s[1:].isdigit():
+    # exactly 8 digits: 'n1440764' or 'n001440764' would otherwise name the same synset as
+    # 'n01440764' and become a second leaf of it
+    if not _WNID.fullmatch(s):
         raise HierarchyError(
-            f"Invalid wnid {s!r}; a wnid is a part-of-speech letter and an 8-digit WordNet "
-            "offset such as 'n01440764'."
+            f"Invalid wnid {s!r}; write it as 'n' and the 8-digit WordNet 3.0 offset, e.g. "
+            "'n01440764' (exactly 8 digits, lower-case part-of-speech letter)."
         )
     return s[0], int(s[1:])
 
@@ -280,6 +285,8 @@ def wordnet_hierarchy(
     roots: set[str] = set()
     for i, w in enumerate(wnids):
         s = synset_of(w, wn)
+        if s.pos() != "n":
+            raise HierarchyError(f"wnid {w!r} ({s.name()}) is not a noun; class lists hold noun wnids ('n' + 8 digits).")
         if w in parent:
             raise HierarchyError(f"Duplicate name: wnid {w!r} appears twice in the class list.")
         # The class is a leaf (named by wnid) under the chain of its synset's ancestors; its own
@@ -338,7 +345,7 @@ def cifar100_wordnet_hierarchy(policy: str = "longest", wn=None) -> LabelHierarc
     return wordnet_hierarchy(
         resource_wnids("cifar100"), policy=policy, name="cifar100-wordnet",
         titles=resource_names("cifar100"), wn=wn,
-        meta={"class_list": "cifar100 (nbdt 0.0.4 CIFAR100.txt)"},
+        meta={"class_list": "cifar100 (nbdt 0.0.4 CIFAR100.txt, five word senses corrected, see NOTICE)"},
     )
 
 

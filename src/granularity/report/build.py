@@ -45,6 +45,7 @@ class Figure:
     caption: str
     details: Any = None  # JSON-able: the configs and seeds behind the figure
     table: list[list[str]] | None = None  # first row = header
+    data: Any = None  # what the figure draws, as its plotting function drew it (for tests and audits)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def section_simulate(folder: Path, figdir: Path, names: _Names) -> Section:
 
 def section_phase(folder: Path, figdir: Path, names: _Names) -> Section:
     from granularity.theory.phase import _cell_name, build_phase
-    from granularity.theory.plots import plot_phase
+    from granularity.theory.plots import phase_panels, plot_phase
 
     phase = read_json(folder / "phase.json") if (folder / "phase.json").exists() else build_phase(folder)
     spec = read_json(folder / "phase_spec.json")
@@ -181,11 +182,18 @@ def section_phase(folder: Path, figdir: Path, names: _Names) -> Section:
     if not phase.get("grids"):
         sec.notes.append("No finished cells yet.")
         return sec
+    missing = [f"{phase['x_key']}={xv}, {phase['y_key']}={yv}" for r, yv in enumerate(phase["y_values"])
+               for c, xv in enumerate(phase["x_values"])
+               if all(g[r][c] is None or math.isnan(g[r][c]) for g in phase["grids"].values())]
+    if missing:
+        sec.notes.append(f"{len(missing)} cells have no result (hatched grey, 'missing'): {'; '.join(missing)}.")
     p = plot_phase(phase, figdir / names(folder.name, "phase"))
     sec.figures.append(Figure(
         f"Hard-sample error ({phase['protocol']})", p,
         f"Each cell: mean over {phase.get('seeds')} seeds of the hard-sample target error; the right panel is coarse - fine.",
-        {"spec": spec, "cells": cells}, _phase_table(phase)))
+        {"spec": spec, "cells": cells}, _phase_table(phase),
+        {"kind": "heatmaps", "x_key": phase["x_key"], "x_values": phase["x_values"], "y_key": phase["y_key"],
+         "y_values": phase["y_values"], "panels": [{**pnl, "values": pnl["values"].tolist()} for pnl in phase_panels(phase)]}))
     return sec
 
 
@@ -197,7 +205,7 @@ def _phase_table(phase: Mapping[str, Any]) -> list[list[str]]:
             for src in phase["grids"]:
                 m = phase["grids"][src][r][c]
                 ci = phase.get("ci", {}).get(src, [[math.nan]])[r][c] if phase.get("ci") else math.nan
-                vals.append(fmt_ci({"mean": m, "ci": ci}))
+                vals.append("missing" if m is None or math.isnan(m) else fmt_ci({"mean": m, "ci": ci}))
             rows.append([str(yv), str(xv), *vals])
     return rows
 
@@ -273,22 +281,50 @@ def section_study(folder: Path, figdir: Path, names: _Names) -> Section:
 
 
 # ---- stores ---------------------------------------------------------------------------------
+# A store's runs are shared by every sweep that expands into their configs, so a sweep's cells
+# are keyed on its own axis keys read from each run's resolved config (never on the params some
+# other sweep registered); every cell of the grid is kept, a cell without a finished run shows as
+# missing. Each figure's ``data`` is the exact structure its plotting function drew.
 def _cells(rows: list[dict[str, Any]], axis_keys: list[str]) -> dict[tuple, list[dict[str, Any]]]:
+    from granularity.utils.config import get_dotted
+
     cells: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        key = tuple(json.dumps((r["params"] or {}).get(k)) for k in axis_keys)
+        key = tuple(json.dumps(get_dotted(r["config"], k)) for k in axis_keys)
         cells.setdefault(key, []).append(r)
     return cells
+
+
+def _ok(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if r["status"] == "ok"]
 
 
 def _cell_label(axis_keys: list[str], key: tuple) -> str:
     return ", ".join(f"{k}={json.loads(v)}" for k, v in zip(axis_keys, key)) or "all runs"
 
 
+def _missing_note(runs: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return "no finished run (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+
+
+def _note_missing(sec: Section, all_keys: list[str], cells: Mapping[tuple, list[dict[str, Any]]]) -> None:
+    missing = [k for k, runs in cells.items() if not _ok(runs)]
+    if missing:
+        failed = all(r["status"] == "failed" for k in missing for r in cells[k])
+        sec.notes.append(f"{len(missing)} of {len(cells)} cells have no finished run"
+                         + (" (all runs failed)" if failed else " (runs failed or not run yet)")
+                         + "; they are shown as missing (hatched grey in heatmaps, left out of curves): "
+                         + "; ".join(_cell_label(all_keys, k) for k in missing) + ".")
+
+
 def _cell_details(axis_keys: list[str], cells: Mapping[tuple, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [
         {"cell": {k: json.loads(v) for k, v in zip(axis_keys, key)},
-         "runs": [{"run_id": r["run_id"], "seed": (r["params"] or {}).get("seed"), "config": r["config"]} for r in runs]}
+         "runs": [{"run_id": r["run_id"], "status": r["status"], "seed": (r["params"] or {}).get("seed"),
+                   "config": r["config"]} for r in runs]}
         for key, runs in cells.items()
     ]
 
@@ -296,9 +332,7 @@ def _cell_details(axis_keys: list[str], cells: Mapping[tuple, list[dict[str, Any
 def _sim_aggregate(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """A result.json-like dict (errors with mean/CI over the runs' seeds) from one cell's runs."""
     errors: dict[str, Any] = {}
-    seeds = []
-    for r in runs:
-        seeds.append((r["params"] or {}).get("seed"))
+    seeds = [(r["params"] or {}).get("seed") for r in runs]
     metrics = [r["metrics"] or {} for r in runs]
     names = sorted({k for m in metrics for k in m if k.count(".") == 2 and not k.startswith("align.")})
     for key in names:
@@ -330,109 +364,137 @@ def section_store(root: Path, figdir: Path, names: _Names, protocol: str | None 
             if failed:
                 sec.tables.append(("Failed runs", [["run", "axis values and seed", "error"]] + [
                     [r["run_id"], json.dumps(r["params"]), r["error"] or ""] for r in failed]))
-            ok = [r for r in rows if r["status"] == "ok"]
-            if not ok:
+            if not _ok(rows):
                 sec.notes.append("No finished runs yet.")
             elif sw["kind"] == "simulate":
-                _store_simulate(sec, sw, ok, root, figdir, names, protocol)
+                _store_simulate(sec, sw, rows, root, figdir, names, protocol)
             elif sw["kind"] == "transfer":
-                _store_transfer(sec, sw, ok, figdir, names)
+                _store_transfer(sec, sw, rows, figdir, names)
             sec.tables.insert(0, ("Spec", [["sweep file", json.dumps(sw["spec"], sort_keys=True)]]))
             sections.append(sec)
     return sections
 
 
-def _store_simulate(sec: Section, sw: Mapping[str, Any], ok: list[dict[str, Any]], root: Path, figdir: Path,
-                    names: _Names, protocol: str | None) -> None:
-    from granularity.theory.plots import plot_alignment, plot_errors, plot_phase
+def _sim_sources(ok: list[dict[str, Any]], aggs: Mapping[tuple, Mapping[str, Any]]) -> list[str]:
+    """Pretraining sources in the runs' own order (``transfer.sources``), then any other stored."""
+    from granularity.utils.config import get_dotted
 
-    # one key per axis (a zip group is drawn against its first key)
-    axis_keys = [group[0] for group in sw["axes"]]
-    all_keys = [k for group in sw["axes"] for k in group]
-    cells = _cells(ok, all_keys)
-    aggs = {key: _sim_aggregate(runs, _cell_label(all_keys, key)) for key, runs in cells.items()}
-    first = next(iter(aggs.values()))
-    protos = _protocols(first["errors"])
-    if protocol is not None:
-        if protocol not in protos:
-            raise GranularityError(f"The '--protocol' option must be one of the stored protocols {protos}. Got {protocol!r} instead.")
-        protos = [protocol]
-    sources = list(first["errors"])
-    seeds_per_cell = sorted({len(v["seeds"]) for v in aggs.values()})
-    n_txt = "/".join(str(n) for n in seeds_per_cell)
-    details = _cell_details(all_keys, cells)
+    listed = [str(s) for r in ok for s in (get_dotted(r["config"], "transfer.sources") or [])]
+    stored = [s for a in aggs.values() for s in a["errors"]]
+    return [s for s in dict.fromkeys(listed + stored) if s in set(stored)]
 
-    # table: every cell, hard and easy error per source (first protocol), mean +- CI over seeds
-    proto0 = protos[0]
-    table = [[*all_keys, "seeds", *[f"{s} {proto0} hard" for s in sources], *[f"{s} {proto0} easy" for s in sources]]]
-    for key, agg in aggs.items():
-        row = [str(json.loads(v)) for v in key] + [str(len(agg["seeds"]))]
+
+def _sim_table(all_keys, cells, aggs, sources, proto0) -> list[list[str]]:
+    table = [[*all_keys, "seeds", *[f"{s} {proto0} hard" for s in sources], *[f"{s} {proto0} easy" for s in sources],
+              "note"]]
+    for key, runs in cells.items():
+        row = [str(json.loads(v)) for v in key]
+        agg = aggs.get(key)
+        if agg is None:
+            table.append(row + ["0"] + [""] * (2 * len(sources)) + [_missing_note(runs)])
+            continue
+        row.append(str(len(agg["seeds"])))
         for kind in ("hard", "easy"):
             for s in sources:
                 e = agg["errors"].get(s, {}).get(proto0, {}).get(kind)
                 row.append(fmt_ci(e) if e else "")
-        table.append(row)
-    sec.tables.append((f"Per cell (mean ± 95% CI over seeds, protocol {proto0})", table))
+        table.append(row + [""])
+    return table
 
+
+def _store_simulate(sec: Section, sw: Mapping[str, Any], rows: list[dict[str, Any]], root: Path, figdir: Path,
+                    names: _Names, protocol: str | None) -> None:
+    # one key per axis (a zip group is drawn against its first key)
+    axis_keys = [group[0] for group in sw["axes"]]
+    all_keys = [k for group in sw["axes"] for k in group]
+    cells = _cells(rows, all_keys)
+    aggs = {key: _sim_aggregate(_ok(runs), _cell_label(all_keys, key)) for key, runs in cells.items() if _ok(runs)}
+    protos = _protocols({s: p for a in aggs.values() for s, p in a["errors"].items()})
+    if protocol is not None:
+        if protocol not in protos:
+            raise GranularityError(f"The '--protocol' option must be one of the stored protocols {protos}. Got {protocol!r} instead.")
+        protos = [protocol]
+    sources = _sim_sources(_ok(rows), aggs)
+    n_txt = "/".join(str(n) for n in sorted({len(v["seeds"]) for v in aggs.values()}))
+    details = _cell_details(all_keys, cells)
+    _note_missing(sec, all_keys, cells)
+    sec.tables.append((f"Per cell (mean ± 95% CI over seeds, protocol {protos[0]})",
+                       _sim_table(all_keys, cells, aggs, sources, protos[0])))
     if len(axis_keys) == 2:
-        xk, yk = axis_keys
-        xi, yi = all_keys.index(xk), all_keys.index(yk)
-        xs = list(dict.fromkeys(json.loads(k[xi]) for k in aggs))
-        ys = list(dict.fromkeys(json.loads(k[yi]) for k in aggs))
-        xs = _sorted_values(xs)
-        ys = _sorted_values(ys)
-        for proto in protos:
-            grids: dict[str, list[list[float]]] = {}
-            cis: dict[str, list[list[float]]] = {}
-            for key, agg in aggs.items():
-                c, r = xs.index(json.loads(key[xi])), ys.index(json.loads(key[yi]))
-                for src in sources:
-                    e = agg["errors"].get(src, {}).get(proto, {}).get("hard")
-                    if e is None:
-                        continue
-                    grids.setdefault(src, [[math.nan] * len(xs) for _ in ys])[r][c] = e["mean"]
-                    cis.setdefault(src, [[math.nan] * len(xs) for _ in ys])[r][c] = e["ci"]
-            phase = {"x_key": xk, "x_values": xs, "y_key": yk, "y_values": ys, "protocol": proto,
-                     "seeds": n_txt, "grids": grids, "ci": cis}
-            p = plot_phase(phase, figdir / names(sw["name"], "phase", proto))
-            sec.figures.append(Figure(
-                f"Phase diagram: hard-sample error ({proto})", p,
-                f"Rows {yk}, columns {xk}; each cell is the mean over {n_txt} seeds (one run per seed) of the "
-                "hard-sample target error; the right panel is coarse - fine. 95% CIs in the table.",
-                details, _phase_table(phase)))
+        _sim_heatmaps(sec, sw, all_keys, axis_keys, cells, aggs, sources, protos, n_txt, details, figdir, names)
     elif len(axis_keys) == 1:
-        (xk,) = axis_keys
-        numeric = all(isinstance(json.loads(k[0]), (int, float)) for k in aggs)
-        for proto in protos:
-            series = {}
-            for src in sources:
-                for kind in ("hard", "easy"):
-                    pts = [(json.loads(k[0]), a["errors"][src][proto][kind]) for k, a in aggs.items()
-                           if proto in a["errors"].get(src, {})]
-                    if numeric and pts:
-                        series[f"{src}, {kind}"] = ([x for x, _ in pts], [e["mean"] for _, e in pts], [e["ci"] for _, e in pts])
-            if series:
-                p = _plot_lines(series, figdir / names(sw["name"], "curve", proto), xlabel=xk,
-                                ylabel="target test error", title=f"{proto}: error vs {xk} ({n_txt} seeds, 95% CI)")
-                sec.figures.append(Figure(f"Target error against {xk} ({proto})", p,
-                                          f"Mean and 95% CI band over {n_txt} seeds per point.", details))
-    # bars and alignment curves per cell for small grids (a heatmap says it all for big ones)
-    if len(aggs) <= 4:
+        _sim_curves(sec, sw, axis_keys[0], cells, aggs, sources, protos, n_txt, details, figdir, names)
+    if len(cells) <= 4:  # bars and alignment curves per cell for small grids (a heatmap says it all for big ones)
+        _sim_cell_figures(sec, sw, all_keys, cells, aggs, root, figdir, names)
+
+
+def _sim_heatmaps(sec, sw, all_keys, axis_keys, cells, aggs, sources, protos, n_txt, details, figdir, names) -> None:
+    from granularity.theory.plots import phase_panels, plot_phase
+
+    xk, yk = axis_keys
+    xi, yi = all_keys.index(xk), all_keys.index(yk)
+    xs = _sorted_values(list(dict.fromkeys(json.loads(k[xi]) for k in cells)))
+    ys = _sorted_values(list(dict.fromkeys(json.loads(k[yi]) for k in cells)))
+    pos = {json.dumps(v): i for i, v in enumerate(xs)}, {json.dumps(v): i for i, v in enumerate(ys)}
+    for proto in protos:
+        grids = {src: [[math.nan] * len(xs) for _ in ys] for src in sources}
+        cis = {src: [[math.nan] * len(xs) for _ in ys] for src in sources}
         for key, agg in aggs.items():
-            label = _cell_label(all_keys, key)
-            cell_details = _cell_details(all_keys, {key: cells[key]})
-            p = plot_errors(agg, figdir / names(sw["name"], label, "errors"))
-            sec.figures.append(Figure(f"Easy and hard target error — {label}", p,
-                                      f"Mean and 95% CI over {len(agg['seeds'])} seeds (one sweep run each).",
-                                      cell_details, _errors_table(agg["errors"])))
-            recs = []
-            for r in cells[key]:
-                seed = (r["params"] or {}).get("seed")
-                recs += _sim_records(root / "runs" / r["run_id"], [seed])
-            if recs and all("alignment" in rec for rec in recs):
-                p = plot_alignment(recs, figdir / names(sw["name"], label, "alignment"))
-                sec.figures.append(Figure(f"Feature alignment — {label}", p,
-                                          f"Mean and 95% CI band over {len(recs)} seeds.", cell_details))
+            c, r = pos[0][key[xi]], pos[1][key[yi]]
+            for src in sources:
+                e = agg["errors"].get(src, {}).get(proto, {}).get("hard")
+                if e is not None:
+                    grids[src][r][c], cis[src][r][c] = e["mean"], e["ci"]
+        grids = {s: g for s, g in grids.items() if any(not math.isnan(v) for row in g for v in row)}
+        phase = {"x_key": xk, "x_values": xs, "y_key": yk, "y_values": ys, "protocol": proto,
+                 "seeds": n_txt, "grids": grids, "ci": {s: cis[s] for s in grids}}
+        p = plot_phase(phase, figdir / names(sw["name"], "phase", proto))
+        data = {"kind": "heatmaps", "x_key": xk, "x_values": xs, "y_key": yk, "y_values": ys,
+                "panels": [{**pnl, "values": pnl["values"].tolist()} for pnl in phase_panels(phase)]}
+        sec.figures.append(Figure(
+            f"Phase diagram: hard-sample error ({proto})", p,
+            f"Rows {yk}, columns {xk}; each cell is the mean over {n_txt} seeds (one run per seed) of the "
+            "hard-sample target error; the last panel is the coarsest minus the finest source; hatched grey "
+            "cells have no finished run. 95% CIs in the table.",
+            details, _phase_table(phase), data))
+
+
+def _sim_curves(sec, sw, xk, cells, aggs, sources, protos, n_txt, details, figdir, names) -> None:
+    if not all(isinstance(json.loads(k[0]), (int, float)) and not isinstance(json.loads(k[0]), bool) for k in cells):
+        return
+    for proto in protos:
+        series = {}
+        for src in sources:
+            for kind in ("hard", "easy"):
+                pts = [(json.loads(k[0]), a["errors"][src][proto][kind]) for k, a in aggs.items()
+                       if kind in a["errors"].get(src, {}).get(proto, {})]
+                if pts:
+                    series[f"{src}, {kind}"] = ([x for x, _ in pts], [e["mean"] for _, e in pts], [e["ci"] for _, e in pts])
+        if series:
+            p, data = _plot_lines(series, figdir / names(sw["name"], "curve", proto), xlabel=xk,
+                                  ylabel="target test error", title=f"{proto}: error vs {xk} ({n_txt} seeds, 95% CI)")
+            sec.figures.append(Figure(f"Target error against {xk} ({proto})", p,
+                                      f"Mean and 95% CI band over {n_txt} seeds per point.", details, None, data))
+
+
+def _sim_cell_figures(sec, sw, all_keys, cells, aggs, root, figdir, names) -> None:
+    from granularity.theory.plots import plot_alignment, plot_errors
+
+    for key, agg in aggs.items():
+        label = _cell_label(all_keys, key)
+        ok = _ok(cells[key])
+        cell_details = _cell_details(all_keys, {key: ok})
+        p = plot_errors(agg, figdir / names(sw["name"], label, "errors"))
+        sec.figures.append(Figure(f"Easy and hard target error — {label}", p,
+                                  f"Mean and 95% CI over {len(agg['seeds'])} seeds (one sweep run each).",
+                                  cell_details, _errors_table(agg["errors"]), {"kind": "error bars", "errors": agg["errors"]}))
+        recs = []
+        for r in ok:
+            recs += _sim_records(root / "runs" / r["run_id"], [(r["params"] or {}).get("seed")])
+        if recs and all("alignment" in rec for rec in recs):
+            p = plot_alignment(recs, figdir / names(sw["name"], label, "alignment"))
+            sec.figures.append(Figure(f"Feature alignment — {label}", p,
+                                      f"Mean and 95% CI band over {len(recs)} seeds.", cell_details))
 
 
 def _sorted_values(values: list[Any]) -> list[Any]:
@@ -442,48 +504,86 @@ def _sorted_values(values: list[Any]) -> list[Any]:
         return values
 
 
-def _plot_lines(series, path, **kw):
-    from granularity.report.figures import plot_lines
+def _plot_lines(series, path, **kw) -> tuple[Path, dict[str, Any]]:
+    """Draw ``label -> (x, mean, ci)`` and return the path and the drawn data (points sorted by x)."""
+    from granularity.report import figures
 
-    return plot_lines(series, path, **kw)
+    drawn = {}
+    for label, (x, mean, ci) in series.items():
+        order = sorted(range(len(x)), key=lambda i: float(x[i]))
+        drawn[label] = {"x": [float(x[i]) for i in order], "mean": [float(mean[i]) for i in order],
+                        "ci": [float(ci[i]) for i in order]}
+    return figures.plot_lines(series, path, **kw), {"kind": "lines", "series": drawn}
 
 
-def _store_transfer(sec: Section, sw: Mapping[str, Any], ok: list[dict[str, Any]], figdir: Path, names: _Names) -> None:
-    from granularity.report.figures import plot_grouped_bars, plot_lines
+def _u_lines(sw: Mapping[str, Any], all_keys: list[str], aggs: Mapping[tuple, Mapping[str, Any]]) -> dict[str, list]:
+    """U-curve lines of a transfer sweep: one per label-function family and combination of the
+    other axes (those not varying with ``source``), so a line joins only runs that agree on every
+    other axis. The target-labels baseline is folded onto the hierarchy line (as in the study
+    report) unless that line already has a point at its number of classes."""
+    source_group = next((g for g in sw["axes"] if "source" in g), [])
+    others = [k for k in all_keys if k not in source_group]
+    lines: dict[tuple, list] = {}
+    for key, agg in aggs.items():
+        if agg["n_cls"] is None:
+            continue
+        rest = tuple(key[all_keys.index(k)] for k in others)
+        lines.setdefault((agg["family"], rest), []).append((float(agg["n_cls"]), agg["target"], key))
+    folded: dict[tuple, list] = {}
+    for (fam, rest), pts in lines.items():
+        if fam == "target":
+            hier = lines.get(("hierarchy", rest), [])
+            if not {x for x, _, _ in pts} & {x for x, _, _ in hier}:
+                fam = "hierarchy"
+        folded.setdefault((fam, rest), []).extend(pts)
+    suffix = lambda rest: ", ".join(f"{k}={json.loads(v)}" for k, v in zip(others, rest))  # noqa: E731
+    return {fam + (f", {suffix(rest)}" if others else ""): pts for (fam, rest), pts in folded.items()}
+
+
+def _transfer_aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ms = [r["metrics"] or {} for r in runs]
+    return {"n": len(runs), "n_cls": ms[0].get("num_source_classes"), "family": str(ms[0].get("source_family", "source")),
+            "target": mean_ci([m.get("target_error") for m in ms if m.get("target_error") is not None]),
+            "rare": mean_ci([m["rare_error"] for m in ms if m.get("rare_error") is not None]),
+            "common": mean_ci([m["common_error"] for m in ms if m.get("common_error") is not None])}
+
+
+def _store_transfer(sec: Section, sw: Mapping[str, Any], rows: list[dict[str, Any]], figdir: Path, names: _Names) -> None:
+    from granularity.report.figures import plot_grouped_bars
 
     all_keys = [k for group in sw["axes"] for k in group]
-    cells = _cells(ok, all_keys)
+    cells = _cells(rows, all_keys)
     details = _cell_details(all_keys, cells)
-    table = [[*all_keys, "seeds", "source classes", "target error", "rare error", "common error"]]
-    u: dict[str, list[tuple[float, dict, str]]] = {}
+    aggs = {key: _transfer_aggregate(_ok(runs)) for key, runs in cells.items() if _ok(runs)}
+    _note_missing(sec, all_keys, cells)
+    table = [[*all_keys, "seeds", "source classes", "target error", "rare error", "common error", "note"]]
     bars: dict[str, dict[str, tuple[float, float]]] = {}
     for key, runs in cells.items():
-        ms = [r["metrics"] or {} for r in runs]
-        te = mean_ci([m.get("target_error") for m in ms if m.get("target_error") is not None])
-        rare = mean_ci([m["rare_error"] for m in ms if m.get("rare_error") is not None])
-        common = mean_ci([m["common_error"] for m in ms if m.get("common_error") is not None])
-        n_cls = ms[0].get("num_source_classes")
-        family = str(ms[0].get("source_family", "source"))
-        label = _cell_label(all_keys, key)
-        table.append([*(str(json.loads(v)) for v in key), str(len(runs)), str(n_cls), fmt_ci(te),
-                      fmt_ci(rare) if rare["n"] else "", fmt_ci(common) if common["n"] else ""])
-        if n_cls is not None:
-            u.setdefault(family, []).append((float(n_cls), te, label))
-        if rare["n"]:
-            bars[label] = {"rare subclasses": (rare["mean"], rare["ci"]), "common subclasses": (common["mean"], common["ci"])}
+        a = aggs.get(key)
+        if a is None:
+            table.append([*(str(json.loads(v)) for v in key), "0", "", "", "", "", _missing_note(runs)])
+            continue
+        table.append([*(str(json.loads(v)) for v in key), str(a["n"]), str(a["n_cls"]), fmt_ci(a["target"]),
+                      fmt_ci(a["rare"]) if a["rare"]["n"] else "", fmt_ci(a["common"]) if a["common"]["n"] else "", ""])
+        if a["rare"]["n"]:
+            bars[_cell_label(all_keys, key)] = {"rare subclasses": (a["rare"]["mean"], a["rare"]["ci"]),
+                                                "common subclasses": (a["common"]["mean"], a["common"]["ci"])}
     sec.tables.append(("Per cell (mean ± 95% CI over seeds)", table))
+    u = _u_lines(sw, all_keys, aggs)
     if any(len({x for x, _, _ in pts}) >= 2 for pts in u.values()):
-        series = {fam: ([x for x, _, _ in pts], [e["mean"] for _, e, _ in pts], [e["ci"] for _, e, _ in pts])
-                  for fam, pts in u.items()}
-        p = plot_lines(series, figdir / names(sw["name"], "u_curve"), xlabel="pretraining classes",
-                       ylabel="target test error", title="Target error vs pretraining granularity (95% CI)", logx=True)
+        series = {label: ([x for x, _, _ in pts], [e["mean"] for _, e, _ in pts], [e["ci"] for _, e, _ in pts])
+                  for label, pts in u.items()}
+        p, data = _plot_lines(series, figdir / names(sw["name"], "u_curve"), xlabel="pretraining classes",
+                              ylabel="target test error", title="Target error vs pretraining granularity (95% CI)", logx=True)
         sec.figures.append(Figure("U-curve: target error against pretraining granularity", p,
-                                  "Mean and 95% CI band over seeds, per label-function family.", details))
+                                  "Mean and 95% CI band over seeds; one line per label-function family and combination "
+                                  "of the other axes (the target-labels baseline is on the hierarchy line).", details,
+                                  None, data))
     if bars:
         p = plot_grouped_bars(bars, figdir / names(sw["name"], "hard_samples"), ylabel="target test error",
                               title="Hard samples: rare vs common subclasses (95% CI)")
         sec.figures.append(Figure("Hard samples: error on rare vs common subclasses", p,
-                                  "Mean and 95% CI over seeds.", details))
+                                  "Mean and 95% CI over seeds.", details, None, {"kind": "bars", "groups": bars}))
 
 
 # ---- HTML -----------------------------------------------------------------------------------
@@ -550,6 +650,32 @@ def render(sections: list[Section], out: Path, title: str) -> str:
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+def collect_sections(results: Sequence[str | Path], out: str | Path, *, protocol: str | None = None) -> list[Section]:
+    """The report's sections from result folders, figures drawn into ``<out>/figures``; each
+    :class:`Figure` holds the PNG path, its table and ``data`` (what it draws)."""
+    if not results:
+        raise GranularityError("The 'RESULTS' argument needs at least one results folder.")
+    paths = [Path(p) for p in results]
+    kinds = [detect(p) for p in paths]  # every input checked before anything is drawn
+    figdir = check_writable(out) / "figures"
+    figdir.mkdir(exist_ok=True)
+    names = _Names()
+    sections: list[Section] = []
+    for path, kind in zip(paths, kinds):
+        with _reading(path, kind):
+            if kind == "simulate":
+                sections.append(section_simulate(path, figdir, names))
+            elif kind == "phase":
+                sections.append(section_phase(path, figdir, names))
+            elif kind == "store":
+                sections += section_store(path, figdir, names, protocol)
+            elif kind == "study":
+                sections.append(section_study(path, figdir, names))
+            else:
+                sections.append(section_transfer_run(path))
+    return sections
+
+
 def build_report(results: Sequence[str | Path], out: str | Path, *, title: str = "granularity report",
                  protocol: str | None = None) -> Path:
     """Build ``<out>/index.html`` (self-contained) and ``<out>/figures/*.png`` from result folders.
@@ -572,27 +698,8 @@ def build_report(results: Sequence[str | Path], out: str | Path, *, title: str =
     --------
     >>> build_report(["runs/sweeps/phase"], "runs/report")  # doctest: +SKIP
     """
-    if not results:
-        raise GranularityError("The 'RESULTS' argument needs at least one results folder.")
-    paths = [Path(p) for p in results]
-    kinds = [detect(p) for p in paths]  # every input checked before anything is drawn
-    out = check_writable(out)
-    figdir = out / "figures"
-    figdir.mkdir(exist_ok=True)
-    names = _Names()
-    sections: list[Section] = []
-    for path, kind in zip(paths, kinds):
-        with _reading(path, kind):
-            if kind == "simulate":
-                sections.append(section_simulate(path, figdir, names))
-            elif kind == "phase":
-                sections.append(section_phase(path, figdir, names))
-            elif kind == "store":
-                sections += section_store(path, figdir, names, protocol)
-            elif kind == "study":
-                sections.append(section_study(path, figdir, names))
-            else:
-                sections.append(section_transfer_run(path))
+    out = Path(out)
+    sections = collect_sections(results, out, protocol=protocol)
     page = out / "index.html"
     from granularity.utils.io import write_bytes_atomic
 

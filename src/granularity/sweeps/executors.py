@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from granularity.errors import GranularityError, unknown_name
 from granularity.sweeps.spec import RunSpec
-from granularity.sweeps.store import ResultsStore
-from granularity.sweeps.worker import execute_run, set_threads
+from granularity.sweeps.store import ResultsStore, owner_id
+from granularity.sweeps.worker import execute_run, serve
 
 MAX_CRASHES = 2  # a run whose worker process dies this often is recorded as failed
 
@@ -66,8 +68,62 @@ def _worker_context(preload: Sequence[str]):
     return ctx
 
 
+class _Worker:
+    """One worker process (:func:`~granularity.sweeps.worker.serve`) and the run it is computing:
+    when the process dies, exactly that run lost its worker."""
+
+    def __init__(self, ctx: Any, threads: int):
+        self.conn, child = ctx.Pipe()
+        # not daemonic: a transfer run may start DataLoader worker processes of its own
+        self.proc = ctx.Process(target=serve, args=(child, threads, os.getpid()), name="granularity-sweep-worker")
+        self.proc.start()
+        child.close()
+        self.run: RunSpec | None = None
+
+    def submit(self, root: str, run: RunSpec) -> None:
+        self.run = run
+        try:
+            self.conn.send((root, run))
+        except OSError:  # it died idle: its sentinel tells, and the run goes back unclaimed
+            pass
+
+    def receive(self) -> dict[str, Any] | None:
+        """The outcome of its run, or None if the process died before answering."""
+        try:
+            tag, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            return None
+        self.run = None
+        if tag == "error":
+            raise value
+        return value
+
+    def death(self) -> str:
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            how = f"signal {signal.Signals(-code).name} (killed, or out of memory)"
+        else:
+            how = f"exit code {code}"
+        return f"its worker process (pid {self.proc.pid}) died with {how}"
+
+    def stop(self, wait: bool) -> None:
+        try:
+            if wait:
+                self.conn.send(None)
+                self.proc.join(10)
+        except OSError:  # it is gone already
+            pass
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+
+
 class LocalExecutor:
-    """A pool of worker processes on this machine."""
+    """A pool of worker processes on this machine, each computing one run at a time. A worker
+    that dies (killed, out of memory) costs a crash only to the run it was computing; a fresh
+    worker replaces it and the queued runs are unaffected."""
 
     name = "local"
     log: Callable[[str], None] = staticmethod(lambda _m: None)  # set by the runner
@@ -79,38 +135,57 @@ class LocalExecutor:
         return f"local: {self.workers} worker processes x {self.threads} torch threads"
 
     def run(self, store: ResultsStore, runs: Sequence[RunSpec]) -> Iterator[dict[str, Any]]:
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from multiprocessing.connection import wait
 
         from granularity.sweeps.kinds import get_kind
-        from concurrent.futures.process import BrokenProcessPool
 
-        crashes = _Crashes(store)
-        pending = list(runs)
         self.log(self.describe())
-        while pending:
-            preload = sorted({m for r in pending for m in get_kind(r.kind).preload})
-            pool = ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=_worker_context(preload),
-                                       initializer=set_threads, initargs=(self.threads,))
-            try:
-                futures = {pool.submit(execute_run, str(store.root), r, self.threads): r for r in pending}
-                pending = []
-                live = set(futures)
-                while live:
-                    done, live = wait(live, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        run = futures[fut]
-                        try:
-                            yield fut.result()
-                        except BrokenProcessPool:
-                            outcome = crashes.handle(run, "a worker process died (killed or out of memory)")
-                            if outcome is None:
-                                pending.append(run)
-                            else:
-                                yield outcome
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
+        crashes = _Crashes(store)
+        queue = deque(runs)
+        ctx = _worker_context(sorted({m for r in runs for m in get_kind(r.kind).preload}))
+        pool: list[_Worker] = []
+        finished = False
+        self._idle_deaths = 0
+        try:
+            while queue or any(w.run for w in pool):
+                for w in pool:
+                    if queue and w.run is None:
+                        w.submit(str(store.root), queue.popleft())
+                while queue and len(pool) < self.workers:
+                    pool.append(_Worker(ctx, self.threads))
+                    pool[-1].submit(str(store.root), queue.popleft())
+                busy = {w.conn: w for w in pool if w.run} | {w.proc.sentinel: w for w in pool if w.run}
+                for w in {busy[r] for r in wait(list(busy))}:
+                    run = w.run
+                    outcome = w.receive()
+                    if outcome is not None:
+                        self._idle_deaths = 0
+                        yield outcome
+                        continue
+                    pool.remove(w)  # a fresh worker takes its place at the next submission
+                    w.stop(wait=False)
+                    outcome = self._lost(store, w, run, crashes)
+                    if outcome is None:
+                        queue.appendleft(run)
+                    else:
+                        yield outcome
+            finished = True
+        finally:
+            for w in pool:
+                w.stop(wait=finished)
+
+    def _lost(self, store: ResultsStore, w: _Worker, run: RunSpec, crashes: _Crashes) -> dict[str, Any] | None:
+        """A dead worker's run: a crash of that run if the worker died computing it (its claim row
+        names the worker), else (it died before claiming it, or after recording it) resubmitted
+        without counting. Returns a failed outcome, or None to submit the run again."""
+        rows = store.rows([run.run_id])
+        if rows and rows[0]["status"] == "running" and rows[0]["owner"] == owner_id(w.proc.pid):
+            self._idle_deaths = 0
+            return crashes.handle(run, w.death())
+        self._idle_deaths += 1  # a worker that cannot even take a run must not be replaced forever
+        if self._idle_deaths > 2 * self.workers + 2:
+            raise RuntimeError(f"Worker processes keep dying before they start a run; the last one: {w.death()}.")
+        return None
 
 
 class RayExecutor:

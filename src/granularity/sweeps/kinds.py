@@ -37,9 +37,18 @@ class ExperimentKind:
     # modules a worker process imports once, before its first run (the local executor's fork
     # server imports them a single time for all its workers)
     preload: tuple[str, ...] = ()
+    # top-level config fields that do not change a run's numbers (a name, where it runs, worker
+    # processes, checkpoint and output options), given the config: left out of the run id
+    run_only: Callable[[Mapping[str, Any]], tuple[str, ...]] = lambda cfg: ()
 
     def build(self, raw: Mapping[str, Any], where: str = "") -> Config:
         return self.config_class().build(raw, where=where)
+
+    def result_config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """The resolved config (a dict) without its run-only fields: what determines the result,
+        hence what a run id hashes."""
+        drop = set(self.run_only(cfg))
+        return {k: v for k, v in cfg.items() if k not in drop}
 
 
 KINDS: dict[str, ExperimentKind] = {}
@@ -93,6 +102,11 @@ def _sim_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# the simulator's own rule: the fields its config_hash leaves out (resuming and extending a run
+# folder rely on it; tests/sweeps/test_spec.py pins the two lists to each other)
+SIM_RUN_ONLY = ("seeds", "seed_batch", "device", "name", "checkpoint_every")
+
+
 def _sim_complete(out: Path, cfg: Config) -> bool:
     """A simulate folder is finished when its result.json covers exactly this config's seeds."""
     from granularity.theory.experiment import config_hash
@@ -119,6 +133,7 @@ register(
         run=_sim_run,
         metrics=_sim_metrics,
         is_complete=_sim_complete,
+        run_only=lambda cfg: SIM_RUN_ONLY,
         # torch._dynamo: torch.optim imports it on the first optimiser (~4 s); matplotlib: the figures
         preload=("torch", "torch._dynamo", "granularity.theory.experiment", "granularity.theory.plots", "matplotlib.pyplot"),
     )
@@ -152,7 +167,19 @@ def _tr_preset(name: str) -> dict[str, Any]:
 
 def _tr_run(cfg: Config, out: Path) -> dict[str, Any]:
     from granularity.engine.run import run_transfer
+    from granularity.utils.io import write_json
 
+    # The engine resumes only a folder of the identical config; one that differs in run-only
+    # fields (an interrupted run sent again with other workers or device) is the same run, so
+    # its config.json is brought up to date first. Anything else is left to the engine's check.
+    path, new = out / "config.json", cfg.to_dict()
+    try:
+        old = read_json(path) if path.exists() else None
+    except GranularityError:
+        old = None
+    kind = KINDS["transfer"]
+    if isinstance(old, dict) and old != new and kind.result_config(old) == kind.result_config(new):
+        write_json(path, new)
     return run_transfer(cfg, out)
 
 
@@ -169,13 +196,24 @@ def _tr_metrics(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _tr_run_only(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """``workers`` (image-decoding processes) and ``save_checkpoints`` never change the numbers;
+    ``device``, as for the simulator, only their rounding, except with ``bf16`` or ``tf32`` on:
+    those act on CUDA only, so there the device decides the arithmetic and stays in the id."""
+    keys = ("workers", "save_checkpoints")
+    return keys if cfg.get("bf16") or cfg.get("tf32") else (*keys, "device")
+
+
 def _tr_complete(out: Path, cfg: Config) -> bool:
+    """A finished folder of a run with the same result-relevant config."""
     if not (out / "result.json").exists() or not (out / "config.json").exists():
         return False
     try:
-        return read_json(out / "config.json") == cfg.to_dict()
+        old = read_json(out / "config.json")
     except GranularityError:
         return False
+    kind = KINDS["transfer"]
+    return isinstance(old, dict) and kind.result_config(old) == kind.result_config(cfg.to_dict())
 
 
 register(
@@ -189,6 +227,7 @@ register(
         run=_tr_run,
         metrics=_tr_metrics,
         is_complete=_tr_complete,
+        run_only=_tr_run_only,
         hierarchy_hash=lambda result: result.get("hierarchy_hash"),
         preload=("torch", "torch._dynamo", "granularity.engine.run", "granularity.models"),
     )

@@ -12,6 +12,7 @@ from granularity.sweeps.spec import RunSpec, Sweep, load_sweep
 from granularity.sweeps.store import ResultsStore, owner_alive
 
 POLL_S = 1.0  # how often to look at runs another sweep is computing
+LOST = "WorkerCrashed: its worker process died and the sweep ended before the run was recorded"
 
 
 def _fmt_params(params: dict[str, Any]) -> str:
@@ -87,18 +88,29 @@ def run_sweep(
             if waiting:
                 say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
                 todo, waiting = _wait_for_others(store, waiting)
+        for rid in _reconcile(store, by_id):
+            say(f"failed {rid} {_fmt_params(by_id[rid].params)}: {LOST}")
         rows = {r["run_id"]: r for r in store.rows(by_id)}
         counts: dict[str, int] = {}
         for r in rows.values():
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         failures = [
-            {"run_id": rid, "params": rows[rid]["params"], "error": rows[rid]["error"]}
+            {"run_id": rid, "params": by_id[rid].params, "error": rows[rid]["error"]}
             for rid in by_id if rows[rid]["status"] == "failed"
         ]
         return {"name": sw.name, "store": str(out), "total": len(sw.runs), "counts": counts, "ran": ran,
                 "skipped": skipped, "failures": failures, "wall_time": time.perf_counter() - t0}
     finally:
         store.close()
+
+
+def _reconcile(store: ResultsStore, by_id: dict[str, RunSpec]) -> list[str]:
+    """Record as failed the runs still ``running`` under a dead owner when the sweep ends (a
+    worker killed after the executor gave up on it), so that no run is left looking busy and
+    each is listed among the failures. Returns their ids."""
+    lost = [r["run_id"] for r in store.rows(by_id)
+            if r["status"] == "running" and not owner_alive(r["owner"], r["heartbeat"])]
+    return [rid for rid in lost if store.fail_if_orphaned(rid, LOST)]
 
 
 def _wait_for_others(store: ResultsStore, waiting: list[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:

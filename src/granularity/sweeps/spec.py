@@ -17,8 +17,10 @@ A sweep file (YAML or JSON)::
     seeds: 3                     # 3 -> [0, 1, 2]; or [0, 5, 7]; or {start: 10, count: 3}
 
 One sweep run = one seed of one grid point; its id is a hash of the kind and the canonical JSON
-of its validated config (seed included), so the same run has the same id in every sweep and
-store. Every expanded config is validated before any run starts.
+of its validated config (seed included) without the fields that do not change the result
+(:attr:`ExperimentKind.run_only`: name, device, worker processes, checkpoint options), so the
+same computation has the same id in every sweep and store. Every expanded config is validated
+before any run starts.
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ class Sweep:
 
 
 def run_id(kind: str, config: Mapping[str, Any]) -> str:
-    """Stable id: sha256 of the kind and the canonical JSON of the validated config."""
-    canon = json.dumps({"kind": kind, "config": config}, sort_keys=True, separators=(",", ":"))
+    """Stable id: sha256 of the kind and the canonical JSON of the validated config without the
+    fields that do not change the result (the kind's ``run_only``: name, device, worker processes,
+    checkpoint options), so that the same computation has one id however it is launched."""
+    canon = json.dumps({"kind": kind, "config": get_kind(kind).result_config(config)}, sort_keys=True,
+                       separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -274,7 +279,8 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
             rid = run_id(kind.name, cfg_d)
             if rid in ids:
                 raise GranularityError(
-                    f"Two runs of {where} have the same config ({ids[rid]} and {params}); remove the duplicate axis values."
+                    f"Two runs of {where} have the same config ({ids[rid]} and {params}) apart from fields that do not "
+                    "change results (name, device, workers, checkpoint options); remove the duplicate axis values."
                 )
             ids[rid] = params
             runs.append(RunSpec(rid, kind.name, cfg_d, params))

@@ -13,6 +13,12 @@ taken over, so a killed sweep resumes and two sweeps never compute the same run 
 
 Rows hold the resolved config and metrics as JSON; :meth:`ResultsStore.frame` flattens them into
 columns (``data.k``, ``fine.map.hard``, ...) for filtering and export.
+
+A run is shared by every sweep that expands into its config (the id is a hash of the config), so
+its axis values depend on the sweep that asks: each membership row of ``sweep_runs`` holds that
+sweep's own ``params`` (its axis keys read from the run's resolved config, and the seed), and
+:meth:`ResultsStore.rows` with ``sweep=`` answers with them. ``runs.params`` only records the
+params of the sweep that first registered the run; nothing groups or labels by it.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
     sweep TEXT NOT NULL,
     run_id TEXT NOT NULL,
     position INTEGER NOT NULL,
+    params TEXT,                     -- this sweep's axis values of the run and its seed, JSON
     PRIMARY KEY (sweep, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
@@ -73,8 +80,9 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 JSON_COLUMNS = ("config", "params", "metrics", "versions")
 
 
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def owner_id(pid: int | None = None) -> str:
+    """The claim owner of process ``pid`` (default: this one) on this host."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -134,6 +142,8 @@ class ResultsStore:
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                    if "params" not in self._columns("sweep_runs"):  # a store written before memberships had params
+                        db.execute("ALTER TABLE sweep_runs ADD COLUMN params TEXT")
             else:  # an index of another program (or an empty database) has not got our tables
                 self._db.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
                 self._db.execute("SELECT 1 FROM sweeps LIMIT 1").fetchall()
@@ -161,6 +171,9 @@ class ResultsStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -195,8 +208,8 @@ class ResultsStore:
             )
             db.execute("DELETE FROM sweep_runs WHERE sweep=?", (sweep.name,))
             db.executemany(
-                "INSERT INTO sweep_runs(sweep, run_id, position) VALUES (?,?,?)",
-                [(sweep.name, r.run_id, i) for i, r in enumerate(sweep.runs)],
+                "INSERT INTO sweep_runs(sweep, run_id, position, params) VALUES (?,?,?,?)",
+                [(sweep.name, r.run_id, i, json.dumps(r.params)) for i, r in enumerate(sweep.runs)],
             )
             db.executemany(
                 "INSERT INTO runs(run_id, kind, status, config, params, created) VALUES (?,?,?,?,?,?) "
@@ -276,14 +289,14 @@ class ResultsStore:
 
     # ---- queries ----------------------------------------------------------------------------
     def rows(self, run_ids: Iterable[str] | None = None, sweep: str | None = None) -> list[dict[str, Any]]:
+        """Index rows (JSON columns decoded). With ``sweep``: that sweep's runs in grid order, each
+        with ``params`` as that sweep registered them (never another sweep's axis keys)."""
         if sweep is not None:
-            if not self._db.execute("SELECT 1 FROM sweeps WHERE name=?", (sweep,)).fetchone():
-                from granularity.errors import unknown_name
-
-                raise unknown_name("sweep", sweep, [s["name"] for s in self.sweeps()])
+            axes = self._sweep_axes(sweep)
+            member = "sweep_runs.params AS member_params" if "params" in self._columns("sweep_runs") else "NULL AS member_params"
             cur = self._db.execute(
-                "SELECT runs.* FROM runs JOIN sweep_runs ON runs.run_id = sweep_runs.run_id WHERE sweep_runs.sweep=? "
-                "ORDER BY sweep_runs.position", (sweep,))
+                f"SELECT runs.*, {member} FROM runs JOIN sweep_runs ON runs.run_id = sweep_runs.run_id "
+                "WHERE sweep_runs.sweep=? ORDER BY sweep_runs.position", (sweep,))
         else:
             cur = self._db.execute("SELECT * FROM runs ORDER BY created, run_id")
         out = []
@@ -294,8 +307,19 @@ class ResultsStore:
                 continue
             for key in JSON_COLUMNS:
                 d[key] = json.loads(d[key]) if d[key] else None
+            if sweep is not None:
+                member = d.pop("member_params")
+                d["params"] = json.loads(member) if member else sweep_params(d["config"], axes, d["params"])
             out.append(d)
         return out
+
+    def _sweep_axes(self, sweep: str) -> list[list[str]]:
+        row = self._db.execute("SELECT axes FROM sweeps WHERE name=?", (sweep,)).fetchone()
+        if row is None:
+            from granularity.errors import unknown_name
+
+            raise unknown_name("sweep", sweep, [s["name"] for s in self.sweeps()])
+        return json.loads(row["axes"])
 
     def status_counts(self, run_ids: Iterable[str] | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -303,8 +327,11 @@ class ResultsStore:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         return counts
 
-    def frame(self, sweep: str | None = None):
-        """The index as a pandas DataFrame: config fields and metrics flattened into columns."""
+    def frame(self, sweep: str | None = None, encode_lists: bool = True):
+        """The index as a pandas DataFrame: config fields and metrics flattened into columns.
+
+        List (and mapping) config values are JSON text, ready for CSV/parquet; with
+        ``encode_lists=False`` they stay Python lists, to compare as values (see :func:`encode_lists`)."""
         import pandas as pd
 
         records = []
@@ -314,7 +341,7 @@ class ResultsStore:
                 "seed": (r["params"] or {}).get("seed"), "wall_time": r["wall_time"], "attempts": r["attempts"],
                 "hierarchy_hash": r["hierarchy_hash"],
             }
-            rec.update({f"{k}": _scalar(v) for k, v in flatten(r["config"]).items()})
+            rec.update({f"{k}": _scalar(v) if encode_lists else v for k, v in flatten(r["config"]).items()})
             rec.update({f"{k}": v for k, v in (r["metrics"] or {}).items()})
             versions = r["versions"] or {}
             for key in ("granularity", "torch", "python", "git_revision", "device"):
@@ -324,8 +351,23 @@ class ResultsStore:
         return pd.DataFrame.from_records(records)
 
 
+def sweep_params(config: Mapping[str, Any] | None, axes: list[list[str]], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A sweep's params of a run: its axis keys read from the run's resolved config, and the seed
+    (the same in every sweep: it is part of the config the run id hashes)."""
+    from granularity.utils.config import get_dotted
+
+    out = {key: get_dotted(config, key) for group in axes for key in group}
+    out["seed"] = (params or {}).get("seed")
+    return out
+
+
 def _scalar(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def encode_lists(df: Any) -> Any:
+    """A frame of :meth:`ResultsStore.frame` with ``encode_lists=False`` as the default frame."""
+    return df.apply(lambda col: col.map(_scalar) if col.dtype == object else col)
 
 
 def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:

@@ -1,11 +1,17 @@
 """What a worker process does with one sweep run: claim it, run it, record the outcome.
 
 The worker writes the index itself (one transaction per change), so a finished run is recorded
-even if the sweep process that launched it is killed a moment later.
+even if the sweep process that launched it is killed a moment later. A worker of the local
+executor (:func:`serve`) dies with its sweep process: a killed sweep leaves no process behind,
+and its runs' claims become stale so that the next sweep takes them over.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import select
+import signal
 import threading
 import time
 import traceback
@@ -14,7 +20,11 @@ from typing import Any
 
 from granularity.sweeps.kinds import get_kind
 from granularity.sweeps.spec import RunSpec
-from granularity.sweeps.store import HEARTBEAT_S, ResultsStore, owner_id
+from granularity.sweeps.store import HEARTBEAT_S, ResultsStore, _pid_alive, owner_id
+
+# Test hook (fault injection): comma-separated run ids whose worker process SIGKILLs itself when
+# it starts them, as the kernel's OOM killer would. Unset in normal use.
+KILL_ENV = "GRANULARITY_TEST_KILL_WORKER"
 
 
 class _Heartbeat(threading.Thread):
@@ -48,6 +58,56 @@ def set_threads(threads: int | None) -> None:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set in this process (a reused worker)
             pass
+
+
+def exit_with(pid: int) -> None:
+    """SIGKILL this process as soon as process ``pid`` (the sweep that started it) exits.
+
+    A watchdog thread, not ``PR_SET_PDEATHSIG``: workers are children of the fork server, not of
+    the sweep process. The fork server (and multiprocessing's resource tracker) exit by themselves
+    once no process holds their pipes, i.e. once the sweep and all its workers are gone. The
+    thread waits on a pidfd (no polling) where Linux has them."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone already
+            fd = None
+        except (AttributeError, OSError):  # no pidfds (not Linux >= 5.3): poll
+            while _pid_alive(pid):
+                time.sleep(1.0)
+            fd = None
+        else:
+            select.select([fd], [], [])  # readable once the process has exited
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name=f"exit-with-{pid}").start()
+
+
+def serve(conn: Any, threads: int | None, driver: int) -> None:
+    """A local executor's worker process: run the runs the sweep sends over ``conn`` one at a time
+    (``(store_root, run)``; None to stop), answering each with ``("ok", outcome)`` or
+    ``("error", exception)`` (an error of the store, not of the run: the sweep re-raises it)."""
+    exit_with(driver)
+    set_threads(threads)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:  # the sweep closed its end
+                return
+            if msg is None:
+                return
+            try:
+                reply: tuple[str, Any] = ("ok", execute_run(msg[0], msg[1], threads))
+            except Exception as exc:  # noqa: BLE001 - handed to the sweep process
+                try:
+                    reply = ("error", pickle.loads(pickle.dumps(exc)))
+                except Exception:  # noqa: BLE001 - an exception that does not pickle
+                    reply = ("error", RuntimeError(one_line(exc)))
+            conn.send(reply)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the sweep reports it
+        return
 
 
 def one_line(exc: BaseException) -> str:
@@ -86,6 +146,8 @@ def execute_run(store_root: str | Path, run: RunSpec, threads: int | None = None
                 result = read_json(out / "result.json")
             else:
                 store.mark_started(run.run_id)
+                if run.run_id in os.environ.get(KILL_ENV, "").split(","):
+                    os.kill(os.getpid(), signal.SIGKILL)  # the test hook: this worker dies as if OOM-killed
                 result = kind.run(cfg, out)
             wall = time.perf_counter() - t0
             versions = None

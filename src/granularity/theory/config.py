@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from granularity.utils.config import Config
 
@@ -40,7 +40,14 @@ class DataConfig(Config):
     gamma: float = Field(0.05, ge=0, description="feature-noise coefficient on feature-free patches")
     hard_strength: Range = (0.0, 0.0)
     hard_noise: float = Field(0.0, ge=0, description="extra noise std on a hard sample's weakened patches")
-    hard_level: int = Field(1, ge=1, description="target level t: hard samples lose features of levels 1..t")
+    hard_level: int | None = Field(
+        None, ge=1,
+        description="hard samples lose the features of levels 1..hard_level; None = transfer.target_level "
+        "(1 when the distribution is used on its own)",
+    )
+    allow_hard_level_mismatch: bool = Field(
+        False, description="allow a hard_level other than transfer.target_level (a deliberate ablation)"
+    )
     train_hard_fraction: float = Field(0.0, ge=0, le=1, description="hard samples in training (paper: 0)")
     tail_exponent: float = Field(
         0.0, ge=0, le=10, description="Zipf exponent of subclass frequencies within a superclass (0 = uniform)"
@@ -66,11 +73,20 @@ class DataConfig(Config):
             raise ValueError("every branching factor in deeper must be >= 1")
         return v
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # The opt-in is left out of dumps while it is off, so that config.json files and config
+        # hashes of every run made before it existed stay valid (it changes no result by itself).
+        out = handler(self)
+        if not self.allow_hard_level_mismatch:
+            out.pop("allow_hard_level_mismatch", None)
+        return out
+
     @model_validator(mode="after")
     def _check_sizes(self) -> DataConfig:
         if isinstance(self.k, list) and len(self.k) != self.K:
             raise ValueError(f"k has {len(self.k)} entries but K={self.K}; give one k per superclass or one int")
-        if self.hard_level > self.levels:
+        if self.hard_level is not None and self.hard_level > self.levels:
             raise ValueError(f"hard_level={self.hard_level} is deeper than the tree's {self.levels} levels")
         blocks = self.views_common + self.views_fine * (self.levels - 1)
         if blocks * self.s > self.P:
@@ -130,7 +146,9 @@ class TrainConfig(Config):
     lr: float = Field(0.5, gt=0, description="SGD step size")
     steps: int = Field(3000, ge=1, description="SGD steps")
     batch_size: int | None = Field(128, ge=1, description="minibatch size; None = full batch")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(
+        0.0, ge=0, description="L2 decay of every pretrained parameter (W, and a if trained)"
+    )
     log_points: int = Field(20, ge=2, le=200, description="log-spaced steps at which alignment is recorded")
 
 
@@ -179,7 +197,24 @@ class SimConfig(Config):
                     f"source level {lvl} is coarser than target_level={self.transfer.target_level}; "
                     "pretraining labels must be at least as fine as the target"
                 )
+        if self.data.hard_level is None:  # resolved here, so that dumps and hashes carry the level
+            self.data = self.data.model_copy(update={"hard_level": self.transfer.target_level})
+        self.check_hard_level()
         return self
+
+    def check_hard_level(self) -> None:
+        """Refuse hard samples at another level than the evaluated task unless asked for: the
+        hard error would silently be an easy error (or measure another task's hard samples)."""
+        from granularity.errors import GranularityError
+
+        t, h = self.transfer.target_level, self.data.hard_level
+        h = 1 if h is None else h  # what the sampler does with an unresolved level
+        if h != t and not self.data.allow_hard_level_mismatch:
+            raise GranularityError(
+                f"data.hard_level={h} differs from transfer.target_level={t}: hard test samples must lose "
+                f"the features of levels 1..{t}; leave data.hard_level null (= the target level) or set "
+                "data.allow_hard_level_mismatch=true to study the mismatch on purpose"
+            )
 
     def source_level(self, src: int | str) -> int:
         if src == "coarse":

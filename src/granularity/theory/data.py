@@ -16,13 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from granularity.errors import param_error
 from granularity.theory.config import DataConfig
 from granularity.utils.io import write_json, write_npz
+
+_SEED_LIMIT = 2**63
+_MT_WORDS = 624  # mt19937 state words
+_MT_HEADER = 24  # torch's CPU state: initial seed (u64), left (i32), seeded (i32), next (u64), then the words (u64 each)
 
 
 def derive_seeds(seed: int, n: int) -> list[int]:
@@ -32,9 +38,47 @@ def derive_seeds(seed: int, n: int) -> list[int]:
     return [int(s) & ((1 << 63) - 1) for s in states]
 
 
+def _mt19937_state(seed: int, key: np.ndarray, pos: int) -> torch.Tensor:
+    """Torch's CPU generator state for an mt19937 with the given 624-word ``key`` about to emit
+    word ``pos`` (NumPy's convention; ``pos = 624``: twist first), recording ``seed``."""
+    raw = torch.Generator().get_state().numpy().copy()
+    raw[0:8] = np.array([seed], "<u8").view(np.uint8)  # initial seed
+    # torch emits state[next] after decrementing ``left``, twisting when it reaches 0
+    raw[8:16] = np.array([_MT_WORDS - pos + 1, 1], "<i4").view(np.uint8)  # left, seeded
+    raw[16:24] = np.array([pos % _MT_WORDS], "<u8").view(np.uint8)  # next (reset by a twist anyway)
+    raw[_MT_HEADER : _MT_HEADER + 8 * _MT_WORDS] = np.asarray(key, "<u8").view(np.uint8)
+    return torch.from_numpy(raw)
+
+
+@cache
+def _check_state_layout() -> None:
+    """Refuse (rather than silently mis-seed) on a torch whose CPU state layout is unknown:
+    rebuild torch's own state for a 32-bit seed from the standard mt19937 key and compare."""
+    _, key, pos, *_ = np.random.RandomState(12345).get_state()  # init_genrand, as torch's manual_seed
+    if not torch.equal(_mt19937_state(12345, key, pos), torch.Generator().manual_seed(12345).get_state()):
+        raise RuntimeError(f"torch {torch.__version__} stores its CPU generator state in an unknown layout; "
+                           "seeds >= 2**32 cannot be honoured")
+
+
 def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` whose stream depends on every bit of ``seed`` (0 <= seed < 2**63).
+
+    Torch's CPU generator (mt19937) keeps only the low 32 bits of ``manual_seed``, so 2**40 + 5
+    would give the stream of 5. Seeds below 2**32 keep torch's own stream (every stored result
+    depends on it); a larger seed gets the state, and so the 32-bit word stream, of NumPy's
+    ``MT19937(seed)``, derived from the whole seed through a SeedSequence. CUDA generators
+    (Philox) take 64-bit seeds as they are.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < _SEED_LIMIT:
+        raise param_error("seed", "an integer with 0 <= seed < 2**63", seed)
+    seed = int(seed)
     g = torch.Generator(device=device)
-    g.manual_seed(seed)
+    if seed < 2**32 or g.device.type != "cpu":
+        g.manual_seed(seed)
+        return g
+    _check_state_layout()
+    state = np.random.MT19937(seed).state["state"]
+    g.set_state(_mt19937_state(seed, state["key"], state["pos"]))
     return g
 
 
@@ -164,8 +208,13 @@ class HierarchicalMultiView:
     def sample(
         self, n: int, gen: torch.Generator, hard: bool | float = False
     ) -> Samples:
-        """Draw ``n`` samples. ``hard``: False (all easy), True (all hard) or a fraction."""
+        """Draw ``n`` samples. ``hard``: False (all easy), True (all hard) or a fraction.
+
+        A hard sample loses the features of levels ``1..cfg.hard_level``; an unresolved
+        ``hard_level`` (None, a distribution used outside a ``SimConfig``) means level 1.
+        """
         cfg, tree = self.cfg, self.tree
+        hard_level = 1 if cfg.hard_level is None else cfg.hard_level
         L, P, d, s = cfg.levels, cfg.P, cfg.d, cfg.s
         # 1. labels along the path: superclass uniform, subclass by (Zipf) weights, deeper uniform
         y = torch.randint(cfg.K, (n,), generator=gen)
@@ -197,7 +246,7 @@ class HierarchicalMultiView:
         hi = torch.tensor([cfg.common_strength[1] if lv == 1 else cfg.fine_strength[1] for lv in block_level])
         u = torch.rand(n, B, s, generator=gen)
         strength = lo[None, :, None] + (hi - lo)[None, :, None] * u
-        weak = is_hard[:, None] & (lvl_t <= cfg.hard_level)[None, :]  # (n, B)
+        weak = is_hard[:, None] & (lvl_t <= hard_level)[None, :]  # (n, B)
         hlo, hhi = cfg.hard_strength
         u_hard = torch.rand(n, B, s, generator=gen)
         strength = torch.where(weak[:, :, None], hlo + (hhi - hlo) * u_hard, strength)
@@ -232,9 +281,12 @@ class HierarchicalMultiView:
             done += size
 
     def save(self, path: str | Path, samples: Samples) -> None:
-        """Save a data set with its dictionary and the per-sample records (``.npz``) plus the
-        config (``.json`` beside it), so that every metric can be recomputed later."""
+        """Save a data set with its dictionary and the per-sample records (``path``, which must
+        end in ``.npz``) plus the config (the same name ending in ``.json``), so that every
+        metric can be recomputed later."""
         path = Path(path)
+        if path.suffix != ".npz":  # any other name could be the sidecar's own (ds.json) or be renamed by NumPy
+            raise param_error("path", "a file name ending in .npz (the config goes beside it as .json)", str(path))
         write_npz(
             path,
             dictionary=self.dictionary.numpy(),

@@ -38,6 +38,7 @@ from granularity.theory.train import (
     evaluate,
     feature_summary,
     finetune,
+    level_keys,
     linear_probe,
     pretrain,
     resolve_device,
@@ -70,11 +71,10 @@ def estimate_memory(cfg: SimConfig) -> int:
 
 def check_memory(cfg: SimConfig, limit: int | None = None) -> None:
     if limit is None:
-        try:
-            import os
+        from granularity.utils.device import available_memory
 
-            limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-        except (ValueError, OSError, AttributeError):
+        limit = available_memory()
+        if limit is None:
             return
     need = estimate_memory(cfg)
     if need > 0.8 * limit:
@@ -330,8 +330,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append("max <w, v> at the end (mean over features; common = level 1, fine = leaves):")
         for src, summ in al.items():
-            levels = sorted(k for k in summ if k.startswith("own_level"))
-            parts = [f"level {k[len('own_level'):]}: {fmt_ci(summ[k])}" for k in levels]
+            parts = [f"level {lvl}: {fmt_ci(summ[k])}" for lvl, k in level_keys(summ)]
             lines.append(f"  {src:>8}: " + ", ".join(parts))
     n = len(result.get("seeds", []))
     lines.append(f"({n} seeds, mean ± 95% CI; {result.get('seconds_total', 0):.0f} s of training)")

@@ -102,6 +102,9 @@ class PatchCNN:
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float, weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on mean cross-entropy per seed. x (S, B, P, d), y (S, B).
 
+        ``weight_decay`` adds ``weight_decay * p`` to the gradient of every trained parameter
+        ``p`` (W, and a when the second layer is trained), as ``torch.optim.SGD`` does.
+
         Returns per-seed loss (S,) and accuracy (S,) on this batch, before the update.
 
         For ReLU the whole step works in one reused (S, B*P, N) buffer: pre-activation, then
@@ -134,6 +137,8 @@ class PatchCNN:
         dW = torch.bmm(dpre.view(S, B * P, N).transpose(1, 2), x2, out=self._workspace("dW", (S, N, d), x))  # (S, N, d)
         if self.cfg.train_second_layer:
             da = (g[..., None] * H.view(S, B, self.outputs, self.m)).sum(1)
+            if weight_decay:  # decays every trained parameter, as SGD's weight_decay does
+                da.add_(self.a, alpha=weight_decay)
             self.a -= lr * da
         if weight_decay:
             dW.add_(self.W, alpha=weight_decay)

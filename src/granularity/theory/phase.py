@@ -107,7 +107,8 @@ def format_phase(phase: dict[str, Any]) -> str:
         lines.append(f"{src}:")
         lines.append("  " + " " * 10 + "".join(f"{str(v):>9}" for v in phase["x_values"]))
         for yv, row in zip(phase["y_values"], grid):
-            lines.append(f"  {str(yv):>10}" + "".join(f"{v:9.3f}" for v in row))
+            # a cell without a result (failed or not run) is named, not printed as nan
+            lines.append(f"  {str(yv):>10}" + "".join(f"{'missing':>9}" if v != v else f"{v:9.3f}" for v in row))
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from granularity.theory.train import level_keys
 from granularity.utils.stats import mean_ci
 
 
@@ -56,14 +57,13 @@ def plot_alignment(records: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 3.6), sharey=True, squeeze=False)
     for ax, src in zip(axes[0], sources):
         steps = np.asarray(records[0]["alignment"][src]["steps"])
-        keys = sorted(k for k in records[0]["alignment"][src] if k.startswith("own_level"))
-        for key in keys:
+        keys = level_keys(records[0]["alignment"][src])
+        for lvl, key in keys:
             vals = np.asarray([r["alignment"][src][key] for r in records])  # (seeds, T)
             summ = [mean_ci(vals[:, t]) for t in range(vals.shape[1])]
             mean = np.array([s["mean"] for s in summ])
             ci = np.nan_to_num(np.array([s["ci"] for s in summ]))
-            lvl = int(key[len("own_level"):])
-            label = "common (level 1)" if lvl == 1 else f"level {lvl}" + (" (fine)" if key == keys[-1] else "")
+            label = "common (level 1)" if lvl == 1 else f"level {lvl}" + (" (fine)" if lvl == keys[-1][0] else "")
             x = steps + 1  # log axis: step 0 (the initialisation) sits at 1
             ax.plot(x, mean, label=label)
             ax.fill_between(x, mean - ci, mean + ci, alpha=0.2)
@@ -86,32 +86,58 @@ def plot_simulation(out: str | Path) -> list[Path]:
     return [plot_errors(result, out / "figures" / "errors.png"), plot_alignment(records, out / "figures" / "alignment.png")]
 
 
+def source_label(src: str) -> str:
+    """``coarse``/``fine`` as they are; a level number as ``level 2``."""
+    return f"level {src}" if str(src).lstrip("-").isdigit() else str(src)
+
+
+def phase_panels(phase: dict[str, Any]) -> list[dict[str, Any]]:
+    """The heatmaps of a phase diagram, exactly as :func:`plot_phase` draws them: one per source
+    (any naming: ``coarse``/``fine`` or level numbers), in stored order, then the difference of
+    the coarsest and finest (``coarse - fine``, or the first minus the last source). NaN = a cell
+    with no value (no finished run), drawn hatched grey."""
+    grids = {str(k): np.asarray(v, dtype=float) for k, v in phase["grids"].items()}
+    names = list(grids)
+    panels = [{"title": f"hard error, {source_label(n)} pretraining", "source": n, "values": grids[n], "diff": False}
+              for n in names]
+    if len(names) >= 2:
+        a, b = ("coarse", "fine") if {"coarse", "fine"} <= set(names) else (names[0], names[-1])
+        panels.append({"title": f"{source_label(a)} - {source_label(b)}", "source": f"{a}-{b}",
+                       "values": grids[a] - grids[b], "diff": True})
+    return panels
+
+
 def plot_phase(phase: dict[str, Any], path: Path) -> Path:
-    """Heatmaps of hard-sample error (coarse, fine, coarse - fine) over a 2-parameter grid."""
+    """Heatmaps of hard-sample error per source and their difference (:func:`phase_panels`)
+    over a 2-parameter grid; cells without a value are hatched grey and marked 'missing'."""
+    from matplotlib.patches import Rectangle
+
     plt = _plt()
     xs, ys = phase["x_values"], phase["y_values"]
-    grids = phase["grids"]
-    panels = [k for k in ("coarse", "fine") if k in grids]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.4 * (len(panels) + 1), 3.8), squeeze=False)
-    arrays = [np.asarray(grids[k], dtype=float) for k in panels]
-    if len(arrays) == 2:
-        arrays.append(arrays[0] - arrays[1])
-        titles = [f"hard error, {panels[0]} pretraining", f"hard error, {panels[1]} pretraining", "coarse - fine"]
-    else:
-        titles = [f"hard error, {p} pretraining" for p in panels]
-    for ax, arr, title in zip(axes[0], arrays, titles):
-        diff = title == "coarse - fine"
-        lim = max(1e-9, float(np.nanmax(np.abs(arr)))) if diff else 1.0
-        im = ax.imshow(arr, origin="lower", aspect="auto", cmap="RdBu_r" if diff else "viridis",
+    panels = phase_panels(phase)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.4 * max(1, len(panels)), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        arr, diff = panel["values"], panel["diff"]
+        finite = np.abs(arr[np.isfinite(arr)])
+        lim = max(1e-9, float(finite.max())) if diff and finite.size else 1.0
+        cmap = plt.get_cmap("RdBu_r" if diff else "viridis").with_extremes(bad="#d9d9d9")
+        im = ax.imshow(np.ma.masked_invalid(arr), origin="lower", aspect="auto", cmap=cmap,
                        vmin=-lim if diff else 0.0, vmax=lim)
         for (i, j), v in np.ndenumerate(arr):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if not diff else "k")
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="k" if diff else "w")
+            else:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#808080", lw=0))
+                ax.text(j, i, "missing", ha="center", va="center", fontsize=7, color="#404040")
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         ax.set_yticks(range(len(ys)), [str(v) for v in ys])
         ax.set_xlabel(phase["x_key"])
         ax.set_ylabel(phase["y_key"])
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel["title"], fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no finished cell", ha="center", va="center")
+        axes[0][0].set_axis_off()
     fig.suptitle(f"phase diagram ({phase.get('protocol', 'map')}, {phase.get('seeds', '?')} seeds per cell)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

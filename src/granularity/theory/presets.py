@@ -20,6 +20,29 @@ class Preset:
     def config(self) -> SimConfig:
         return SimConfig.build(deep_merge({"name": self.name}, self.overrides), where=f"preset {self.name!r}")
 
+    def summary(self) -> str:
+        """The description followed by every setting the preset changes, generated from the
+        overrides so that it cannot leave one out."""
+        settings = ", ".join(f"{key}={_show(value)}" for key, value in _leaves(self.overrides))
+        return f"{self.description} [{settings}]" if settings else self.description
+
+
+def _leaves(tree: dict[str, Any]):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value)
+        else:
+            yield key, value
+
+
+def _show(value: Any) -> str:
+    """A value as it is written after ``--set key=`` (YAML)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
 
 PRESETS: dict[str, Preset] = {}
 
@@ -38,12 +61,13 @@ def get_preset(name: str) -> Preset:
 
 
 # The calibrated reference of theory-model.md section 5: d=256, P=16, K=2, k=8, m=16,
-# SGD lr 0.5, batch 128, 3000 steps on 2000 easy samples.
-register("paper", "the paper's setting (K=2 superclasses, k=8, d=256), calibrated defaults")
+# SGD lr 0.5, batch 128, 3000 steps on 2000 easy samples. Descriptions say what a preset is
+# for; Preset.summary appends the settings it changes.
+register("paper", "the paper's setting (K=2 superclasses, k=8 subclasses, d=256) with calibrated defaults")
 # Seconds instead of minutes: for demos, smoke tests and phase-diagram drafts.
 register(
     "quick",
-    "small and fast (d=64, k=4, 600 steps): the paper's effect in seconds",
+    "small and fast: the paper's effect in seconds",
     data={"d": 64, "P": 8, "k": 4},
     model={"m": 8},
     train={"n_train": 600, "steps": 600, "batch_size": 64, "log_points": 10},
@@ -53,38 +77,34 @@ register(
 )
 register(
     "large",
-    "a large setting for benchmarks (d=1024, P=64, k=32)",
+    "a large setting for benchmarks, with fewer steps than paper",
     data={"d": 1024, "P": 64, "k": 32},
     train={"steps": 1000},
 )
-register("k4", "few subclasses (k=4): rarer gap", data={"k": 4})
-register("k16", "many subclasses (k=16): fine features rarer, bigger gap", data={"k": 16})
-register(
-    "many-superclasses",
-    "K=4 superclasses of k=6 subclasses (beyond the paper's K=2)",
-    data={"K": 4, "k": 6},
-)
-register("unequal-k", "unequal subclass counts (k_+=4, k_-=12)", data={"k": [4, 12]})
-register("multiview", "two features per node (views 2/2)", data={"views_common": 2, "views_fine": 2, "P": 24})
+register("k4", "few subclasses: fine features more frequent, a smaller gap", data={"k": 4})
+register("k16", "many subclasses: fine features rarer, a bigger gap", data={"k": 16})
+register("many-superclasses", "more superclasses than the paper's two", data={"K": 4, "k": 6})
+register("unequal-k", "unequal subclass counts in the two superclasses", data={"k": [4, 12]})
+register("multiview", "two features per node", data={"views_common": 2, "views_fine": 2, "P": 24})
 register(
     "deep",
-    "a 3-level tree (2 superclasses x 4 x 3): train at any level",
+    "a 3-level tree (2 superclasses x 4 x 3), pretrained at every level",
     data={"k": 4, "deeper": [3], "P": 16},
     transfer={"sources": [1, 2, 3]},
 )
 register(
     "hard-in-train",
-    "10% hard samples in training (the paper's open 'perturbed' case)",
+    "hard samples in training (the paper's open 'perturbed' case)",
     data={"train_hard_fraction": 0.1},
 )
 register(
     "long-tail",
-    "long-tailed subclass frequencies (Zipf exponent 1.5): rare subclasses",
+    "long-tailed (Zipf) subclass frequencies: rare subclasses",
     data={"tail_exponent": 1.5},
 )
 register(
     "smooth-relu",
-    "smoothed ReLU of Allen-Zhu & Li (q=2) instead of ReLU",
+    "the smoothed ReLU of Allen-Zhu & Li instead of ReLU",
     model={"activation": "smooth_relu", "q": 2, "rho": 0.1},
 )
 register(

@@ -12,19 +12,20 @@ import torch
 from granularity.theory.config import SimConfig
 from granularity.theory.data import HierarchicalMultiView, Samples, derive_seeds, generator
 from granularity.theory.model import PatchCNN, activation
+from granularity.utils.device import resolve_device  # noqa: F401 (re-exported: theory.experiment, bench)
 
 # indices into derive_seeds(seed, 6)
 _DICT, _TRAIN, _TEST, _INIT, _ORDER, _HEAD = range(6)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from granularity.errors import GranularityError
+def stream_seed(subseed: int, offset: int = 0) -> int:
+    """The seed of one random stream of a run: ``subseed + offset`` modulo 2**32.
 
-        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use cpu or auto.")
-    return torch.device(name)
+    The run's seed enters whole through ``derive_seeds`` (a SeedSequence); each stream then
+    keeps 32 bits, exactly what torch's ``manual_seed`` kept of the 63-bit sub-seed before
+    ``generator`` honoured every bit. Keeping it explicit keeps every stored result bit-identical.
+    """
+    return (subseed + offset) & 0xFFFFFFFF
 
 
 def log_steps(steps: int, points: int) -> np.ndarray:
@@ -45,13 +46,18 @@ class SeedBatch:
 
     @classmethod
     def build(cls, cfg: SimConfig, seeds: list[int], device: torch.device) -> SeedBatch:
+        cfg.check_hard_level()  # a config changed after validation must not mislabel easy as hard
         subseeds = [derive_seeds(s, 6) for s in seeds]
-        dists = [HierarchicalMultiView(cfg.data, ss[_DICT]) for ss in subseeds]
+        dists = [HierarchicalMultiView(cfg.data, stream_seed(ss[_DICT])) for ss in subseeds]
         train = [
-            dist.sample(cfg.train.n_train, generator(ss[_TRAIN]), hard=cfg.data.train_hard_fraction)
+            dist.sample(cfg.train.n_train, generator(stream_seed(ss[_TRAIN])), hard=cfg.data.train_hard_fraction)
             for dist, ss in zip(dists, subseeds)
         ]
         return cls(seeds, dists, train, subseeds, device)
+
+    def generators(self, which: int, offset: int = 0) -> list[torch.Generator]:
+        """One generator per seed for stream ``which`` (an index into the sub-seeds) + ``offset``."""
+        return [generator(stream_seed(ss[which], offset)) for ss in self.subseeds]
 
     @property
     def x(self) -> torch.Tensor:
@@ -72,7 +78,7 @@ class SeedBatch:
 
     def test_stream(self, n: int, hard: bool, chunk: int = 2048):
         """Chunks of test samples stacked over seeds; regenerated identically on every call."""
-        gens = [generator(ss[_TEST] + (1 if hard else 0)) for ss in self.subseeds]
+        gens = self.generators(_TEST, 1 if hard else 0)
         done = 0
         while done < n:
             size = min(chunk, n - done)
@@ -160,7 +166,7 @@ def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int]
     """
     S = len(sb.seeds)
     outputs = cfg.data.nodes_per_level[level - 1]
-    init_gens = [generator(ss[_INIT] + level) for ss in sb.subseeds]
+    init_gens = sb.generators(_INIT, level)
     model = PatchCNN(S, outputs, cfg.data.d, cfg.model, init_gens, sb.device)
     gather = Gather(sb.x, sb.labels(level))
     D = sb.dictionary()
@@ -168,7 +174,7 @@ def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int]
     marks = set(log_steps(tc.steps, tc.log_points).tolist())
     log_every = max(1, tc.steps // 100)
     align, align_steps, curve = [], [], []
-    order = BatchOrder(tc.n_train, tc.batch_size, [generator(ss[_ORDER] + level) for ss in sb.subseeds])
+    order = BatchOrder(tc.n_train, tc.batch_size, sb.generators(_ORDER, level))
     run_loss = torch.zeros(S, device=sb.device)
     run_acc = torch.zeros(S, device=sb.device)
     count, start = 0, 0
@@ -273,7 +279,7 @@ def finetune(cfg: SimConfig, sb: SeedBatch, pre: Pretrained, target: int) -> Hea
     w = torch.zeros(S, model.N, O, device=sb.device, requires_grad=True)
     b = torch.zeros(S, O, device=sb.device, requires_grad=True)
     opt = torch.optim.SGD([W, w, b], lr=cfg.transfer.finetune_lr)
-    order = [generator(ss[_HEAD] + target) for ss in sb.subseeds]
+    order = sb.generators(_HEAD, target)
     gather = Gather(X, Y)
     head = Head(W, w, b)
     for idx in _batches(cfg.train.n_train, cfg.train.batch_size, cfg.transfer.finetune_steps, order):
@@ -342,3 +348,10 @@ def feature_summary(cfg: SimConfig, sb: SeedBatch, pre: Pretrained) -> dict[str,
         masked = A[..., sel].masked_fill(~own_n[:, sel], float("-inf"))
         out[f"own_level{lv}"] = masked.amax(2).mean(-1).numpy()
     return out
+
+
+def level_keys(summary: dict, prefix: str = "own_level") -> list[tuple[int, str]]:
+    """``(level, key)`` of the ``<prefix><level>`` keys of a :func:`feature_summary` (or its
+    stored form), ordered by level as a number: level 2 before level 10."""
+    n = len(prefix)
+    return sorted((int(k[n:]), k) for k in summary if k.startswith(prefix) and k[n:].isdigit())

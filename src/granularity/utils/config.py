@@ -1,8 +1,12 @@
 """Typed, validated configs: defaults < file < command line.
 
 All configs derive from :class:`Config`, a pydantic model that forbids unknown keys. Overrides
-are ``dotted.key=value`` strings whose values are parsed as YAML scalars/lists, so ``k=16``,
-``k=[4,8]`` and ``sigma=null`` all work. Validation errors become one-line
+are ``dotted.key=value`` strings whose values are parsed as YAML 1.2 scalars/lists, so ``k=16``,
+``k=[4,8]``, ``sigma=1e-1`` and ``sigma=null`` all work. One parser, :func:`parse_value` (YAML 1.2
+core schema: ``1e-1`` is a number, only ``true``/``false`` are booleans, ``yes``/``on`` are
+strings, dates stay strings), reads ``--set`` values, ``results --filter`` values, sweep files and
+config files alike; :func:`same_value` is how a stored value is compared with a parsed one
+(floats within :data:`FLOAT_REL_TOL`). Validation errors become one-line
 :class:`~granularity.errors.GranularityError` messages that name the parameter, the value and
 what is allowed.
 """
@@ -11,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+import yamlcore
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from granularity.errors import GranularityError, suggest
@@ -77,12 +83,58 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
     return f"{prefix}Invalid value for {key!r}: {msg}. Got {got_s} instead."
 
 
+def load_yaml(text: str) -> Any:
+    """YAML 1.2 (core schema): the one reading of values for --set, --filter, sweep and config files."""
+    return yaml.load(text, Loader=yamlcore.CoreLoader)  # noqa: S506 - CoreLoader builds plain data only
+
+
 def parse_value(text: str) -> Any:
-    """Parse a command-line value as YAML (``16`` -> int, ``[1,2]`` -> list, ``null`` -> None)."""
+    """Parse a command-line value as YAML 1.2 (``16`` -> int, ``5e-1`` -> 0.5, ``[1,2]`` -> list,
+    ``null`` -> None, ``false`` -> False, ``no`` -> the string 'no'); unparsable text stays text."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
+
+
+# Two floats are the same value when they differ by at most this fraction of the larger: a value
+# typed with the 10 significant digits `granularity results` shows selects the stored float, and
+# sums like 0.1 + 0.2 equal 0.3. Ints and bools compare exactly (True is not 1).
+FLOAT_REL_TOL = 1e-9
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality of parsed values: numbers by value (floats within :data:`FLOAT_REL_TOL`), bools
+    only with bools, lists element by element, None only with None (or a missing NaN)."""
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if is_number(a) and is_number(b):
+        return math.isclose(a, b, rel_tol=FLOAT_REL_TOL, abs_tol=0.0) or a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def is_number(v: Any) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def get_dotted(tree: Mapping[str, Any] | None, dotted: str) -> Any:
+    """``get_dotted({"data": {"k": 4}}, "data.k")`` -> 4; None where the path is absent."""
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -133,7 +185,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise GranularityError(f"Config file {str(path)!r} cannot be read: {exc}.") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise GranularityError(f"Config file {str(path)!r} is not valid YAML/JSON: {first}") from None

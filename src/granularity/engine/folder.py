@@ -1,0 +1,94 @@
+"""The run folder of one transfer run: open (finished / resume / fresh), checkpoints, metrics,
+the final files; every file written atomically. Only rank 0 (``is_main``) touches the disk.
+
+``config.json`` (resolved config), ``env.json``, ``metrics.jsonl`` (one line per epoch),
+``checkpoint.pt`` (model, optimiser, scheduler, epoch, metrics; every epoch), ``result.json``,
+``predictions.npz``, and ``failed.json`` for a run that stopped with an error.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from granularity.errors import GranularityError
+from granularity.utils.io import (
+    append_jsonl,
+    check_writable,
+    environment,
+    read_json,
+    write_bytes_atomic,
+    write_json,
+    write_npz,
+)
+
+
+class RunFolder:
+    """Files of one run in ``out`` for the config ``cfg_d`` (its ``to_dict()``)."""
+
+    def __init__(self, out: Path, cfg_d: dict[str, Any], is_main: bool = True) -> None:
+        self.out, self.cfg_d, self.is_main = Path(out), cfg_d, is_main
+        self.ckpt_path = self.out / "checkpoint.pt"
+
+    def open(self, device: torch.device, world_size: int = 1, map_location: Any = None) -> tuple[str, Any]:
+        """Rank 0 only: ``("done", result)`` for a finished run, else ``("run", checkpoint or
+        None)``. A folder holding another config's run is an error; a folder that failed before
+        its first checkpoint is reused."""
+        out = self.out
+        check_writable(out)
+        started = self.ckpt_path.exists() or (out / "result.json").exists()
+        if started and (out / "config.json").exists():
+            old = read_json(out / "config.json")
+            if old != self.cfg_d:
+                diff = sorted(k for k in set(old) | set(self.cfg_d) if old.get(k) != self.cfg_d.get(k))
+                raise GranularityError(
+                    f"Run folder {str(out)!r} holds a run with another config (differs in {', '.join(diff)}); "
+                    "choose another --out or delete the folder."
+                )
+            if (out / "result.json").exists():
+                return "done", read_json(out / "result.json")
+        write_json(out / "config.json", self.cfg_d)
+        write_json(out / "env.json", {**environment(str(device)), "world_size": world_size})
+        if not self.ckpt_path.exists():
+            if (out / "metrics.jsonl").exists():
+                (out / "metrics.jsonl").unlink()
+            return "run", None
+        ckpt = torch.load(self.ckpt_path, map_location=map_location or device, weights_only=False)
+        # metrics.jsonl may hold a line of the epoch that was cut; rewrite it from the checkpoint
+        write_bytes_atomic(out / "metrics.jsonl", lambda fh: None)
+        for rec in ckpt.get("history", []):
+            append_jsonl(out / "metrics.jsonl", rec)
+        return "run", ckpt
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """``checkpoint.pt`` (rank 0), written atomically."""
+        if not self.is_main:
+            return
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_bytes_atomic(self.ckpt_path, lambda fh: fh.write(buf.getvalue()))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            append_jsonl(self.out / "metrics.jsonl", record)
+
+    def finish(self, result: dict[str, Any], predictions: dict[str, np.ndarray], keep_checkpoint: bool) -> None:
+        """``predictions.npz`` then ``result.json`` (written last: marks the run done)."""
+        if not self.is_main:
+            return
+        write_npz(self.out / "predictions.npz", **predictions)
+        write_json(self.out / "result.json", result)
+        (self.out / "failed.json").unlink(missing_ok=True)  # an earlier failure of this folder is superseded
+        if self.ckpt_path.exists() and not keep_checkpoint:
+            self.ckpt_path.unlink()
+
+    def fail(self, reason: str) -> Path:
+        """Record why the run stopped (``failed.json``); returns its path."""
+        path = self.out / "failed.json"
+        if self.is_main:
+            write_json(path, {"error": reason, "config": self.cfg_d})
+        return path
