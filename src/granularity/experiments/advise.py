@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -63,12 +63,13 @@ class AdviseConfig(Config):
     max_minutes: float | None = Field(None, gt=0)  # budget: wall minutes of this call (estimated from measured runs)
     alpha: float = Field(0.05, gt=0, lt=0.5)  # elimination: drop when the (1 - alpha) CI of the paired difference is > 0
     first_seed: int = 0  # seeds are first_seed, first_seed + 1, ...
+    vary_subset: bool = True  # seed s also draws the training subset / validation split (data_seed = s)
 
     @model_validator(mode="after")
     def _check(self) -> AdviseConfig:
         if self.max_seeds < self.min_seeds:
             raise ValueError(f"max_seeds ({self.max_seeds}) must be >= min_seeds ({self.min_seeds})")
-        for key in ("source", "seed", "val_size"):
+        for key in ("source", "seed", "val_size") + (("data_seed",) if self.vary_subset else ()):
             if key in self.run:
                 raise ValueError(f"run.{key} is set by the advisor per run; remove it from 'run'")
         return self
@@ -267,7 +268,7 @@ def sentence(summary: dict[str, Any], finished: bool) -> str:
 
 # Fields that define the race; a later call on the same folder must keep them (budgets may grow).
 RACE_FIELDS = ("run", "val_fraction", "candidates", "add", "remove", "kmeans_factors", "random_control",
-               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed")
+               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed", "vary_subset")
 
 
 def _base_run(cfg: AdviseConfig) -> tuple[dict[str, Any], Any, int]:
@@ -284,11 +285,18 @@ def _base_run(cfg: AdviseConfig) -> tuple[dict[str, Any], Any, int]:
     return base, ds.hierarchy, probe.target
 
 
-def _grid(base: dict[str, Any], candidates: list[str], seeds: list[int]) -> dict[tuple[str, int], Any]:
+def _grid(base: dict[str, Any], candidates: list[str], seeds: list[int], vary_subset: bool) -> dict[tuple[str, int], Any]:
+    """Every (candidate, seed) run. Seed ``s`` is the init/shuffle seed of all candidates and,
+    with ``vary_subset``, also their ``data_seed`` (training subset and validation split): paired
+    within a seed, independent draws across seeds."""
     from granularity.sweeps.spec import expand
 
-    sw = expand({"name": "advise", "kind": "transfer", "base": base, "axes": {"source": candidates}, "seeds": seeds})
-    return {(r.params["source"], r.seed): r for r in sw.runs}
+    grid = {}
+    for s in seeds:
+        cell = {**base, "data_seed": s} if vary_subset else base
+        sw = expand({"name": "advise", "kind": "transfer", "base": cell, "axes": {"source": candidates}, "seeds": [s]})
+        grid.update({(r.params["source"], r.seed): r for r in sw.runs})
+    return grid
 
 
 def _read_results(store: Any, grid: dict[tuple[str, int], Any]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -343,7 +351,7 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
     t0 = time.perf_counter()
     base, hierarchy, target = _base_run(cfg)
     candidates = candidate_list(cfg, hierarchy, target)
-    grid = _grid(base, candidates, list(range(cfg.first_seed, cfg.first_seed + cfg.max_seeds)))
+    grid = _grid(base, candidates, list(range(cfg.first_seed, cfg.first_seed + cfg.max_seeds)), cfg.vary_subset)
     write_json(out / "advise.json", {"config": cfg.to_dict(), "candidates": candidates, "base_run": base,
                                      "rule": decision_rule(cfg)})
     say(f"advise: {len(candidates)} candidates ({', '.join(candidates)}); store {out / 'store'}")
@@ -378,7 +386,8 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
             )
     n_classes = {c: _num_classes(c, hierarchy, target, results) for c in candidates}
     summary = summarise(race, results, n_classes)
-    advice = {"answer": sentence(summary, race.finished), "finished": race.finished, "stopped_because": stop,
+    answer = sentence(summary, race.finished) if summary["rows"] else f"No answer yet: {stop}; raise the budget and rerun."
+    advice = {"answer": answer, "finished": race.finished, "stopped_because": stop,
               "rule": decision_rule(cfg), "candidates": candidates, "rounds": race.rounds,
               "eliminated": race.eliminated, "comparisons_on_validation": race.comparisons,
               "runs": len(results), "wall_time_s": time.perf_counter() - t0, **summary}

@@ -53,7 +53,9 @@ def write_page(advice: dict[str, Any], out: Path) -> Path:
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)
     curve = figdir / "granularity_curve.png"
-    plot_curve(advice, curve)
+    has_runs = any(r["candidate"] == "target" for r in advice["rows"])
+    if has_runs:
+        plot_curve(advice, curve)
     header = ["candidate", "classes", "seeds", "status", "validation error", "test error",
               "test diff vs target [95% CI]", "worst-subclass error"]
     table = [header]
@@ -69,9 +71,10 @@ def write_page(advice: dict[str, Any], out: Path) -> Path:
                   "(racing), 1 confirmatory test on the test split (the selected candidate vs the target labels); "
                   "the other candidates' test figures are exploratory.", f"Decision rule: {advice['rule']}"]
     sec.tables.append(("Candidates", table))
-    sec.figures.append(Figure(title="Granularity curve", path=curve,
-                              caption="Target test error vs number of pretraining classes; grey band: target labels.",
-                              details={"rounds": advice["rounds"], "eliminated": advice["eliminated"]}))
+    if has_runs:
+        sec.figures.append(Figure(title="Granularity curve", path=curve,
+                                  caption="Target test error vs number of pretraining classes; grey band: target labels.",
+                                  details={"rounds": advice["rounds"], "eliminated": advice["eliminated"]}))
     page = out / "index.html"
     text = render([sec], out, "granularity advise")
     write_bytes_atomic(page, lambda fh: fh.write(text.encode("utf-8")))
