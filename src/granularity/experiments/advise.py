@@ -1,0 +1,446 @@
+"""``granularity advise``: at which label granularity should *I* pretrain, on *my* data?
+
+Puts the project's pieces together on the user's data set, hierarchy and compute budget:
+
+1. **Candidates** (pretraining label functions): the target labels (the baseline), every
+   hierarchy level from one below the target to the leaves, k-means inside each target class at
+   a few sizes, and random labels as a negative control; the user may add or remove any.
+2. **Paired seeds**: seed ``s`` gives every candidate the same initialisation and data subset
+   (the transfer run's seed and ``data_seed``), so candidates are compared seed by seed.
+3. **Racing** (successive elimination): every candidate still in contention gets
+   ``min_seeds`` seeds, then ``seeds_per_round`` more per round, up to ``max_seeds``. After each
+   round a candidate whose paired difference in *validation* error to the current best has a
+   95% confidence interval entirely above 0 is dropped. The target baseline is never dropped (the
+   answer is relative to it). The rule is fixed before any run and recorded in ``advice.json``.
+4. **Honest figures**: selection uses the validation split (held out of the training images,
+   never trained on); the reported differences come from the test split, for the one selected
+   candidate against the baseline (a single confirmatory comparison), with every other
+   candidate's figures shown as exploratory; the page says how many comparisons were made.
+
+Every run is a ``transfer`` run in a results store (``<out>/store``), so a second call with a
+larger budget continues the same race: finished runs are reused, the race is replayed from their
+results (it is a pure function of them) and goes on where the budget stopped it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from granularity.errors import GranularityError
+from granularity.utils.config import Config
+from granularity.utils.io import check_writable, read_json, write_json
+from granularity.utils.stats import mean_ci
+
+BASELINE = "target"
+
+
+class AdviseConfig(Config):
+    """What to compare, how long, and the decision rule (validated before any run)."""
+
+    # Base transfer-run settings (a TransferConfig mapping: dataset, data_root, target, model,
+    # pretrain, transfer, train_size, ...); source and seed are set per run by the advisor.
+    run: dict[str, Any] = Field(default_factory=dict)
+    # Validation images held out of the training split for the selection (stratified by leaf,
+    # seeded by data_seed, never trained on): a fraction of the training images.
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    candidates: list[str] | None = None  # None: automatic (levels, k-means, random control)
+    add: list[str] = Field(default_factory=list)  # extra label functions, e.g. "kmeans-global:40"
+    remove: list[str] = Field(default_factory=list)  # drop automatic candidates by name
+    kmeans_factors: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [2, 4])  # kmeans-within at f x target classes
+    random_control: bool = True  # random labels with as many classes as the leaves: must lose
+    min_seeds: int = Field(3, ge=2)  # seeds every candidate gets before any elimination (>= 2 for a CI)
+    seeds_per_round: int = Field(2, ge=1)  # seeds added per round to candidates still in contention
+    max_seeds: int = Field(10, ge=2)  # no candidate gets more
+    max_runs: int | None = Field(40, ge=1)  # budget: runs in the advice store in total (a later call may raise it)
+    max_minutes: float | None = Field(None, gt=0)  # budget: wall minutes of this call (estimated from measured runs)
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # elimination: drop when the (1 - alpha) CI of the paired difference is > 0
+    first_seed: int = 0  # seeds are first_seed, first_seed + 1, ...
+    vary_subset: bool = True  # seed s also draws the training subset / validation split (data_seed = s)
+
+    @model_validator(mode="after")
+    def _check(self) -> AdviseConfig:
+        if self.max_seeds < self.min_seeds:
+            raise ValueError(f"max_seeds ({self.max_seeds}) must be >= min_seeds ({self.min_seeds})")
+        for key in ("source", "seed", "val_size") + (("data_seed",) if self.vary_subset else ()):
+            if key in self.run:
+                raise ValueError(f"run.{key} is set by the advisor per run; remove it from 'run'")
+        return self
+
+
+# ---- candidates ------------------------------------------------------------------------------
+
+
+def auto_candidates(cfg: AdviseConfig, hierarchy: Any, target: int) -> list[str]:
+    """The baseline, every level below the target, k-means within target classes, random."""
+    depth = int(hierarchy.depth)
+    n_target = int(hierarchy.num_classes(target))
+    n_leaf = int(hierarchy.num_classes(depth))
+    out = [BASELINE] + [f"level:{lv}" for lv in range(target + 1, depth + 1)]
+    out += [f"kmeans-within:{f * n_target}" for f in cfg.kmeans_factors]
+    if cfg.random_control:
+        out.append(f"random:{max(n_leaf, 2)}")
+    return out
+
+
+def candidate_list(cfg: AdviseConfig, hierarchy: Any, target: int) -> list[str]:
+    """Candidates after the user's ``candidates`` / ``add`` / ``remove``; the baseline is first
+    and always present; duplicates (e.g. a level with as many classes as a k-means size) kept
+    once by name."""
+    from granularity.engine.labels import parse_source
+
+    base = list(cfg.candidates) if cfg.candidates is not None else auto_candidates(cfg, hierarchy, target)
+    for name in [*base, *cfg.add, *cfg.remove]:
+        parse_source(name)  # one-line error for a malformed label function
+    unknown = [r for r in cfg.remove if r not in base and r not in cfg.add]
+    if unknown:
+        raise GranularityError(
+            f"The 'remove' parameter names candidates that are not in the list: {unknown}; candidates are: {base + cfg.add}."
+        )
+    if BASELINE in cfg.remove:
+        raise GranularityError("The 'remove' parameter cannot remove 'target': the advice is relative to the target labels.")
+    out: list[str] = []
+    for name in [BASELINE, *base, *cfg.add]:
+        if name not in out and name not in cfg.remove:
+            out.append(name)
+    if len(out) < 2:
+        raise GranularityError("The advisor needs at least one candidate besides the target labels; got none.")
+    return out
+
+
+# ---- the race: a pure function of the finished runs' results ---------------------------------
+
+
+@dataclass
+class Race:
+    """State of the successive-elimination race after replaying the finished results."""
+
+    candidates: list[str]
+    alive: list[str]
+    seeds: dict[str, list[int]]  # seeds each candidate has been scheduled (all finished)
+    eliminated: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> round, reason
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    comparisons: int = 0  # paired tests made on the validation split
+    next_runs: list[tuple[str, int]] = field(default_factory=list)  # what the next round needs
+    finished: bool = False  # nothing left to do within max_seeds
+    best: str | None = None
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def ci_of_difference(diffs: list[float], level: float) -> tuple[float, float, float]:
+    """Mean and the Student-t ``level`` CI of paired differences: ``(mean, lo, hi)``."""
+    s = mean_ci(diffs, level)
+    half = s["ci"] if not math.isnan(s["ci"]) else float("inf")
+    return s["mean"], s["mean"] - half, s["mean"] + half
+
+
+def replay(cfg: AdviseConfig, candidates: list[str], val: Mapping[tuple[str, int], float]) -> Race:
+    """Replay the race over the finished validation errors ``val[(candidate, seed)]``.
+
+    Round 0 gives every candidate ``min_seeds`` seeds; each later round adds ``seeds_per_round``
+    to the candidates still alive. A round is evaluated only when all its runs are finished;
+    otherwise the race stops there and ``next_runs`` lists the missing runs.
+    """
+    seeds0 = list(range(cfg.first_seed, cfg.first_seed + cfg.min_seeds))
+    race = Race(candidates=list(candidates), alive=list(candidates), seeds={c: [] for c in candidates})
+    n = cfg.min_seeds
+    level = 1 - cfg.alpha
+    while True:
+        want = seeds0 if not race.rounds else list(range(cfg.first_seed, cfg.first_seed + n))
+        missing = [(c, s) for c in race.alive for s in want if (c, s) not in val]
+        if missing:
+            race.next_runs = missing
+            return race
+        for c in race.alive:
+            race.seeds[c] = list(want)
+        by_c = {c: {s: val[(c, s)] for s in want} for c in race.alive}
+        means = {c: float(np.mean(list(by_c[c].values()))) for c in race.alive}
+        best = min(race.alive, key=lambda c: (means[c], candidates.index(c)))
+        race.best = best
+        dropped = []
+        for c in race.alive:
+            if c == best or c == BASELINE:
+                continue
+            m, lo, hi = ci_of_difference(_paired(by_c[c], by_c[best]), level)
+            race.comparisons += 1
+            if lo > 0:
+                dropped.append(c)
+                race.eliminated[c] = {"round": len(race.rounds), "seeds": len(want), "vs": best,
+                                      "val_diff": m, "ci": [lo, hi]}
+        race.rounds.append({"round": len(race.rounds), "seeds": len(want), "alive": list(race.alive),
+                            "val_mean": means, "best": best, "dropped": dropped})
+        race.alive = [c for c in race.alive if c not in dropped]
+        contenders = [c for c in race.alive if c != BASELINE]
+        two_settled = len(race.alive) == 2 and BASELINE in race.alive and _settled(by_c, race.alive, level)
+        if n >= cfg.max_seeds or not contenders or two_settled:
+            race.finished = True
+            return race
+        n = min(cfg.max_seeds, n + cfg.seeds_per_round)
+
+
+def _settled(by_c: dict[str, dict[int, float]], pair: list[str], level: float) -> bool:
+    """With only the baseline and one contender left, stop early once their paired difference
+    is significant either way (more seeds would not change the decision)."""
+    a, b = pair
+    _, lo, hi = ci_of_difference(_paired(by_c[a], by_c[b]), level)
+    return lo > 0 or hi < 0
+
+
+# ---- figures from the finished runs ----------------------------------------------------------
+
+
+def summarise(race: Race, results: Mapping[tuple[str, int], dict[str, Any]], n_classes: Mapping[str, int],
+              level: float = 0.95) -> dict[str, Any]:
+    """Per candidate: validation and test error (mean ± CI), paired test difference to the
+    baseline, worst-subclass error; the recommendation from the validation race, confirmed on
+    the test split."""
+    def metric(c: str, key: str) -> dict[int, float]:
+        return {s: float(results[(c, s)][key]) for s in race.seeds[c] if (c, s) in results}
+
+    rows = []
+    base_test = metric(BASELINE, "test_error")
+    for c in race.candidates:
+        if not race.seeds[c]:
+            continue
+        test, val = metric(c, "test_error"), metric(c, "val_error")
+        row: dict[str, Any] = {
+            "candidate": c, "classes": int(n_classes.get(c, 0)), "seeds": len(race.seeds[c]),
+            "status": "eliminated" if c in race.eliminated else "in contention",
+            "val_error": mean_ci(list(val.values()), level), "test_error": mean_ci(list(test.values()), level),
+        }
+        if c != BASELINE:
+            m, lo, hi = ci_of_difference(_paired(test, base_test), level)
+            row["test_diff_vs_target"] = {"mean": m, "lo": lo, "hi": hi, "n": len(_paired(test, base_test))}
+        worst = [results[(c, s)].get("worst_subclass_error") for s in race.seeds[c] if (c, s) in results]
+        worst = [w for w in worst if w is not None]
+        if worst:
+            row["worst_subclass_error"] = mean_ci(worst, level)
+        rows.append(row)
+    best = race.best if race.best is not None else BASELINE
+    decision: dict[str, Any] = {"selected_on_validation": best}
+    sel = next((r for r in rows if r["candidate"] == best), None)
+    if best != BASELINE and sel is not None and "test_diff_vs_target" in sel:
+        d = sel["test_diff_vs_target"]
+        decision["confirmed_on_test"] = bool(d["hi"] < 0)
+        decision["test_diff_vs_target"] = d
+    else:
+        decision["confirmed_on_test"] = False
+    decision["recommendation"] = best if decision["confirmed_on_test"] else BASELINE
+    return {"rows": rows, "decision": decision}
+
+
+def sentence(summary: dict[str, Any], finished: bool) -> str:
+    """The answer in one sentence, with its evidence."""
+    rows = {r["candidate"]: r for r in summary["rows"]}
+    dec = summary["decision"]
+
+    def diff_text(r: dict[str, Any]) -> str:
+        d = r["test_diff_vs_target"]
+        half = (d["hi"] - d["lo"]) / 2
+        return f"{100 * d['mean']:+.1f} points ± {100 * half:.1f}"
+
+    others = [f"{r['candidate']}: {diff_text(r)}" for r in summary["rows"]
+              if r["candidate"] not in (BASELINE, dec["selected_on_validation"]) and "test_diff_vs_target" in r]
+    tail = (f"; others (exploratory): {'; '.join(others)}" if others else "") + (
+        "" if finished else " (budget reached before the race finished; a larger budget continues it)")
+    if dec["recommendation"] != BASELINE:
+        r = rows[dec["recommendation"]]
+        return (f"Pretrain on {r['candidate']} ({r['classes']} classes): target test error {diff_text(r)} "
+                f"vs the target labels, {r['test_diff_vs_target']['n']} paired seeds{tail}.")
+    sel = dec["selected_on_validation"]
+    if sel != BASELINE and sel in rows and "test_diff_vs_target" in rows[sel]:
+        return (f"No candidate beats the target labels within the budget: the best on validation, {sel}, "
+                f"gives {diff_text(rows[sel])} on the test split (CI includes 0 or is worse){tail}.")
+    return f"No candidate beats the target labels within the budget: the target labels were best on validation{tail}."
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+# Fields that define the race; a later call on the same folder must keep them (budgets may grow).
+RACE_FIELDS = ("run", "val_fraction", "candidates", "add", "remove", "kmeans_factors", "random_control",
+               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed", "vary_subset")
+
+
+def _base_run(cfg: AdviseConfig) -> tuple[dict[str, Any], Any, int]:
+    """The runs' shared transfer config (with the validation split) and the data set's hierarchy."""
+    from granularity.engine.config import TransferConfig
+    from granularity.engine.run import prepare_data
+
+    probe = TransferConfig.build(cfg.run, where="advise 'run'")
+    ds = prepare_data(probe)
+    n_train = len(ds.train)
+    val_size = max(1, int(round(cfg.val_fraction * n_train)))
+    base = {**cfg.run, "val_size": val_size}
+    TransferConfig.build(base, where="advise 'run'")  # the engine refuses a bad val_size here, in one line
+    return base, ds.hierarchy, probe.target
+
+
+def _grid(base: dict[str, Any], candidates: list[str], seeds: list[int], vary_subset: bool) -> dict[tuple[str, int], Any]:
+    """Every (candidate, seed) run. Seed ``s`` is the init/shuffle seed of all candidates and,
+    with ``vary_subset``, also their ``data_seed`` (training subset and validation split): paired
+    within a seed, independent draws across seeds."""
+    from granularity.sweeps.spec import expand
+
+    grid = {}
+    for s in seeds:
+        cell = {**base, "data_seed": s} if vary_subset else base
+        sw = expand({"name": "advise", "kind": "transfer", "base": cell, "axes": {"source": candidates}, "seeds": [s]})
+        grid.update({(r.params["source"], r.seed): r for r in sw.runs})
+    return grid
+
+
+def _read_results(store: Any, grid: dict[tuple[str, int], Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Figures of every finished run: test and validation target error, worst subclass, seconds."""
+    ok = {row["run_id"] for row in store.rows([r.run_id for r in grid.values()]) if row["status"] == "ok"}
+    out = {}
+    for key, spec in grid.items():
+        if spec.run_id not in ok:
+            continue
+        res = read_json(store.run_dir(spec.run_id) / "result.json")
+        if "val" not in res:
+            raise GranularityError(f"Run {spec.run_id} in {store.root} has no validation figures; it was not made by the advisor.")
+        per_fine = res.get("per_fine_class_target_acc") or {}
+        out[key] = {"test_error": res["target_error"], "val_error": res["val"]["target_error"],
+                    "worst_subclass_error": (1 - min(per_fine.values())) if per_fine else None,
+                    "seconds": res.get("train_seconds"), "num_source_classes": res.get("num_source_classes")}
+    return out
+
+
+def _check_same_race(out: Path, cfg: AdviseConfig) -> None:
+    path = out / "advise.json"
+    if not path.exists():
+        return
+    old = read_json(path).get("config", {})
+    new = cfg.to_dict()
+    changed = [k for k in RACE_FIELDS if old.get(k) != new.get(k)]
+    if changed:
+        raise GranularityError(
+            f"The advice folder {str(out)!r} holds a race with other settings ({', '.join(changed)} differ); "
+            "only the budget (max_runs, max_minutes) may change between calls: use another --out for a new race."
+        )
+
+
+def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, executor: str = "local",
+               workers: int | None = None, threads: int | None = None, address: str | None = None,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Race the candidates on the user's data within the budget; write ``advice.json``,
+    ``advice.md`` and ``index.html`` to ``out`` and return the advice.
+
+    Examples
+    --------
+    >>> run_advice({"run": {"train_size": 2000}, "max_runs": 30}, "runs/advise")  # doctest: +SKIP
+    """
+    from granularity.sweeps.runner import run_sweep
+    from granularity.sweeps.spec import Sweep
+    from granularity.sweeps.store import ResultsStore
+
+    cfg = config if isinstance(config, AdviseConfig) else AdviseConfig.build(config)
+    say = log or (lambda _m: None)
+    out = check_writable(out)
+    _check_same_race(out, cfg)
+    t0 = time.perf_counter()
+    base, hierarchy, target = _base_run(cfg)
+    candidates = candidate_list(cfg, hierarchy, target)
+    grid = _grid(base, candidates, list(range(cfg.first_seed, cfg.first_seed + cfg.max_seeds)), cfg.vary_subset)
+    write_json(out / "advise.json", {"config": cfg.to_dict(), "candidates": candidates, "base_run": base,
+                                     "rule": decision_rule(cfg)})
+    say(f"advise: {len(candidates)} candidates ({', '.join(candidates)}); store {out / 'store'}")
+    stop = "race finished"
+    while True:
+        with ResultsStore(out / "store") as store:
+            results = _read_results(store, grid)
+        race = replay(cfg, candidates, {k: v["val_error"] for k, v in results.items()})
+        if race.finished:
+            break
+        todo = race.next_runs
+        if cfg.max_runs is not None and len(results) + len(todo) > cfg.max_runs:
+            stop = f"run budget reached ({len(results)} runs done, the next round needs {len(todo)} more; max_runs={cfg.max_runs})"
+            break
+        secs = [v["seconds"] for v in results.values() if v.get("seconds")]
+        if cfg.max_minutes is not None and secs:
+            par = max(1, workers or 1)
+            need = float(np.mean(secs)) * len(todo) / par
+            left = cfg.max_minutes * 60 - (time.perf_counter() - t0)
+            if need > left:
+                stop = f"time budget reached (the next round needs ~{need / 60:.1f} min, {max(left, 0) / 60:.1f} min left)"
+                break
+        say(f"advise: round {len(race.rounds)}: {len(todo)} runs ({len(race.alive)} candidates in contention)")
+        specs = [grid[k] for k in todo]
+        sweep = Sweep(name="advise", kind="transfer", axes=[["source"]], seeds=sorted({s for _, s in todo}), runs=specs)
+        res = run_sweep(sweep, out / "store", executor=executor, workers=workers, threads=threads, address=address, log=say)
+        if res["failures"]:
+            f = res["failures"][0]
+            raise GranularityError(
+                f"{len(res['failures'])} advisor runs failed (first: {f['params']}: {f['error']}); fix the cause and rerun "
+                "the same command: finished runs are kept."
+            )
+    n_classes = {c: _num_classes(c, hierarchy, target, results) for c in candidates}
+    summary = summarise(race, results, n_classes)
+    answer = sentence(summary, race.finished) if summary["rows"] else f"No answer yet: {stop}; raise the budget and rerun."
+    advice = {"answer": answer, "finished": race.finished, "stopped_because": stop,
+              "rule": decision_rule(cfg), "candidates": candidates, "rounds": race.rounds,
+              "eliminated": race.eliminated, "comparisons_on_validation": race.comparisons,
+              "runs": len(results), "wall_time_s": time.perf_counter() - t0, **summary}
+    write_json(out / "advice.json", advice)
+    (out / "advice.md").write_text(markdown(advice))
+    from granularity.experiments.advise_page import write_page
+
+    write_page(advice, out)
+    say(advice["answer"])
+    return advice
+
+
+def _num_classes(c: str, hierarchy: Any, target: int, results: Mapping[tuple[str, int], dict[str, Any]]) -> int:
+    made = [v["num_source_classes"] for (name, _), v in results.items() if name == c and v.get("num_source_classes")]
+    if made:
+        return int(made[0])  # what the label function really made
+    from granularity.engine.labels import parse_source
+
+    kind, k = parse_source(c)
+    if kind == "target":
+        return int(hierarchy.num_classes(target))
+    if kind in ("level", "leaf"):
+        return int(hierarchy.num_classes(k if kind == "level" else hierarchy.depth))
+    return int(k or 0)
+
+
+def decision_rule(cfg: AdviseConfig) -> str:
+    return (
+        f"Seeds are paired across candidates. Every candidate gets {cfg.min_seeds} seeds, then "
+        f"{cfg.seeds_per_round} more per round while in contention, up to {cfg.max_seeds}. After each round the "
+        f"candidate with the lowest mean validation error is the leader; any other candidate (never the target "
+        f"baseline) whose paired validation-error difference to the leader has a {100 * (1 - cfg.alpha):.0f}% t "
+        f"confidence interval entirely above 0 is dropped. The race ends at {cfg.max_seeds} seeds, when only the "
+        f"baseline is left, or when the baseline and one contender remain with a significant difference. The "
+        f"leader on validation is then compared once with the target baseline on the test split (95% t CI of the "
+        f"paired difference); it is recommended only if that interval lies below 0."
+    )
+
+
+def markdown(advice: dict[str, Any]) -> str:
+    lines = [f"# Advice\n\n**{advice['answer']}**\n", f"Stopped: {advice['stopped_because']}; {advice['runs']} runs; "
+             f"{advice['comparisons_on_validation']} paired comparisons on the validation split, 1 confirmatory "
+             "comparison on the test split.\n", f"Decision rule (fixed before any run): {advice['rule']}\n",
+             "| candidate | classes | seeds | status | validation error | test error | test diff vs target (95% CI) | worst subclass error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in advice["rows"]:
+        d = r.get("test_diff_vs_target")
+        dtxt = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "(baseline)"
+        w = r.get("worst_subclass_error")
+        lines.append(f"| {r['candidate']} | {r['classes']} | {r['seeds']} | {r['status']} | {_fmt(r['val_error'])} | "
+                     f"{_fmt(r['test_error'])} | {dtxt} | {_fmt(w) if w else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(s: dict[str, float]) -> str:
+    return f"{s['mean']:.4f}" + ("" if math.isnan(s["ci"]) else f" ± {s['ci']:.4f}")
