@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'granularity[ray]')")
-psutil = pytest.importorskip("psutil")
 
 from granularity.sweeps.runner import run_sweep  # noqa: E402
 from granularity.sweeps.store import ResultsStore  # noqa: E402
@@ -49,10 +48,10 @@ def _start(temp_dir: str, *args: str) -> int:
 def _kill_node(pgid: int) -> None:
     """SIGKILL every process of one node, one by one (never `ray stop`: it stops every Ray on
     the machine)."""
-    for p in psutil.process_iter(["pid"]):
+    for pid in [int(d) for d in os.listdir("/proc") if d.isdigit()]:
         try:
-            if os.getpgid(p.pid) == pgid:
-                os.kill(p.pid, signal.SIGKILL)
+            if os.getpgid(pid) == pgid:
+                os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 

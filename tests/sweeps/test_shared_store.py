@@ -126,7 +126,8 @@ def test_results_read_while_a_sweep_writes(tmp_path, mode, cli):
                 continue
             seen_states |= set(df["status"])
             ok = df[df.status == "ok"]
-            assert ok["fine.map.hard"].notna().all() and ok["wall_time"].notna().all()
+            if len(ok):
+                assert ok["fine.map.hard"].notna().all() and ok["wall_time"].notna().all()
             assert ok_before <= set(ok.run_id)
             ok_before = set(ok.run_id)
             code, out, err = cli("results", store, "--columns", "run_id,status")

@@ -17,7 +17,7 @@ from granularity.sweeps.spec import load_sweep  # noqa: E402
 from granularity.sweeps.store import ResultsStore  # noqa: E402
 from granularity.sweeps.worker import KILL_ENV  # noqa: E402
 
-from sweep_helpers import TINY_BASE, write_sweep  # noqa: E402
+from sweep_helpers import write_sweep  # noqa: E402
 
 
 def test_slurm_options_are_checked(monkeypatch):

@@ -360,12 +360,11 @@ class RayExecutor:
         cpus = max(1, int(res.get("CPU", 1)))
         if self.cpus_per_run is None:
             self.workers, self.threads = plan_workers(self.req_workers, self.req_threads, cpus)
-            return
-        self.threads = self.req_threads or max(1, int(self.cpus_per_run))
-        fits = int(cpus // self.cpus_per_run) if self.cpus_per_run else cpus
-        if self.gpus_per_run:
-            fits = min(fits, int(res.get("GPU", 0) // self.gpus_per_run))
-        self.workers = self.req_workers or max(1, fits)
+        else:
+            self.threads = self.req_threads or max(1, int(self.cpus_per_run))
+            self.workers = self.req_workers or max(1, int(cpus // self.cpus_per_run))
+        if self.gpus_per_run and not self.req_workers:
+            self.workers = max(1, min(self.workers, int(res.get("GPU", 0) // self.gpus_per_run)))
 
     def run(self, store: ResultsStore, runs: Sequence[RunSpec]) -> Iterator[dict[str, Any]]:
         import ray

@@ -102,7 +102,7 @@ def run_sweep(
                 err = f": {outcome['error']}" if outcome.get("error") else ""
                 say(f"[{n_done}/{len(sw.runs)}] {status} {run.run_id} {_fmt_params(run.params)}{wall}{err}")
                 if tracker is not None and status in ("ok", "failed"):
-                    tracker.log_run(store.run_dir(run.run_id), run, status, outcome.get("error"))
+                    _track(tracker, store, run, outcome, say)
             todo = []
             if waiting:
                 say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
@@ -121,6 +121,17 @@ def run_sweep(
                 "skipped": skipped, "failures": failures, "wall_time": time.perf_counter() - t0}
     finally:
         store.close()
+
+
+def _track(tracker: Any, store: ResultsStore, run: RunSpec, outcome: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Log a recorded run; a tracking failure is reported, not raised: the run is recorded
+    already and the sweep goes on (``--track`` again on a rerun does not relog finished runs)."""
+    try:
+        tracker.log_run(store.run_dir(run.run_id), run, outcome["status"], outcome.get("error"))
+    except Exception as exc:  # noqa: BLE001
+        from granularity.sweeps.worker import one_line
+
+        say(f"tracking {run.run_id} failed: {one_line(exc)}")
 
 
 def _reconcile(store: ResultsStore, by_id: dict[str, RunSpec]) -> list[str]:
