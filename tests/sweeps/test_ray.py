@@ -15,7 +15,8 @@ from sweep_helpers import TINY_BASE, write_sweep  # noqa: E402
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray cluster for the module (starting one costs ~10-20 s)."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    # address="local": a new instance even when another Ray runs on this machine (ray.init() would join it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

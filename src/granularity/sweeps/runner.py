@@ -29,6 +29,9 @@ def run_sweep(
     address: str | None = None,
     retry_failed: bool = True,
     log: Callable[[str], None] | None = None,
+    store_mode: str = "auto",
+    executor_options: dict[str, Any] | None = None,
+    tracker: Any = None,
 ) -> dict[str, Any]:
     """Run every unfinished run of ``sweep`` into the store ``out``.
 
@@ -38,12 +41,21 @@ def run_sweep(
         An expanded sweep or a sweep file; every run's config is validated before any starts.
     out : path, optional
         The results store (default ``runs/sweeps/<sweep name>``); several sweeps may share one.
-    executor : {"local", "ray"}
-        Local worker processes or Ray tasks (``address``: None/"local" starts a local Ray).
+    executor : {"local", "ray", "slurm"}
+        Local worker processes, Ray tasks (``address``: None/"local" starts a local Ray unless
+        ``RAY_ADDRESS`` is set) or SLURM job arrays (submitit).
     workers, threads : int, optional
         Runs at a time and torch threads per run; by default one run per core, 1 thread each.
     retry_failed : bool
         Run again runs recorded as failed (default); finished (``ok``) runs are never rerun.
+    store_mode : {"auto", "wal", "shared"}
+        The index's journal mode (``auto``: ``shared`` on a network file system); see
+        :mod:`granularity.sweeps.store`.
+    executor_options : dict, optional
+        ``cpus_per_run``, ``gpus_per_run`` (ray, slurm; default: the sweep file's ``resources``),
+        ``partition``, ``time_min``, ``cluster``, ``slurm_params`` (slurm).
+    tracker : granularity.tracking.SweepTracker, optional
+        Logs every recorded run (its folder's metrics, config and result) to TensorBoard/MLflow.
 
     Returns
     -------
@@ -57,10 +69,15 @@ def run_sweep(
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
-    ex = make_executor(executor, workers, threads, address)  # checks options before touching the store
+    options = dict(executor_options or {})
+    if executor != "local":
+        for key, value in sw.resources.items():
+            if options.get(key) is None:
+                options[key] = value
+    ex = make_executor(executor, workers, threads, address, **options)  # checks options before touching the store
     ex.log = say
     out = Path(out) if out is not None else Path("runs") / "sweeps" / sw.name
-    store = ResultsStore(out)
+    store = ResultsStore(out, store_mode=store_mode)
     try:
         store.register_sweep(sw)
         by_id = {r.run_id: r for r in sw.runs}
@@ -68,7 +85,7 @@ def run_sweep(
         skip = {"ok"} | (set() if retry_failed else {"failed"})
         todo = [r for r in sw.runs if rows[r.run_id]["status"] not in skip]
         skipped = len(sw.runs) - len(todo)
-        say(f"sweep {sw.name!r}: {len(sw.runs)} runs, {skipped} already finished, {len(todo)} to run; store {out}")
+        say(f"sweep {sw.name!r}: {len(sw.runs)} runs, {skipped} already finished, {len(todo)} to run; store {out} ({store.mode} mode)")
         ran = 0
         n_done = skipped
         waiting: list[RunSpec] = []  # runs another sweep is computing
@@ -84,6 +101,8 @@ def run_sweep(
                 wall = f" ({outcome['wall_time']:.1f} s)" if outcome.get("wall_time") is not None else ""
                 err = f": {outcome['error']}" if outcome.get("error") else ""
                 say(f"[{n_done}/{len(sw.runs)}] {status} {run.run_id} {_fmt_params(run.params)}{wall}{err}")
+                if tracker is not None and status in ("ok", "failed"):
+                    _track(tracker, store, run, outcome, say)
             todo = []
             if waiting:
                 say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
@@ -102,6 +121,17 @@ def run_sweep(
                 "skipped": skipped, "failures": failures, "wall_time": time.perf_counter() - t0}
     finally:
         store.close()
+
+
+def _track(tracker: Any, store: ResultsStore, run: RunSpec, outcome: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Log a recorded run; a tracking failure is reported, not raised: the run is recorded
+    already and the sweep goes on (``--track`` again on a rerun does not relog finished runs)."""
+    try:
+        tracker.log_run(store.run_dir(run.run_id), run, outcome["status"], outcome.get("error"))
+    except Exception as exc:  # noqa: BLE001
+        from granularity.sweeps.worker import one_line
+
+        say(f"tracking {run.run_id} failed: {one_line(exc)}")
 
 
 def _reconcile(store: ResultsStore, by_id: dict[str, RunSpec]) -> list[str]:

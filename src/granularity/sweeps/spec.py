@@ -15,6 +15,9 @@ A sweep file (YAML or JSON)::
     zip:                         # lists that vary together (one axis per group)
       - {train.lr: [0.1, 0.5], train.steps: [600, 300]}
     seeds: 3                     # 3 -> [0, 1, 2]; or [0, 5, 7]; or {start: 10, count: 3}
+    resources:                   # optional, for --executor ray/slurm (the CLI options win)
+      gpus_per_run: 1
+      cpus_per_run: 4
 
 One sweep run = one seed of one grid point; its id is a hash of the kind and the canonical JSON
 of its validated config (seed included) without the fields that do not change the result
@@ -38,7 +41,8 @@ from granularity.errors import GranularityError, suggest
 from granularity.sweeps.kinds import ExperimentKind, get_kind
 from granularity.utils.config import deep_merge, load_config_file, set_dotted
 
-TOP_KEYS = ("name", "kind", "preset", "base", "axes", "zip", "seeds")
+TOP_KEYS = ("name", "kind", "preset", "base", "axes", "zip", "seeds", "resources")
+RESOURCE_KEYS = ("cpus_per_run", "gpus_per_run")
 MAX_RUNS = 100_000  # a typo in a range should not expand into millions of runs
 
 
@@ -67,6 +71,7 @@ class Sweep:
     runs: list[RunSpec]
     spec: dict[str, Any] = field(default_factory=dict)  # the file's content, for the record
     source: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)  # per-run requests (not part of run ids)
 
     @property
     def axis_keys(self) -> list[str]:
@@ -181,6 +186,26 @@ def parse_seeds(spec: Any, where: str) -> list[int]:
     raise _err(where, "seeds", allowed, spec)
 
 
+def parse_resources(spec: Any, where: str) -> dict[str, float]:
+    """``resources: {cpus_per_run: 4, gpus_per_run: 1}`` -> the validated dict."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise _err(where, "resources", f"a mapping with keys among {', '.join(RESOURCE_KEYS)}", spec)
+    out = {}
+    for key, value in spec.items():
+        if key not in RESOURCE_KEYS:
+            raise GranularityError(
+                f"Unknown key 'resources.{key}'{suggest(str(key), RESOURCE_KEYS)} in {where}; valid keys are: "
+                f"{', '.join(RESOURCE_KEYS)}."
+            )
+        low = 0 if key == "gpus_per_run" else 1e-9
+        if not _num(value) or value < low:
+            raise _err(where, f"resources.{key}", "a number > 0" if low else "a number >= 0", value)
+        out[key] = value
+    return out
+
+
 def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
     node: Any = tree
     for p in dotted.split("."):
@@ -257,6 +282,7 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
                     f"The axis {key!r} of {where} is set per run by the sweep's 'seeds' key; use seeds: instead."
                 )
     seeds = parse_seeds(spec.get("seeds"), where)
+    resources = parse_resources(spec.get("resources"), where)
     n_runs = math.prod(len(v) for _, v in axes) * len(seeds)
     if n_runs > MAX_RUNS:
         raise GranularityError(f"{where} expands into {n_runs} runs; the limit is {MAX_RUNS}: shorten its axes.")
@@ -286,7 +312,7 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
             runs.append(RunSpec(rid, kind.name, cfg_d, params))
     return Sweep(
         name=sweep_name.strip(), kind=kind.name, axes=[keys for keys, _ in axes], seeds=seeds, runs=runs,
-        spec=json.loads(json.dumps(dict(spec), default=str)), source=source,
+        spec=json.loads(json.dumps(dict(spec), default=str)), source=source, resources=resources,
     )
 
 

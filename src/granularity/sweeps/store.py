@@ -5,9 +5,20 @@ Layout::
     <store>/index.sqlite      the queryable index (one row per run, plus the sweeps)
     <store>/runs/<run_id>/    one folder per run, written by the experiment's own run function
 
-The index is SQLite in WAL mode with a busy timeout; every change is one short
-``BEGIN IMMEDIATE`` transaction, so workers in several processes (and two sweeps at once)
-never see or leave a half-written row. A run is claimed before it starts (status ``running``,
+The index is SQLite with a busy timeout; every change is one short ``BEGIN IMMEDIATE``
+transaction, so workers in several processes (and two sweeps at once) never see or leave a
+half-written row. Two journal modes (``store_mode``, chosen when a sweep opens the store):
+
+* ``wal`` (the default on a local disk): readers never wait for writers.
+* ``shared`` (the default on NFS, Lustre, GPFS, CIFS, BeeGFS, CephFS...: WAL needs shared memory
+  between all processes of the database, which a network file system cannot give): a rollback
+  journal (``journal_mode=DELETE``, ``synchronous=FULL``) and, around every write transaction, a
+  lock directory ``index.lock`` (``mkdir`` is atomic on every network file system, unlike
+  ``fcntl`` locks on some NFS setups). A lock older than :data:`LOCK_STALE_S` (its holder died
+  inside a millisecond transaction) is broken.
+
+The mode lives in the database file itself (``PRAGMA journal_mode``); every later connection
+(workers, ``granularity results``) reads it and takes the lock when it is not WAL. A run is claimed before it starts (status ``running``,
 owner ``host:pid``, heartbeat); a claim whose owner is dead (or whose heartbeat is stale) is
 taken over, so a killed sweep resumes and two sweeps never compute the same run at once.
 
@@ -36,6 +47,13 @@ from typing import Any
 from granularity.errors import GranularityError
 
 INDEX = "index.sqlite"
+LOCK = "index.lock"
+LOCK_STALE_S = 30.0  # a write lock held this long belongs to a dead process (transactions take ms)
+LOCK_WAIT_S = 120.0
+STORE_MODES = ("auto", "wal", "shared")
+# file systems where SQLite's WAL mode is unsafe (no shared memory across machines)
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "fuse.ceph",
+              "glusterfs", "fuse.glusterfs", "9p", "afs", "panfs", "wekafs", "fuse.sshfs", "fuse.s3fs")
 HEARTBEAT_S = 5.0  # a running worker refreshes its claim this often
 STALE_S = 60.0  # a claim not refreshed for this long belongs to a lost worker (another host, or pid reused)
 
@@ -112,6 +130,82 @@ def owner_alive(owner: str | None, heartbeat: float | None, now: float | None = 
     return True
 
 
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str | None:
+    """The type of the file system holding ``path`` (the longest mount point of ``/proc/mounts``
+    above it), or None where that cannot be told (not Linux)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def resolve_store_mode(mode: str, root: str | Path) -> str:
+    """``auto`` -> ``shared`` on a network file system, else ``wal``."""
+    if mode not in STORE_MODES:
+        raise GranularityError(f"The '--store-mode' option must be one of {', '.join(STORE_MODES)}. Got {mode!r} instead.")
+    if mode != "auto":
+        return mode
+    fs = filesystem_type(root)
+    return "shared" if fs is not None and fs.lower() in NETWORK_FS else "wal"
+
+
+class DirLock:
+    """A lock that works on network file systems: ``mkdir`` of a directory (atomic there), held
+    for one short transaction. A lock older than ``stale_s`` is broken (its holder died)."""
+
+    def __init__(self, path: Path, stale_s: float = LOCK_STALE_S, wait_s: float = LOCK_WAIT_S):
+        self.path, self.stale_s, self.wait_s = Path(path), stale_s, wait_s
+
+    def __enter__(self) -> DirLock:
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.001
+        while True:
+            try:
+                os.mkdir(self.path)
+                return self
+            except FileExistsError:
+                self._break_if_stale()
+            if time.monotonic() > deadline:
+                raise GranularityError(
+                    f"The results store lock {str(self.path)!r} has been held for over {self.wait_s:.0f} s; if no sweep "
+                    "is writing this store, delete it."
+                )
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
+
+    def _break_if_stale(self) -> None:
+        try:
+            age = time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return
+        if age > self.stale_s:
+            # rename first: of two processes breaking it at once, only one succeeds
+            grave = self.path.with_name(f"{self.path.name}.stale-{owner_id()}-{time.time_ns()}")
+            try:
+                os.rename(self.path, grave)
+                os.rmdir(grave)
+            except OSError:
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:  # broken as stale by another process: nothing to release
+            pass
+
+
 class ResultsStore:
     """The index and run folders of one store folder; safe to use from many processes.
 
@@ -121,10 +215,14 @@ class ResultsStore:
         Store folder; created (with its index) if ``create`` is true.
     create : bool
         If false, a folder without an index is an error (for ``granularity results``).
+    store_mode : {"auto", "wal", "shared"}
+        With ``create``: the journal mode to put the index in (see the module's docstring);
+        other connections keep the mode the file has.
     """
 
-    def __init__(self, root: str | Path, create: bool = True):
+    def __init__(self, root: str | Path, create: bool = True, store_mode: str = "auto"):
         self.root = Path(root)
+        mode = resolve_store_mode(store_mode, self.root) if create else None
         path = self.root / INDEX
         if not create and not path.exists():
             raise GranularityError(
@@ -136,7 +234,11 @@ class ResultsStore:
             check_writable(self.root)
             (self.root / "runs").mkdir(exist_ok=True)
         try:
-            self._db = self._connect(path)
+            self._db = self._connect(path, mode)
+            self.mode = "wal" if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal" else "shared"
+            self._lock = DirLock(self.root / LOCK) if self.mode == "shared" else None
+            if self.mode == "shared":
+                self._db.execute("PRAGMA synchronous=FULL")
             if create:
                 with self.transaction() as db:
                     for statement in SCHEMA.split(";"):
@@ -153,19 +255,30 @@ class ResultsStore:
                 "granularity sweep, or it is corrupt: give another store or delete it to start afresh."
             ) from None
 
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(self, path: Path, mode: str | None) -> sqlite3.Connection:
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE takes the write
         # lock up front, so two writers never deadlock upgrading a read lock)
         db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout=60000")
+        if mode is None:  # a reader or worker: the mode the file has
+            return db
+        want = "wal" if mode == "wal" else "delete"
         for attempt in range(50):
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:  # another process is switching it: wait and retry
-                time.sleep(0.1 * (attempt + 1))
+                # switching the mode needs the lock a writer in shared mode holds
+                with DirLock(self.root / LOCK) if want == "delete" else _nolock():
+                    got = db.execute(f"PRAGMA journal_mode={want.upper()}").fetchone()[0].lower()
+                if got == want:
+                    break
+            except sqlite3.OperationalError:  # another process is using or switching it: wait and retry
+                pass
+            time.sleep(0.1 * (attempt + 1))
+        else:
+            raise GranularityError(
+                f"The results store {str(self.root)!r} could not be put in store mode {mode!r}: other processes are "
+                "using it in the other mode; let them finish, or give the mode it has."
+            )
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
@@ -183,6 +296,12 @@ class ResultsStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock or _nolock():
+            with self._sqlite_transaction() as db:
+                yield db
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -256,6 +375,12 @@ class ResultsStore:
         """The run function is about to be called (counts attempts: a finished run is never restarted)."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET attempts=attempts+1 WHERE run_id=?", (run_id,))
+
+    def heartbeat_owner(self, owner: str) -> None:
+        """Refresh every claim of ``owner`` (a sweep process that holds the claims of the runs it
+        sent to Ray or SLURM) in one transaction."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET heartbeat=? WHERE owner=? AND status='running'", (time.time(), owner))
 
     def heartbeat(self, run_id: str, owner: str | None = None) -> None:
         with self.transaction() as db:
@@ -359,6 +484,11 @@ def sweep_params(config: Mapping[str, Any] | None, axes: list[list[str]], params
     out = {key: get_dotted(config, key) for group in axes for key in group}
     out["seed"] = (params or {}).get("seed")
     return out
+
+
+@contextmanager
+def _nolock() -> Iterator[None]:
+    yield
 
 
 def _scalar(v: Any) -> Any:

@@ -1,7 +1,10 @@
 """What a worker process does with one sweep run: claim it, run it, record the outcome.
 
-The worker writes the index itself (one transaction per change), so a finished run is recorded
-even if the sweep process that launched it is killed a moment later. A worker of the local
+A local executor's worker writes the index itself (one transaction per change,
+:func:`execute_run`), so a finished run is recorded even if the sweep process that launched it is
+killed a moment later. Ray tasks and SLURM jobs run :func:`compute_run`, which writes only the
+run's folder: the sweep process records their outcomes (:func:`record`), so on a cluster the
+index has a single writer. A worker of the local
 executor (:func:`serve`) dies with its sweep process: a killed sweep leaves no process behind,
 and its runs' claims become stale so that the next sweep takes them over.
 """
@@ -16,11 +19,13 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from granularity.sweeps.kinds import get_kind
 from granularity.sweeps.spec import RunSpec
 from granularity.sweeps.store import HEARTBEAT_S, ResultsStore, _pid_alive, owner_id
+from granularity.utils.io import read_json
 
 # Test hook (fault injection): comma-separated run ids whose worker process SIGKILLs itself when
 # it starts them, as the kernel's OOM killer would. Unset in normal use.
@@ -115,8 +120,59 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def compute_run(store_root: str | Path, run: RunSpec, threads: int | None = None,
+                on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run (or adopt the finished folder of) one run, writing only its run folder, never the
+    index; never raises for a failing run. What Ray tasks and SLURM jobs execute: the sweep
+    process records the returned outcome (the only writer of the index; see docs/sweeps.md).
+
+    Returns
+    -------
+    dict
+        ``{"run_id", "status" ("ok"|"failed"), "error", "wall_time", "started" (the run function
+        was called), "metrics", "hierarchy_hash", "versions"}``.
+    """
+    set_threads(threads)
+    kind = get_kind(run.kind)
+    out = Path(store_root) / "runs" / run.run_id
+    t0 = time.perf_counter()
+    started = False
+    try:
+        cfg = kind.build(run.config, where=f"run {run.run_id}")
+        if kind.is_complete(out, cfg):
+            # finished by a worker killed before it could record it: adopt, do not recompute
+            result = read_json(out / "result.json")
+        else:
+            if on_start is not None:
+                on_start()
+            started = True
+            if run.run_id in os.environ.get(KILL_ENV, "").split(","):
+                os.kill(os.getpid(), signal.SIGKILL)  # the test hook: this worker dies as if OOM-killed
+            result = kind.run(cfg, out)
+        versions = read_json(out / "env.json") if (out / "env.json").exists() else None
+        return {"run_id": run.run_id, "status": "ok", "error": None, "wall_time": time.perf_counter() - t0,
+                "started": started, "metrics": kind.metrics(result), "hierarchy_hash": kind.hierarchy_hash(result),
+                "versions": versions}
+    except Exception as exc:  # noqa: BLE001 - a failing run is recorded; the others go on
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "error.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass
+        return {"run_id": run.run_id, "status": "failed", "error": one_line(exc), "wall_time": time.perf_counter() - t0,
+                "started": started, "metrics": None, "hierarchy_hash": None, "versions": None}
+
+
+def record(store: ResultsStore, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Write a :func:`compute_run` outcome into the index; returns the runner's short outcome."""
+    store.finish(outcome["run_id"], outcome["status"], metrics=outcome["metrics"], error=outcome["error"],
+                 hierarchy_hash=outcome["hierarchy_hash"], versions=outcome["versions"], wall_time=outcome["wall_time"])
+    return {k: outcome[k] for k in ("run_id", "status", "error", "wall_time")}
+
+
 def execute_run(store_root: str | Path, run: RunSpec, threads: int | None = None) -> dict[str, Any]:
-    """Claim, run (or resume) and record one run; never raises for a failing run.
+    """Claim, run (or resume) and record one run (a local executor's worker writes the index
+    itself); never raises for a failing run.
 
     Returns
     -------
@@ -124,9 +180,7 @@ def execute_run(store_root: str | Path, run: RunSpec, threads: int | None = None
         ``{"run_id", "status", "error", "wall_time"}`` with status ``ok``, ``failed``, ``done``
         (finished before, nothing done) or ``busy`` (another live worker holds it).
     """
-    set_threads(threads)
     root = Path(store_root)
-    kind = get_kind(run.kind)
     store = ResultsStore(root, create=False)
     me = owner_id()
     try:
@@ -135,40 +189,10 @@ def execute_run(store_root: str | Path, run: RunSpec, threads: int | None = None
             return {"run_id": run.run_id, "status": state, "error": None, "wall_time": None}
         beat = _Heartbeat(root, run.run_id, me)
         beat.start()
-        out = store.run_dir(run.run_id)
-        t0 = time.perf_counter()
         try:
-            cfg = kind.build(run.config, where=f"run {run.run_id}")
-            if kind.is_complete(out, cfg):
-                # finished by a worker killed before it could record it: adopt, do not recompute
-                from granularity.utils.io import read_json
-
-                result = read_json(out / "result.json")
-            else:
-                store.mark_started(run.run_id)
-                if run.run_id in os.environ.get(KILL_ENV, "").split(","):
-                    os.kill(os.getpid(), signal.SIGKILL)  # the test hook: this worker dies as if OOM-killed
-                result = kind.run(cfg, out)
-            wall = time.perf_counter() - t0
-            versions = None
-            if (out / "env.json").exists():
-                from granularity.utils.io import read_json
-
-                versions = read_json(out / "env.json")
-            store.finish(run.run_id, "ok", metrics=kind.metrics(result), hierarchy_hash=kind.hierarchy_hash(result),
-                         versions=versions, wall_time=wall)
-            return {"run_id": run.run_id, "status": "ok", "error": None, "wall_time": wall}
-        except Exception as exc:  # noqa: BLE001 - a failing run is recorded; the others go on
-            wall = time.perf_counter() - t0
-            error = one_line(exc)
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "error.txt").write_text(traceback.format_exc())
-            except OSError:
-                pass
-            store.finish(run.run_id, "failed", error=error, wall_time=wall)
-            return {"run_id": run.run_id, "status": "failed", "error": error, "wall_time": wall}
+            outcome = compute_run(root, run, threads, on_start=lambda: store.mark_started(run.run_id))
         finally:
             beat.stop.set()
+        return record(store, outcome)
     finally:
         store.close()
