@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "results": "granularity.cli.sweep:results",
     "report": "granularity.cli.report:report",
     "bench": "granularity.cli.bench:bench",
+    "doctor": "granularity.cli.doctor:doctor",
 }
 
 HELP = {
@@ -39,6 +40,7 @@ HELP = {
     "results": "List, filter and export a results store.",
     "report": "Build an HTML report with figures from result folders.",
     "bench": "Run the performance benchmarks and write JSON.",
+    "doctor": "What this machine has and lacks for each part, with the fix for each; exit 0/1.",
 }
 
 
