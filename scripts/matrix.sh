@@ -58,7 +58,7 @@ run_one() {  # $1 version, $2 interpreter, $3 log
   work=$(mktemp -d)
   (cd "$work" && "$env/bin/granularity" doctor) || echo "matrix: doctor exit $? (missing pieces listed above)"
   (cd "$work" && nice -n 5 "$env/bin/granularity" simulate --preset quick --seeds 2 \
-    --set train.steps=20 --out "$work/quick") || return 1
+    --set train.steps=20 --set transfer.n_test=200 --out "$work/quick") || return 1
   rm -rf "$work"
   # shellcheck disable=SC2086
   nice -n 5 "$env/bin/python" -m pytest -q -p no:cacheprovider ${MATRIX_PYTEST_ARGS:-}

@@ -36,6 +36,7 @@ from granularity.engine.train import (
     train_epoch,
 )
 from granularity.errors import GranularityError
+from granularity.utils.device import resolve_device  # noqa: F401 (one resolver for all; imported from here)
 from granularity.utils.io import (
     append_jsonl,
     check_writable,
@@ -49,14 +50,6 @@ from granularity.utils.io import (
 
 class _Interrupt(KeyboardInterrupt):
     """Raised by the test hook ``stop_after_steps`` to simulate a killed run."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:

@@ -12,19 +12,10 @@ import torch
 from granularity.theory.config import SimConfig
 from granularity.theory.data import HierarchicalMultiView, Samples, derive_seeds, generator
 from granularity.theory.model import PatchCNN, activation
+from granularity.utils.device import resolve_device  # noqa: F401 (one resolver for all; imported from here)
 
 # indices into derive_seeds(seed, 6)
 _DICT, _TRAIN, _TEST, _INIT, _ORDER, _HEAD = range(6)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from granularity.errors import GranularityError
-
-        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use cpu or auto.")
-    return torch.device(name)
 
 
 def log_steps(steps: int, points: int) -> np.ndarray:
