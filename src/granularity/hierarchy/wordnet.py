@@ -181,6 +181,16 @@ def find_wordnet_source() -> tuple[str, Path]:
     )
 
 
+def wordnet_missing_reason() -> str | None:
+    """``None`` when :func:`find_wordnet_source` finds WordNet 3.0, else its one-line error
+    (which names both routes): the reason tests that need WordNet skip with."""
+    try:
+        find_wordnet_source()
+    except GranularityError as exc:
+        return str(exc)
+    return None
+
+
 def _check_version(data_noun_head: bytes, source: Path) -> None:
     # The license header of data.noun names the version; 3.1 (or another) has other offsets,
     # so ImageNet wnids would silently map to wrong synsets.

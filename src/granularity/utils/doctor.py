@@ -143,10 +143,11 @@ def check_wordnet() -> Check:
     cached = W.cache_dir() / "nltk_data" / "corpora" / "wordnet"
     try:
         route, path = W.find_wordnet_source()
-    except GranularityError as exc:
+    except GranularityError:
         if (cached / "data.noun").is_file() and (cached / "lexnames").is_file():
             return Check("data", "wordnet", True, f"cached copy in {cached} (its source is gone)")
-        where = "the folder named by GRANULARITY_WORDNET" if "named by" in str(exc) else (
+        env = W._env_wordnet()
+        where = f"{env[1]} (named by {env[0]})" if env else (
             f"{W.DEBIAN_WORDNET_DIR} and the NLTK data folders")
         return Check("data", "wordnet", False, f"WordNet 3.0 not found in {where}",
                      "root: apt-get install wordnet-base wordnet-sense-index  |  no root: "
