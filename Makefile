@@ -1,8 +1,10 @@
 # Quick start: `make demo` (install + main job) and `make test` (install + tests).
+# `make doctor`: what this machine has and lacks; `make matrix`: the suite on each Python 3.10-3.13
+# present, each in a fresh venv (scripts/matrix.sh; slow: installs torch per interpreter).
 PY ?= python3
 OUT ?= runs
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench doctor matrix
 
 install:
 	bash scripts/setup.sh
@@ -16,3 +18,9 @@ test: install
 
 bench: install
 	granularity bench --out benchmarks/results
+
+doctor:
+	$(PY) -m granularity doctor
+
+matrix:
+	bash scripts/matrix.sh

@@ -13,6 +13,7 @@ import torch
 
 from granularity.data import StreamSplit, load_dataset
 from granularity.errors import DataError, GranularityError, HierarchyError
+from granularity.hierarchy.wordnet import wordnet_missing_reason
 
 from data_writers import CIFAR_COARSE, CIFAR_FINE, CIFAR_PARENT, write_cifar100, write_image_folder
 
@@ -112,7 +113,7 @@ def test_image_folder_hierarchy_choice(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/wordnet").is_dir(), reason="WordNet (wordnet-base) not installed")
+@pytest.mark.skipif(wordnet_missing_reason() is not None, reason=str(wordnet_missing_reason()))
 def test_image_folder_wordnet_hierarchy(folder_root):
     ds = load_dataset("image-folder", root=folder_root, image_size=4)  # auto: wnids -> WordNet
     h = ds.hierarchy

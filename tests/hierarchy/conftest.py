@@ -1,17 +1,13 @@
-import os
-from pathlib import Path
-
 import pytest
-
-WORDNET_OK = all(Path("/usr/share/wordnet", f).is_file() for f in ("data.noun", "index.noun"))
 
 
 @pytest.fixture(scope="session")
 def wn_cache(tmp_path_factory):
-    """A private cache folder with the Debian WordNet copied in once per session."""
-    if not WORDNET_OK and not os.environ.get("GRANULARITY_WORDNET_DIR"):
-        pytest.skip("WordNet 3.0 not installed (apt-get install wordnet-base wordnet-sense-index)")
-    from granularity.hierarchy.wordnet import ensure_wordnet
+    """A private cache folder with WordNet 3.0 (either route) copied in once per session."""
+    from granularity.hierarchy.wordnet import ensure_wordnet, wordnet_missing_reason
+
+    if reason := wordnet_missing_reason():  # either route: Debian or NLTK's data package
+        pytest.skip(reason)
 
     cache = tmp_path_factory.mktemp("gcache")
     ensure_wordnet(cache)

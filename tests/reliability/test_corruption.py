@@ -38,7 +38,6 @@ from granularity.data.idx import write_idx  # noqa: E402
 from granularity.errors import GranularityError  # noqa: E402
 from granularity.hierarchy import LabelHierarchy, cifar100_hierarchy, inat2021_hierarchy  # noqa: E402
 
-WORDNET_OK = all(Path("/usr/share/wordnet", f).is_file() for f in ("data.noun", "index.noun"))
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -621,9 +620,10 @@ def test_hierarchy_json(tmp_path, tally):
 # --------------------------------------------------------------------------- WordNet class lists
 @pytest.fixture(scope="module")
 def wn(tmp_path_factory):
-    if not WORDNET_OK:
-        pytest.skip("WordNet 3.0 not installed (apt-get install wordnet-base wordnet-sense-index)")
-    from granularity.hierarchy.wordnet import ensure_wordnet, wordnet_reader
+    from granularity.hierarchy.wordnet import ensure_wordnet, wordnet_missing_reason, wordnet_reader
+
+    if reason := wordnet_missing_reason():  # either route: Debian or NLTK's data package
+        pytest.skip(reason)
 
     cache = tmp_path_factory.mktemp("wncache")
     ensure_wordnet(cache)

@@ -16,7 +16,7 @@ import click
 @click.option("--full", is_flag=True, help="Full-size comparison 3 (minutes) and paper-size generator memory.")
 @click.option("--scale", type=click.FloatRange(0.001, 10), default=None,
               help="Step-count factor of comparison 3 for both implementations [default: 0.1, 1 with --full].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--name", default=None, help="File name (without .json) [default: cpu-<threads>core or cuda-<gpu>].")
 def bench(out: Path, only: str | None, tiny: bool, full: bool, scale: float | None, device: str, name: str | None) -> None:
     """Run the performance benchmarks and write JSON (ratios measured side by side)."""

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "report": "granularity.cli.report:report",
     "bench": "granularity.cli.bench:bench",
     "advise": "granularity.cli.advise:advise",
+    "doctor": "granularity.cli.doctor:doctor",
 }
 
 HELP = {
@@ -41,6 +42,7 @@ HELP = {
     "report": "Build an HTML report with figures from result folders.",
     "bench": "Run the performance benchmarks and write JSON.",
     "advise": "At which granularity should I pretrain? Race the candidates on your data, within a budget.",
+    "doctor": "What this machine has and lacks for each part, with the fix for each; exit 0/1.",
 }
 
 
@@ -96,6 +98,9 @@ def _one_line(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 internal error, 2 user error, 130 Ctrl-C)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    # --device mps: operations MPS lacks run on the CPU (read by torch when it is first imported,
+    # which the lazily loaded commands do after this line); no effect on other devices.
+    os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     debug = "--debug" in args or os.environ.get("GRANULARITY_DEBUG") == "1"
     try:
         code = cli.main(args=args, prog_name="granularity", standalone_mode=False)

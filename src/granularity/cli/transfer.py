@@ -45,7 +45,7 @@ _config_opts = [
     click.option("--transfer-epochs", type=click.IntRange(0), default=None, help="Transfer epochs."),
     click.option("--mode", type=click.Choice(["finetune", "linear", "map"]), default=None, help="Transfer mode."),
     click.option("--train-size", type=click.IntRange(1), default=None, help="Training images (stratified subset)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
                  help="auto = CUDA when available; cuda without a GPU is an error."),
 ]
 

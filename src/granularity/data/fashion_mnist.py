@@ -62,6 +62,8 @@ MIRRORS = [
 ]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
+#: The route without root: download from the official sources into the cache (MD5-checked).
+FETCH_COMMAND = 'python -c "from granularity.data.fashion_mnist import locate; locate()"'
 
 
 def cache_dir() -> Path:
@@ -175,8 +177,10 @@ def locate(root: str | Path | None = None, allow_download: bool = True, timeout:
         reason = "download=False"
     raise DataError(
         f"Fashion-MNIST files (train-images-idx3-ubyte[.gz], ...) not found in {looked}; {reason}. "
-        f"Install them with `{INSTALL_HINT}`, or put the 4 IDX files in a folder and pass "
-        "root=<folder> or set GRANULARITY_DATA."
+        f"Install them by either route: with root on Debian/Ubuntu `{INSTALL_HINT}`; without "
+        f"root, when online, `{FETCH_COMMAND}` (official sources, MD5-checked, into "
+        f"{cache_dir() / NAME}), or put the 4 IDX files in a folder and pass root=<folder> or "
+        "set GRANULARITY_DATA."
     )
 
 

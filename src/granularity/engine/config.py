@@ -94,7 +94,7 @@ class TransferConfig(Config):
     pretrain: StageConfig = Field(default_factory=StageConfig)
     transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
     seed: int = 0  # model init, shuffling, augmentation, label functions
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     bf16: bool = False  # bfloat16 autocast in training and evaluation, CUDA only (ignored on CPU, noted in result.json)
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (Ampere+); False = full float32 there
     eval_batch_size: int = Field(1000, ge=1)

@@ -65,7 +65,7 @@ class StudyConfig(Config):
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: StageConfig = Field(default_factory=StageConfig)
     transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     bf16: bool = False
 
 

@@ -178,7 +178,7 @@ class SimConfig(Config):
     seeds: int = Field(5, ge=1, le=1000, description="independent seeds (fresh data + init each)")
     seed0: int = Field(0, ge=0, description="first seed")
     seed_batch: int = Field(5, ge=1, le=64, description="seeds trained together as one batched computation")
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "cpu"
     checkpoint_every: int = Field(
         0, ge=0, description="SGD steps between mid-training checkpoints; 0 = a tenth of train.steps"
     )

@@ -1,21 +1,49 @@
-"""Device helpers shared by the simulator, the engine and the benchmarks."""
+"""The ``device`` parameter: ``auto``, ``cpu``, ``cuda`` (``cuda:N``) or ``mps``.
+
+``auto`` is CUDA when available, else the CPU; it never picks MPS (Apple silicon): MPS lacks some
+operations and float64, so it is used only when asked for with ``mps``. Operations MPS lacks run
+on the CPU when ``PYTORCH_ENABLE_MPS_FALLBACK=1`` is set before torch is imported (the
+``granularity`` command sets it; PyTorch then prints one warning line per such operation).
+An asked-for device that is absent is a one-line error.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from granularity.errors import GranularityError
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_built() and mps.is_available())
+
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else the CPU), ``"cpu"`` or ``"cuda"``; asking for CUDA
-    without a CUDA device is a one-line error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GranularityError("The 'device' parameter is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+    """The torch device for a ``device`` parameter value (see the module docstring)."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        raise GranularityError(
+            f"The 'device' parameter is {name!r} but no CUDA device is available; use 'auto' or 'cpu'."
+        )
+    if name == "mps":
+        if not mps_available():
+            raise GranularityError(
+                "The 'device' parameter is 'mps' but no MPS device is available (needs Apple "
+                "silicon and a torch built with MPS); use 'auto' or 'cpu'."
+            )
+        if os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK", "0") in ("", "0"):
+            warnings.warn(
+                "device 'mps': operations MPS lacks will raise; set PYTORCH_ENABLE_MPS_FALLBACK=1 "
+                "before starting Python to run them on the CPU.", RuntimeWarning, stacklevel=2,
+            )
     return torch.device(name)
 
 
