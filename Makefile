@@ -13,7 +13,11 @@ demo: install
 	granularity simulate --out $(OUT)/simulate
 	granularity study fashion-mnist --out $(OUT)/study
 
-test: install
+# The tests also cover the optional extras (SLURM via submitit, TensorBoard, MLflow tracking).
+TEST_EXTRAS ?= test,ray,inat,slurm,tensorboard,mlflow
+
+test:
+	GRANULARITY_EXTRAS=$(TEST_EXTRAS) bash scripts/setup.sh
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
