@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "results": "granularity.cli.sweep:results",
     "report": "granularity.cli.report:report",
     "bench": "granularity.cli.bench:bench",
+    "data": "granularity.cli.data:data",
 }
 
 HELP = {
@@ -39,6 +40,7 @@ HELP = {
     "results": "List, filter and export a results store.",
     "report": "Build an HTML report with figures from result folders.",
     "bench": "Run the performance benchmarks and write JSON.",
+    "data": "Convert data sets: write WebDataset tar shards from an image folder or iNat2021.",
 }
 
 
