@@ -94,7 +94,7 @@ def _scan(path: Path) -> list[list[Any]]:
                 if not m.isfile():
                     continue
                 base = m.name.rsplit("/", 1)[-1]
-                if "." not in base:
+                if "." not in base or base.endswith("."):
                     raise DataError(f"Shard {path}: member {m.name!r} has no extension (expected <key>.<ext>).")
                 key = m.name[: len(m.name) - len(base)] + base.split(".", 1)[0]
                 ext = base.split(".", 1)[1].lower()
@@ -304,8 +304,6 @@ def _labels(classes: list[str], index: dict[str, int], shards: list[str], cols: 
 
 def _make_hierarchy(leaf_names: list[str], hierarchy: Any, hierarchy_file: Any, manifest: dict | None):
     if hierarchy_file is not None:
-        if not Path(hierarchy_file).is_file():
-            raise param_error("hierarchy_file", "an existing hierarchy file (JSON, CSV/TSV or paths)", str(hierarchy_file))
 
         def from_file():
             from granularity.hierarchy import load_hierarchy_file, match_classes
@@ -365,6 +363,8 @@ def load_shards(
     check_image_options(image_size, channels, in_memory, max_memory_mb, workers)
     if isinstance(hierarchy, str) and hierarchy not in ("auto", "wordnet", "flat") and not Path(hierarchy).is_file():
         raise _hierarchy_error(hierarchy)
+    if hierarchy_file is not None and not Path(hierarchy_file).is_file():  # before any shard is read
+        raise param_error("hierarchy_file", "an existing hierarchy file (JSON, CSV/TSV or paths)", str(hierarchy_file))
     if root is None:
         raise param_error("root", "a folder holding WebDataset tar shards", None)
     root = Path(root).expanduser()
