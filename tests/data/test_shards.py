@@ -377,3 +377,48 @@ def test_transfer_on_shards_equals_image_folder(folder, tmp_path):
         assert k in a and a[k] == b[k]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s" and "time" not in k and "second" not in k} for r in rows]  # noqa: E731
     assert strip(ma) == strip(mb) and len(ma) == 3
+
+
+DRIVER = """
+import json, sys
+from granularity.data.image_folder import load_image_folder
+from granularity.data.shards import load_shards
+from granularity.engine import run_transfer
+cfg, kind, root, out, parents = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+load = load_shards if kind == "shards" else load_image_folder
+run_transfer(cfg, out, dataset=load(root, image_size=8, hierarchy=parents, in_memory=False))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_two_ranks_on_shards_match_two_ranks_on_the_folder(folder, tmp_path):
+    """2 gloo ranks, each reading only its rows of every global batch from the shards (rows
+    of one batch sit in several shards): the same losses as the same 2-rank run on the folder."""
+    import socket
+    import subprocess
+
+    from granularity.utils.io import read_json, read_jsonl
+
+    write_shards(folder, tmp_path / "sh", shard_size=4)
+    cfg = {"dataset": "tiny", "train_size": None, "test_size": None, "target": 1, "source": "leaf",
+           "model": {"name": "cnn", "options": {"width": 4}}, "device": "cpu", "eval_batch_size": 5,
+           "pretrain": {"epochs": 2, "batch_size": 6, "lr": 0.05}, "transfer": {"epochs": 1, "batch_size": 6, "lr": 0.02}}
+    parents = {"cat": "pets", "dog": "pets", "eel": "fish", "pets": "root", "fish": "root"}
+    (tmp_path / "drive.py").write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    out = {}
+    for kind, root in (("shards", tmp_path / "sh"), ("folder", folder)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", str(tmp_path / "drive.py"), json.dumps(cfg), kind, str(root),
+               str(tmp_path / kind), json.dumps(parents)]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[kind] = (read_json(tmp_path / kind / "result.json"), [m["train_loss"] for m in read_jsonl(tmp_path / kind / "metrics.jsonl")])
+    (a, la), (b, lb) = out["folder"], out["shards"]
+    assert a["world_size"] == b["world_size"] == 2
+    assert la == lb and a["target_acc"] == b["target_acc"] and a["levels"] == b["levels"]
