@@ -175,7 +175,8 @@ class ShardImageDataset(Dataset):
     def __init__(self, shards: Sequence[str], shard: np.ndarray, offset: np.ndarray, nbytes: np.ndarray,
                  names: Sequence[str], labels: torch.Tensor, size: int, channels: int = 3):
         self.shards = [str(s) for s in shards]
-        self.shard, self.offset, self.nbytes = shard, offset, nbytes
+        # plain lists: indexing them is cheaper than NumPy scalars on the per-image path
+        self.shard, self.offset, self.nbytes = (np.asarray(a, dtype=np.int64).tolist() for a in (shard, offset, nbytes))
         self.names = list(names)
         self.labels = labels.to(torch.int64).cpu()
         self.size, self.channels = int(size), int(channels)
@@ -192,21 +193,21 @@ class ShardImageDataset(Dataset):
         """The raw bytes of image ``i``."""
         if self._pid != os.getpid():  # a forked worker must not share the parent's offsets
             self._files, self._pid = {}, os.getpid()
-        s = int(self.shard[i])
+        s, offset, nbytes = self.shard[i], self.offset[i], self.nbytes[i]
         fh = self._files.get(s)
         if fh is None:
             try:
                 fh = self._files[s] = open(self.shards[s], "rb")
             except OSError as exc:
                 raise DataError(f"Shard {self.shards[s]} cannot be read ({exc.strerror or exc}).") from None
-        fh.seek(int(self.offset[i]))
-        data = fh.read(int(self.nbytes[i]))
-        if len(data) != int(self.nbytes[i]):
+        fh.seek(offset)
+        data = fh.read(nbytes)
+        if len(data) != nbytes:
             raise DataError(f"Shard {self.shards[s]} is truncated: member {self.names[i]} ends past the end of the file.")
         return data
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        member = _Member(self.read(i), f"{self.shards[int(self.shard[i])]}:{self.names[i]}")
+        member = _Member(self.read(i), f"{self.shards[self.shard[i]]}:{self.names[i]}")
         return decode_image(member, self.size, self.channels), self.labels[i]
 
 
