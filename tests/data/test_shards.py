@@ -277,6 +277,25 @@ def test_truncated_shard_against_manifest(folder, tmp_path):
     one_line(exc, "train-000000.tar", "manifest.json")
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: m.pop("classes"),
+    lambda m: m["splits"].pop("test"),
+    lambda m: m["splits"]["train"]["shards"].append(3),
+    lambda m: m["splits"]["train"]["shards"][0].update(name="train-9.tar"),
+    lambda m: m["splits"]["train"]["shards"][0].update(count=99),
+    lambda m: m["classes"].remove("dog"),
+], ids=["no classes", "no test split", "bad entry", "missing shard", "wrong count", "class not listed"])
+def test_bad_manifest_is_one_line_error(folder, tmp_path, edit):
+    write_shards(folder, tmp_path / "sh", shard_size=100)
+    m = json.loads((tmp_path / "sh" / "manifest.json").read_text())
+    edit(m)
+    (tmp_path / "sh" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError) as exc:
+        load_shards(tmp_path / "sh")
+    one_line(exc)
+    assert "manifest.json" in str(exc.value) or "'dog'" in str(exc.value)
+
+
 def test_shard_truncated_after_indexing_fails_on_read(shard_dir):
     ds = load_shards(shard_dir, image_size=8, in_memory=False)
     p = shard_dir / "train-000000.tar"

@@ -259,8 +259,9 @@ def iter_rank_shards(split: ShardSplit, rank: int = 0, world_size: int = 1) -> I
 def _split_shards(root: Path, manifest: dict[str, Any] | None, split: str, pattern: str) -> list[tuple[Path, dict | None]]:
     if manifest is not None:
         entries = manifest.get("splits", {}).get(split, {}).get("shards")
-        if not isinstance(entries, list):
-            raise DataError(f"Shard manifest {root / MANIFEST} has no shard list for split {split!r}.")
+        ok = isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries)
+        if not ok:
+            raise DataError(f"Shard manifest {root / MANIFEST} has no list of {{'name': ...}} shards for split {split!r}.")
         return [(root / e["name"], e) for e in entries]
     found = sorted(glob.glob(str(root / pattern)))
     if not found:
@@ -372,8 +373,9 @@ def load_shards(
     if not root.is_dir():
         raise DataError(f"Shard folder {root} not found.")
     manifest = load_json_file(root / MANIFEST, "Shard manifest") if (root / MANIFEST).is_file() else None
-    if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("classes"), list)):
-        raise DataError(f"Shard manifest {root / MANIFEST} has no 'classes' list.")
+    if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("classes"), list)
+                                     and isinstance(manifest.get("splits"), dict)):
+        raise DataError(f"Shard manifest {root / MANIFEST} has no 'classes' list or 'splits' object.")
     tr_shards, tr = _read_split(root, manifest, "train", train_shards, cache_index, verify)
     te_shards, te = _read_split(root, manifest, "test", test_shards, cache_index, verify)
     leaf_names = [str(c) for c in manifest["classes"]] if manifest else sorted(set(tr["classes"]))
