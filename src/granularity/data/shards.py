@@ -3,8 +3,8 @@
 
 Reading is map-style, not a stream: the first load lists every shard's members with
 :mod:`tarfile` (their byte offsets and sizes) and caches that index next to the shard
-(``<shard>.index.json``, keyed by the shard's size, mtime and a hash of its first and last
-64 KiB); an image is then one ``seek`` + ``read`` in its shard. So a shard split is a
+(``<shard>.index.json``, keyed by the shard's size, mtime and a hash of its first 8 KiB and
+last 16 KiB); an image is then one ``seek`` + ``read`` in its shard. So a shard split is a
 :class:`~granularity.data.base.StreamSplit` like an image folder's: the engine's per-epoch
 permutation, its batch sampler, resume inside an epoch and DDP (each rank decodes its rows of
 every global batch) work unchanged, and a run on shards equals the run on the image folder
@@ -45,7 +45,9 @@ MANIFEST = "manifest.json"
 INDEX_SUFFIX = ".index.json"
 INDEX_VERSION = 1
 IMAGE_EXTS = tuple(e.lstrip(".") for e in EXTENSIONS)
-_PROBE = 65536  # bytes hashed at each end of a shard for the index key
+# bytes hashed at the start and end of a shard for the index key (with its size and mtime):
+# small, as every load reads them for every shard; the end is past tar's zero padding (<= 10 KiB)
+_HEAD, _TAIL = 8192, 16384
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,10 +57,10 @@ def _fingerprint(path: Path) -> dict[str, Any]:
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        h.update(fh.read(_PROBE))
-        if st.st_size > _PROBE:
-            fh.seek(max(_PROBE, st.st_size - _PROBE))
-            h.update(fh.read(_PROBE))
+        h.update(fh.read(_HEAD))
+        if st.st_size > _HEAD:
+            fh.seek(max(_HEAD, st.st_size - _TAIL))
+            h.update(fh.read(_TAIL))
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "probe_sha256": h.hexdigest()}
 
 
@@ -126,8 +128,8 @@ def _check_tail(path: Path, end: int, size: int) -> None:
     member must be the zero blocks that end an archive (or nothing)."""
     with open(path, "rb") as fh:
         fh.seek(end)
-        tail = fh.read()
-    if tail.strip(b"\0"):
+        clean = all(not block.strip(b"\0") for block in iter(lambda: fh.read(1 << 16), b""))
+    if not clean:
         raise DataError(f"Shard {path} is truncated or corrupt after byte {end} (a damaged tar header).")
 
 
