@@ -106,19 +106,25 @@ def test_write_is_deterministic_and_manifest_is_right(folder, tmp_path):
 
 def test_index_cache_is_used_and_rebuilt_when_a_shard_changes(folder, tmp_path, monkeypatch):
     write_shards(folder, tmp_path / "sh", shard_size=100)
-    first = load_shards(tmp_path / "sh", image_size=8, in_memory=True)
     cache = tmp_path / "sh" / "train-000000.tar.index.json"
-    assert cache.is_file()
+    written = json.loads(cache.read_text())  # by the writer
     calls = []
     real = sh._scan
     monkeypatch.setattr(sh, "_scan", lambda p: calls.append(p.name) or real(p))
+    first = load_shards(tmp_path / "sh", image_size=8, in_memory=True)
+    assert calls == []  # the writer's index was used ...
+    assert real(tmp_path / "sh" / "train-000000.tar") == written["samples"]  # ... and is what a scan finds
+    cache.unlink()
     again = load_shards(tmp_path / "sh", image_size=8, in_memory=True)
-    assert calls == [] and torch.equal(again.train.x, first.train.x)
+    assert calls == ["train-000000.tar"] and json.loads(cache.read_text()) == written
+    assert torch.equal(again.train.x, first.train.x)
+    load_shards(tmp_path / "sh", image_size=8)
+    assert calls == ["train-000000.tar"]
     # the test shard replaced by the train shard's bytes (no manifest: shards found by glob)
     os.remove(tmp_path / "sh" / "manifest.json")
     (tmp_path / "sh" / "test-000000.tar").write_bytes((tmp_path / "sh" / "train-000000.tar").read_bytes())
     swapped = load_shards(tmp_path / "sh", image_size=8, in_memory=True)
-    assert calls == ["test-000000.tar"]
+    assert calls == ["train-000000.tar", "test-000000.tar"]
     assert torch.equal(swapped.test.x, first.train.x)
 
 
@@ -147,6 +153,7 @@ def test_inat_layout_keeps_taxonomy(tmp_path):
         assert got.hierarchy.ancestor_map(level).tolist() == ref.hierarchy.ancestor_map(level).tolist()
 
 
+@pytest.mark.slow  # reading WordNet: ~20 s on a loaded machine
 @pytest.mark.skipif(not WORDNET_OK, reason="needs the WordNet database")
 def test_wnid_classes_get_wordnet_levels(tmp_path):
     root = write_image_folder(tmp_path / "f", classes=CLASSES, per_class=(2, 1))
@@ -167,6 +174,8 @@ def test_one_folder_split(tmp_path):
     assert other["splits"]["test"]["shards"][0]["sha256"] != m["splits"]["test"]["shards"][0]["sha256"]
     ds = load_shards(tmp_path / "sh", image_size=8, in_memory=True)
     assert len(ds.train) == 21 and len(ds.test) == 9
+    with pytest.raises(GranularityError, match="'test_fraction' parameter .* 30 images"):
+        write_shards(root / "train", tmp_path / "sh4", test_fraction=0.01)
 
 
 def write_foreign(folder: Path, samples, name="train-0.tar") -> Path:
@@ -370,6 +379,7 @@ def test_folder_and_option_errors(folder, tmp_path):
 
 
 # --------------------------------------------------------------------------- the same training run
+@pytest.mark.slow  # two tiny runs: ~10-25 s on the shared machine
 def test_transfer_on_shards_equals_image_folder(folder, tmp_path):
     """Streamed image folder vs streamed shards of the same images: identical result.json
     metrics and training losses (same rows, labels, pixels, permutation and augmentation)."""

@@ -146,10 +146,7 @@ def shard_index(path: Path, cache: bool = True) -> list[list[Any]]:
             pass  # a damaged cache is rebuilt
     samples = _scan(path)
     if cache:
-        try:
-            write_json(cache_file, {"version": INDEX_VERSION, "shard": fp, "samples": samples})
-        except OSError:
-            pass  # a read-only shard folder: index again next time
+        _write_index(path, samples)  # not writable (a read-only shard folder): scan again next time
     return samples
 
 
@@ -412,10 +409,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)  # fixed metadata: the same images give the same bytes
     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
     tf.addfile(info, io.BytesIO(data))
+    # addfile does not set offset_data: the data are the last 512-byte blocks written
+    info.offset_data = tf.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return info
+
+
+def _write_index(path: Path, samples: list[list[Any]]) -> None:
+    """The index cache of a shard just written (what a scan would find), so the first load
+    need not scan it."""
+    try:
+        write_json(path.with_name(path.name + INDEX_SUFFIX), {"version": INDEX_VERSION, "shard": _fingerprint(path), "samples": samples})
+    except OSError:
+        pass
 
 
 def _write_split(out: Path, split: str, paths: list[str], classes: list[str], shard_size: int) -> list[dict[str, Any]]:
@@ -423,8 +432,10 @@ def _write_split(out: Path, split: str, paths: list[str], classes: list[str], sh
     width = max(6, len(str(max(0, math.ceil(len(paths) / shard_size) - 1))))
     for k, start in enumerate(range(0, len(paths), shard_size)):
         name = f"{split}-{k:0{width}d}.tar"
+        samples: list[list[Any]] = []
 
-        def write(fh, start=start):
+        def write(fh, start=start, samples=samples):
+            samples.clear()  # [key, ext, offset, size, class] as _scan lists them
             with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tf:
                 for i in range(start, min(start + shard_size, len(paths))):
                     ext = Path(paths[i]).suffix.lower().lstrip(".")
@@ -432,10 +443,12 @@ def _write_split(out: Path, split: str, paths: list[str], classes: list[str], sh
                         data = Path(paths[i]).read_bytes()
                     except OSError as exc:
                         raise DataError(f"Image file {paths[i]} cannot be read ({exc.strerror or exc}).") from None
-                    _add(tf, f"{i:09d}.{ext}", data)
+                    info = _add(tf, f"{i:09d}.{ext}", data)
                     _add(tf, f"{i:09d}.cls", classes[i].encode("utf-8"))
+                    samples.append([f"{i:09d}", ext, info.offset_data, info.size, classes[i]])
 
         write_bytes_atomic(out / name, write)
+        _write_index(out / name, samples)
         count = min(shard_size, len(paths) - start)
         entries.append({"name": name, "count": count, "bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)})
     return entries
@@ -476,7 +489,10 @@ def _one_folder(src: Path, test_fraction: float, seed: int) -> RealDataset:
     y = torch.as_tensor([i for i, c in enumerate(classes) for _ in classes[c]], dtype=torch.int64)
     if not paths:
         raise DataError(f"No image files ({', '.join(EXTENSIONS)}) in class sub-folders of {src}.")
-    test = stratified_indices(y, int(round(test_fraction * len(paths))), seed)
+    n_test = int(round(test_fraction * len(paths)))
+    if not 0 < n_test < len(paths):
+        raise param_error("test_fraction", f"a fraction that leaves both splits non-empty for {len(paths)} images", test_fraction)
+    test = stratified_indices(y, n_test, seed)
     is_test = np.zeros(len(paths), dtype=bool)
     is_test[test.numpy()] = True
     full = StreamSplit(paths, y, 1)
