@@ -114,7 +114,7 @@ def _scan(path: Path) -> list[list[Any]]:
         raise DataError(f"Shard {path} is not a readable uncompressed tar file ({exc}).") from None
     except EOFError:
         raise DataError(f"Shard {path} is truncated.") from None
-    _check_tail(path, end, size)
+    _check_tail(path, end)
     out = []
     for key, s in samples.items():
         if "image" not in s:
@@ -123,7 +123,7 @@ def _scan(path: Path) -> list[list[Any]]:
     return out
 
 
-def _check_tail(path: Path, end: int, size: int) -> None:
+def _check_tail(path: Path, end: int) -> None:
     """tarfile stops silently at a damaged header after the first: what follows the last
     member must be the zero blocks that end an archive (or nothing)."""
     with open(path, "rb") as fh:
