@@ -58,3 +58,13 @@ def test_shard_errors(tmp_path, capsys):
     one_line_error(capsys, main(["data", "shard", str(src), "--out", str(src)]), "not empty")
     one_line_error(capsys, main(["data", "shard", str(src)]), "--out")
     one_line_error(capsys, main(["data", "shrad", str(src)]), "'shard'")
+
+
+def test_transfer_dry_run_on_shards(tmp_path, capsys):
+    src = write_image_folder(tmp_path / "f", classes=("cat", "dog", "eel"), per_class=(3, 2))
+    assert main(["data", "shard", str(src), "--out", str(tmp_path / "sh")]) == 0
+    capsys.readouterr()
+    args = ["transfer", "--dataset", "shards", "--data-root", str(tmp_path / "sh"), "--source", "leaf", "--target", "1",
+            "--set", "train_size=null", "--device", "cpu", "--dry-run"]
+    assert main(args) == 0
+    assert "9 training / 6 test inputs of shape (3, 32, 32); 3 source" in capsys.readouterr().out
