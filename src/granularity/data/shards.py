@@ -174,8 +174,8 @@ class ShardImageDataset(Dataset):
     def __init__(self, shards: Sequence[str], shard: np.ndarray, offset: np.ndarray, nbytes: np.ndarray,
                  names: Sequence[str], labels: torch.Tensor, size: int, channels: int = 3):
         self.shards = [str(s) for s in shards]
-        # plain lists: indexing them is cheaper than NumPy scalars on the per-image path
-        self.shard, self.offset, self.nbytes = (np.asarray(a, dtype=np.int64).tolist() for a in (shard, offset, nbytes))
+        # int64 arrays, not lists: 8 bytes a row (a Python int is 28 + 8), copied into every worker
+        self.shard, self.offset, self.nbytes = (np.asarray(a, dtype=np.int64) for a in (shard, offset, nbytes))
         self.names = list(names)
         self.labels = labels.to(torch.int64).cpu()
         self.size, self.channels = int(size), int(channels)
@@ -192,7 +192,7 @@ class ShardImageDataset(Dataset):
         """The raw bytes of image ``i``."""
         if self._pid != os.getpid():  # a forked worker must not share the parent's offsets
             self._files, self._pid = {}, os.getpid()
-        s, offset, nbytes = self.shard[i], self.offset[i], self.nbytes[i]
+        s, offset, nbytes = int(self.shard[i]), int(self.offset[i]), int(self.nbytes[i])
         fh = self._files.get(s)
         if fh is None:
             try:
@@ -206,7 +206,7 @@ class ShardImageDataset(Dataset):
         return data
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        member = _Member(self.read(i), f"{self.shards[self.shard[i]]}:{self.names[i]}")
+        member = _Member(self.read(i), f"{self.shards[int(self.shard[i])]}:{self.names[i]}")
         return decode_image(member, self.size, self.channels), self.labels[i]
 
 
