@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "bench": "granularity.cli.bench:bench",
     "advise": "granularity.cli.advise:advise",
     "doctor": "granularity.cli.doctor:doctor",
+    "data": "granularity.cli.data:data",
 }
 
 HELP = {
@@ -43,6 +44,7 @@ HELP = {
     "bench": "Run the performance benchmarks and write JSON.",
     "advise": "At which granularity should I pretrain? Race the candidates on your data, within a budget.",
     "doctor": "What this machine has and lacks for each part, with the fix for each; exit 0/1.",
+    "data": "Convert data sets: write WebDataset tar shards from an image folder or iNat2021.",
 }
 
 

@@ -62,6 +62,11 @@ DATASETS: dict[str, DatasetSpec] = {
             "iNaturalist 2021: train.json/val.json (COCO style) plus image folders; taxonomy ranks.",
         ),
         DatasetSpec(
+            "shards",
+            "granularity.data.shards:load_shards",
+            "WebDataset tar shards (<key>.<ext> image + <key>.cls/.json class name or wnid); manifest.json.",
+        ),
+        DatasetSpec(
             "table",
             "granularity.data.arrays:load_table",
             "CSV/Parquet table: feature columns plus one label column per level (coarse -> fine).",
