@@ -29,7 +29,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,59 @@ def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+Axis = tuple[list[str], list[tuple[Any, ...]]]  # one axis: its keys (several for a zip group), its points
+
+
+def parse_axes(axes_spec: Any, zip_spec: Any, where: str) -> list[Axis]:
+    """The grid's axes: each ``axes`` entry is one axis, each ``zip`` group one axis of several
+    keys; a key may appear on one axis only. Values are already parsed (YAML, or
+    :func:`~granularity.utils.config.parse_value` on the command line); they are not parsed again."""
+    axes: list[Axis] = []
+    if not isinstance(axes_spec, Mapping):
+        raise _err(where, "axes", "a mapping of config keys to value lists", axes_spec)
+    for key, vspec in axes_spec.items():
+        values = axis_values(f"axes.{key}", vspec, where)
+        axes.append(([str(key)], [(v,) for v in values]))
+    if isinstance(zip_spec, Mapping):
+        zip_spec = [zip_spec]
+    if not isinstance(zip_spec, list):
+        raise _err(where, "zip", "a list of mappings {key: values} whose lists have one length", zip_spec)
+    for i, group in enumerate(zip_spec):
+        if not isinstance(group, Mapping) or not group:
+            raise _err(where, f"zip[{i}]", "a mapping {key: values, ...} with at least one key", group)
+        cols = {str(k): axis_values(f"zip[{i}].{k}", v, where) for k, v in group.items()}
+        lengths = {k: len(v) for k, v in cols.items()}
+        if len(set(lengths.values())) != 1:
+            raise GranularityError(
+                f"The lists of 'zip[{i}]' in {where} vary together and must have one length; got lengths {lengths}."
+            )
+        axes.append((list(cols), list(zip(*cols.values()))))
+    check_axes(axes, where)
+    return axes
+
+
+def check_axes(axes: list[Axis], where: str) -> None:
+    """A config key may vary on one axis only."""
+    seen: set[str] = set()
+    for key in axis_order(axes):
+        if key in seen:
+            raise GranularityError(f"The config key {key!r} appears on two axes of {where}; give it once.")
+        seen.add(key)
+
+
+def grid(base: Mapping[str, Any], axes: list[Axis]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every grid point in order (last axis fastest): ``(values, config)``, where ``values`` maps
+    each axis key to its value at this point and ``config`` is a copy of ``base`` with them set."""
+    for point in itertools.product(*(vals for _, vals in axes)):
+        cell = deep_merge(base, {})
+        values: dict[str, Any] = {}
+        for (keys, _), vals in zip(axes, point):
+            for key, value in zip(keys, vals):
+                set_dotted(cell, key, value)
+                values[key] = value
+        yield values, cell
+
+
 def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None = None) -> Sweep:
     """Validate a sweep spec (the parsed file) and expand it into runs."""
     where = f"sweep file {source!r}" if source else "the sweep"
@@ -223,39 +276,12 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
             )
     raw = deep_merge(raw, base)
 
-    # axes: each entry of `axes` is one axis; each `zip` group is one axis of several keys
-    axes: list[tuple[list[str], list[tuple[Any, ...]]]] = []
-    axes_spec = spec.get("axes") or {}
-    if not isinstance(axes_spec, Mapping):
-        raise _err(where, "axes", "a mapping of config keys to value lists", axes_spec)
-    for key, vspec in axes_spec.items():
-        values = axis_values(f"axes.{key}", vspec, where)
-        axes.append(([str(key)], [(v,) for v in values]))
-    zip_spec = spec.get("zip") or []
-    if isinstance(zip_spec, Mapping):
-        zip_spec = [zip_spec]
-    if not isinstance(zip_spec, list):
-        raise _err(where, "zip", "a list of mappings {key: values} whose lists have one length", zip_spec)
-    for i, group in enumerate(zip_spec):
-        if not isinstance(group, Mapping) or not group:
-            raise _err(where, f"zip[{i}]", "a mapping {key: values, ...} with at least one key", group)
-        cols = {str(k): axis_values(f"zip[{i}].{k}", v, where) for k, v in group.items()}
-        lengths = {k: len(v) for k, v in cols.items()}
-        if len(set(lengths.values())) != 1:
+    axes = parse_axes(spec.get("axes") or {}, spec.get("zip") or [], where)
+    for key in axis_order(axes):
+        if key.split(".")[0] in kind.seed_keys:
             raise GranularityError(
-                f"The lists of 'zip[{i}]' in {where} vary together and must have one length; got lengths {lengths}."
+                f"The axis {key!r} of {where} is set per run by the sweep's 'seeds' key; use seeds: instead."
             )
-        axes.append((list(cols), list(zip(*cols.values()))))
-    seen: set[str] = set()
-    for keys, _ in axes:
-        for key in keys:
-            if key in seen:
-                raise GranularityError(f"The config key {key!r} appears on two axes of {where}; give it once.")
-            seen.add(key)
-            if key.split(".")[0] in kind.seed_keys:
-                raise GranularityError(
-                    f"The axis {key!r} of {where} is set per run by the sweep's 'seeds' key; use seeds: instead."
-                )
     seeds = parse_seeds(spec.get("seeds"), where)
     n_runs = math.prod(len(v) for _, v in axes) * len(seeds)
     if n_runs > MAX_RUNS:
@@ -263,18 +289,13 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
 
     runs: list[RunSpec] = []
     ids: dict[str, dict[str, Any]] = {}
-    for point in itertools.product(*(vals for _, vals in axes)):
-        cell = deep_merge(raw, {})
-        label = []
-        for (keys, _), values in zip(axes, point):
-            for key, value in zip(keys, values):
-                set_dotted(cell, key, value)
-                label.append(f"{key}={value!r}")
-        run_where = f"{where}, run {', '.join(label)}" if label else where
+    for values, cell in grid(raw, axes):
+        label = ", ".join(f"{key}={value!r}" for key, value in values.items())
+        run_where = f"{where}, run {label}" if label else where
         for seed in seeds:
             cfg = kind.build(deep_merge(cell, kind.seed_overrides(seed)), where=run_where)
             cfg_d = cfg.to_dict()
-            params = {key: _get_dotted(cfg_d, key) for key in seen_order(axes)}
+            params = {key: _get_dotted(cfg_d, key) for key in values}
             params["seed"] = seed
             rid = run_id(kind.name, cfg_d)
             if rid in ids:
@@ -290,7 +311,8 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
     )
 
 
-def seen_order(axes: list[tuple[list[str], list]]) -> list[str]:
+def axis_order(axes: list[Axis]) -> list[str]:
+    """The axes' config keys in grid order (a zip group's keys in its order)."""
     return [k for keys, _ in axes for k in keys]
 
 
