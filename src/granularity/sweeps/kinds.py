@@ -80,7 +80,7 @@ def _sim_config() -> type[Config]:
 def _sim_preset(name: str) -> dict[str, Any]:
     from granularity.theory.presets import get_preset
 
-    return deep_merge({"name": name}, get_preset(name).overrides)
+    return get_preset(name).raw()
 
 
 def _sim_run(cfg: Config, out: Path) -> dict[str, Any]:

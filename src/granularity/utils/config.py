@@ -106,8 +106,8 @@ FLOAT_REL_TOL = 1e-9
 def same_value(a: Any, b: Any) -> bool:
     """Equality of parsed values: numbers by value (floats within :data:`FLOAT_REL_TOL`), bools
     only with bools, lists element by element, None only with None (or a missing NaN)."""
-    if _missing(a) or _missing(b):
-        return _missing(a) and _missing(b)
+    if is_missing(a) or is_missing(b):
+        return is_missing(a) and is_missing(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if is_number(a) and is_number(b):
@@ -125,7 +125,8 @@ def is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """None or a float NaN: a value that is not there."""
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
