@@ -13,6 +13,7 @@ import torch
 
 from granularity.bench.common import load_average, machine
 from granularity.errors import unknown_name
+from granularity.utils.device import resolve_device
 from granularity.utils.io import check_writable, write_json
 
 # name -> (figure number, description)
@@ -23,12 +24,6 @@ BENCHMARKS: dict[str, tuple[int, str]] = {
     "engine": (4, "real-data engine images/s / bare training loop images/s; peak RSS of a run"),
     "generator": (5, "generator samples/s; peak RSS of streamed evaluation vs number of samples"),
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    from granularity.theory.train import resolve_device as rd
-
-    return rd(name)
 
 
 def parse_only(only: str | None) -> list[str]:

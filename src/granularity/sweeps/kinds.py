@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError, unknown_name
-from granularity.utils.config import Config, deep_merge
+from granularity.utils.config import Config
 from granularity.utils.io import read_json
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from granularity.errors import GranularityError, suggest
 from granularity.sweeps.kinds import ExperimentKind, get_kind
-from granularity.utils.config import deep_merge, load_config_file, set_dotted
+from granularity.utils.config import deep_merge, get_dotted, load_config_file, set_dotted, undot
 
 TOP_KEYS = ("name", "kind", "preset", "base", "axes", "zip", "seeds")
 MAX_RUNS = 100_000  # a typo in a range should not expand into millions of runs
@@ -139,29 +139,6 @@ def axis_values(key: str, spec: Any, where: str) -> list[Any]:
     raise _err(where, key, allowed, dict(spec))
 
 
-def _undot(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 1, "data": {"k": 2}}`` -> ``{"train": {"lr": 1}, "data": {"k": 2}}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        value = _undot(value) if isinstance(value, Mapping) else value
-        parts = str(key).split(".")
-        if any(not p for p in parts):
-            raise GranularityError(f"Config key {key!r} has an empty part; use dotted names like data.k.")
-        if len(parts) == 1:
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = deep_merge(out[key], value)
-            else:
-                out[key] = value
-        else:
-            node = out
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-                if not isinstance(node, dict):
-                    raise GranularityError(f"Config key {key!r} sets a field inside {p!r}, which is not a mapping.")
-            node[parts[-1]] = value
-    return out
-
-
 def parse_seeds(spec: Any, where: str) -> list[int]:
     allowed = "an int n >= 1 (seeds 0..n-1), a list of distinct ints >= 0, or {start, count}"
     if spec is None:
@@ -179,13 +156,6 @@ def parse_seeds(spec: Any, where: str) -> list[int]:
         if isinstance(a, int) and isinstance(n, int) and a >= 0 and 1 <= n <= MAX_RUNS:
             return list(range(a, a + n))
     raise _err(where, "seeds", allowed, spec)
-
-
-def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for p in dotted.split("."):
-        node = node.get(p) if isinstance(node, Mapping) else None
-    return node
 
 
 Axis = tuple[list[str], list[tuple[Any, ...]]]  # one axis: its keys (several for a zip group), its points
@@ -268,7 +238,7 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
     base = spec.get("base") or {}
     if not isinstance(base, Mapping):
         raise _err(where, "base", "a mapping of config keys to values", base)
-    base = _undot(base)
+    base = undot(base)
     for key in kind.seed_keys:
         if key in base:
             raise GranularityError(
@@ -295,7 +265,7 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
         for seed in seeds:
             cfg = kind.build(deep_merge(cell, kind.seed_overrides(seed)), where=run_where)
             cfg_d = cfg.to_dict()
-            params = {key: _get_dotted(cfg_d, key) for key in values}
+            params = {key: get_dotted(cfg_d, key) for key in values}
             params["seed"] = seed
             rid = run_id(kind.name, cfg_d)
             if rid in ids:

@@ -150,6 +150,29 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def undot(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 1, "data": {"k": 2}}`` -> ``{"train": {"lr": 1}, "data": {"k": 2}}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        value = undot(value) if isinstance(value, Mapping) else value
+        parts = str(key).split(".")
+        if any(not p for p in parts):
+            raise GranularityError(f"Config key {key!r} has an empty part; use dotted names like data.k.")
+        if len(parts) == 1:
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = value
+        else:
+            node = out
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise GranularityError(f"Config key {key!r} sets a field inside {p!r}, which is not a mapping.")
+            node[parts[-1]] = value
+    return out
+
+
 def apply_overrides(base: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings (dotted keys) to a nested dict, returning a new dict."""
     out = copy.deepcopy(dict(base))
