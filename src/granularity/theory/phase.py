@@ -111,6 +111,29 @@ def build_phase(out: str | Path) -> dict[str, Any]:
     return phase
 
 
+def is_phase_folder(path: str | Path) -> bool:
+    return (Path(path) / "phase_spec.json").exists()
+
+
+def summarise_phase(out: str | Path) -> dict[str, Any]:
+    """What a report shows of a phase folder: ``{"phase", "spec", "cells", "missing"}``: the
+    diagram (``phase.json``, rebuilt when absent), the spec, one entry per finished cell (its axis
+    values, seeds and config) and the ``"key=v, key=v"`` labels of cells without a result."""
+    out = Path(out)
+    phase = read_json(out / "phase.json") if (out / "phase.json").exists() else build_phase(out)
+    xk, yk = phase["x_key"], phase["y_key"]
+    cells, missing = [], []
+    for r, yv in enumerate(phase["y_values"]):
+        for c, xv in enumerate(phase["x_values"]):
+            cell = out / "cells" / _cell_name(xk, xv, yk, yv)
+            if (cell / "result.json").exists():
+                cells.append({xk: xv, yk: yv, "seeds": load_result(cell).get("seeds"),
+                              "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
+            if all(g[r][c] is None or g[r][c] != g[r][c] for g in phase["grids"].values()):
+                missing.append(f"{xk}={xv}, {yk}={yv}")
+    return {"phase": phase, "spec": read_json(out / "phase_spec.json"), "cells": cells, "missing": missing}
+
+
 def format_phase(phase: dict[str, Any]) -> str:
     lines = [f"hard-sample error ({phase['protocol']}), rows {phase['y_key']}, columns {phase['x_key']}"]
     for src, grid in phase["grids"].items():
