@@ -63,7 +63,7 @@ def resolve_config(preset: str, config: str | Path | None = None, sets: Iterable
     return SimConfig.build(raw), raw
 
 
-# The calibrated reference of theory-model.md section 5: d=256, P=16, K=2, k=8, m=16,
+# The calibrated reference (docs/theory.md, "The model in brief"): d=256, P=16, K=2, k=8, m=16,
 # SGD lr 0.5, batch 128, 3000 steps on 2000 easy samples.
 register("paper", "the paper's setting (K=2 superclasses, k=8, d=256), calibrated defaults")
 # Seconds instead of minutes: for demos, smoke tests and phase-diagram drafts.
