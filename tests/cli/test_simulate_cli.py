@@ -74,3 +74,31 @@ def test_phase_cli_and_plot_only(cli, tmp_path):
     assert code == 0 and "fine" in out
     code, _, err = cli("phase", "--plot-only", "--out", tmp_path / "none")
     assert code == 2 and "not a phase-diagram folder" in err
+
+
+def test_phase_axis_value_null_is_parsed_once(cli, tmp_path):
+    """``--x data.sigma=null,0.1``: null is None (the model's default noise), not the text 'None'
+    (before: the value was written back as 'None' and parsed again, a config error)."""
+    from granularity.theory.phase import cell_configs, parse_axis
+    from granularity.theory.presets import get_preset
+
+    x = parse_axis("data.sigma=null,0.1")
+    assert x == ("data.sigma", [None, 0.1])
+    cells = cell_configs({**get_preset("quick").overrides, "name": "quick"}, x, ("data.k", [2]))
+    assert [(name, c.data.sigma) for name, _, _, c in cells] == [("sigma=None__k=2", None), ("sigma=0.1__k=2", 0.1)]
+    args = ["phase", "--preset", "quick", "--seeds", "1", "--quiet", "--out", tmp_path,
+            "--x", "data.sigma=null,0.1", "--y", "data.k=2"]
+    for s in ("data.d=16", "data.P=4", "model.m=3", "train.n_train=30", "train.steps=4", "train.batch_size=16",
+              "train.log_points=2", "transfer.n_test=20", "transfer.probe_steps=3", "transfer.finetune_steps=3"):
+        args += ["--set", s]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    phase = __import__("json").loads((tmp_path / "phase.json").read_text())
+    assert phase["x_values"] == [None, 0.1]
+    assert all(v == v for grid in phase["grids"].values() for v in grid[0])  # both cells finished
+    assert (tmp_path / "cells" / "sigma=None__k=2" / "result.json").exists()
+
+
+def test_phase_same_key_on_both_axes_is_an_error(cli, tmp_path):
+    code, _, err = cli("phase", "--preset", "quick", "--out", tmp_path, "--x", "data.k=2,3", "--y", "data.k=4")
+    assert code == 2 and "'data.k' appears on two axes of the phase diagram" in err

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from granularity.cli.sweep import apply_filters
+from granularity.sweeps.query import apply_filters
 from granularity.report import collect_sections
 from granularity.sweeps.spec import expand
 from granularity.sweeps.store import ResultsStore

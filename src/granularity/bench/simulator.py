@@ -20,7 +20,7 @@ from granularity.utils.config import deep_merge
 
 
 def preset_config(name: str, **overrides: Any) -> SimConfig:
-    raw = deep_merge(deep_merge({"name": name}, get_preset(name).overrides), overrides)
+    raw = deep_merge(get_preset(name).raw(), overrides)
     return SimConfig.build(raw)
 
 

@@ -8,25 +8,11 @@ import click
 
 from granularity.cli.options import apply_options
 
-from granularity.theory.presets import PRESETS, get_preset
+from granularity.theory.presets import PRESETS, resolve_config
 
 
 def _preset_help() -> str:
     return "; ".join(f"{p.name}: {p.summary()}" for p in PRESETS.values())
-
-
-def build_config(preset: str, config: Path | None, sets: tuple[str, ...], seeds: int | None):
-    """defaults < preset < file < --set < --seeds, validated once."""
-    from granularity.theory.config import SimConfig
-    from granularity.utils.config import apply_overrides, deep_merge, load_config_file
-
-    raw = deep_merge({"name": preset}, get_preset(preset).overrides)
-    if config is not None:
-        raw = deep_merge(raw, load_config_file(config))
-    raw = apply_overrides(raw, sets)
-    if seeds is not None:
-        raw["seeds"] = seeds
-    return SimConfig.build(raw), raw
 
 
 common = [
@@ -41,8 +27,6 @@ common = [
 ]
 
 
-
-
 @click.command(epilog="Presets: " + _preset_help())
 @apply_options(common)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -53,7 +37,7 @@ def simulate(preset, config, sets, seeds, quiet, out, dry_run):
     coarse task by map / probe / finetune; easy vs hard test error and feature alignment."""
     from granularity.theory.experiment import check_memory, estimate_memory, format_table, simulate as run
 
-    cfg, _ = build_config(preset, config, sets, seeds)
+    cfg, _ = resolve_config(preset, config, sets, seeds)
     if dry_run:
         import json
 
@@ -85,7 +69,7 @@ def phase(preset, config, sets, seeds, quiet, x_axis, y_axis, protocol, out, plo
     if plot_only:
         result = build_phase(out)
     else:
-        cfg, raw = build_config(preset, config, sets, seeds if seeds is not None else 3)
+        cfg, raw = resolve_config(preset, config, sets, seeds if seeds is not None else 3)
         raw["seeds"] = cfg.seeds
         result = run_phase(raw, x_axis, y_axis, out, protocol, progress=not quiet,
                            log=lambda m: click.echo(m, err=True))

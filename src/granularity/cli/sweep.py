@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -59,13 +58,10 @@ def sweep(file, out, executor, workers, threads, address, cpus_per_run, gpus_per
 
     sw = load_sweep(file)  # validates every run before anything starts
     if dry_run:
-        from granularity.sweeps.store import INDEX, ResultsStore
+        from granularity.sweeps.query import run_statuses
 
         store_path = out or Path("runs") / "sweeps" / sw.name
-        status = {}
-        if (store_path / INDEX).exists():
-            with ResultsStore(store_path, create=False) as st:
-                status = {r["run_id"]: r["status"] for r in st.rows([r.run_id for r in sw.runs])}
+        status = run_statuses(store_path, [r.run_id for r in sw.runs])
         for r in sw.runs:
             params = " ".join(f"{k}={v}" for k, v in r.params.items())
             click.echo(f"{r.run_id}  {status.get(r.run_id, 'new'):8s} {params}")
@@ -111,98 +107,6 @@ def _key_values(items: tuple[str, ...], option: str) -> dict[str, object]:
     return out
 
 
-def _parse_filters(filters: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    from granularity.errors import GranularityError
-
-    out = []
-    for item in filters:
-        for op in ("!=", ">=", "<=", "=", ">", "<"):
-            if op in item:
-                key, value = item.split(op, 1)
-                if key.strip():
-                    out.append((key.strip(), op, value.strip()))
-                    break
-        else:
-            raise GranularityError(
-                f"The '--filter' option must look like key=value (also !=, <, <=, >, >=), e.g. data.k=4. Got {item!r} instead."
-            )
-    return out
-
-
-def _kind(v) -> str:
-    from granularity.utils.config import is_number
-
-    if isinstance(v, bool):
-        return "a boolean (true or false)"
-    if is_number(v):
-        return "a number"
-    if isinstance(v, (list, tuple)):
-        return "a list"
-    return "a mapping" if isinstance(v, dict) else "text"
-
-
-def _compare(op: str, a, b) -> bool:
-    """``a op b`` for one stored value ``a`` and the parsed filter value ``b``: ``=``/``!=`` by
-    :func:`~granularity.utils.config.same_value`; ``<``... on numbers, equal-within-tolerance
-    counting as equal (so ``<=`` includes it and ``<`` does not)."""
-    from granularity.utils.config import is_number, same_value
-
-    equal = same_value(a, b)
-    if op in ("=", "!="):
-        return equal if op == "=" else not equal
-    if not is_number(a) or (isinstance(a, float) and math.isnan(a)):
-        return False
-    return {"<": a < b and not equal, "<=": a < b or equal, ">": a > b and not equal, ">=": a > b or equal}[op]
-
-
-def apply_filters(df, filters: tuple[str, ...]):
-    """Keep the rows matching every ``key<op>value``.
-
-    Values are parsed like ``--set`` values and sweep files (YAML 1.2: ``5e-1`` is a number, only
-    ``true``/``false`` are booleans, ``null`` is missing, ``[4, 12]`` is a list) and compared as
-    values: floats equal within a relative 1e-9 (FLOAT_REL_TOL; the table shows 10 significant
-    digits, so a shown value selects its runs), lists element by element; ``<``, ``<=``, ``>``,
-    ``>=`` need a number. A value of another type than the column holds is an error. Lists in
-    ``df`` must be Python lists (``ResultsStore.frame(encode_lists=False)``).
-    """
-    from granularity.errors import GranularityError, suggest
-    from granularity.utils.config import is_number, parse_value
-
-    for key, op, text in _parse_filters(filters):
-        if key not in df.columns:
-            raise GranularityError(
-                f"The '--filter' key {key!r}{suggest(key, df.columns)} is not a column of the store; "
-                f"columns include: {', '.join(list(df.columns)[:25])}."
-            )
-        value = parse_value(text)
-        if op not in ("=", "!=") and not is_number(value):
-            raise GranularityError(f"The '--filter' {key}{op}{text} compares with {op!r}, which needs a number. "
-                                   f"Got {text!r} instead.")
-        present = {_kind(v) for v in df[key] if not _missing(v)}
-        if value is not None and present and _kind(value) not in present:
-            raise GranularityError(
-                f"The '--filter' value {text!r} for {key!r} is {_kind(value)}, but the column holds "
-                f"{' and '.join(sorted(present))}; write the value as the column holds it (booleans: true or false)."
-            )
-        df = df[[_compare(op, v, value) for v in df[key]]]
-    return df
-
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def default_columns(df, axis_keys: list[str]) -> list[str]:
-    metrics = [c for c in df.columns if c.endswith((".map.hard", ".map.easy")) or c in ("target_error", "rare_error")]
-    cols = ["run_id", "status", *axis_keys, "seed", *metrics, "wall_time", "attempts", "error"]
-    seen, out = set(), []
-    for c in cols:
-        if c in df.columns and c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
-
-
 @click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
@@ -217,40 +121,13 @@ def results(store, filters, columns, sweep_name, export):
     flattened into columns)."""
     import pandas as pd
 
-    from granularity.errors import GranularityError, suggest
-    from granularity.sweeps.store import ResultsStore
+    from granularity.sweeps.query import query_store
 
-    if export is not None and export.suffix not in (".csv", ".parquet"):
-        raise GranularityError(f"The '--export' option must end in .csv or .parquet. Got {str(export)!r} instead.")
-    with ResultsStore(store, create=False) as st:
-        df = st.frame(sweep=sweep_name, encode_lists=False)  # lists compared as values by --filter
-        sweeps = st.sweeps()
-    if sweep_name is not None:
-        sweeps = [s for s in sweeps if s["name"] == sweep_name]
-    axis_keys = [k for s in sweeps for group in s["axes"] for k in group]
-    if df.empty:
+    df = query_store(store, filters=filters, columns=columns, sweep=sweep_name, export=export)
+    if df is None:
         click.echo("(no runs)", err=True)
         return
-    df = apply_filters(df, filters)
-    if columns == "all":
-        cols = list(df.columns)
-    elif columns:
-        cols = [c.strip() for c in columns.split(",") if c.strip()]
-        for c in cols:
-            if c not in df.columns:
-                raise GranularityError(
-                    f"The '--columns' entry {c!r}{suggest(c, df.columns)} is not a column of the store; "
-                    f"columns include: {', '.join(list(df.columns)[:25])}."
-                )
-    else:
-        cols = default_columns(df, axis_keys)
-    from granularity.sweeps.store import encode_lists
-
-    df = encode_lists(df[cols])
     if export is not None:
-        from granularity.sweeps.store import export_table
-
-        export_table(df, export)
         click.echo(f"{len(df)} runs written to {export}", err=True)
         return
     with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):

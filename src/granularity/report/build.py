@@ -111,20 +111,23 @@ def detect(path: Path) -> str:
     """``simulate`` | ``phase`` | ``store`` | ``study`` | ``transfer`` for a results folder."""
     if not path.is_dir():
         raise GranularityError(f"The RESULTS entry {str(path)!r} is not a folder; give run folders, phase folders or sweep stores.")
-    if (path / "index.sqlite").exists():
+    from granularity.sweeps.store import is_store
+    from granularity.theory.experiment import is_run_folder
+    from granularity.theory.phase import is_phase_folder
+
+    if is_store(path):
         return "store"
-    if (path / "phase_spec.json").exists():
+    if is_phase_folder(path):
         return "phase"
     if (path / "study.json").exists():
         if not (path / "results.json").exists():
             raise GranularityError(f"The study folder {str(path)!r} has no results.json yet; run the study to the end first.")
         return "study"
+    if is_run_folder(path):
+        return "simulate"
     if (path / "result.json").exists():
         res = read_json(path / "result.json")
-        res = res if isinstance(res, dict) else {}  # a foreign result.json: "not a results folder" below
-        if "errors" in res and "seeds" in res:
-            return "simulate"
-        if "target_error" in res:
+        if isinstance(res, dict) and "target_error" in res:  # a foreign result.json: "not a results folder" below
             return "transfer"
     raise GranularityError(
         f"The RESULTS entry {str(path)!r} is not a simulate run folder (result.json), a phase folder "
@@ -132,20 +135,12 @@ def detect(path: Path) -> str:
     )
 
 
-def _sim_records(folder: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
-    recs = []
-    for s in seeds:
-        p = folder / "seeds" / f"seed_{s}.json"
-        if p.exists():
-            recs.append(read_json(p))
-    return recs
-
-
 def section_simulate(folder: Path, figdir: Path, names: _Names) -> Section:
+    from granularity.theory.experiment import summarise_run
     from granularity.theory.plots import plot_alignment, plot_errors
 
-    result = read_json(folder / "result.json")
-    config = read_json(folder / "config.json") if (folder / "config.json").exists() else None
+    summary = summarise_run(folder)
+    result, config, recs = summary["result"], summary["config"], summary["records"]
     sec = Section(f"Simulator run {result.get('name', folder.name)!r}", str(folder))
     details = {"config": config, "seeds": result.get("seeds"), "config_hash": result.get("config_hash")}
     n = len(result.get("seeds", []))
@@ -154,7 +149,6 @@ def section_simulate(folder: Path, figdir: Path, names: _Names) -> Section:
         "Target error on easy and hard test samples", p,
         f"Coarse vs fine pretraining, transferred to the target task by each protocol; mean and 95% CI over {n} seeds.",
         details, _errors_table(result["errors"])))
-    recs = _sim_records(folder, result.get("seeds", []))
     if recs and all("alignment" in r for r in recs):
         p = plot_alignment(recs, figdir / names(folder.name, "alignment"))
         sec.figures.append(Figure(
@@ -165,26 +159,15 @@ def section_simulate(folder: Path, figdir: Path, names: _Names) -> Section:
 
 
 def section_phase(folder: Path, figdir: Path, names: _Names) -> Section:
-    from granularity.theory.phase import _cell_name, build_phase
+    from granularity.theory.phase import summarise_phase
     from granularity.theory.plots import phase_panels, plot_phase
 
-    phase = read_json(folder / "phase.json") if (folder / "phase.json").exists() else build_phase(folder)
-    spec = read_json(folder / "phase_spec.json")
+    summary = summarise_phase(folder)
+    phase, spec, cells, missing = summary["phase"], summary["spec"], summary["cells"], summary["missing"]
     sec = Section(f"Phase diagram {phase['y_key']} x {phase['x_key']}", str(folder))
-    cells = []
-    for yv in phase["y_values"]:
-        for xv in phase["x_values"]:
-            cell = folder / "cells" / _cell_name(phase["x_key"], xv, phase["y_key"], yv)
-            if (cell / "result.json").exists():
-                res = read_json(cell / "result.json")
-                cells.append({phase["x_key"]: xv, phase["y_key"]: yv, "seeds": res.get("seeds"),
-                              "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
     if not phase.get("grids"):
         sec.notes.append("No finished cells yet.")
         return sec
-    missing = [f"{phase['x_key']}={xv}, {phase['y_key']}={yv}" for r, yv in enumerate(phase["y_values"])
-               for c, xv in enumerate(phase["x_values"])
-               if all(g[r][c] is None or math.isnan(g[r][c]) for g in phase["grids"].values())]
     if missing:
         sec.notes.append(f"{len(missing)} cells have no result (hatched grey, 'missing'): {'; '.join(missing)}.")
     p = plot_phase(phase, figdir / names(folder.name, "phase"))
@@ -478,6 +461,8 @@ def _sim_curves(sec, sw, xk, cells, aggs, sources, protos, n_txt, details, figdi
 
 
 def _sim_cell_figures(sec, sw, all_keys, cells, aggs, root, figdir, names) -> None:
+    from granularity.sweeps.store import run_folder
+    from granularity.theory.experiment import load_records
     from granularity.theory.plots import plot_alignment, plot_errors
 
     for key, agg in aggs.items():
@@ -490,7 +475,7 @@ def _sim_cell_figures(sec, sw, all_keys, cells, aggs, root, figdir, names) -> No
                                   cell_details, _errors_table(agg["errors"]), {"kind": "error bars", "errors": agg["errors"]}))
         recs = []
         for r in ok:
-            recs += _sim_records(root / "runs" / r["run_id"], [(r["params"] or {}).get("seed")])
+            recs += load_records(run_folder(root, r["run_id"]), [(r["params"] or {}).get("seed")])
         if recs and all("alignment" in rec for rec in recs):
             p = plot_alignment(recs, figdir / names(sw["name"], label, "alignment"))
             sec.figures.append(Figure(f"Feature alignment — {label}", p,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError, unknown_name
-from granularity.utils.config import Config, deep_merge
+from granularity.utils.config import Config
 from granularity.utils.io import read_json
 
 
@@ -80,7 +80,7 @@ def _sim_config() -> type[Config]:
 def _sim_preset(name: str) -> dict[str, Any]:
     from granularity.theory.presets import get_preset
 
-    return deep_merge({"name": name}, get_preset(name).overrides)
+    return get_preset(name).raw()
 
 
 def _sim_run(cfg: Config, out: Path) -> dict[str, Any]:

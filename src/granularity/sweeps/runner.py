@@ -109,16 +109,8 @@ def run_sweep(
                 todo, waiting = _wait_for_others(store, waiting)
         for rid in _reconcile(store, by_id):
             say(f"failed {rid} {_fmt_params(by_id[rid].params)}: {LOST}")
-        rows = {r["run_id"]: r for r in store.rows(by_id)}
-        counts: dict[str, int] = {}
-        for r in rows.values():
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        failures = [
-            {"run_id": rid, "params": by_id[rid].params, "error": rows[rid]["error"]}
-            for rid in by_id if rows[rid]["status"] == "failed"
-        ]
-        return {"name": sw.name, "store": str(out), "total": len(sw.runs), "counts": counts, "ran": ran,
-                "skipped": skipped, "failures": failures, "wall_time": time.perf_counter() - t0}
+        return {"name": sw.name, "store": str(out), "total": len(sw.runs), **_outcome(store, by_id), "ran": ran,
+                "skipped": skipped, "wall_time": time.perf_counter() - t0}
     finally:
         store.close()
 
@@ -132,6 +124,19 @@ def _track(tracker: Any, store: ResultsStore, run: RunSpec, outcome: dict[str, A
         from granularity.sweeps.worker import one_line
 
         say(f"tracking {run.run_id} failed: {one_line(exc)}")
+
+
+def _outcome(store: ResultsStore, by_id: dict[str, RunSpec]) -> dict[str, Any]:
+    """``{"counts": {status: n}, "failures": [{run_id, params, error}]}`` of the sweep's runs."""
+    rows = {r["run_id"]: r for r in store.rows(by_id)}
+    counts: dict[str, int] = {}
+    for r in rows.values():
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    failures = [
+        {"run_id": rid, "params": by_id[rid].params, "error": rows[rid]["error"]}
+        for rid in by_id if rows[rid]["status"] == "failed"
+    ]
+    return {"counts": counts, "failures": failures}
 
 
 def _reconcile(store: ResultsStore, by_id: dict[str, RunSpec]) -> list[str]:

@@ -32,14 +32,14 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError, suggest
 from granularity.sweeps.kinds import ExperimentKind, get_kind
-from granularity.utils.config import deep_merge, load_config_file, set_dotted
+from granularity.utils.config import deep_merge, get_dotted, load_config_file, set_dotted, undot
 
 TOP_KEYS = ("name", "kind", "preset", "base", "axes", "zip", "seeds", "resources")
 RESOURCE_KEYS = ("cpus_per_run", "gpus_per_run")
@@ -144,29 +144,6 @@ def axis_values(key: str, spec: Any, where: str) -> list[Any]:
     raise _err(where, key, allowed, dict(spec))
 
 
-def _undot(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"train.lr": 1, "data": {"k": 2}}`` -> ``{"train": {"lr": 1}, "data": {"k": 2}}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        value = _undot(value) if isinstance(value, Mapping) else value
-        parts = str(key).split(".")
-        if any(not p for p in parts):
-            raise GranularityError(f"Config key {key!r} has an empty part; use dotted names like data.k.")
-        if len(parts) == 1:
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = deep_merge(out[key], value)
-            else:
-                out[key] = value
-        else:
-            node = out
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-                if not isinstance(node, dict):
-                    raise GranularityError(f"Config key {key!r} sets a field inside {p!r}, which is not a mapping.")
-            node[parts[-1]] = value
-    return out
-
-
 def parse_seeds(spec: Any, where: str) -> list[int]:
     allowed = "an int n >= 1 (seeds 0..n-1), a list of distinct ints >= 0, or {start, count}"
     if spec is None:
@@ -213,6 +190,59 @@ def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+Axis = tuple[list[str], list[tuple[Any, ...]]]  # one axis: its keys (several for a zip group), its points
+
+
+def parse_axes(axes_spec: Any, zip_spec: Any, where: str) -> list[Axis]:
+    """The grid's axes: each ``axes`` entry is one axis, each ``zip`` group one axis of several
+    keys; a key may appear on one axis only. Values are already parsed (YAML, or
+    :func:`~granularity.utils.config.parse_value` on the command line); they are not parsed again."""
+    axes: list[Axis] = []
+    if not isinstance(axes_spec, Mapping):
+        raise _err(where, "axes", "a mapping of config keys to value lists", axes_spec)
+    for key, vspec in axes_spec.items():
+        values = axis_values(f"axes.{key}", vspec, where)
+        axes.append(([str(key)], [(v,) for v in values]))
+    if isinstance(zip_spec, Mapping):
+        zip_spec = [zip_spec]
+    if not isinstance(zip_spec, list):
+        raise _err(where, "zip", "a list of mappings {key: values} whose lists have one length", zip_spec)
+    for i, group in enumerate(zip_spec):
+        if not isinstance(group, Mapping) or not group:
+            raise _err(where, f"zip[{i}]", "a mapping {key: values, ...} with at least one key", group)
+        cols = {str(k): axis_values(f"zip[{i}].{k}", v, where) for k, v in group.items()}
+        lengths = {k: len(v) for k, v in cols.items()}
+        if len(set(lengths.values())) != 1:
+            raise GranularityError(
+                f"The lists of 'zip[{i}]' in {where} vary together and must have one length; got lengths {lengths}."
+            )
+        axes.append((list(cols), list(zip(*cols.values()))))
+    check_axes(axes, where)
+    return axes
+
+
+def check_axes(axes: list[Axis], where: str) -> None:
+    """A config key may vary on one axis only."""
+    seen: set[str] = set()
+    for key in axis_order(axes):
+        if key in seen:
+            raise GranularityError(f"The config key {key!r} appears on two axes of {where}; give it once.")
+        seen.add(key)
+
+
+def grid(base: Mapping[str, Any], axes: list[Axis]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every grid point in order (last axis fastest): ``(values, config)``, where ``values`` maps
+    each axis key to its value at this point and ``config`` is a copy of ``base`` with them set."""
+    for point in itertools.product(*(vals for _, vals in axes)):
+        cell = deep_merge(base, {})
+        values: dict[str, Any] = {}
+        for (keys, _), vals in zip(axes, point):
+            for key, value in zip(keys, vals):
+                set_dotted(cell, key, value)
+                values[key] = value
+        yield values, cell
+
+
 def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None = None) -> Sweep:
     """Validate a sweep spec (the parsed file) and expand it into runs."""
     where = f"sweep file {source!r}" if source else "the sweep"
@@ -240,7 +270,7 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
     base = spec.get("base") or {}
     if not isinstance(base, Mapping):
         raise _err(where, "base", "a mapping of config keys to values", base)
-    base = _undot(base)
+    base = undot(base)
     for key in kind.seed_keys:
         if key in base:
             raise GranularityError(
@@ -248,39 +278,12 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
             )
     raw = deep_merge(raw, base)
 
-    # axes: each entry of `axes` is one axis; each `zip` group is one axis of several keys
-    axes: list[tuple[list[str], list[tuple[Any, ...]]]] = []
-    axes_spec = spec.get("axes") or {}
-    if not isinstance(axes_spec, Mapping):
-        raise _err(where, "axes", "a mapping of config keys to value lists", axes_spec)
-    for key, vspec in axes_spec.items():
-        values = axis_values(f"axes.{key}", vspec, where)
-        axes.append(([str(key)], [(v,) for v in values]))
-    zip_spec = spec.get("zip") or []
-    if isinstance(zip_spec, Mapping):
-        zip_spec = [zip_spec]
-    if not isinstance(zip_spec, list):
-        raise _err(where, "zip", "a list of mappings {key: values} whose lists have one length", zip_spec)
-    for i, group in enumerate(zip_spec):
-        if not isinstance(group, Mapping) or not group:
-            raise _err(where, f"zip[{i}]", "a mapping {key: values, ...} with at least one key", group)
-        cols = {str(k): axis_values(f"zip[{i}].{k}", v, where) for k, v in group.items()}
-        lengths = {k: len(v) for k, v in cols.items()}
-        if len(set(lengths.values())) != 1:
+    axes = parse_axes(spec.get("axes") or {}, spec.get("zip") or [], where)
+    for key in axis_order(axes):
+        if key.split(".")[0] in kind.seed_keys:
             raise GranularityError(
-                f"The lists of 'zip[{i}]' in {where} vary together and must have one length; got lengths {lengths}."
+                f"The axis {key!r} of {where} is set per run by the sweep's 'seeds' key; use seeds: instead."
             )
-        axes.append((list(cols), list(zip(*cols.values()))))
-    seen: set[str] = set()
-    for keys, _ in axes:
-        for key in keys:
-            if key in seen:
-                raise GranularityError(f"The config key {key!r} appears on two axes of {where}; give it once.")
-            seen.add(key)
-            if key.split(".")[0] in kind.seed_keys:
-                raise GranularityError(
-                    f"The axis {key!r} of {where} is set per run by the sweep's 'seeds' key; use seeds: instead."
-                )
     seeds = parse_seeds(spec.get("seeds"), where)
     resources = parse_resources(spec.get("resources"), where)
     n_runs = math.prod(len(v) for _, v in axes) * len(seeds)
@@ -289,18 +292,13 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
 
     runs: list[RunSpec] = []
     ids: dict[str, dict[str, Any]] = {}
-    for point in itertools.product(*(vals for _, vals in axes)):
-        cell = deep_merge(raw, {})
-        label = []
-        for (keys, _), values in zip(axes, point):
-            for key, value in zip(keys, values):
-                set_dotted(cell, key, value)
-                label.append(f"{key}={value!r}")
-        run_where = f"{where}, run {', '.join(label)}" if label else where
+    for values, cell in grid(raw, axes):
+        label = ", ".join(f"{key}={value!r}" for key, value in values.items())
+        run_where = f"{where}, run {label}" if label else where
         for seed in seeds:
             cfg = kind.build(deep_merge(cell, kind.seed_overrides(seed)), where=run_where)
             cfg_d = cfg.to_dict()
-            params = {key: _get_dotted(cfg_d, key) for key in seen_order(axes)}
+            params = {key: get_dotted(cfg_d, key) for key in values}
             params["seed"] = seed
             rid = run_id(kind.name, cfg_d)
             if rid in ids:
@@ -316,7 +314,8 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
     )
 
 
-def seen_order(axes: list[tuple[list[str], list]]) -> list[str]:
+def axis_order(axes: list[Axis]) -> list[str]:
+    """The axes' config keys in grid order (a zip group's keys in its order)."""
     return [k for keys, _ in axes for k in keys]
 
 

@@ -206,6 +206,15 @@ class DirLock:
             pass
 
 
+def is_store(path: str | Path) -> bool:
+    """A results store: a folder with the index database."""
+    return (Path(path) / INDEX).exists()
+
+
+def run_folder(root: str | Path, run_id: str) -> Path:
+    """The folder where the store ``root`` keeps the files of run ``run_id``."""
+    return Path(root) / "runs" / run_id
+
 class ResultsStore:
     """The index and run folders of one store folder; safe to use from many processes.
 
@@ -311,7 +320,7 @@ class ResultsStore:
         self._db.execute("COMMIT")
 
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+        return run_folder(self.root, run_id)
 
     # ---- sweeps ------------------------------------------------------------------------------
     def register_sweep(self, sweep: Any) -> None:

@@ -1,7 +1,7 @@
 """The theory simulator: hierarchical multi-view data, the two-layer patch CNN, coarse vs fine
 pretraining, transfer to the coarse task, easy/hard errors and feature alignment.
 
-See ``docs/theory-model.md`` of the project for the model definition.
+See ``docs/theory.md`` of the project for the model definition.
 """
 
 from granularity.theory.config import DataConfig, ModelConfig, SimConfig, TrainConfig, TransferConfig

@@ -41,8 +41,8 @@ from granularity.theory.train import (
     level_keys,
     linear_probe,
     pretrain,
-    resolve_device,
 )
+from granularity.utils.device import available_memory, resolve_device
 from granularity.utils.io import check_writable, environment, read_json, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
@@ -71,9 +71,7 @@ def estimate_memory(cfg: SimConfig) -> int:
 
 def check_memory(cfg: SimConfig, limit: int | None = None) -> None:
     if limit is None:
-        from granularity.utils.device import available_memory
-
-        limit = available_memory()
+        limit = available_memory("cpu")  # the simulator checks host memory, also for CUDA runs
         if limit is None:
             return
     need = estimate_memory(cfg)
@@ -192,8 +190,8 @@ def load_finished(out: Path, cfg: SimConfig) -> dict[int, dict]:
         path = _seed_path(out, seed)
         if path.exists():
             try:
-                rec = json.loads(path.read_text())
-            except json.JSONDecodeError:
+                rec = read_json(path)
+            except GranularityError:
                 continue  # never happens with atomic writes; recompute if it does
             if rec.get("config_hash") == config_hash(cfg):
                 done[seed] = rec
@@ -310,6 +308,29 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
 
 def load_result(out: str | Path) -> dict[str, Any]:
     return read_json(Path(out) / "result.json")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A finished ``simulate`` folder: a result.json with per-source errors and its seeds."""
+    path = Path(path) / "result.json"
+    if not path.exists():
+        return False
+    res = read_json(path)
+    return isinstance(res, dict) and "errors" in res and "seeds" in res
+
+
+def load_records(out: str | Path, seeds: list[int]) -> list[dict[str, Any]]:
+    """The per-seed records (training curves, alignment) of ``seeds`` that the folder holds."""
+    return [read_json(p) for s in seeds if (p := _seed_path(Path(out), s)).exists()]
+
+
+def summarise_run(out: str | Path) -> dict[str, Any]:
+    """What a report shows of a ``simulate`` folder: ``{"result", "config", "records"}`` (config
+    None when absent; records: the per-seed files present)."""
+    out = Path(out)
+    result = load_result(out)
+    config = read_json(out / "config.json") if (out / "config.json").exists() else None
+    return {"result": result, "config": config, "records": load_records(out, result.get("seeds", []))}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -1,32 +1,38 @@
 """Phase diagrams: hard-sample error of coarse vs fine pretraining over a grid of two config
-fields. Each cell is an ordinary ``simulate`` run folder under ``<out>/cells/``; the diagram
-(``phase.json`` and ``phase.png``) is always rebuilt from those stored results, so an
+fields, a two-axis sweep expanded by the sweep machinery (:func:`granularity.sweeps.spec.grid`).
+Each cell is an ordinary ``simulate`` run folder under ``<out>/cells/`` holding all the seeds;
+the diagram (``phase.json`` and ``phase.png``) is always rebuilt from those stored results, so an
 interrupted grid resumes cell by cell and seed by seed."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError
-from granularity.theory.config import SimConfig
+from granularity.sweeps.kinds import get_kind
+from granularity.sweeps.spec import axis_values, check_axes, grid
 from granularity.theory.experiment import load_result, simulate
 from granularity.theory.plots import plot_phase
-from granularity.utils.config import apply_overrides, parse_value
+from granularity.utils.config import Config, parse_value
 from granularity.utils.io import check_writable, read_json, write_json
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
-    """``"data.k=4,8,16"`` -> ``("data.k", [4, 8, 16])``."""
+    """``"data.k=4,8,16"`` -> ``("data.k", [4, 8, 16])``; each value parsed once, like ``--set``
+    values (``null`` -> None, ``1e-1`` -> 0.1)."""
     if "=" not in text:
         raise GranularityError(f"A phase axis must look like key=v1,v2,... (for example data.k=4,8,16). Got {text!r} instead.")
     key, values = text.split("=", 1)
+    key = key.strip()
     items = [parse_value(v) for v in values.split(",") if v.strip()]
-    if not key.strip() or not items:
+    if not key or not items:
         raise GranularityError(f"A phase axis needs a key and at least one value. Got {text!r} instead.")
-    return key.strip(), items
+    if any(not p for p in key.split(".")):
+        raise GranularityError(f"A phase axis has an empty key part in {text!r}; use dotted names like data.k.")
+    return key, items
 
 
 def _cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
@@ -34,15 +40,19 @@ def _cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
     return f"{safe(xk.split('.')[-1])}={safe(xv)}__{safe(yk.split('.')[-1])}={safe(yv)}"
 
 
-def cell_configs(base: dict[str, Any], x: tuple[str, list], y: tuple[str, list]) -> list[tuple[str, Any, Any, SimConfig]]:
-    """Validate every cell's config before any training starts."""
+def cell_configs(base: dict[str, Any], x: tuple[str, list], y: tuple[str, list]) -> list[tuple[str, Any, Any, Config]]:
+    """The grid of a sweep with the two axes ``y`` (rows) and ``x`` (columns, fastest), expanded
+    by the sweep machinery; every cell's config is validated before any training starts. A cell
+    keeps all of the run's seeds (one ``simulate`` folder), unlike a sweep run (one seed)."""
+    where = "the phase diagram"
+    axes = [([key], [(v,) for v in axis_values(key, values, where)]) for key, values in (y, x)]
+    check_axes(axes, where)
+    kind = get_kind("simulate")
     cells = []
-    for yv in y[1]:
-        for xv in x[1]:
-            raw = apply_overrides(base, [f"{x[0]}={xv}", f"{y[0]}={yv}"])
-            name = _cell_name(x[0], xv, y[0], yv)
-            cfg = SimConfig.build(raw, where=f"phase cell {x[0]}={xv}, {y[0]}={yv}")
-            cells.append((name, xv, yv, cfg))
+    for values, raw in grid(base, axes):
+        xv, yv = values[x[0]], values[y[0]]
+        cfg = kind.build(raw, where=f"phase cell {x[0]}={xv}, {y[0]}={yv}")
+        cells.append((_cell_name(x[0], xv, y[0], yv), xv, yv, cfg))
     return cells
 
 
@@ -101,6 +111,29 @@ def build_phase(out: str | Path) -> dict[str, Any]:
     return phase
 
 
+def is_phase_folder(path: str | Path) -> bool:
+    return (Path(path) / "phase_spec.json").exists()
+
+
+def summarise_phase(out: str | Path) -> dict[str, Any]:
+    """What a report shows of a phase folder: ``{"phase", "spec", "cells", "missing"}``: the
+    diagram (``phase.json``, rebuilt when absent), the spec, one entry per finished cell (its axis
+    values, seeds and config) and the ``"key=v, key=v"`` labels of cells without a result."""
+    out = Path(out)
+    phase = read_json(out / "phase.json") if (out / "phase.json").exists() else build_phase(out)
+    xk, yk = phase["x_key"], phase["y_key"]
+    cells, missing = [], []
+    for r, yv in enumerate(phase["y_values"]):
+        for c, xv in enumerate(phase["x_values"]):
+            cell = out / "cells" / _cell_name(xk, xv, yk, yv)
+            if (cell / "result.json").exists():
+                cells.append({xk: xv, yk: yv, "seeds": load_result(cell).get("seeds"),
+                              "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
+            if all(g[r][c] is None or g[r][c] != g[r][c] for g in phase["grids"].values()):
+                missing.append(f"{xk}={xv}, {yk}={yv}")
+    return {"phase": phase, "spec": read_json(out / "phase_spec.json"), "cells": cells, "missing": missing}
+
+
 def format_phase(phase: dict[str, Any]) -> str:
     lines = [f"hard-sample error ({phase['protocol']}), rows {phase['y_key']}, columns {phase['x_key']}"]
     for src, grid in phase["grids"].items():
@@ -110,7 +143,3 @@ def format_phase(phase: dict[str, Any]) -> str:
             # a cell without a result (failed or not run) is named, not printed as nan
             lines.append(f"  {str(yv):>10}" + "".join(f"{'missing':>9}" if v != v else f"{v:9.3f}" for v in row))
     return "\n".join(lines)
-
-
-def grid_sizes(x: Sequence, y: Sequence) -> int:
-    return len(x) * len(y)

@@ -2,57 +2,61 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from granularity.theory.train import level_keys
+from granularity.utils.figures import clipped_yerr, legend_outside, pyplot, save_figure
+from granularity.utils.io import read_json
 from granularity.utils.stats import mean_ci
 
 
-def _plt():
-    import matplotlib
+def _protocols(errors: dict[str, Any]) -> list[str]:
+    order = ["map", "probe", "finetune"]
+    return sorted(next(iter(errors.values())), key=lambda p: order.index(p) if p in order else 99)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _has_easy_errors(errors: dict[str, Any]) -> bool:
+    """Whether any source and protocol has a non-zero mean error on easy samples (the model's
+    easy samples are usually solved exactly, and then an easy panel would be empty)."""
+    means = [e.get("easy", {}).get("mean") for protos in errors.values() for e in protos.values()]
+    return any(m is not None and np.isfinite(m) and m != 0 for m in means)
 
 
 def plot_errors(result: dict[str, Any], path: Path) -> Path:
-    """Grouped bars: easy/hard target error per protocol, coarse vs fine (and other) sources."""
-    plt = _plt()
+    """Grouped bars: target error per protocol, coarse vs fine (and other) sources, on hard test
+    samples, and on easy ones beside them when any easy error is non-zero; CI bars cut at [0, 1]."""
+    plt = pyplot()
     errors = result["errors"]
     sources = list(errors)
-    order = ["map", "probe", "finetune"]
-    protos = sorted(next(iter(errors.values())), key=lambda p: order.index(p) if p in order else 99)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    protos = _protocols(errors)
+    kinds = ("easy", "hard") if _has_easy_errors(errors) else ("hard",)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.0 * len(kinds) + 1.6, 3.8), sharey=True, squeeze=False)
     width = 0.8 / max(1, len(sources))
-    for ax, kind in zip(axes, ("easy", "hard")):
+    for ax, kind in zip(axes[0], kinds):
         for i, src in enumerate(sources):
             means = [errors[src].get(p, {}).get(kind, {}).get("mean", np.nan) for p in protos]
             cis = [errors[src].get(p, {}).get(kind, {}).get("ci", np.nan) for p in protos]
-            cis = [0 if c is None or np.isnan(c) else c for c in cis]
+            cis = [np.nan if c is None else c for c in cis]
+            means = [np.nan if m is None else m for m in means]
             x = np.arange(len(protos)) + (i - (len(sources) - 1) / 2) * width
-            ax.bar(x, means, width, yerr=cis, capsize=3, label=f"pretrain: {src}")
+            ax.bar(x, means, width, yerr=clipped_yerr(means, cis), capsize=3, label=f"pretrain: {src}")
         ax.set_xticks(np.arange(len(protos)), protos)
-        ax.set_title(f"{kind} test samples")
+        ax.set_title(f"{kind} test samples" + ("" if len(kinds) == 2 else " (easy-sample error is 0 throughout)"))
         ax.set_xlabel("transfer protocol")
-    axes[0].set_ylabel("target (coarse) test error")
-    axes[1].legend(fontsize=8)
+    axes[0][0].set_ylabel("target (coarse) test error")
+    legend_outside(axes[0][-1])
     n = len(result.get("seeds", []))
     fig.suptitle(f"{result.get('name', '')}: coarse vs fine pretraining ({n} seeds, 95% CI)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_alignment(records: list[dict[str, Any]], path: Path) -> Path:
     """max_r <w_r, v> over training: common (level 1) vs leaf features, per pretraining source."""
-    plt = _plt()
+    plt = pyplot()
     sources = list(records[0]["alignment"])
     fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 3.6), sharey=True, squeeze=False)
     for ax, src in zip(axes[0], sources):
@@ -70,18 +74,16 @@ def plot_alignment(records: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("SGD step + 1")
         ax.set_title(f"pretrained on: {src}")
-        ax.legend(fontsize=8)
+    legend_outside(axes[0][-1])
     axes[0][0].set_ylabel("max over own-class neurons of <w, v>")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_simulation(out: str | Path) -> list[Path]:
     out = Path(out)
-    result = json.loads((out / "result.json").read_text())
-    records = [json.loads((out / "seeds" / f"seed_{s}.json").read_text()) for s in result["seeds"]]
+    result = read_json(out / "result.json")
+    records = [read_json(out / "seeds" / f"seed_{s}.json") for s in result["seeds"]]
     (out / "figures").mkdir(exist_ok=True)
     return [plot_errors(result, out / "figures" / "errors.png"), plot_alignment(records, out / "figures" / "alignment.png")]
 
@@ -112,7 +114,7 @@ def plot_phase(phase: dict[str, Any], path: Path) -> Path:
     over a 2-parameter grid; cells without a value are hatched grey and marked 'missing'."""
     from matplotlib.patches import Rectangle
 
-    plt = _plt()
+    plt = pyplot()
     xs, ys = phase["x_values"], phase["y_values"]
     panels = phase_panels(phase)
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.4 * max(1, len(panels)), 3.8), squeeze=False)
@@ -140,6 +142,4 @@ def plot_phase(phase: dict[str, Any], path: Path) -> Path:
         axes[0][0].set_axis_off()
     fig.suptitle(f"phase diagram ({phase.get('protocol', 'map')}, {phase.get('seeds', '?')} seeds per cell)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

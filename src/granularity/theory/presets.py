@@ -3,12 +3,14 @@ defaults (which are the calibrated ``paper`` setting); names are the CLI's vocab
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from granularity.errors import unknown_name
 from granularity.theory.config import SimConfig
-from granularity.utils.config import deep_merge
+from granularity.utils.config import apply_overrides, deep_merge, load_config_file
 
 
 @dataclass(frozen=True)
@@ -17,8 +19,12 @@ class Preset:
     description: str
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def raw(self) -> dict[str, Any]:
+        """The preset as unvalidated config data: its name and overrides (a fresh copy)."""
+        return deep_merge({"name": self.name}, self.overrides)
+
     def config(self) -> SimConfig:
-        return SimConfig.build(deep_merge({"name": self.name}, self.overrides), where=f"preset {self.name!r}")
+        return SimConfig.build(self.raw(), where=f"preset {self.name!r}")
 
     def summary(self) -> str:
         """The description followed by every setting the preset changes, generated from the
@@ -60,10 +66,30 @@ def get_preset(name: str) -> Preset:
         raise unknown_name("preset", name, PRESETS) from None
 
 
-# The calibrated reference of theory-model.md section 5: d=256, P=16, K=2, k=8, m=16,
+def resolve_config(preset: str, config: str | Path | None = None, sets: Iterable[str] = (),
+                   seeds: int | None = None) -> tuple[SimConfig, dict[str, Any]]:
+    """defaults < preset < config file < ``key=value`` overrides < ``seeds``, validated once.
+    Returns the config and the raw data it was built from (for phase cells to vary).
+
+    Examples
+    --------
+    >>> cfg, _ = resolve_config("quick", sets=["data.k=4"], seeds=2)
+    >>> (cfg.data.k, cfg.seeds)
+    (4, 2)
+    """
+    raw = get_preset(preset).raw()
+    if config is not None:
+        raw = deep_merge(raw, load_config_file(config))
+    raw = apply_overrides(raw, sets)
+    if seeds is not None:
+        raw["seeds"] = seeds
+    return SimConfig.build(raw), raw
+
+
+# The calibrated reference (docs/theory.md, "The model in brief"): d=256, P=16, K=2, k=8, m=16,
 # SGD lr 0.5, batch 128, 3000 steps on 2000 easy samples. Descriptions say what a preset is
 # for; Preset.summary appends the settings it changes.
-register("paper", "the paper's setting (K=2 superclasses, k=8 subclasses, d=256) with calibrated defaults")
+register("paper", "the paper's setting (K=2 superclasses, k=8, d=256), calibrated defaults")
 # Seconds instead of minutes: for demos, smoke tests and phase-diagram drafts.
 register(
     "quick",

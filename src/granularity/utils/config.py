@@ -106,8 +106,8 @@ FLOAT_REL_TOL = 1e-9
 def same_value(a: Any, b: Any) -> bool:
     """Equality of parsed values: numbers by value (floats within :data:`FLOAT_REL_TOL`), bools
     only with bools, lists element by element, None only with None (or a missing NaN)."""
-    if _missing(a) or _missing(b):
-        return _missing(a) and _missing(b)
+    if is_missing(a) or is_missing(b):
+        return is_missing(a) and is_missing(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if is_number(a) and is_number(b):
@@ -125,7 +125,8 @@ def is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """None or a float NaN: a value that is not there."""
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
@@ -147,6 +148,29 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node[part] = nxt
         node = nxt
     node[parts[-1]] = value
+
+
+def undot(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 1, "data": {"k": 2}}`` -> ``{"train": {"lr": 1}, "data": {"k": 2}}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        value = undot(value) if isinstance(value, Mapping) else value
+        parts = str(key).split(".")
+        if any(not p for p in parts):
+            raise GranularityError(f"Config key {key!r} has an empty part; use dotted names like data.k.")
+        if len(parts) == 1:
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = deep_merge(out[key], value)
+            else:
+                out[key] = value
+        else:
+            node = out
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise GranularityError(f"Config key {key!r} sets a field inside {p!r}, which is not a mapping.")
+            node[parts[-1]] = value
+    return out
 
 
 def apply_overrides(base: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -47,11 +47,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def available_memory(device: torch.device | None = None) -> int | None:
-    """Bytes free on ``device``: free GPU memory for CUDA, available RAM otherwise (None:
-    unknown, so callers skip their memory check)."""
+def available_memory(device: torch.device | str | None = "cpu") -> int | None:
+    """Bytes free for a run's tensors on ``device`` (CUDA: free device memory; CPU: available
+    physical pages); None when the platform cannot tell (callers then skip their check)."""
+    device = torch.device(device if device is not None else "cpu")
     try:
-        if device is not None and device.type == "cuda":
+        if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[0])
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
     except (ValueError, OSError, AttributeError, RuntimeError):

@@ -65,32 +65,34 @@ def write_json(path: Path | str, data: Any) -> None:
     _atomic(Path(path), lambda fh: json.dump(data, fh, indent=2, sort_keys=True, default=_default), "w")
 
 
-def read_json(path: Path | str) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GranularityError(f"File {str(path)!r} does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GranularityError(f"File {str(path)!r} is not valid JSON ({exc}).") from None
-
-
-def load_json_file(path: Path | str, what: str) -> Any:
-    """Parse a JSON file; any failure is one :class:`DataError` line naming ``what`` and the file."""
+def read_json(path: Path | str, what: str | None = None) -> Any:
+    """Parse a JSON file. A missing or invalid file is one :class:`GranularityError` line; with
+    ``what`` (e.g. "iNat2021 annotation file") every failure, unreadable or too deeply nested
+    files too, is one :class:`~granularity.errors.DataError` line naming ``what`` and the file."""
     from granularity.errors import DataError
 
-    src = f"{what} {str(path)!r}"
+    src = f"{what} {str(path)!r}" if what else f"File {str(path)!r}"
+    err = DataError if what else GranularityError
     try:
         with open(path, "rb") as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise DataError(f"{src} does not exist.") from None
+        raise err(f"{src} does not exist.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{src} is not valid JSON ({exc}).") from None
+        raise err(f"{src} is not valid JSON ({exc}).") from None
     except OSError as exc:  # a folder, no permission, an I/O error
+        if what is None:
+            raise
         raise DataError(f"{src} cannot be read ({exc.strerror or exc}).") from None
     except RecursionError:
+        if what is None:
+            raise
         raise DataError(f"{src} nests too deeply to be a {what}.") from None
+
+
+def load_json_file(path: Path | str, what: str) -> Any:
+    """:func:`read_json` naming ``what`` in its errors (kept for the data loaders' calls)."""
+    return read_json(path, what)
 
 
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
