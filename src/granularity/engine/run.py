@@ -49,7 +49,7 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
     if dataset is None:
         from granularity.data import load_dataset
 
-        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+        dataset = load_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
     if cfg.train_size is not None and cfg.train_size > len(dataset.train):
         raise GranularityError(
             f"The 'train_size' parameter must be at most the training set size {len(dataset.train)} (set it with --train-size). Got {cfg.train_size} instead."
@@ -289,12 +289,21 @@ def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
 def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, embeddings_cache, progress,
                   stop_after_steps) -> dict[str, Any]:
     folder = RunFolder(out, cfg.to_dict(), dctx.is_main)
+    t_start = time.perf_counter()
+    # the data first: a folder finished or begun on other data is refused, never returned or resumed
+    prepared = prepare_data(cfg, dataset)
+
+    def open_folder():
+        from granularity.data.fingerprint import data_fingerprint
+
+        fp = data_fingerprint(prepared, cfg.data_options, cfg.data_root if dataset is None else None)
+        return folder.open(dctx.device, dctx.world_size, "cpu" if dctx.enabled else None, data=fp)
+
     # the other ranks get rank 0's copy of the checkpoint (CPU tensors): no shared folder needed
-    kind, resumed = dctx.on_main(lambda: folder.open(dctx.device, dctx.world_size, "cpu" if dctx.enabled else None))
+    kind, resumed = dctx.on_main(open_folder)
     if kind == "done":
         return resumed
-    t_start = time.perf_counter()
-    data = _RunData.build(cfg, dataset, dctx, embeddings_cache)
+    data = _RunData.build(cfg, prepared, dctx, embeddings_cache)
     run = _Run(cfg, data, dctx, folder, progress, stop_after_steps)
     run.restore(resumed)
     run.pretrain()
@@ -324,7 +333,7 @@ class _RunData:
     @classmethod
     def build(cls, cfg: TransferConfig, dataset: Any, dctx: DistContext, embeddings_cache: dict | None) -> _RunData:
         device = dctx.device
-        ds, val = holdout_validation(cfg, prepare_data(cfg, dataset))
+        ds, val = holdout_validation(cfg, dataset)  # dataset: prepare_data's output
         # refused before decoding images, building labels or a model: contradictory settings, and
         # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
         check_plan(cfg, ds, device=device)
@@ -532,6 +541,7 @@ class _Run:
             "num_target_classes": d.n_target,
             "transfer_mode": cfg.transfer.mode,
             "hierarchy_hash": getattr(ds.hierarchy, "content_hash", None),
+            "data": self.folder.data,  # the data fingerprint (granularity.data.fingerprint)
             "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(d.leaf_tr),
                         "n_test": len(d.leaf_te)},
             "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in self.model.parameters()))},
