@@ -178,3 +178,14 @@ def test_streamed_matches_in_memory_above_every_sample_size(big_folder, tmp_path
     b = run_transfer(cfg, tmp_path / "st", dataset=st)
     assert train_losses(tmp_path / "st") == pytest.approx(train_losses(tmp_path / "mem"), rel=1e-5)
     assert b["target_acc"] == pytest.approx(a["target_acc"], abs=1e-6)
+
+
+def test_streamed_resume_mid_epoch_from_step_checkpoints(folder, tmp_path, in_memory_result):
+    """Step checkpoints on a streamed split: the DataLoader starts at the checkpoint's batch."""
+    ds = load(folder, False)
+    for stop in (3, 2, 5):  # 4 steps per epoch: killed after steps 3, 5 and 10 (pretraining epochs 1 and 2, transfer)
+        with pytest.raises(KeyboardInterrupt):
+            run_transfer(config(checkpoint_every_steps=1), tmp_path, dataset=ds, stop_after_steps=stop)
+    r = run_transfer(config(checkpoint_every_steps=1), tmp_path, dataset=ds)
+    assert r["target_acc"] == pytest.approx(in_memory_result["target_acc"], abs=1e-6)
+    assert train_losses(tmp_path) == pytest.approx(in_memory_result["train_loss"], rel=1e-5)

@@ -27,6 +27,7 @@ from granularity.engine.embeddings import compute_embeddings
 from granularity.engine.folder import RunFolder
 from granularity.engine.labels import SourceLabels, build_source_labels, check_source, group_map
 from granularity.engine.train import (
+    EpochProgress,
     Normaliser,
     Streamed,
     epoch_generator,
@@ -388,6 +389,8 @@ class _Run:
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
         self.resumed: dict[str, Any] | None = None
         self.steps = 0
+        self.meter: EpochProgress | None = None  # progress inside the current epoch (progress=True, rank 0)
+        self._opt_sched: tuple[Any, Any] = (None, None)  # the stage's optimiser and scheduler, for step checkpoints
         self.val_logits: torch.Tensor | None = None  # target logits on the validation split (val_size)
 
     # ---- checkpoint / resume ---------------------------------------------------------------
@@ -400,7 +403,7 @@ class _Run:
             with torch.random.fork_rng(devices=[]):
                 self.model.reset_head(self.d.n_target)
         self.model.load_state_dict(resumed["model"])
-        self.state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final") if k in resumed})
+        self.state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final", "partial") if k in resumed})
 
     def checkpoint(self, opt, sched) -> None:
         """Rank 0, from the unwrapped model: the same file as a one-process run's."""
@@ -418,8 +421,16 @@ class _Run:
             "config": self.folder.cfg_d,
         })
 
-    def _on_step(self, _: int) -> None:
+    def _on_step(self, pos: dict) -> None:
         self.steps += 1
+        if self.meter is not None:
+            self.meter.update(pos)
+        every = self.cfg.checkpoint_every_steps
+        # mid-epoch checkpoints in one process (under DDP each rank's running sums differ)
+        if every and not self.dctx.enabled and pos["step"] % every == 0 and pos["step"] < pos["n_steps"]:
+            self.state["partial"] = {"epoch": self.state["epoch"] + 1, "step": pos["step"],
+                                     "totals": list(pos["totals"]), "gen_state": pos["gen"].get_state()}
+            self.checkpoint(*self._opt_sched)
         if self.stop_after_steps is not None and self.steps >= self.stop_after_steps:
             raise _Interrupt(f"stopped after {self.steps} steps (test hook)")
 
@@ -458,13 +469,22 @@ class _Run:
             opt.load_state_dict(r["optimizer"])
             sched.load_state_dict(r["scheduler"])
         net = self.dctx.wrap(net)  # DistributedDataParallel when world_size > 1
+        self._opt_sched = (opt, sched)
+        n_steps = -(-len(y) // stage.batch_size)
         for epoch in range(self.state["epoch"] + 1, stage.epochs + 1):
+            part = self.state.get("partial")
+            start = part if part is not None and part["epoch"] == epoch else None
+            label = f"{name} epoch {epoch}"
+            if self.progress and self.dctx.is_main:
+                self.meter = EpochProgress(f"[{self.folder.out.name}] {label}", n_steps, start["step"] if start else 0,
+                                           start["totals"][2] if start else 0, self.cfg.progress_every_s, self.dctx.world_size)
             t0 = time.perf_counter()
             tm = train_epoch(net, x, y, norm, stage, opt, sched, epoch_generator(self.cfg.seed, name, epoch), self.device,
-                             bf16, self._on_step, dist=self.dctx, label=f"{name} epoch {epoch}")
+                             bf16, self._on_step, dist=self.dctx, label=label, start=start)
             dt = time.perf_counter() - t0
+            self.meter = None
             self.log_epoch(name, epoch, tm, evaluate(), dt, len(y))
-            self.state["epoch"] = epoch
+            self.state["epoch"], self.state["partial"] = epoch, None
             self.checkpoint(opt, sched)
 
     # ---- stages ----------------------------------------------------------------------------
