@@ -143,3 +143,57 @@ def test_hierarchy_file_for_npz_and_image_folder(tmp_path, folder_root):
     with pytest.raises(HierarchyError, match="match no leaf"):
         (tmp_path / "g.txt").write_text("top/a/zzz\n")
         load_dataset("image-folder", root=folder_root, hierarchy_file=str(tmp_path / "g.txt"))
+
+
+def _partial_table(tmp_path):
+    """The survey table with some species blank (only the genus known) and some genera blank."""
+    df = survey_table(n=600, family=False)
+    df["species_id"] = df["species_id"].astype(object)
+    df["genus"] = df["genus"].astype(object)
+    df.loc[df.index % 7 == 0, "species_id"] = None  # labelled at the genus (an internal node)
+    df.loc[df.index % 11 == 0, "genus"] = None  # a missing ancestor
+    df.loc[(df.index % 7 == 0) & (df.index % 11 == 0), "genus"] = "Pygoscelis"  # keep every row labelled
+    df.loc[(df.index % 7 == 0) & (df.index % 11 == 0), "species_id"] = None
+    df["split"] = np.where(df.index % 4 == 0, "test", "train")
+    df.to_csv(tmp_path / "partial.csv", index=False)
+    return df
+
+
+@pytest.mark.parametrize("policy", ["fill", "drop", "own"])
+def test_partial_labels_follow_the_policy(tables, tmp_path, policy):
+    df = _partial_table(tmp_path)
+    ds = load_dataset("table", root=tmp_path / "partial.csv", label_columns=["genus", "species_id"],
+                      feature_columns=MEASURES, hierarchy_file=str(tables / "taxonomy.txt"), label_policy=policy)
+    # an independent walk over the rows: which are kept, and their genus (level 2)
+    genus_of = {s: g for _, g, s in TAXA}
+    kept, genus = [], []
+    for _, r in df[df.split == "train"].iterrows():
+        sp, g = r["species_id"], r["genus"]
+        at_genus = not isinstance(sp, str)
+        if (at_genus and policy != "own") or (policy == "drop" and not isinstance(g, str)):
+            continue
+        kept.append(r)
+        genus.append(g if at_genus else genus_of[sp])
+    assert len(ds.train) == len(kept)
+    got = ds.hierarchy.relabel_names([ds.leaf_names[i] for i in ds.train.y.numpy()], 2)
+    assert got == genus
+    np.testing.assert_allclose(ds.train.x.numpy(), np.array([[r[m] for m in MEASURES] for r in kept], dtype=np.float32))
+    own = [n for n in ds.leaf_names if n.endswith(":own")]
+    # "own": one extra leaf per internal node (root, families, genera), fixed by the hierarchy
+    internal = {"Aves", *(t[0] for t in TAXA), *(t[1] for t in TAXA)}
+    assert set(own) == ({f"{n}:own" for n in internal} if policy == "own" else set())
+    assert ds.info["dropped_rows"]["train"] == int((df.split == "train").sum()) - len(kept)
+
+
+def test_partial_labels_run_end_to_end_and_errors(tables, tmp_path, cli):
+    _partial_table(tmp_path)
+    code, out, err = cli("transfer", "--dataset", "table", "--data-root", tmp_path / "partial.csv",
+                         "--data-option", "label_columns=genus,species_id", "--data-option", f"feature_columns={','.join(MEASURES)}",
+                         "--data-option", f"hierarchy_file={tables / 'taxonomy.txt'}", "--data-option", "label_policy=own",
+                         "--model", "mlp", "--source", "leaf", "--target", "2", "--epochs", "1", "--transfer-epochs", "1",
+                         "--train-size", "300", "--set", "model.options.hidden=16", "--device", "cpu", "--out", tmp_path / "r")
+    assert code == 0, err
+    code, out, err = cli("transfer", "--dataset", "table", "--data-root", tmp_path / "partial.csv",
+                         "--data-option", "label_columns=genus,species_id", "--data-option", "label_policy=keep",
+                         "--device", "cpu", "--out", tmp_path / "bad")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "label_policy" in err

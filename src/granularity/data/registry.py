@@ -171,7 +171,8 @@ def load_dataset(
         key = "seed" if "seed" in options else "root"
         raise GranularityError(f"The data option {key!r} is set by load_dataset's own {key!r} argument (data_root / data_seed in a config).")
     options = check_options(name, options)
-    hierarchy_file = options.pop("hierarchy_file", None)
+    # a loader with its own hierarchy_file parameter applies it itself (e.g. to partial labels)
+    hierarchy_file = options.pop("hierarchy_file", None) if "hierarchy_file" not in params else None
     if "seed" in params:
         options["seed"] = seed
     if isinstance(seed, bool) or not isinstance(seed, int):
