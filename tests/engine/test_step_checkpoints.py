@@ -69,3 +69,15 @@ def test_cadence_is_not_in_the_run_id():
     a = TransferConfig.build({}).to_dict()
     b = TransferConfig.build({"checkpoint_every_steps": 500, "progress_every_s": 5}).to_dict()
     assert a != b and kind.result_config(a) == kind.result_config(b)
+
+
+def test_new_fields_keep_old_configs_and_ids(tiny, tmp_path):
+    """At their defaults the new fields are not dumped: config.json files and run ids of runs
+    made before them stay valid; a resume may change the cadence (it changes no number)."""
+    d = TransferConfig.build({}).to_dict()
+    assert not {"data_options", "checkpoint_every_steps", "progress_every_s"} & set(d)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(tiny_config(), tmp_path / "r", dataset=tiny, stop_after_steps=4)
+    full = run_transfer(tiny_config(), tmp_path / "full", dataset=tiny)
+    res = run_transfer(tiny_config(checkpoint_every_steps=2), tmp_path / "r", dataset=tiny)
+    assert res["target_acc"] == full["target_acc"] and res["levels"] == full["levels"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer
 
 from granularity.engine.labels import SourceSpec
 from granularity.errors import GranularityError
@@ -120,6 +120,16 @@ class TransferConfig(Config):
     # shown and stderr is not a terminal; a terminal gets a tqdm bar
     progress_every_s: float = Field(30.0, gt=0)
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Fields added after runs existed are left out of dumps at their defaults, so config.json
+        # files and sweep run ids of every run made before them stay valid (as in theory/config).
+        out = handler(self)
+        for key, default in _ADDED_DEFAULTS.items():
+            if key in out and out[key] == default:
+                out.pop(key)
+        return out
+
     @field_validator("data_options")
     @classmethod
     def _check_data_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -132,3 +142,7 @@ class TransferConfig(Config):
             return check_options(name, v)
         except GranularityError as exc:
             raise ValueError(str(exc).rstrip(".")) from None
+
+
+# TransferConfig fields newer than stored runs, with the default under which they are not dumped
+_ADDED_DEFAULTS = {"data_options": {}, "checkpoint_every_steps": None, "progress_every_s": 30.0}

@@ -27,6 +27,10 @@ from granularity.utils.io import (
 )
 
 
+# How often a run checkpoints and reports: a resume may change them (they change no number).
+CADENCE_FIELDS = ("checkpoint_every_steps", "progress_every_s")
+
+
 class RunFolder:
     """Files of one run in ``out`` for the config ``cfg_d`` (its ``to_dict()``)."""
 
@@ -47,8 +51,8 @@ class RunFolder:
         started = self.ckpt_path.exists() or (out / "result.json").exists()
         if started and (out / "config.json").exists():
             old = read_json(out / "config.json")
-            if old != self.cfg_d:
-                diff = sorted(k for k in set(old) | set(self.cfg_d) if old.get(k) != self.cfg_d.get(k))
+            diff = sorted(k for k in set(old) | set(self.cfg_d) if old.get(k) != self.cfg_d.get(k))
+            if set(diff) - set(CADENCE_FIELDS):  # a new cadence resumes the run (config.json updated)
                 raise GranularityError(
                     f"Run folder {str(out)!r} holds a run with another config (differs in {', '.join(diff)}); "
                     "choose another --out or delete the folder."
