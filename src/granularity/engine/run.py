@@ -483,7 +483,8 @@ class _Run:
                              bf16, self._on_step, dist=self.dctx, label=label, start=start)
             dt = time.perf_counter() - t0
             self.meter = None
-            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y))
+            # a resumed epoch: seconds and images/s of the steps this invocation trained
+            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y) - (start["totals"][2] if start else 0))
             self.state["epoch"], self.state["partial"] = epoch, None
             self.checkpoint(opt, sched)
 
