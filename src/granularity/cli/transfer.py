@@ -63,7 +63,7 @@ _config_opts = [
     click.option("--data-root", default=None, help="Folder with the data files (default: standard places)."),
     click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
                  help="A loader option of the data set (repeatable; lists comma-separated), e.g. "
-                      "--data-option label_columns=genus,species_id --data-option image_size=64; see docs/data.md."),
+                      "--data-option label_columns=genus,species_id --data-option image_size=64; see docs/data-options.md."),
     click.option("--model", default=None, help="Model name: cnn (default), resnet18, mlp, vit."),
     click.option("--epochs", type=click.IntRange(0), default=None, help="Pretraining epochs."),
     click.option("--transfer-epochs", type=click.IntRange(0), default=None, help="Transfer epochs."),

@@ -34,9 +34,16 @@ def _split_hash(h: Any, split: Any) -> str:
     if getattr(split, "in_memory", True):
         _tensor_hash(h, split.x)
         return "sha256 of the input tensors"
-    for path in split.paths:
+    # image files, or (a split of tar shards: paths are "shard:member") the shard files once each
+    files = getattr(split, "shards", None) or split.paths
+    for path in files:
         st = os.stat(path)
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if files is not split.paths:  # which members, in which order, at which offsets
+        h.update("\n".join(split.paths).encode())
+        for attr in ("offset", "nbytes"):
+            if hasattr(split, attr):
+                h.update(np.ascontiguousarray(getattr(split, attr), dtype=np.int64).tobytes())
     h.update(f"{split.channels}x{split.size}".encode())
     return "sha256 of the image files' paths, sizes and mtimes"
 

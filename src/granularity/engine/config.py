@@ -78,7 +78,7 @@ class TransferConfig(Config):
 
     dataset: str = "fashion-mnist"
     data_root: str | None = None  # None: the data package's default location
-    # the loader's keyword options (see docs/data.md), e.g. {"label_columns": ["genus", "species"]}
+    # the loader's keyword options (see docs/data-options.md), e.g. {"label_columns": ["genus", "species"]}
     # for a table or {"image_size": 64, "in_memory": false} for an image folder, plus
     # hierarchy_file for any data set; checked against the loader of `dataset`
     data_options: dict[str, Any] = Field(default_factory=dict)
