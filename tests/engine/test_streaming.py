@@ -178,3 +178,32 @@ def test_streamed_matches_in_memory_above_every_sample_size(big_folder, tmp_path
     b = run_transfer(cfg, tmp_path / "st", dataset=st)
     assert train_losses(tmp_path / "st") == pytest.approx(train_losses(tmp_path / "mem"), rel=1e-5)
     assert b["target_acc"] == pytest.approx(a["target_acc"], abs=1e-6)
+
+
+def test_streamed_resume_mid_epoch_from_step_checkpoints(folder, tmp_path, in_memory_result):
+    """Step checkpoints on a streamed split: the DataLoader starts at the checkpoint's batch."""
+    ds = load(folder, False)
+    for stop in (3, 2, 5):  # 4 steps per epoch: killed after steps 3, 5 and 10 (pretraining epochs 1 and 2, transfer)
+        with pytest.raises(KeyboardInterrupt):
+            run_transfer(config(checkpoint_every_steps=1), tmp_path, dataset=ds, stop_after_steps=stop)
+    r = run_transfer(config(checkpoint_every_steps=1), tmp_path, dataset=ds)
+    assert r["target_acc"] == pytest.approx(in_memory_result["target_acc"], abs=1e-6)
+    assert train_losses(tmp_path) == pytest.approx(in_memory_result["train_loss"], rel=1e-5)
+
+
+def test_streamed_fingerprint_follows_the_files(folder, tmp_path):
+    """A streamed split is fingerprinted by its files' paths, sizes and mtimes (not decoded)."""
+    import os
+    import shutil
+
+    from granularity.data.fingerprint import data_fingerprint
+
+    root = tmp_path / "copy"
+    shutil.copytree(folder, root)
+    ds = load(root, False)
+    fp = data_fingerprint(ds)
+    assert fp["content"] == "sha256 of the image files' paths, sizes and mtimes"
+    assert data_fingerprint(load(root, False))["fingerprint"] == fp["fingerprint"]
+    path = ds.train.paths[0]
+    os.utime(path, ns=(1, 1))
+    assert data_fingerprint(load(root, False))["content_sha256"] != fp["content_sha256"]

@@ -35,11 +35,35 @@ def _nested(**flat):
     return out
 
 
+def _data_options(items: tuple[str, ...]) -> dict | None:
+    """``("label_columns=genus,species", "image_size=64")`` -> ``{"label_columns": ["genus",
+    "species"], "image_size": 64}``: values through the shared YAML 1.2 value parser, a value
+    with commas (not a bracketed list) split into a list. ``None`` when no option was given."""
+    from granularity.utils.config import parse_value
+
+    if not items:
+        return None
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"must be KEY=VALUE, e.g. label_columns=genus,species. Got {item!r} instead.",
+                                     param_hint="'--data-option'")
+        if "," in text and not text.lstrip().startswith(("[", "{", '"', "'")):
+            out[key.strip()] = [parse_value(t.strip()) for t in text.split(",")]
+        else:
+            out[key.strip()] = parse_value(text)
+    return out
+
+
 _config_opts = [
     click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Override any config field, e.g. --set pretrain.lr=0.1 --set model.options.width=16."),
     click.option("--data-root", default=None, help="Folder with the data files (default: standard places)."),
+    click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
+                 help="A loader option of the data set (repeatable; lists comma-separated), e.g. "
+                      "--data-option label_columns=genus,species_id --data-option image_size=64; see docs/data-options.md."),
     click.option("--model", default=None, help="Model name: cnn (default), resnet18, mlp, vit."),
     click.option("--epochs", type=click.IntRange(0), default=None, help="Pretraining epochs."),
     click.option("--transfer-epochs", type=click.IntRange(0), default=None, help="Transfer epochs."),
@@ -63,7 +87,7 @@ _config_opts = [
 @click.option("--tf32/--no-tf32", default=None, help="TF32 matmuls and convolutions (CUDA only).")
 @click.option("--dry-run", is_flag=True,
               help="Validate the config, data set, label function, target level and memory estimate; print the resolved config; train nothing.")
-def transfer(dataset, source, target, seed, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out,
+def transfer(dataset, source, target, seed, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size, device, out,
              bf16, tf32, dry_run):
     """Pretrain on one label function of a real data set, then transfer to the target level.
 
@@ -75,6 +99,7 @@ def transfer(dataset, source, target, seed, config, sets, data_root, model, epoc
     from granularity.engine import TransferConfig, run_transfer
 
     flags = _nested(dataset=dataset, source=source, target=target, seed=seed, data_root=data_root,
+                    data_options=_data_options(data_options),
                     **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
                        "transfer.mode": mode}, train_size=train_size, device=device, bf16=bf16, tf32=tf32)
     cfg = _resolve(TransferConfig, config, flags, sets)
@@ -125,7 +150,7 @@ def _seeds(text: str | None):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-quick]); rerunning skips finished runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
-def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out, quiet,
+def study(dataset, seeds, quick, full, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size, device, out, quiet,
           dry_run):
     """The paper's granularity study: target error after pretraining on each label function,
     overall, on hard test samples and on rare subclasses (mean and 95% CI over seeds)."""
@@ -140,7 +165,8 @@ def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, t
         base = deep_merge(base, QUICK)
     if full:
         base.update({"train_size": None, "test_size": None, "seeds": [0, 1, 2, 3, 4]})
-    flags = deep_merge(base, _nested(seeds=_seeds(seeds), data_root=data_root, train_size=train_size, device=device,
+    flags = deep_merge(base, _nested(seeds=_seeds(seeds), data_root=data_root, data_options=_data_options(data_options),
+                                     train_size=train_size, device=device,
                                      **{"model.name": model, "pretrain.epochs": epochs,
                                         "transfer.epochs": transfer_epochs, "transfer.mode": mode}))
     cfg = _resolve(StudyConfig, config, flags, sets)

@@ -174,6 +174,8 @@ def load_table(
     split_column: str | None = "split",
     test_fraction: float = 0.2,
     seed: int = 0,
+    hierarchy_file: str | None = None,
+    label_policy: str | None = None,
 ) -> RealDataset:
     """Load a CSV/Parquet table: numeric feature columns and one label column per level.
 
@@ -190,8 +192,21 @@ def load_table(
         Column saying ``train``/``test`` for each row (used only when present).
     test_fraction, seed
         Stratified random test split when the table has no split.
+    hierarchy_file : path, optional
+        A hierarchy file (:func:`~granularity.hierarchy.load_hierarchy_file`) replacing the tree
+        the label columns imply; the finest labels are matched to its leaves by name.
+    label_policy : {"fill", "drop", "own"}, optional
+        Partial labels (needs ``hierarchy_file``): a row's labels may stop at an internal node
+        (a genus, no species) or leave blanks (a missing ancestor); see :func:`_partial_dataset`.
     """
     labels = _check_common(label_columns, test_fraction, "label_columns")
+    if label_policy is not None:
+        from granularity.hierarchy.partial import POLICIES
+
+        if label_policy not in POLICIES:
+            raise param_error("label_policy", f"one of {', '.join(POLICIES)} (or None)", label_policy)
+        if hierarchy_file is None:
+            raise param_error("hierarchy_file", "a hierarchy file when label_policy is set (partial labels are placed in it)", None)
     if root is None:
         raise param_error("root", "a table file or a folder with train/test tables", None)
     train_path, test_path = _table_files(Path(root).expanduser())
@@ -210,14 +225,15 @@ def load_table(
         if df.columns.duplicated().any():
             dup = df.columns[df.columns.duplicated()][0]
             raise DataError(f"Table {path} has two columns named {dup!r}.")
-        for col in labels:
+        for col in labels if label_policy is None else ():  # partial labels may be blank
             _check_labels(f"Table {path}", col, df[col].to_numpy(), len(df))
     if test_path is None:
         df = frames.pop("train")
         if split_column and split_column in df.columns:
             is_test = split_is_test(df[split_column].to_numpy(), f"Table {train_path}", split_column)
         else:
-            is_test = _random_split(df[labels[-1]].to_numpy(), test_fraction, seed, f"Table {train_path}", labels[-1])
+            strat = df[labels[-1]].to_numpy() if label_policy is None else _deepest(df, labels)
+            is_test = _random_split(strat, test_fraction, seed, f"Table {train_path}", labels[-1])
         frames = {"train": df[~is_test], "test": df[is_test]}
     cols = list(feature_columns) if feature_columns is not None else [
         c for c in frames["train"].columns if c not in labels and c != split_column
@@ -233,7 +249,77 @@ def load_table(
                 "list the features with feature_columns= or make it a label."
             )
         parts[key] = (df[cols].to_numpy(), [df[c].to_numpy() for c in labels])
-    return _build("table", "table-1", parts, labels, where, {"root": str(root), "features": cols})
+    info = {"root": str(root), "features": cols}
+    if label_policy is not None:
+        return _partial_dataset(frames, labels, cols, where, hierarchy_file, label_policy, info)
+    ds = _build("table", "table-1", parts, labels, where, info)
+    if hierarchy_file is not None:
+        from granularity.data.registry import with_hierarchy_file
+
+        ds = with_hierarchy_file(ds, hierarchy_file)
+    return ds
+
+
+def _deepest(df, labels: list[str]) -> np.ndarray:
+    """Per row the finest label given (for stratifying a random split of partial labels)."""
+    out = df[labels[0]].astype(object).where(df[labels[0]].notna(), "")
+    for c in labels[1:]:
+        out = df[c].astype(object).where(df[c].notna() & (df[c].astype(str) != ""), out)
+    return out.astype(str).to_numpy()
+
+
+def _is_nan(x: Any) -> bool:
+    return isinstance(x, float) and np.isnan(x)
+
+
+def own_leaf(node: str) -> str:
+    """The leaf standing for samples labelled at internal node ``node`` under policy "own"."""
+    return f"{node}:own"
+
+
+def _partial_dataset(frames: dict, labels: list[str], cols: list[str], where: str, hierarchy_file: Any,
+                     policy: str, info: dict[str, Any]) -> RealDataset:
+    """Rows labelled at any node of the hierarchy file (a name, or a partial path over the label
+    columns, blanks where missing), placed at its finest level with
+    :func:`~granularity.hierarchy.labels_at_level`. The engine trains on leaf labels, so:
+
+    * ``"fill"``: missing ancestors come from the tree; a row labelled at an internal node has
+      no leaf and is dropped (from every level);
+    * ``"drop"``: also drops every row with a blank label column (a missing ancestor);
+    * ``"own"``: a row labelled at internal node ``n`` gets the extra leaf ``n:own`` under
+      ``n``: its own class at every level finer than ``n``, ``n``'s ancestors above.
+
+    Dropped rows are counted in ``info["dropped_rows"]``."""
+    from granularity.hierarchy import LabelHierarchy, labels_at_level, load_hierarchy_file
+
+    h = load_hierarchy_file(hierarchy_file)
+    depth = int(h.depth)
+    out, dropped = {}, {}
+    for key, df in frames.items():
+        vals = [df[c].to_numpy(dtype=object) for c in labels]
+        samples = list(vals[0]) if len(labels) == 1 else [list(r) for r in zip(*vals)]
+        lab = labels_at_level(h, samples, depth, policy)
+        keep = lab.keep.copy()
+        if policy == "drop":  # a blank in any label column (a missing ancestor) drops the row
+            for v in vals:
+                keep &= np.array([isinstance(x, str) and x.strip() != "" or (x is not None and not _is_nan(x)) for x in v])
+        out[key] = (df[cols].to_numpy()[keep], lab.labels[keep])
+        dropped[key] = int((~keep).sum())
+        classes = lab.classes  # fixed by the hierarchy, level and policy: the same for both splits
+    leaves = [c if h.is_leaf(c) else own_leaf(c) for c in classes]
+    parent = {n: h.parent(n) for n in h.nodes if n != h.root}
+    parent.update({own_leaf(c): c for c in classes if not h.is_leaf(c)})
+    tree = LabelHierarchy.from_parent_map(parent, root=h.root, leaves=leaves, name=h.name,
+                                          titles=getattr(h, "titles", None))
+    train = Split(_features(out["train"][0], where), torch.from_numpy(out["train"][1]))
+    test = Split(_features(out["test"][0], where), torch.from_numpy(out["test"][1]))
+    for name, split in (("training", train), ("test", test)):
+        if len(split) == 0:
+            raise DataError(f"{where}: the {name} split is empty after label_policy {policy!r} dropped {dropped} rows.")
+    return RealDataset(name="table", version="table-1", train=train, test=test, leaf_names=leaves,
+                       hierarchy_factory=lambda: tree, _hierarchy=tree,
+                       info={**info, "levels": labels, "hierarchy_file": str(hierarchy_file), "label_policy": policy,
+                             "dropped_rows": dropped})
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,61 @@ class DatasetSpec:
         return getattr(importlib.import_module(module), attr)
 
     def options(self) -> list[str]:
-        """Keyword options the loader accepts (besides ``root``)."""
-        params = inspect.signature(self.load_function()).parameters
-        return [p for p in params if p != "root"]
+        """Keyword options the loader accepts (besides ``root``), plus :data:`COMMON_OPTIONS`."""
+        return list(self.option_types())
+
+    def option_types(self) -> dict[str, Any]:
+        """``{option: annotation}`` of the loader's keyword options (``root`` and ``seed`` are set
+        by :func:`load_dataset`), then the options every data set has (:data:`COMMON_OPTIONS`)."""
+        params = inspect.signature(self.load_function(), eval_str=True).parameters
+        own = {k: (p.annotation if p.annotation is not inspect.Parameter.empty else Any)
+               for k, p in params.items() if k not in ("root", "seed")}
+        return {**own, **{k: v for k, v in COMMON_OPTIONS.items() if k not in own}}
+
+
+# Options :func:`load_dataset` handles for every loader (after the loader has run).
+COMMON_OPTIONS: dict[str, Any] = {
+    # a hierarchy file (JSON export, child,parent CSV/TSV, or one path per class) replacing the
+    # data set's own tree; its leaves are matched to the class names (granularity.hierarchy.match_classes)
+    "hierarchy_file": str | None,
+}
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` validated against data set ``name``'s loader: an unknown option or a value of
+    the wrong type is a one-line error listing what is allowed. A single string for a list option
+    becomes a one-element list. Returns the validated values."""
+    from pydantic import TypeAdapter, ValidationError
+
+    types = get_spec(name).option_types()
+    valid = list(types)
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in types:
+            raise GranularityError(
+                f"Unknown option {key!r} for data set {name!r}{suggest(key, valid)}; "
+                f"valid options are: {', '.join(valid) or '(none)'}."
+            )
+        adapter = TypeAdapter(types[key])
+        tries = [value, [value]] if isinstance(value, str) else [value]  # label_columns=species
+        for v in tries:
+            try:
+                out[key] = adapter.validate_python(v)
+                break
+            except ValidationError:
+                continue
+        else:
+            raise GranularityError(
+                f"The data option {key!r} of data set {name!r} must be {_type_text(types[key])}; got {value!r}."
+            )
+        if isinstance(out[key], tuple):
+            out[key] = list(out[key])
+    return out
+
+
+def _type_text(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("collections.abc.", "").replace("pathlib.", "")
+    return text.replace("<class '", "").replace("'>", "").replace("Sequence[str]", "a list of names")
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -120,13 +172,12 @@ def load_dataset(
     spec = get_spec(name)
     fn = spec.load_function()
     params = inspect.signature(fn).parameters
-    valid = [p for p in params if p != "root"]
-    for key in options:
-        if key not in params or key == "root":
-            raise GranularityError(
-                f"Unknown option {key!r} for data set {name!r}{suggest(key, valid)}; "
-                f"valid options are: {', '.join(valid) or '(none)'}."
-            )
+    if "seed" in options or "root" in options:
+        key = "seed" if "seed" in options else "root"
+        raise GranularityError(f"The data option {key!r} is set by load_dataset's own {key!r} argument (data_root / data_seed in a config).")
+    options = check_options(name, options)
+    # a loader with its own hierarchy_file parameter applies it itself (e.g. to partial labels)
+    hierarchy_file = options.pop("hierarchy_file", None) if "hierarchy_file" not in params else None
     if "seed" in params:
         options["seed"] = seed
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -134,8 +185,23 @@ def load_dataset(
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise param_error("root", "a path (str or pathlib.Path) or None", root)
     ds = fn(root=root, **options)
+    if hierarchy_file is not None:
+        ds = with_hierarchy_file(ds, hierarchy_file)
     if subset is not None or test_subset is not None:
         ds = ds.subset(train=subset, test=test_subset, seed=seed)
     if device is not None:
         ds = ds.to(device)
+    return ds
+
+
+def with_hierarchy_file(ds: RealDataset, path: str | os.PathLike) -> RealDataset:
+    """``ds`` with the hierarchy read from ``path`` (:func:`~granularity.hierarchy.load_hierarchy_file`),
+    its leaves matched to ``ds.leaf_names``; built now, so a class outside the file is an error
+    at load time. The file's content hash is the hierarchy hash every run records."""
+    from granularity.hierarchy import load_hierarchy_file, match_classes
+
+    tree = match_classes(load_hierarchy_file(path), ds.leaf_names)
+    ds.hierarchy_factory = lambda: tree
+    ds.hierarchy = tree
+    ds.info = {**ds.info, "hierarchy_file": str(path)}
     return ds

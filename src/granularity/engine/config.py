@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainSerializer, field_validator
+from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer
 
 from granularity.engine.labels import SourceSpec
+from granularity.errors import GranularityError
 from granularity.utils.config import Config
 
 
@@ -77,6 +78,10 @@ class TransferConfig(Config):
 
     dataset: str = "fashion-mnist"
     data_root: str | None = None  # None: the data package's default location
+    # the loader's keyword options (see docs/data-options.md), e.g. {"label_columns": ["genus", "species"]}
+    # for a table or {"image_size": 64, "in_memory": false} for an image folder, plus
+    # hierarchy_file for any data set; checked against the loader of `dataset`
+    data_options: dict[str, Any] = Field(default_factory=dict)
     train_size: int | None = Field(10000, ge=1)  # training images (stratified subset); None = all
     test_size: int | None = Field(None, ge=1)  # test images; None = all
     data_seed: int = 0  # which subset
@@ -107,3 +112,37 @@ class TransferConfig(Config):
     # same run twice on one GPU gives the same numbers (slower; an op without a deterministic
     # kernel is an error). The CPU path is deterministic already. See docs/reliability.md.
     deterministic: bool = False
+    # also checkpoint every N optimiser steps inside an epoch (None: at epoch ends only); a
+    # resumed run continues from the step, bit-identical on the CPU. One process only (under
+    # torchrun checkpoints stay per epoch). Never changes the numbers (not in a sweep's run id).
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    # seconds between progress lines inside an epoch (steps/s, images/s, ETA) when progress is
+    # shown and stderr is not a terminal; a terminal gets a tqdm bar
+    progress_every_s: float = Field(30.0, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Fields added after runs existed are left out of dumps at their defaults, so config.json
+        # files and sweep run ids of every run made before them stay valid (as in theory/config).
+        out = handler(self)
+        for key, default in _ADDED_DEFAULTS.items():
+            if key in out and out[key] == default:
+                out.pop(key)
+        return out
+
+    @field_validator("data_options")
+    @classmethod
+    def _check_data_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from granularity.data.registry import DATASETS, check_options
+
+        name = info.data.get("dataset")
+        if not v or name not in DATASETS:  # an unknown name is reported when the data set loads
+            return v
+        try:
+            return check_options(name, v)
+        except GranularityError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
+
+
+# TransferConfig fields newer than stored runs, with the default under which they are not dumped
+_ADDED_DEFAULTS = {"data_options": {}, "checkpoint_every_steps": None, "progress_every_s": 30.0}

@@ -27,6 +27,7 @@ from granularity.engine.embeddings import compute_embeddings
 from granularity.engine.folder import RunFolder
 from granularity.engine.labels import SourceLabels, build_source_labels, check_source, group_map
 from granularity.engine.train import (
+    EpochProgress,
     Normaliser,
     Streamed,
     epoch_generator,
@@ -49,7 +50,7 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
     if dataset is None:
         from granularity.data import load_dataset
 
-        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+        dataset = load_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
     if cfg.train_size is not None and cfg.train_size > len(dataset.train):
         raise GranularityError(
             f"The 'train_size' parameter must be at most the training set size {len(dataset.train)} (set it with --train-size). Got {cfg.train_size} instead."
@@ -289,12 +290,21 @@ def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
 def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, embeddings_cache, progress,
                   stop_after_steps) -> dict[str, Any]:
     folder = RunFolder(out, cfg.to_dict(), dctx.is_main)
+    t_start = time.perf_counter()
+    # the data first: a folder finished or begun on other data is refused, never returned or resumed
+    prepared = prepare_data(cfg, dataset)
+
+    def open_folder():
+        from granularity.data.fingerprint import data_fingerprint
+
+        fp = data_fingerprint(prepared, cfg.data_options, cfg.data_root if dataset is None else None)
+        return folder.open(dctx.device, dctx.world_size, "cpu" if dctx.enabled else None, data=fp)
+
     # the other ranks get rank 0's copy of the checkpoint (CPU tensors): no shared folder needed
-    kind, resumed = dctx.on_main(lambda: folder.open(dctx.device, dctx.world_size, "cpu" if dctx.enabled else None))
+    kind, resumed = dctx.on_main(open_folder)
     if kind == "done":
         return resumed
-    t_start = time.perf_counter()
-    data = _RunData.build(cfg, dataset, dctx, embeddings_cache)
+    data = _RunData.build(cfg, prepared, dctx, embeddings_cache)
     run = _Run(cfg, data, dctx, folder, progress, stop_after_steps)
     run.restore(resumed)
     run.pretrain()
@@ -324,7 +334,7 @@ class _RunData:
     @classmethod
     def build(cls, cfg: TransferConfig, dataset: Any, dctx: DistContext, embeddings_cache: dict | None) -> _RunData:
         device = dctx.device
-        ds, val = holdout_validation(cfg, prepare_data(cfg, dataset))
+        ds, val = holdout_validation(cfg, dataset)  # dataset: prepare_data's output
         # refused before decoding images, building labels or a model: contradictory settings, and
         # runs whose tensors would not fit (e.g. per-sample labels on a huge training set)
         check_plan(cfg, ds, device=device)
@@ -379,6 +389,8 @@ class _Run:
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
         self.resumed: dict[str, Any] | None = None
         self.steps = 0
+        self.meter: EpochProgress | None = None  # progress inside the current epoch (progress=True, rank 0)
+        self._opt_sched: tuple[Any, Any] = (None, None)  # the stage's optimiser and scheduler, for step checkpoints
         self.val_logits: torch.Tensor | None = None  # target logits on the validation split (val_size)
 
     # ---- checkpoint / resume ---------------------------------------------------------------
@@ -391,7 +403,7 @@ class _Run:
             with torch.random.fork_rng(devices=[]):
                 self.model.reset_head(self.d.n_target)
         self.model.load_state_dict(resumed["model"])
-        self.state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final") if k in resumed})
+        self.state.update({k: resumed[k] for k in ("stage", "epoch", "history", "pretrain_final", "partial") if k in resumed})
 
     def checkpoint(self, opt, sched) -> None:
         """Rank 0, from the unwrapped model: the same file as a one-process run's."""
@@ -409,8 +421,16 @@ class _Run:
             "config": self.folder.cfg_d,
         })
 
-    def _on_step(self, _: int) -> None:
+    def _on_step(self, pos: dict) -> None:
         self.steps += 1
+        if self.meter is not None:
+            self.meter.update(pos)
+        every = self.cfg.checkpoint_every_steps
+        # mid-epoch checkpoints in one process (under DDP each rank's running sums differ)
+        if every and not self.dctx.enabled and pos["step"] % every == 0 and pos["step"] < pos["n_steps"]:
+            self.state["partial"] = {"epoch": self.state["epoch"] + 1, "step": pos["step"],
+                                     "totals": list(pos["totals"]), "gen_state": pos["gen"].get_state()}
+            self.checkpoint(*self._opt_sched)
         if self.stop_after_steps is not None and self.steps >= self.stop_after_steps:
             raise _Interrupt(f"stopped after {self.steps} steps (test hook)")
 
@@ -449,13 +469,23 @@ class _Run:
             opt.load_state_dict(r["optimizer"])
             sched.load_state_dict(r["scheduler"])
         net = self.dctx.wrap(net)  # DistributedDataParallel when world_size > 1
+        self._opt_sched = (opt, sched)
+        n_steps = -(-len(y) // stage.batch_size)
         for epoch in range(self.state["epoch"] + 1, stage.epochs + 1):
+            part = self.state.get("partial")
+            start = part if part is not None and part["epoch"] == epoch else None
+            label = f"{name} epoch {epoch}"
+            if self.progress and self.dctx.is_main:
+                self.meter = EpochProgress(f"[{self.folder.out.name}] {label}", n_steps, start["step"] if start else 0,
+                                           start["totals"][2] if start else 0, self.cfg.progress_every_s, self.dctx.world_size)
             t0 = time.perf_counter()
             tm = train_epoch(net, x, y, norm, stage, opt, sched, epoch_generator(self.cfg.seed, name, epoch), self.device,
-                             bf16, self._on_step, dist=self.dctx, label=f"{name} epoch {epoch}")
+                             bf16, self._on_step, dist=self.dctx, label=label, start=start)
             dt = time.perf_counter() - t0
-            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y))
-            self.state["epoch"] = epoch
+            self.meter = None
+            # a resumed epoch: seconds and images/s of the steps this invocation trained
+            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y) - (start["totals"][2] if start else 0))
+            self.state["epoch"], self.state["partial"] = epoch, None
             self.checkpoint(opt, sched)
 
     # ---- stages ----------------------------------------------------------------------------
@@ -532,6 +562,7 @@ class _Run:
             "num_target_classes": d.n_target,
             "transfer_mode": cfg.transfer.mode,
             "hierarchy_hash": getattr(ds.hierarchy, "content_hash", None),
+            "data": self.folder.data,  # the data fingerprint (granularity.data.fingerprint)
             "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(d.leaf_tr),
                         "n_test": len(d.leaf_te)},
             "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in self.model.parameters()))},

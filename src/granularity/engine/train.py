@@ -198,9 +198,10 @@ def train_epoch(
     gen: torch.Generator,
     device: torch.device,
     bf16: bool = False,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
     dist=None,
     label: str = "training",
+    start: dict | None = None,
 ) -> dict[str, float]:
     """One pass over ``(x, y)`` in shuffled batches; returns mean loss and accuracy.
 
@@ -208,6 +209,12 @@ def train_epoch(
     ``model`` then wrapped in DistributedDataParallel): every rank draws the same permutation and
     augmentation of the global batch and trains on its contiguous chunk of it, with the loss
     scaled so DDP's averaged gradient is the global batch's mean; metrics are summed over ranks.
+
+    ``on_step`` is called after every step with ``{"step": steps done, "n_steps", "images": rows
+    seen by this rank, "totals": the running sums, "gen": the epoch generator}``; ``start`` (a
+    mid-epoch checkpoint's ``{"step", "totals", "gen_state"}``) continues the epoch after that
+    step: the permutation is drawn again, then the generator is set to its state after the step,
+    so the rest of the epoch draws what an uninterrupted one would.
 
     A non-finite loss raises ``FloatingPointError`` naming ``label`` (e.g. "pretrain epoch 2"):
     at once in one process; under DDP the count of such steps is summed with the metrics at the
@@ -218,11 +225,18 @@ def train_epoch(
     pad = 4 if image and x.shape[-1] >= 32 else 2
     world = dist.world_size if dist is not None and dist.enabled else 1
     batches, bounds = _epoch_batches(len(y), stage.batch_size, gen, dist, world)
+    first = 0
+    tot_loss, tot_correct, seen, bad = 0.0, 0, 0, 0
+    if start is not None:  # resume after step start["step"] of this epoch
+        first = int(start["step"])
+        tot_loss, tot_correct, seen, bad = start["totals"]
+        gen.set_state(start["gen_state"])
     streamed = isinstance(x, Streamed)
     if streamed:  # decode only this rank's rows of each global batch, in the same order
-        x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in zip(batches, bounds)])
-    tot_loss, tot_correct, seen, bad = 0.0, 0, 0, 0
+        x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in list(zip(batches, bounds))[first:]])
     for step, (idx, (lo, hi)) in enumerate(zip(batches, bounds)):
+        if step < first:
+            continue
         if streamed:
             xb = norm(next(x_iter).to(device, non_blocking=True))  # rows lo:hi of the global batch
             yb = y[idx[lo:hi]].to(device, non_blocking=True)
@@ -251,7 +265,8 @@ def train_epoch(
         tot_correct += int((logits.argmax(1) == yb).sum())
         seen += len(yb)
         if on_step is not None:
-            on_step(step)
+            on_step({"step": step + 1, "n_steps": len(batches), "images": seen,
+                     "totals": [tot_loss, tot_correct, seen, bad], "gen": gen})
     if world > 1:
         tot_loss, tot_correct, seen, bad = dist.all_reduce_sum([tot_loss, tot_correct, seen, bad])
         if bad > 0:
@@ -314,3 +329,50 @@ def predict_levels(
         for lv in outs:
             outs[lv].append(group_logits(z, maps[lv], sizes[lv]))  # (B, G_lv)
     return {lv: torch.cat(v) for lv, v in outs.items()}
+
+
+class EpochProgress:
+    """Steps/s, images/s and ETA inside one epoch, for people (results are in the files): a
+    tqdm bar on a terminal, else one line every ``every_s`` seconds on stderr. ``world``
+    processes each see a slice of every batch, so images count ``world`` times this rank's."""
+
+    def __init__(self, label: str, n_steps: int, first_step: int = 0, first_images: int = 0, every_s: float = 30.0,
+                 world: int = 1, stream=None) -> None:
+        import sys
+        import time
+
+        self.label, self.n_steps, self.first, self.every_s, self.world = label, n_steps, first_step, every_s, world
+        self.stream = stream or sys.stderr
+        self.t0 = self.last = time.perf_counter()
+        self.images0 = first_images  # images of this epoch seen before this invocation (a resumed epoch)
+        self.bar = None
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n_steps, initial=first_step, desc=label, unit="step", file=self.stream,
+                            leave=False, dynamic_ncols=True)
+
+    def rates(self, step: int, images: int, now: float) -> tuple[float, float, float]:
+        """``(steps/s, images/s, seconds left)`` over this invocation's steps of the epoch."""
+        dt = max(now - self.t0, 1e-9)
+        done = step - self.first
+        sps = done / dt
+        ips = (images - self.images0) * self.world / dt
+        return sps, ips, (self.n_steps - step) / sps if sps > 0 else float("inf")
+
+    def update(self, pos: dict) -> None:
+        import time
+
+        now = time.perf_counter()
+        self.n_steps = pos["n_steps"]  # the loop's count (a ragged last batch of one may be dropped)
+        sps, ips, eta = self.rates(pos["step"], pos["images"], now)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{ips:.0f} img/s", refresh=False)
+            if pos["step"] >= self.n_steps:
+                self.bar.close()
+            return
+        if now - self.last >= self.every_s and pos["step"] < self.n_steps:
+            self.last = now
+            print(f"{self.label}: step {pos['step']}/{self.n_steps}, {sps:.2f} steps/s, {ips:.0f} images/s, "
+                  f"ETA {eta:.0f}s", file=self.stream, flush=True)

@@ -197,23 +197,36 @@ def _tr_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tr_run_only(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """``workers`` (image-decoding processes) and ``save_checkpoints`` never change the numbers;
-    ``device``, as for the simulator, only their rounding, except with ``bf16`` or ``tf32`` on:
-    those act on CUDA only, so there the device decides the arithmetic and stays in the id."""
-    keys = ("workers", "save_checkpoints")
+    """``workers`` (image-decoding processes), ``save_checkpoints``, the mid-epoch checkpoint
+    cadence and the progress cadence never change the numbers; ``device``, as for the
+    simulator, only their rounding, except with ``bf16`` or ``tf32`` on: those act on CUDA only,
+    so there the device decides the arithmetic and stays in the id."""
+    keys = ("workers", "save_checkpoints", "checkpoint_every_steps", "progress_every_s")
     return keys if cfg.get("bf16") or cfg.get("tf32") else (*keys, "device")
 
 
 def _tr_complete(out: Path, cfg: Config) -> bool:
-    """A finished folder of a run with the same result-relevant config."""
+    """A finished folder of a run with the same result-relevant config, whose data files (names,
+    sizes, mtimes under ``data_root``: the cheap part of the data fingerprint) are unchanged.
+    Changed files make the cell run again, and the engine then refuses the folder if the data
+    it loads differs (its content fingerprint): the run id names the data by dataset,
+    data_root and data_options only, since content hashes need the data loaded."""
     if not (out / "result.json").exists() or not (out / "config.json").exists():
         return False
     try:
         old = read_json(out / "config.json")
+        result = read_json(out / "result.json")
     except GranularityError:
         return False
     kind = KINDS["transfer"]
-    return isinstance(old, dict) and kind.result_config(old) == kind.result_config(cfg.to_dict())
+    if not (isinstance(old, dict) and kind.result_config(old) == kind.result_config(cfg.to_dict())):
+        return False
+    stamp = (result.get("data") or {}).get("files") if isinstance(result, dict) else None
+    if stamp is not None:
+        from granularity.data.fingerprint import files_stamp
+
+        return files_stamp(cfg.data_root) == stamp
+    return True
 
 
 register(
