@@ -108,3 +108,30 @@ def test_advise_killed_then_rerun_gives_the_uninterrupted_answer(tmp_path, make_
     assert again.returncode == 0, again.stderr
     a, b = read_json(tmp_path / "ref" / "advice.json"), read_json(out / "advice.json")
     assert a["rows"] == b["rows"] and a["answer"] == b["answer"]  # bit-identical on the CPU
+
+
+def test_advise_on_a_table_with_its_own_hierarchy_file(tmp_path, cli):
+    """A specimen table (species labels + measurements) and a separate family/genus/species
+    paths file: the candidates come from the file's levels; figures pinned to the run folders."""
+    from fakes import TAXA, survey_table
+
+    survey_table(n=1200, family=False).drop(columns=["genus"]).to_csv(tmp_path / "birds.csv", index=False)
+    (tmp_path / "taxonomy.paths").write_text("".join(f"Aves/{f}/{g}/{s}\n" for f, g, s in TAXA))
+    out = tmp_path / "adv"
+    code, stdout, err = cli(
+        "advise", "--dataset", "table", "--data-root", tmp_path / "birds.csv", "--model", "mlp", "--target", 1,
+        "--data-option", "label_columns=species_id", "--data-option", f"hierarchy_file={tmp_path / 'taxonomy.paths'}",
+        "--train-size", 600, "--epochs", 2, "--transfer-epochs", 1, "--set", "run.test_size=200",
+        "--set", "run.device=cpu", "--min-seeds", 2, "--max-seeds", 2, "--remove", "kmeans-within:4",
+        "--workers", 2, "--threads", 1, "--max-runs", 20, "--out", out)
+    assert code == 0, err
+    adv = read_json(out / "advice.json")
+    assert adv["candidates"] == ["target", "level:2", "level:3", "kmeans-within:8", "random:8"]
+    assert adv["finished"] and {r["candidate"] for r in adv["rows"]} == set(adv["candidates"])
+    with ResultsStore(out / "store", create=False) as st:
+        res = {(read_json(st.run_dir(r["run_id"]) / "config.json")["source"], r["params"]["seed"]):
+               read_json(st.run_dir(r["run_id"]) / "result.json") for r in st.rows() if r["status"] == "ok"}
+    for row in adv["rows"]:
+        errs = [res[(row["candidate"], s)]["target_error"] for s in range(row["seeds"])]
+        assert row["test_error"]["mean"] == pytest.approx(np.mean(errs))
+    assert res[("level:3", 0)]["num_source_classes"] == 8 and res[("target", 0)]["num_target_classes"] == 2

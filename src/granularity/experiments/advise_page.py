@@ -12,9 +12,9 @@ from granularity.utils.io import write_bytes_atomic
 def plot_curve(advice: dict[str, Any], path: Path) -> dict[str, Any]:
     """Target test error (mean ± 95% CI over paired seeds) vs pretraining classes, log x; the
     baseline as a band, eliminated candidates hollow. Returns the plotted data (for tests)."""
-    from granularity.report.figures import _plt
+    from granularity.utils.figures import clipped_yerr, legend_outside, pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     rows = [r for r in advice["rows"] if r["classes"] > 0]
     base = next(r for r in advice["rows"] if r["candidate"] == "target")
     drawn = []
@@ -25,8 +25,7 @@ def plot_curve(advice: dict[str, Any], path: Path) -> dict[str, Any]:
     for r in rows:
         m, ci = r["test_error"]["mean"], _ci(r["test_error"])
         out = r["status"] == "eliminated"
-        lo = min(ci, m)  # an error rate's interval stops at 0
-        ax.errorbar([r["classes"]], [m], yerr=[[lo], [ci]], fmt="o", mfc="white" if out else None,
+        ax.errorbar([r["classes"]], [m], yerr=clipped_yerr([m], [ci]), fmt="o", mfc="white" if out else None,
                     color="0.55" if out else ("C3" if r["candidate"] == advice["decision"]["selected_on_validation"] else "C0"),
                     capsize=3)
         ax.annotate(r["candidate"], (r["classes"], m), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -35,11 +34,8 @@ def plot_curve(advice: dict[str, Any], path: Path) -> dict[str, Any]:
     ax.set_xlabel("pretraining classes (log scale)")
     ax.set_ylabel("target test error")
     ax.set_title("Granularity curve (hollow: dropped by the race)", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=200)
-    fig.savefig(path.with_suffix(".svg"))
-    plt.close(fig)
+    legend_outside(ax)
+    save_figure(fig, path)  # PNG at 200 dpi, PDF and SVG beside it
     return {"points": drawn, "baseline": {"y": b, "ci": bci}}
 
 
