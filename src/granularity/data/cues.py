@@ -99,16 +99,21 @@ def apply_cues(x: torch.Tensor, cue: np.ndarray, patterns: np.ndarray, strength:
 
 def cue_present(x: torch.Tensor, patterns: np.ndarray, strength: float, corner: tuple[int, int] = (0, 0),
                 original: torch.Tensor | None = None) -> np.ndarray:
-    """``(N,)`` id of the cue found in each image, or ``NO_CUE``: a cue is found where the patch
-    equals the original patch blended with that class's pattern (exact check, for tests and
-    audits). Without ``original`` the images are compared to themselves (only strength 1)."""
-    base = x if original is None else original
+    """``(N,)`` id of the cue found in each image, or ``NO_CUE`` (exact check, for tests and
+    audits). With ``original`` (the images before planting) a cue is found where the patch
+    equals the original patch blended with that class's pattern and differs from the original;
+    without it (only ``strength`` 1) where the patch equals the pattern."""
+    size = patterns.shape[-1]
+    r, c = corner
+    patch = x[:, :, r : r + size, c : c + size]
     found = np.full(len(x), NO_CUE, dtype=np.int64)
+    if original is None and strength != 1:
+        raise GranularityError("cue_present needs the original images to find a cue of strength < 1.")
     for g in range(len(patterns)):
-        planted = apply_cues(base, np.full(len(x), g), patterns, strength, corner)
-        size = patterns.shape[-1]
-        r, c = corner
-        same = (planted[:, :, r : r + size, c : c + size] == x[:, :, r : r + size, c : c + size]).flatten(1).all(1)
-        changed = (base[:, :, r : r + size, c : c + size] != planted[:, :, r : r + size, c : c + size]).flatten(1).any(1)
-        found[(same & changed).numpy()] = g
+        if original is None:
+            hit = (patch == torch.as_tensor(patterns[g])).flatten(1).all(1)
+        else:
+            planted = apply_cues(original, np.full(len(x), g), patterns, strength, corner)[:, :, r : r + size, c : c + size]
+            hit = (planted == patch).flatten(1).all(1) & (planted != original[:, :, r : r + size, c : c + size]).flatten(1).any(1)
+        found[hit.numpy()] = g
     return found
