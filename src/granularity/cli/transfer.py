@@ -167,7 +167,7 @@ def study(dataset, design, groupings, seeds, quick, full, config, sets, data_roo
 
         plan = plan_study(cfg)
         click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-        click.echo(f"{len(plan['runs'])} runs ({len(plan['arms'])} arms x {len(cfg.seeds)} seeds + {cfg.reference_seeds} references); "
+        click.echo(f"{len(plan['runs'])} runs ({len(plan['arms'])} arms x {len(cfg.seeds)} seeds + {sum(r.startswith('refs/') for r in plan['runs'])} references); "
                    f"largest memory estimate: {plan['memory_estimate_bytes'] / 2**20:.1f} MiB")
         return
     out = out or Path("runs/study") / (dataset + ("-quick" if quick else "-full" if full else ""))
