@@ -60,7 +60,7 @@ def test_arms_share_backbone_initialisation():
 @pytest.mark.parametrize("design", ["bridge", "bridge-phase", "groupings", "fewshot"])
 def test_design_end_to_end_and_resume(design, fm, tmp_path, monkeypatch):
     cfg = tiny(design)
-    res = run_design(cfg, tmp_path, dataset=fm, progress=False)
+    res = run_design(cfg, tmp_path, dataset=fm, progress=False, simulator=False)
     rows = res["table"]
     assert rows[0]["primary"] and sum(r["primary"] for r in rows) == 1
     assert json.loads((tmp_path / "study.json").read_text())["primary"] == cfg.primary.model_dump(mode="json")
@@ -83,7 +83,7 @@ def test_design_end_to_end_and_resume(design, fm, tmp_path, monkeypatch):
     import granularity.experiments.designs as dz
 
     monkeypatch.setattr(dz, "_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    again = run_design(cfg, tmp_path, dataset=fm, progress=False)
+    again = run_design(cfg, tmp_path, dataset=fm, progress=False, simulator=False)
     assert [r["leaf_minus_target"]["mean"] for r in again["table"]] == [r["leaf_minus_target"]["mean"] for r in rows]
 
 
@@ -129,3 +129,36 @@ def test_cli_design_quick_and_errors(cli, make_fmnist, tmp_path):
     assert code == 0 and "4 pretraining runs (1 cells x 2 seeds x 2 arms)" in out
     code, out, err = cli("study", "--grouping", "natural2", "--quick")
     assert code == 2 and "--grouping applies to the designs" in err
+
+
+def test_shards_split_the_jobs_and_the_last_one_summarises(fm, tmp_path):
+    cfg = tiny("bridge", modes=["map"], primary={"mode": "map"})
+    assert run_design(cfg, tmp_path, dataset=fm, progress=False, shard=(0, 2)) is None  # seed 1 missing
+    assert (unit_dir(tmp_path, cells(cfg)[0], 0, "leaf") / "map" / "result.json").exists()
+    assert not (unit_dir(tmp_path, cells(cfg)[0], 1, "leaf") / "map").exists()
+    res = run_design(cfg, tmp_path, dataset=fm, progress=False, shard=(1, 2))
+    assert res is not None and res["table"][0]["target"]["n"] == 2
+    with pytest.raises(GranularityError, match="'shard' parameter must be i/n"):
+        run_design(cfg, tmp_path, dataset=fm, progress=False, shard=(2, 2))
+
+
+def test_simulator_axes_match_the_real_grid(tmp_path, monkeypatch):
+    import granularity.theory.phase as ph
+    from granularity.experiments.phase_bridge import plot_bridge_phase, real_grid, simulator_phase
+
+    seen = []
+
+    def fake(base, x, y, out, protocol, progress):
+        seen.append((x, y, protocol))
+        return {"x_values": [0.5, 0.0], "y_values": [[0.25, 0.25], [1.0, 1.0]], "grids": {"coarse": [[0.3, 0.4], [0.3, 0.5]],
+                "fine": [[0.1, 0.1], [0.1, 0.1]]}, "protocol": protocol}
+
+    monkeypatch.setattr(ph, "run_phase", fake)
+    sim = simulator_phase([0.5, 1.0], [0.25, 1.0], tmp_path)
+    assert seen[0] == ("data.train_hard_fraction=0.5,0", "data.common_strength=[0.25,0.25],[1,1]", "map") and seen[1][2] == "probe"
+    rows = [{"metric": "hard_error", "mode": m, "rho": r, "strength": s, "leaf_minus_target": {"mean": r - s, "p_t": 0.01}}
+            for m in ("map", "linear") for r in (0.5, 1.0) for s in (0.25, 1.0)]
+    rhos, sts, mean, _ = real_grid({"table": rows}, "linear")
+    assert rhos == [0.5, 1.0] and sts == [0.25, 1.0] and mean[1, 0] == pytest.approx(0.5 - 1.0)  # rows strength, columns rho
+    assert plot_bridge_phase({"table": rows}, tmp_path, sim) == ["phase_real_vs_simulator.png"]
+    assert (tmp_path / "phase_real_vs_simulator.png").exists()

@@ -134,9 +134,12 @@ DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
 @apply_options(_config_opts)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-<design>][-quick]); rerunning skips finished runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Designs only: run every N-th (cell, seed) job from I, so N processes share one --out; "
+                   "the last to finish (or a plain rerun) writes the report.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
 def study(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size,
-          device, out, quiet, dry_run):
+          device, out, quiet, shard, dry_run):
     """The paper's granularity study on real data: target error after pretraining on each label
     function (--design levels), or a design that pairs target and leaf (fine) pretraining by seed
     and reports where fine labels help (bridge, bridge-phase, groupings, fewshot)."""
@@ -144,7 +147,9 @@ def study(dataset, design, groupings, seeds, quick, full, config, sets, data_roo
         raise click.UsageError("--quick and --full cannot be used together.")
     if design != "levels":
         return _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs,
-                             transfer_epochs, mode, train_size, device, out, quiet, dry_run)
+                             transfer_epochs, mode, train_size, device, out, quiet, dry_run, _shard(shard))
+    if shard:
+        raise click.UsageError("--shard applies to the designs bridge, bridge-phase, groupings and fewshot, not to levels.")
     if groupings:
         raise click.UsageError("--grouping applies to the designs bridge, bridge-phase, groupings and fewshot, not to levels.")
     from granularity.experiments import QUICK, StudyConfig, run_study
@@ -181,8 +186,20 @@ def study(dataset, design, groupings, seeds, quick, full, config, sets, data_roo
                f"{res['seconds']:.0f} s; results in {out}/results.json, figures {', '.join(res['figures'])}")
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"must be I/N, e.g. 0/3. Got {text!r} instead.", param_hint="'--shard'") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"must be I/N with 0 <= I < N. Got {text!r} instead.", param_hint="'--shard'")
+    return i, n
+
+
 def _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode,
-                  train_size, device, out, quiet, dry_run):
+                  train_size, device, out, quiet, dry_run, shard=None):
     """``study --design <name>``: defaults of the design < file < flags < --set."""
     from granularity.experiments.designs import design_config, run_design
     from granularity.utils.config import apply_overrides, deep_merge, load_config_file
@@ -210,7 +227,10 @@ def _study_design(dataset, design, groupings, seeds, quick, full, config, sets, 
                    f"{n * len(transfers(cfg))} transfers")
         return
     out = out or Path("runs/study") / f"{dataset}-{design}{'-quick' if quick else '-full' if full else ''}"
-    res = run_design(cfg, out, progress=not quiet)
+    res = run_design(cfg, out, progress=not quiet, shard=shard, simulator=not quick)
+    if res is None:
+        click.echo(f"shard {shard[0]}/{shard[1]} finished; other shards still running (a rerun without --shard writes the report)")
+        return
     main_metric = cfg.primary.metric
     click.echo(f"{'cell':<26} {'transfer':<16} {main_metric + ' target':<20} {'leaf':<16} {'leaf - target [95% CI]':<28} p")
     for r in res["table"]:

@@ -98,10 +98,14 @@ def _compute_seconds(cfg: DesignConfig, out: Path) -> float:
     return tot
 
 
-def write_design_outputs(summary: dict[str, Any], out: Path) -> None:
+def write_design_outputs(summary: dict[str, Any], out: Path, simulator: bool = True) -> None:
     write_json(out / "results.json", summary)
     write_csv(out / "results.csv", summary["table"])
     summary["figures"] = plot_design(summary, out)
+    if summary["design"] == "bridge-phase":
+        from granularity.experiments.phase_bridge import add_simulator
+
+        summary["figures"] += add_simulator(summary, out, simulator)
     write_json(out / "results.json", summary)
     (out / "report.md").write_text(report_markdown(summary))
 
@@ -158,6 +162,14 @@ def report_markdown(summary: dict[str, Any]) -> str:
     if summary.get("cue_counts"):
         head += ["", "## Cue counts (seed " + str(cfg["seeds"][0]) + ", target arm; the leaf arm sees the same images)", "",
                  "```", *[f"{k}: {v}" for k, v in summary["cue_counts"].items()], "```"]
+    if summary.get("simulator"):
+        head += ["", "## Simulator on the matching axes (preset quick)", "",
+                 "Hard-sample error, fine minus coarse pretraining; columns 1 - train_hard_fraction (= rho), rows common_strength.", ""]
+        for m, ph in summary["simulator"].items():
+            diff = np.asarray(ph["grids"]["fine"], dtype=float) - np.asarray(ph["grids"]["coarse"], dtype=float)
+            head += [f"{m}: " + "; ".join(f"strength {y[0] if isinstance(y, list) else y}: "
+                                         + ", ".join(f"rho {1 - float(x):g} {v:+.3f}" for x, v in zip(ph["x_values"], row))
+                                         for y, row in zip(ph["y_values"], diff))]
     head += ["", f"Compute: {summary['compute_seconds']:.0f} s of training and transfer summed over units.", ""]
     head += [f"![{f}]({f})" for f in summary.get("figures", [])]
     return "\n".join(head) + "\n"

@@ -73,12 +73,12 @@ class DesignConfig(Config):
     cue_seed: int = 0  # the patterns (a fixed property of the data, shared by all seeds)
     # sized for a shared 2-core machine: see the DESIGNS comment and docs/results/<design>/
     pretrain_size: int = Field(5000, ge=1)  # pretraining images, leaf-stratified
-    val_size: int = Field(1000, ge=0)
+    val_size: int = Field(500, ge=0)
     test_size: int | None = Field(2000, ge=1)  # a fixed stratified subset of the test file (None: all)
-    transfer_per_class: list[int] = Field(default_factory=lambda: [250], min_length=1)
+    transfer_per_class: list[int] = Field(default_factory=lambda: [100], min_length=1)
     transfer_cue: bool = True  # the transfer split carries the cue like the pretraining split
     modes: list[Mode] = Field(default_factory=lambda: ["map", "linear", "finetune"], min_length=1)
-    transfer_min_steps: int = Field(20, ge=1)  # small transfer splits get more epochs, up to this many steps
+    transfer_min_steps: int = Field(10, ge=1)  # small transfer splits get more epochs, up to this many steps
     primary: PrimaryConfig = Field(default_factory=PrimaryConfig)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(options={"width": 16}))
     pretrain: StageConfig = Field(default_factory=lambda: StageConfig(epochs=2, augment=False))  # the cue sits at a fixed place
@@ -197,8 +197,14 @@ def unit_dir(out: Path, cell: Cell, seed: int, arm: str) -> Path:
 
 
 def run_design(config: DesignConfig | Mapping[str, Any], out: str | Path, *, dataset: Any | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, shard: tuple[int, int] | None = None, simulator: bool = True) -> dict[str, Any] | None:
     """Run (or resume) a design in folder ``out``; returns the content of ``results.json``.
+
+    ``shard=(i, n)``: run only every n-th (cell, seed) job starting at i, so n processes can share
+    one folder (their units never overlap); the summary is written by whichever call finds every
+    unit finished (a last call without ``shard`` writes it at once). Returns None while units
+    are missing. ``simulator``: for ``bridge-phase``, run the simulator's phase diagram on the
+    matching axes and draw it beside the real one (:mod:`.phase_bridge`).
 
     Examples
     --------
@@ -224,15 +230,23 @@ def run_design(config: DesignConfig | Mapping[str, Any], out: str | Path, *, dat
 
     device = resolve_device(cfg.device)
     jobs = [(c, s) for c in cells(cfg) for s in cfg.seeds]
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise GranularityError(f"The 'shard' parameter must be i/n with 0 <= i < n. Got {i}/{n} instead.")
+        jobs = jobs[i::n]
     for cell, seed in tqdm(jobs, desc=f"{cfg.design} (cell x seed)", disable=not progress):
         if all((unit_dir(out, cell, seed, arm) / t / "result.json").exists() for arm in ARMS for t, _, _ in transfers(cfg)):
             continue
         data = build_cell_data(cfg, cell, seed, dataset)
         for arm in ARMS:
             run_unit(cfg, data, arm, seed, unit_dir(out, cell, seed, arm), device)
+    if not all((unit_dir(out, c, s, arm) / t / "result.json").exists()
+               for c in cells(cfg) for s in cfg.seeds for arm in ARMS for t, _, _ in transfers(cfg)):
+        return None  # another shard is still running
     summary = summarise_design(cfg, out)
     summary["seconds_this_invocation"] = time.perf_counter() - t0
-    write_design_outputs(summary, out)
+    write_design_outputs(summary, out, simulator=simulator)
     return summary
 
 
