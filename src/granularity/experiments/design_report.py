@@ -198,3 +198,23 @@ def plot_design(summary: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "paired_difference.png", dpi=120)
     plt.close(fig)
     return ["paired_difference.png"]
+
+
+def where_fine_labels_help(folders: list[Path]) -> str:
+    """One page over several finished designs: the primary contrast of each, then every row of
+    its primary metric (the paired difference per axis), from their ``results.json``.
+
+    Examples
+    --------
+    >>> print(where_fine_labels_help([Path("docs/results/bridge")]))  # doctest: +SKIP
+    """
+    lines = ["# Where fine labels help (leaf minus target pretraining, paired by seed)", "",
+             "Negative differences: fine (10-class) pretraining gives the lower error. Bold: the primary contrast "
+             "declared in the design's config before it ran. Each section is generated from the folder's results.json.", ""]
+    for folder in folders:
+        s = read_json(Path(folder) / "results.json")
+        metric = s["primary"]["metric"]
+        lines += [f"## `{s['design']}` ({s['table'][0]['n_seeds']} seeds; {folder})", ""]
+        lines += table_lines([r for r in s["table"] if r["metric"] == metric])
+        lines.append("")
+    return "\n".join(lines) + "\n"
