@@ -192,7 +192,7 @@ def plot_design(summary: dict[str, Any], out: Path) -> list[str]:
     ax.errorbar([x["mean"] for x in d], ys, xerr=err, fmt="o", capsize=3)
     ax.axvline(0, color="grey", lw=1, ls="--")
     ax.set_yticks(ys, [f"{r['cell']} | {r['transfer']}" for r in rows], fontsize=7)
-    ax.set_xlabel(f"{metric}: leaf minus target pretraining (95% CI; < 0: fine labels help)")
+    ax.set_xlabel(f"{metric}: leaf - target (95% CI; < 0: fine helps)", fontsize=8)
     ax.set_title(f"design {summary['design']}, {summary['table'][0]['n_seeds']} paired seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "paired_difference.png", dpi=120)
