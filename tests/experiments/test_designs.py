@@ -143,22 +143,33 @@ def test_shards_split_the_jobs_and_the_last_one_summarises(fm, tmp_path):
 
 
 def test_simulator_axes_match_the_real_grid(tmp_path, monkeypatch):
-    import granularity.theory.phase as ph
-    from granularity.experiments.phase_bridge import plot_bridge_phase, real_grid, simulator_phase
+    import granularity.theory.experiment as ex
+    from granularity.experiments.phase_bridge import plot_bridge_phase, real_grid, simulator_configs, simulator_phase
 
-    seen = []
+    cfgs = simulator_configs([0.5, 1.0], [0.25, 1.0])  # real SimConfigs: the axis values must validate
+    assert [(c.data.train_hard_fraction, tuple(c.data.common_strength)) for _, _, _, c in cfgs] == [
+        (0.5, (0.25, 0.25)), (0.0, (0.25, 0.25)), (0.5, (1.0, 1.0)), (0.0, (1.0, 1.0))]
+    ran = []
 
-    def fake(base, x, y, out, protocol, progress):
-        seen.append((x, y, protocol))
-        return {"x_values": [0.5, 0.0], "y_values": [[0.25, 0.25], [1.0, 1.0]], "grids": {"coarse": [[0.3, 0.4], [0.3, 0.5]],
-                "fine": [[0.1, 0.1], [0.1, 0.1]]}, "protocol": protocol}
+    def fake_simulate(cfg, out, progress):
+        ran.append(cfg.data.train_hard_fraction)
+        hard = {"coarse": 0.1 + cfg.data.common_strength[0], "fine": 0.1}
+        from granularity.utils.io import write_json
 
-    monkeypatch.setattr(ph, "run_phase", fake)
+        write_json(out / "result.json", {"errors": {src: {p: {"hard": {"mean": v}} for p in ("map", "probe")} for src, v in hard.items()}})
+
+    monkeypatch.setattr(ex, "simulate", fake_simulate)
+    monkeypatch.setattr(ex, "load_result", lambda out: __import__("json").loads((out / "result.json").read_text()))
+    (tmp_path / "cells").mkdir()
+    for name, *_ in cfgs:
+        (tmp_path / "cells" / name).mkdir()
     sim = simulator_phase([0.5, 1.0], [0.25, 1.0], tmp_path)
-    assert seen[0] == ("data.train_hard_fraction=0.5,0", "data.common_strength=[0.25,0.25],[1,1]", "map") and seen[1][2] == "probe"
+    assert len(ran) == 4 and sim["probe"]["grids"]["coarse"] == [[0.35, 0.35], [1.1, 1.1]]  # rows strength, columns rho
+    again = simulator_phase([0.5, 1.0], [0.25, 1.0], tmp_path)  # resumed: nothing simulated again
+    assert len(ran) == 4 and again == sim
     rows = [{"metric": "hard_error", "mode": m, "rho": r, "strength": s, "leaf_minus_target": {"mean": r - s, "p_t": 0.01}}
             for m in ("map", "linear") for r in (0.5, 1.0) for s in (0.25, 1.0)]
     rhos, sts, mean, _ = real_grid({"table": rows}, "linear")
-    assert rhos == [0.5, 1.0] and sts == [0.25, 1.0] and mean[1, 0] == pytest.approx(0.5 - 1.0)  # rows strength, columns rho
+    assert rhos == [0.5, 1.0] and sts == [0.25, 1.0] and mean[1, 0] == pytest.approx(0.5 - 1.0)
     assert plot_bridge_phase({"table": rows}, tmp_path, sim) == ["phase_real_vs_simulator.png"]
     assert (tmp_path / "phase_real_vs_simulator.png").exists()

@@ -167,9 +167,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
                  "Hard-sample error, fine minus coarse pretraining; columns 1 - train_hard_fraction (= rho), rows common_strength.", ""]
         for m, ph in summary["simulator"].items():
             diff = np.asarray(ph["grids"]["fine"], dtype=float) - np.asarray(ph["grids"]["coarse"], dtype=float)
-            head += [f"{m}: " + "; ".join(f"strength {y[0] if isinstance(y, list) else y}: "
-                                         + ", ".join(f"rho {1 - float(x):g} {v:+.3f}" for x, v in zip(ph["x_values"], row))
-                                         for y, row in zip(ph["y_values"], diff))]
+            head += [f"- {m}: " + "; ".join(f"strength {y:g}: " + ", ".join(f"rho {x:g} {v:+.3f}" for x, v in zip(ph["x_values"], row))
+                                           for y, row in zip(ph["y_values"], diff))]
     head += ["", f"Compute: {summary['compute_seconds']:.0f} s of training and transfer summed over units.", ""]
     head += [f"![{f}]({f})" for f in summary.get("figures", [])]
     return "\n".join(head) + "\n"

@@ -35,18 +35,42 @@ def real_grid(summary: dict[str, Any], mode: str) -> tuple[list[float], list[flo
     return rhos, sts, mean, p
 
 
-def simulator_phase(rhos: list[float], strengths: list[float], out: Path, seeds: int = 3) -> dict[str, Any]:
-    """The simulator's phase diagram on the matching grid (resumable, in ``out``)."""
-    from granularity.theory.phase import run_phase
+def simulator_configs(rhos: list[float], strengths: list[float], seeds: int = 3) -> list[tuple[str, float, float, Any]]:
+    """``(cell folder, rho, strength, SimConfig)`` of the simulator grid: preset ``quick`` with
+    ``train_hard_fraction = 1 - rho`` and ``common_strength = (strength, strength)``."""
+    from granularity.theory.config import SimConfig
     from granularity.theory.presets import get_preset
+    from granularity.utils.config import deep_merge
 
     base = get_preset("quick").config().to_dict()
-    base["seeds"] = seeds
-    base["device"] = "cpu"
-    x = "data.train_hard_fraction=" + ",".join(f"{round(1 - r, 6):g}" for r in rhos)
-    y = "data.common_strength=" + ",".join(f"[{s:g},{s:g}]" for s in strengths)
-    # one grid of runs; the second call finds every cell finished and only rebuilds the diagram
-    return {mode: run_phase(base, x, y, out, protocol=mode, progress=False) for mode in ("map", "probe")}
+    out = []
+    for st in strengths:
+        for rho in rhos:
+            raw = deep_merge(base, {"seeds": seeds, "device": "cpu",
+                                    "data": {"train_hard_fraction": round(1 - rho, 6), "common_strength": [st, st]}})
+            out.append((f"rho{rho:g}-s{st:g}", rho, st, SimConfig.build(raw, where=f"simulator cell rho={rho:g}, strength={st:g}")))
+    return out
+
+
+def simulator_phase(rhos: list[float], strengths: list[float], out: Path, seeds: int = 3) -> dict[str, Any]:
+    """The simulator's hard-sample errors on the matching grid (one ``simulate`` run folder per
+    cell under ``out/cells``, resumable), per protocol: ``{protocol: {x_values (1 -
+    train_hard_fraction), y_values (common_strength), grids: {coarse, fine}}}``."""
+    from granularity.theory.experiment import load_result, simulate
+
+    cells = simulator_configs(rhos, strengths, seeds)
+    res = {}
+    for name, _, _, cfg in cells:
+        if not (out / "cells" / name / "result.json").exists():
+            simulate(cfg, out / "cells" / name, progress=False)
+        res[name] = load_result(out / "cells" / name)
+    phases = {}
+    for proto in ("map", "probe"):
+        grids = {src: [[res[f"rho{r:g}-s{st:g}"]["errors"][src][proto]["hard"]["mean"] for r in rhos] for st in strengths]
+                 for src in ("coarse", "fine")}
+        phases[proto] = {"x_key": "1 - data.train_hard_fraction", "x_values": list(rhos), "y_key": "data.common_strength",
+                         "y_values": list(strengths), "protocol": proto, "seeds": seeds, "grids": grids}
+    return phases
 
 
 def plot_bridge_phase(summary: dict[str, Any], out: Path, sim: dict[str, Any] | None) -> list[str]:
@@ -65,9 +89,8 @@ def plot_bridge_phase(summary: dict[str, Any], out: Path, sim: dict[str, Any] | 
             ph = sim[PROTOCOL[m]]
             g = ph["grids"]
             diff = np.asarray(g["fine"], dtype=float) - np.asarray(g["coarse"], dtype=float)
-            panels.append((f"simulator: fine - coarse, {PROTOCOL[m]}", [f"{1 - float(v):g}" for v in ph["x_values"]],
-                           [str(v[0] if isinstance(v, (list, tuple)) else v) for v in ph["y_values"]], diff, None,
-                           "1 - train_hard_fraction", "common_strength"))
+            panels.append((f"simulator: fine - coarse, {PROTOCOL[m]}", [f"{float(v):g}" for v in ph["x_values"]],
+                           [f"{float(v):g}" for v in ph["y_values"]], diff, None, "1 - train_hard_fraction", "common_strength"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, xs, ys, arr, p, xl, yl) in zip(axes[0], panels, strict=True):
         lim = max(1e-9, float(np.nanmax(np.abs(arr)))) if np.isfinite(arr).any() else 1.0
@@ -96,7 +119,6 @@ def add_simulator(summary: dict[str, Any], out: Path, run_simulator: bool) -> li
         rows = [r for r in summary["table"] if r["metric"] == "hard_error"]
         rhos, sts = sorted({r["rho"] for r in rows}), sorted({r["strength"] for r in rows})
         sim = simulator_phase(rhos, sts, out / "simulator")
-        summary["simulator"] = {m: {k: ph[k] for k in ("x_key", "x_values", "y_key", "y_values", "protocol", "seeds", "grids", "ci")}
-                                for m, ph in sim.items()}
+        summary["simulator"] = sim
         write_json(out / "simulator" / "summary.json", summary["simulator"])
     return plot_bridge_phase(summary, out, sim)
