@@ -79,6 +79,10 @@ def test_design_end_to_end_and_resume(design, fm, tmp_path, monkeypatch):
     assert r["per_seed"]["leaf"] == pytest.approx(errs)
     for f in ("results.json", "results.csv", "report.md", "paired_difference.png"):
         assert (tmp_path / f).exists()
+    from granularity.experiments.design_report import where_fine_labels_help
+
+    page = where_fine_labels_help([tmp_path])
+    assert f"| **{rows[0]['cell']}** | {rows[0]['transfer']} | {rows[0]['metric']} |" in page
     # resume: nothing is trained again, same table
     import granularity.experiments.designs as dz
 

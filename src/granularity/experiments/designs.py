@@ -81,7 +81,7 @@ class DesignConfig(Config):
     transfer_min_steps: int = Field(10, ge=1)  # small transfer splits get more epochs, up to this many steps
     primary: PrimaryConfig = Field(default_factory=PrimaryConfig)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(options={"width": 16}))
-    # batch 32: 4x the optimiser steps of batch 128 for about the same CPU time (312 pretraining
+    # batch 32: 4x the optimiser steps of batch 128 for about the same CPU time (314 pretraining
     # steps); with batch 128 (78 steps) a first run left the leaf arm at ~0.2 target error on
     # cued confusable images, i.e. far from trained. No augmentation: the cue sits at a fixed place.
     pretrain: StageConfig = Field(default_factory=lambda: StageConfig(epochs=2, batch_size=32, augment=False))
