@@ -177,3 +177,14 @@ def test_simulator_axes_match_the_real_grid(tmp_path, monkeypatch):
     assert rhos == [0.5, 1.0] and sts == [0.25, 1.0] and mean[1, 0] == pytest.approx(0.5 - 1.0)
     assert plot_bridge_phase({"table": rows}, tmp_path, sim) == ["phase_real_vs_simulator.png"]
     assert (tmp_path / "phase_real_vs_simulator.png").exists()
+
+
+def test_partial_stage_override_keeps_the_design_defaults():
+    # --epochs 3 must change only the epochs, not reset batch size / augmentation / width
+    cfg = design_config("bridge", {"pretrain": {"epochs": 3}, "transfer": {"lr": 0.01}, "model": {"name": "cnn"}})
+    assert (cfg.pretrain.epochs, cfg.pretrain.batch_size, cfg.pretrain.augment) == (3, 32, False)
+    assert (cfg.transfer.lr, cfg.transfer.batch_size, cfg.transfer.epochs) == (0.01, 32, 3)
+    assert cfg.model.options == {"width": 16}
+    from granularity.experiments.designs import DesignConfig
+
+    assert DesignConfig.build({"pretrain": {"epochs": 1}, "primary": {"metric": "target_error"}}).pretrain.batch_size == 32

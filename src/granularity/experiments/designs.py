@@ -61,6 +61,16 @@ class PrimaryConfig(Config):
     cell: str | None = None  # None: the first cell
 
 
+# batch 32: 4x the optimiser steps of batch 128 for about the same CPU time (314 pretraining
+# steps); with batch 128 (78 steps) a first run left the leaf arm at ~0.2 target error on cued
+# confusable images, i.e. far from trained. No augmentation: the cue sits at a fixed place.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"name": "cnn", "options": {"width": 16}},
+    "pretrain": {"epochs": 2, "batch_size": 32, "augment": False},
+    "transfer": {"epochs": 3, "batch_size": 32, "augment": False, "warmup_epochs": 0.2},
+}
+
+
 class DesignConfig(Config):
     design: Literal["bridge", "bridge-phase", "groupings", "fewshot"] = "bridge"
     dataset: Literal["fashion-mnist"] = "fashion-mnist"  # the groupings name Fashion-MNIST classes
@@ -80,13 +90,24 @@ class DesignConfig(Config):
     modes: list[Mode] = Field(default_factory=lambda: ["map", "linear", "finetune"], min_length=1)
     transfer_min_steps: int = Field(10, ge=1)  # small transfer splits get more epochs, up to this many steps
     primary: PrimaryConfig = Field(default_factory=PrimaryConfig)
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(options={"width": 16}))
-    # batch 32: 4x the optimiser steps of batch 128 for about the same CPU time (314 pretraining
-    # steps); with batch 128 (78 steps) a first run left the leaf arm at ~0.2 target error on
-    # cued confusable images, i.e. far from trained. No augmentation: the cue sits at a fixed place.
-    pretrain: StageConfig = Field(default_factory=lambda: StageConfig(epochs=2, batch_size=32, augment=False))
-    transfer: StageConfig = Field(default_factory=lambda: StageConfig(epochs=3, batch_size=32, augment=False, warmup_epochs=0.2))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(**STAGE_DEFAULTS["model"]))
+    pretrain: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["pretrain"]))
+    transfer: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["transfer"]))
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_defaults(cls, data: Any) -> Any:
+        """A partial ``pretrain`` / ``transfer`` / ``model`` (e.g. only ``epochs``) keeps the other
+        design defaults instead of falling back to the engine's (batch 128, augmentation)."""
+        if isinstance(data, Mapping):
+            from granularity.utils.config import deep_merge
+
+            data = dict(data)
+            for key, default in STAGE_DEFAULTS.items():
+                if isinstance(data.get(key), Mapping):
+                    data[key] = deep_merge(default, dict(data[key]))
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DesignConfig:
