@@ -25,8 +25,8 @@ def tiny_study(**kw) -> dict:
 
 
 def test_tiny_study_end_to_end(tmp_path):
-    ds = tiny_dataset()
-    res = run_study(tiny_study(), tmp_path, dataset=ds, progress=False)
+    ds = tiny_dataset(n_train=160)
+    res = run_study(tiny_study(train_size=96), tmp_path, dataset=ds, progress=False)
     names = [r["arm"] for r in res["table"]]
     assert names == ["target", "level:2", "kmeans-within:4", "kmeans-global:4", "random:3", "per-sample", "rare/target", "rare/leaf"]
     base = res["table"][0]
@@ -38,12 +38,15 @@ def test_tiny_study_end_to_end(tmp_path):
     assert {"rare_error", "common_error", "rare_error_minus_first_rare_arm"} <= set(rare)
     for f in ("results.json", "results.csv", "hard.npz", "study.json", *res["figures"]):
         assert (tmp_path / f).exists(), f
+    hs = res["hard_samples"]
+    assert "2 target-, 2 leaf-trained" in hs["rule"] and set(hs["hard_by_reference_labelling"]) == {"target", "leaf"}
+    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == ["leaf-seed1000", "leaf-seed1001", "target-seed1000", "target-seed1001"]
     assert set(res["figures"]) == {"error_vs_classes.png", "easy_vs_hard.png", "rare_subclasses.png"}
     with open(tmp_path / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(names)
     # rerunning skips every finished run (result.json files are left untouched)
     stamp = (tmp_path / "runs/target/seed0/result.json").stat().st_mtime_ns
-    again = run_study(tiny_study(), tmp_path, dataset=ds, progress=False)
+    again = run_study(tiny_study(train_size=96), tmp_path, dataset=ds, progress=False)
     assert (tmp_path / "runs/target/seed0/result.json").stat().st_mtime_ns == stamp
     assert again["table"][0]["target_error"] == base["target_error"]
 
@@ -68,3 +71,19 @@ def test_map_mode_keeps_only_nesting_arms():
     cfg = StudyConfig(transfer={"mode": "map"})
     names = [a for a, _, _ in arms(cfg, depth=3)]
     assert names[:2] == ["target", "level:3"] and not any(n.startswith(("random", "kmeans-global", "level:1")) for n in names)
+
+
+def test_reference_models_train_on_images_disjoint_from_the_study():
+    from granularity.data.base import stratified_indices
+    from granularity.experiments.study import reference_dataset, reference_jobs
+
+    ds = tiny_dataset(n_train=160)
+    cfg = StudyConfig.build(tiny_study(train_size=96))
+    ref = reference_dataset(cfg, ds)
+    used = ds.train.x[stratified_indices(ds.train.y, 96, cfg.data_seed)]
+    assert len(ref.train) == 64
+    flat = {bytes(r.numpy().tobytes()) for r in used}
+    assert not any(bytes(r.numpy().tobytes()) in flat for r in ref.train.x)  # no study image is a reference image
+    jobs = reference_jobs(cfg, ds)
+    assert [j[1].source for j in jobs] == ["target", "target", "leaf", "leaf"] and all(j[1].train_size == 64 for j in jobs)
+    assert reference_dataset(StudyConfig.build(tiny_study()), ds) is None  # train_size null: nothing left, no hard set

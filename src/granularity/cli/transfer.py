@@ -141,25 +141,48 @@ def _seeds(text: str | None):
         raise click.BadParameter(f"must be a count (5) or a comma-separated list (0,1,2). Got {text!r} instead.", param_hint="'--seeds'") from None
 
 
+DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
+
+
 @click.command()
 @click.argument("dataset", default="fashion-mnist")
+@click.option("--design", type=click.Choice(DESIGN_NAMES), default="levels", show_default=True,
+              help="levels: every label function of the hierarchy (the original study); bridge: a planted cue per coarse class, "
+                   "easy (cued) vs hard (cue-free) test images; bridge-phase: the bridge over a rho x cue-strength grid; "
+                   "groupings: natural4 / natural2 / random / confusable targets; fewshot: 10 / 100 / 1000 transfer images per class.")
+@click.option("--grouping", "groupings", multiple=True, metavar="SPEC",
+              help="Target grouping(s) of a design (repeatable): natural4, natural2, confusable, random, random:G, a JSON/YAML "
+                   "file {group: [leaves]} or a list 'a,b;c,d' (groups split by ';', members by ',', names or ids).")
 @click.option("--seeds", default=None, help="Number of seeds (5) or a list (0,1,2); default 3.")
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test, not a result.")
-@click.option("--full", is_flag=True, help="Whole data set and 5 seeds (hours on 2 CPU cores; minutes on a GPU).")
+@click.option("--full", is_flag=True, help="levels: whole data set and 5 seeds; other designs: 10 paired seeds.")
 @apply_options(_config_opts)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-quick]); rerunning skips finished runs.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Study folder (default runs/study/<dataset>[-<design>][-quick]); rerunning skips finished runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Designs only: run every N-th (cell, seed) job from I, so N processes share one --out; "
+                   "the last to finish (or a plain rerun) writes the report.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
-def study(dataset, seeds, quick, full, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size, device, out, quiet,
-          dry_run):
-    """The paper's granularity study: target error after pretraining on each label function,
-    overall, on hard test samples and on rare subclasses (mean and 95% CI over seeds)."""
+def study(dataset, design, groupings, seeds, quick, full, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size,
+          device, out, quiet, shard, dry_run):
+    """The paper's granularity study on real data: target error after pretraining on each label
+    function (--design levels), or a design that pairs target and leaf (fine) pretraining by seed
+    and reports where fine labels help (bridge, bridge-phase, groupings, fewshot)."""
+    if quick and full:
+        raise click.UsageError("--quick and --full cannot be used together.")
+    if design != "levels":
+        if data_options:
+            raise click.UsageError("--data-option applies to the design levels (the designs use Fashion-MNIST as they are).")
+        return _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs,
+                             transfer_epochs, mode, train_size, device, out, quiet, dry_run, _shard(shard))
+    if shard:
+        raise click.UsageError("--shard applies to the designs bridge, bridge-phase, groupings and fewshot, not to levels.")
+    if groupings:
+        raise click.UsageError("--grouping applies to the designs bridge, bridge-phase, groupings and fewshot, not to levels.")
     from granularity.experiments import QUICK, StudyConfig, run_study
     from granularity.utils.config import deep_merge
     from granularity.utils.stats import fmt_ci
 
-    if quick and full:
-        raise click.UsageError("--quick and --full cannot be used together.")
     base: dict = {"dataset": dataset}
     if quick:
         base = deep_merge(base, QUICK)
@@ -177,7 +200,7 @@ def study(dataset, seeds, quick, full, config, sets, data_root, data_options, mo
 
         plan = plan_study(cfg)
         click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-        click.echo(f"{len(plan['runs'])} runs ({len(plan['arms'])} arms x {len(cfg.seeds)} seeds + {cfg.reference_seeds} references); "
+        click.echo(f"{len(plan['runs'])} runs ({len(plan['arms'])} arms x {len(cfg.seeds)} seeds + {sum(r.startswith('refs/') for r in plan['runs'])} references); "
                    f"largest memory estimate: {plan['memory_estimate_bytes'] / 2**20:.1f} MiB")
         return
     out = out or Path("runs/study") / (dataset + ("-quick" if quick else "-full" if full else ""))
@@ -189,3 +212,59 @@ def study(dataset, seeds, quick, full, config, sets, data_root, data_options, mo
         click.echo(f"{r['arm']:<20} {r['num_source_classes']:>7}  {cells}")
     click.echo(f"hard samples: {res['hard_samples']['n']} ({res['hard_samples']['rule']}); "
                f"{res['seconds']:.0f} s; results in {out}/results.json, figures {', '.join(res['figures'])}")
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"must be I/N, e.g. 0/3. Got {text!r} instead.", param_hint="'--shard'") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"must be I/N with 0 <= I < N. Got {text!r} instead.", param_hint="'--shard'")
+    return i, n
+
+
+def _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode,
+                  train_size, device, out, quiet, dry_run, shard=None):
+    """``study --design <name>``: defaults of the design < file < flags < --set."""
+    from granularity.experiments.designs import design_config, run_design
+    from granularity.utils.config import apply_overrides, deep_merge, load_config_file
+    from granularity.utils.stats import fmt_ci, fmt_p
+
+    raw: dict = load_config_file(config) if config is not None else {}
+    flags = _nested(dataset=dataset, seeds=_seeds(seeds) or (list(range(10)) if full else None), data_root=data_root,
+                    pretrain_size=train_size, device=device, groupings=list(groupings) or None,
+                    modes=[mode] if mode else None,
+                    **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs})
+    if mode:
+        flags["primary"] = {"mode": mode}
+    if groupings:
+        flags.setdefault("primary", {})["cell"] = None
+    raw = apply_overrides(deep_merge(raw, flags), sets)
+    cfg = design_config(design, raw, quick=quick)
+    if dry_run:
+        import json
+
+        from granularity.experiments.designs import cells, transfers
+
+        click.echo(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        n = len(cells(cfg)) * len(cfg.seeds) * 2
+        click.echo(f"{n} pretraining runs ({len(cells(cfg))} cells x {len(cfg.seeds)} seeds x 2 arms), "
+                   f"{n * len(transfers(cfg))} transfers")
+        return
+    out = out or Path("runs/study") / f"{dataset}-{design}{'-quick' if quick else '-full' if full else ''}"
+    res = run_design(cfg, out, progress=not quiet, shard=shard, simulator=not quick)
+    if res is None:
+        click.echo(f"shard {shard[0]}/{shard[1]} finished; other shards still running (a rerun without --shard writes the report)")
+        return
+    main_metric = cfg.primary.metric
+    click.echo(f"{'cell':<26} {'transfer':<16} {main_metric + ' target':<20} {'leaf':<16} {'leaf - target [95% CI]':<28} p")
+    for r in res["table"]:
+        if r["metric"] != main_metric:
+            continue
+        d = r["leaf_minus_target"]
+        click.echo(f"{('* ' if r['primary'] else '') + r['cell']:<26} {r['transfer']:<16} {fmt_ci(r['target']):<20} {fmt_ci(r['leaf']):<16} "
+                   f"{d['mean']:+.4f} [{d['t_lo']:+.4f}, {d['t_hi']:+.4f}]   {fmt_p(d['p_t'])}")
+    click.echo(f"* primary contrast; {res['seconds_this_invocation']:.0f} s; report {out}/report.md, results {out}/results.json")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from granularity.errors import DataError, HierarchyError
+from granularity.errors import DataError, GranularityError, HierarchyError
 
 ROOT = "root"
 
@@ -148,3 +148,102 @@ def encode_levels(
     return leaf_ids, leaf_names, lambda: tree(
         parent, ROOT, leaf_names, name, titles, meta, level_names=[ROOT, *level_names]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST target groupings (a flat leaf -> group map each) for the study designs
+# --------------------------------------------------------------------------------------------
+#: Named groupings, group -> member leaf names. ``natural4`` / ``natural2`` are the hierarchy's
+#: levels 2 and 1 (the control: every confusable garment inside one group). ``confusable``
+#: splits the confusable pairs T-shirt/Shirt, Pullover/Coat and Sneaker/Sandal across groups, so
+#: the coarse task needs the fine distinctions (multi-modal coarse classes).
+FASHION_MNIST_GROUPINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "natural4": {
+        "tops": ("T-shirt/top", "Pullover", "Dress", "Coat", "Shirt"), "trousers": ("Trouser",),
+        "footwear": ("Sandal", "Sneaker", "Ankle boot"), "bags": ("Bag",),
+    },
+    "natural2": {
+        "clothes": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Shirt"),
+        "goods": ("Sandal", "Sneaker", "Bag", "Ankle boot"),
+    },
+    "confusable": {
+        "A": ("T-shirt/top", "Pullover", "Sneaker"), "B": ("Shirt", "Coat", "Sandal"),
+        "C": ("Trouser", "Dress"), "D": ("Bag", "Ankle boot"),
+    },
+}
+GROUPING_HELP = (
+    "natural4, natural2, confusable, random (4 seeded random groups, drawn per seed), random:G "
+    "(G groups), a JSON file {group: [leaf names or ids]}, or a list 'a,b;c,d;...' (groups split by ';', members by ',')"
+)
+
+
+def parse_grouping(spec: str, leaf_names: Sequence[str], seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """``(leaf -> group id array, group names)`` of a grouping spec (see ``GROUPING_HELP``).
+
+    Every leaf must be in exactly one group and there must be at least 2 groups. ``random``
+    groupings are drawn from ``seed`` (balanced sizes).
+    """
+    leaves = list(leaf_names)
+    spec = str(spec).strip()
+    if spec in FASHION_MNIST_GROUPINGS:
+        groups = {g: list(m) for g, m in FASHION_MNIST_GROUPINGS[spec].items()}
+    elif spec == "random" or spec.startswith("random:"):
+        g = 4 if spec == "random" else _int_after(spec, "random:")
+        if not 2 <= g <= len(leaves):
+            raise GranularityError(f"The grouping {spec!r} needs between 2 and {len(leaves)} groups. Got {g} instead.")
+        perm = np.random.default_rng(seed).permutation(len(leaves))
+        groups = {f"R{i}": [leaves[j] for j in perm[i::g]] for i in range(g)}
+    elif spec.endswith((".json", ".yaml", ".yml")):
+        from granularity.utils.io import load_json_file
+
+        raw = load_json_file(spec, "grouping") if spec.endswith(".json") else _yaml_file(spec)
+        if not isinstance(raw, dict):
+            raise GranularityError(f"The grouping file {spec} must hold an object {{group: [leaf names or ids]}}.")
+        groups = {str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in raw.items()}
+    elif ";" in spec:
+        groups = {f"G{i}": [m.strip() for m in part.split(",") if m.strip()] for i, part in enumerate(spec.split(";")) if part.strip()}
+    else:
+        raise GranularityError(f"Unknown grouping {spec!r}; valid ones are: {GROUPING_HELP}.")
+    return _grouping_array(groups, leaves, spec)
+
+
+def _int_after(spec: str, prefix: str) -> int:
+    try:
+        return int(spec[len(prefix):])
+    except ValueError:
+        raise GranularityError(f"The grouping {spec!r} needs an integer after {prefix!r}.") from None
+
+
+def _yaml_file(path: str) -> object:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise GranularityError(f"Cannot read the grouping file {path}: {' '.join(str(exc).split())[:200]}.") from None
+
+
+def _grouping_array(groups: dict[str, list], leaves: list[str], spec: str) -> tuple[np.ndarray, list[str]]:
+    out = np.full(len(leaves), -1, dtype=np.int64)
+    for gi, members in enumerate(groups.values()):
+        for m in members:
+            m = str(m).strip()
+            if m.lstrip("-").isdigit() and m not in leaves:
+                idx = int(m)
+                if not 0 <= idx < len(leaves):
+                    raise GranularityError(f"The grouping {spec!r} names leaf id {idx}; ids are in [0, {len(leaves) - 1}].")
+            elif m in leaves:
+                idx = leaves.index(m)
+            else:
+                from granularity.errors import unknown_name
+
+                raise unknown_name("leaf class in the grouping", m, leaves)
+            if out[idx] != -1:
+                raise GranularityError(f"The grouping {spec!r} puts leaf {leaves[idx]!r} in two groups; each leaf must be in exactly one.")
+            out[idx] = gi
+    missing = [leaves[i] for i in np.flatnonzero(out < 0)]
+    if missing:
+        raise GranularityError(f"The grouping {spec!r} leaves out {len(missing)} leaf class(es), e.g. {missing[0]!r}; every leaf must be in a group.")
+    if len(groups) < 2:
+        raise GranularityError(f"The grouping {spec!r} must have at least 2 groups. Got {len(groups)} instead.")
+    return out, [str(g) for g in groups]

@@ -1,0 +1,119 @@
+"""A planted common feature ("cue") per coarse class: the theory's data model on real images.
+
+Every coarse class ``g`` gets a small fixed binary pattern (``size`` x ``size`` pixels, seeded,
+distinct between classes) that is blended into a fixed corner of the image with weight
+``strength`` (1 = the pattern replaces the pixels there). In a training split exactly
+``round(rho * n_g)`` images of each coarse class carry a cue; of those, exactly
+``round(leak * k_g)`` carry the cue of another coarse class (drawn uniformly), the rest their
+own class's cue. Coarse pretraining can solve its task from the cue alone; fine pretraining
+cannot, since all fine classes of a group share it.
+
+Test images are evaluated in two versions: *easy* (every image carries its own class's cue)
+and *hard* (the original image, no cue). Hard images are cue-free by construction, whatever
+the model; this is the theory's hard sample (the common feature is missing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from granularity.errors import GranularityError
+from granularity.utils.config import Config
+
+NO_CUE = -1
+
+
+class CueConfig(Config):
+    rho: float = Field(0.9, ge=0, le=1)  # fraction of each coarse class's training images that carry a cue
+    strength: float = Field(1.0, gt=0, le=1)  # blend weight of the pattern over the pixels it covers
+    size: int = Field(4, ge=1, le=14)  # pattern side in pixels
+    leak: float = Field(0.0, ge=0, lt=1)  # fraction of cue-carrying images that carry another class's cue
+    corner: tuple[int, int] = (0, 0)  # top-left pixel of the pattern (row, column)
+
+
+def cue_patterns(n_groups: int, size: int, seed: int = 0) -> np.ndarray:
+    """``(n_groups, size, size)`` uint8 patterns of 0/255, pairwise distinct, none constant.
+
+    Seeded (the same for every run with the same ``seed``): the cue is a fixed property of the
+    data, not of a run.
+    """
+    if n_groups > 2 ** (size * size) - 2:
+        raise GranularityError(
+            f"The 'size' parameter {size} gives too few distinct {size}x{size} patterns for {n_groups} classes; use a larger size."
+        )
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    while len(out) < n_groups:
+        p = rng.integers(0, 2, (size, size), dtype=np.uint8)
+        if 0 < p.sum() < size * size and not any(np.array_equal(p, q) for q in out):
+            out.append(p)
+    return np.stack(out).astype(np.uint8) * 255
+
+
+def plan_cues(coarse: np.ndarray, n_groups: int, rho: float, leak: float, rng: np.random.Generator) -> np.ndarray:
+    """Which cue each image carries: ``(N,)`` int64, a coarse class id, or ``NO_CUE`` (-1).
+
+    Exactly ``round(rho * n_g)`` images of coarse class ``g`` carry a cue, and exactly
+    ``round(leak * k_g)`` of those ``k_g`` carry another class's cue.
+    """
+    coarse = np.asarray(coarse, dtype=np.int64)
+    cue = np.full(coarse.shape, NO_CUE, dtype=np.int64)
+    if leak > 0 and n_groups < 2:
+        raise GranularityError("The 'leak' parameter needs at least 2 coarse classes to leak a cue into.")
+    for g in range(n_groups):
+        members = np.flatnonzero(coarse == g)
+        k = int(round(rho * len(members)))
+        chosen = rng.permutation(members)[:k]
+        cue[chosen] = g
+        n_leak = int(round(leak * k))
+        if n_leak:
+            leaked = rng.permutation(chosen)[:n_leak]
+            others = np.array([h for h in range(n_groups) if h != g])
+            cue[leaked] = others[rng.integers(0, len(others), n_leak)]
+    return cue
+
+
+def apply_cues(x: torch.Tensor, cue: np.ndarray, patterns: np.ndarray, strength: float,
+               corner: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """A copy of uint8 images ``x`` ``(N, C, H, W)`` with pattern ``cue[i]`` blended into image
+    ``i`` at ``corner`` (``cue[i] == NO_CUE``: image unchanged)."""
+    size = patterns.shape[-1]
+    r, c = corner
+    if r + size > x.shape[-2] or c + size > x.shape[-1]:
+        raise GranularityError(
+            f"The cue ({size}x{size} at {tuple(corner)}) must fit in the {x.shape[-2]}x{x.shape[-1]} images; move 'corner' or lower 'size'."
+        )
+    out = x.clone()
+    rows = np.flatnonzero(np.asarray(cue) != NO_CUE)
+    if len(rows) == 0:
+        return out
+    rows_t = torch.as_tensor(rows)
+    pat = torch.as_tensor(patterns[np.asarray(cue)[rows]], dtype=torch.float32)[:, None]  # (n, 1, s, s)
+    patch = out[rows_t, :, r : r + size, c : c + size].float()
+    blended = (1 - strength) * patch + strength * pat
+    out[rows_t, :, r : r + size, c : c + size] = blended.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def cue_present(x: torch.Tensor, patterns: np.ndarray, strength: float, corner: tuple[int, int] = (0, 0),
+                original: torch.Tensor | None = None) -> np.ndarray:
+    """``(N,)`` id of the cue found in each image, or ``NO_CUE`` (exact check, for tests and
+    audits). With ``original`` (the images before planting) a cue is found where the patch
+    equals the original patch blended with that class's pattern and differs from the original;
+    without it (only ``strength`` 1) where the patch equals the pattern."""
+    size = patterns.shape[-1]
+    r, c = corner
+    patch = x[:, :, r : r + size, c : c + size]
+    found = np.full(len(x), NO_CUE, dtype=np.int64)
+    if original is None and strength != 1:
+        raise GranularityError("cue_present needs the original images to find a cue of strength < 1.")
+    for g in range(len(patterns)):
+        if original is None:
+            hit = (patch == torch.as_tensor(patterns[g])).flatten(1).all(1)
+        else:
+            planted = apply_cues(original, np.full(len(x), g), patterns, strength, corner)[:, :, r : r + size, c : c + size]
+            hit = (planted == patch).flatten(1).all(1) & (planted != original[:, :, r : r + size, c : c + size]).flatten(1).any(1)
+        found[hit.numpy()] = g
+    return found
