@@ -128,7 +128,14 @@ def _seeds(text: str | None):
 def study(dataset, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode, train_size, device, out, quiet,
           dry_run):
     """The paper's granularity study: target error after pretraining on each label function,
-    overall, on hard test samples and on rare subclasses (mean and 95% CI over seeds)."""
+    overall, on hard test samples and on rare subclasses (mean and 95% CI over seeds).
+
+    ``granularity study wordnet-glosses`` runs the WordNet-gloss study instead (text data,
+    every WordNet level as a pretraining granularity; see docs/wordnet-glosses.md)."""
+    if dataset == "wordnet-glosses":  # dispatch to its own study (granularity.cli.glosses)
+        from granularity.cli.glosses import glosses_study
+
+        return glosses_study(**click.get_current_context().params)
     from granularity.experiments import QUICK, StudyConfig, run_study
     from granularity.utils.config import deep_merge
     from granularity.utils.stats import fmt_ci

@@ -217,6 +217,10 @@ def _inputs(split: Any, ds: Any, cfg: TransferConfig, device: torch.device) -> A
     return split.x.to(device)
 
 
+def _identity(xb: torch.Tensor) -> torch.Tensor:
+    return xb
+
+
 def _level_labels(hierarchy: Any, leaf: np.ndarray) -> dict[int, np.ndarray]:
     return {lv: np.asarray(hierarchy.relabel(leaf, lv), dtype=np.int64) for lv in range(1, int(hierarchy.depth) + 1)}
 
@@ -386,9 +390,12 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
             f"Transfer mode 'map' needs source labels that nest in the target level; {cfg.source!r} does not. Use 'finetune' or 'linear'."
         )
     x_tr, x_te = _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device)
-    mean = getattr(ds, "mean", None) if getattr(ds, "is_image", x_tr.ndim == 4) else None
-    std = getattr(ds, "std", None) if mean is not None else None
-    norm = Normaliser(x_tr, None if mean is None else mean.cpu(), None if std is None else std.cpu())
+    if getattr(ds, "input_kind", None) == "tokens":  # token ids: no normalisation (and, being 2-D, no augmentation)
+        norm = _identity
+    else:
+        mean = getattr(ds, "mean", None) if getattr(ds, "is_image", x_tr.ndim == 4) else None
+        std = getattr(ds, "std", None) if mean is not None else None
+        norm = Normaliser(x_tr, None if mean is None else mean.cpu(), None if std is None else std.cpu())
     y_src = torch.as_tensor(src.labels)
     y_tgt = torch.as_tensor(lv_tr[cfg.target])
     # source class -> class at each level, where the source labels nest in that level
