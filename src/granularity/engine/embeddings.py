@@ -58,7 +58,7 @@ def compute_embeddings(
     path = Path(method)
     if path.suffix != ".npy":
         raise GranularityError(
-            f"The 'embedding' parameter must be 'pca', 'cnn', 'lsa' (token ids) or a path to a .npy file. Got {method!r} instead."
+            f"The 'embedding' parameter must be 'pca', 'cnn' or a path to a .npy file ('lsa' for token ids). Got {method!r} instead."
         )
     if not path.is_file():
         raise GranularityError(f"Embedding file {str(path)!r} does not exist.")
