@@ -120,7 +120,7 @@ def test_sparse_gradients_train_with_plain_sgd():
     first = None
     for _ in range(30):
         loss = torch.nn.functional.cross_entropy(m(x), y)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         assert m.embed.weight.grad.is_sparse
