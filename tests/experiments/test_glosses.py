@@ -62,6 +62,9 @@ def test_tiny_study_end_to_end(glosses, tmp_path):
     assert [r["arm"] for r in table] == arms
     assert float(table[1]["target_error_mean"]) == pytest.approx(rows["level:1"]["target_error"]["mean"])
     assert (tmp_path / "u_curve.png").stat().st_size > 1000
+    from granularity.experiments.glosses import level_rows
+
+    assert [r["arm"] for r in level_rows(res["table"])] == ["level:1", "target", "level:4"]  # the plotted curve
     data = json.loads((tmp_path / "dataset.json").read_text())
     assert [lv["classes"] for lv in data["levels"]] == [2, 11, 53, 134, 254, 388, 508]
     assert data["n_train_used"] == 300 and data["lemma_scrub"]["enabled"] is True

@@ -293,7 +293,7 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
     table = summary["table"]
     base = next(r for r in table if r["arm"] == "target")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    lv = sorted((r for r in table if r["family"] in ("level", "target")), key=lambda r: r["num_source_classes"])
+    lv = level_rows(table)
     ax.errorbar([r["num_source_classes"] for r in lv], [r["target_error"]["mean"] for r in lv],
                 yerr=[_ci(r) for r in lv], marker="o", capsize=3, label="WordNet level L")
     for r in lv:
@@ -317,6 +317,11 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "u_curve.png", dpi=120)
     plt.close(fig)
     return ["u_curve.png"]
+
+
+def level_rows(table: list[dict]) -> list[dict]:
+    """The rows of WordNet levels (the baseline included), by number of classes: the curve."""
+    return sorted((r for r in table if r["level"] is not None), key=lambda r: r["num_source_classes"])
 
 
 def _ci(row: dict) -> float:
