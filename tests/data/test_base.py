@@ -18,7 +18,8 @@ def tiny(n_per_class=(10, 10, 4), shape=(1, 3, 3)) -> RealDataset:
 
 
 def test_registry_names_and_suggestions():
-    assert set(DATASETS) == {"fashion-mnist", "cifar100", "image-folder", "inat2021", "table", "npz", "shards"}
+    assert set(DATASETS) == {"fashion-mnist", "cifar100", "image-folder", "inat2021", "table", "npz", "shards",
+                             "wordnet-glosses"}
     for spec in DATASETS.values():
         assert callable(spec.load_function()) and spec.description
     with pytest.raises(GranularityError, match="did you mean 'fashion-mnist'") as exc:

@@ -13,7 +13,7 @@ SMALL = {"cnn": {"width": 4}, "resnet18": {"width": 4}, "mlp": {"hidden": 8}, "v
 
 
 def test_registry_lists_the_models():
-    assert list_models() == ["cnn", "mlp", "resnet18", "vit"]
+    assert list_models() == ["cnn", "mlp", "resnet18", "text-ngrams", "text-transformer", "vit"]
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

@@ -167,7 +167,14 @@ def study(dataset, design, groupings, seeds, quick, full, config, sets, data_roo
           device, out, quiet, shard, dry_run):
     """The paper's granularity study on real data: target error after pretraining on each label
     function (--design levels), or a design that pairs target and leaf (fine) pretraining by seed
-    and reports where fine labels help (bridge, bridge-phase, groupings, fewshot)."""
+    and reports where fine labels help (bridge, bridge-phase, groupings, fewshot).
+
+    ``granularity study wordnet-glosses`` runs the WordNet-gloss study instead (text data,
+    every WordNet level as a pretraining granularity; see docs/wordnet-glosses.md)."""
+    if dataset == "wordnet-glosses":  # its own study (granularity.cli.glosses; docs/wordnet-glosses.md)
+        from granularity.cli.glosses import glosses_study
+
+        return glosses_study(**click.get_current_context().params)
     if quick and full:
         raise click.UsageError("--quick and --full cannot be used together.")
     if design != "levels":

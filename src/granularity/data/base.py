@@ -336,6 +336,13 @@ class RealDataset:
         return len(self.input_shape) == 3
 
     @property
+    def input_kind(self) -> str:
+        """``"image"``, ``"features"`` or ``"tokens"`` (integer token ids ``(N, L)`` padded
+        with 0, set by text loaders in ``info``): the engine neither normalises nor augments
+        tokens."""
+        return str(self.info.get("input_kind") or ("image" if self.is_image else "features"))
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """``(C, H, W)`` for images, ``(D,)`` for feature vectors."""
         if self._input_shape is None:

@@ -124,6 +124,11 @@ DATASETS: dict[str, DatasetSpec] = {
             "CSV/Parquet table: feature columns plus one label column per level (coarse -> fine).",
         ),
         DatasetSpec(
+            "wordnet-glosses",
+            "granularity.data.wordnet_glosses:load_wordnet_glosses",
+            "WordNet 3.0 noun glosses (offline, Debian wordnet-base): text in, hypernym path as labels, every depth a level.",
+        ),
+        DatasetSpec(
             "npz",
             "granularity.data.arrays:load_npz",
             ".npz of features with one label array per level (coarse -> fine).",
@@ -154,7 +159,7 @@ def load_dataset(
     ----------
     name : str
         One of :data:`DATASETS` (``fashion-mnist``, ``cifar100``, ``image-folder``,
-        ``inat2021``, ``table``, ``npz``).
+        ``inat2021``, ``table``, ``wordnet-glosses``, ``npz``).
     root : path, optional
         Folder (or file, for ``table``/``npz``) to load from; ``fashion-mnist`` also searches
         standard places when it is ``None``.

@@ -8,6 +8,9 @@ find (a net trained on coarse labels is pushed to collapse exactly that variatio
 (features of the small CNN trained for 2 epochs on the target labels) is offered to test how
 sensitive the results are to the embedding; a path to a ``.npy`` file of shape
 ``(n_train, d)`` (rows in the run's training order, after subsetting) uses your own.
+For token inputs (text data sets: integer ids ``(N, L)``, 0 = padding) ``"lsa"`` is the
+counterpart of ``"pca"``: TF-IDF of the token ids (sublinear counts), reduced to 32 dimensions
+by a seeded truncated SVD and scaled to unit length (latent semantic analysis).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ def compute_embeddings(
     ``norm``: the run's :class:`~granularity.engine.train.Normaliser` (the "cnn" embedding
     trains on normalised inputs); default: statistics of all of ``x``."""
     n = len(x)
+    tokens = isinstance(x, torch.Tensor) and x.dtype in (torch.int64, torch.int32)
+    if method == "lsa":
+        if not tokens:
+            raise GranularityError("The 'embedding' 'lsa' is for token-id inputs (text data sets); use 'pca' or 'cnn' for images and tables.")
+        return _lsa(x, seed)
+    if method == "pca" and tokens:
+        raise GranularityError("The 'embedding' 'pca' reads pixels or features, but this data set holds token ids; use 'lsa' (or a .npy file).")
     if method == "pca":
         if not isinstance(x, torch.Tensor):  # a streamed data set (check_plan refuses this earlier)
             raise GranularityError(
@@ -51,7 +61,7 @@ def compute_embeddings(
     path = Path(method)
     if path.suffix != ".npy":
         raise GranularityError(
-            f"The 'embedding' parameter must be 'pca', 'cnn' or a path to a .npy file. Got {method!r} instead."
+            f"The 'embedding' parameter must be 'pca', 'cnn' or a path to a .npy file ('lsa' for token ids). Got {method!r} instead."
         )
     if not path.is_file():
         raise GranularityError(f"Embedding file {str(path)!r} does not exist.")
@@ -85,3 +95,20 @@ def _cnn_features(x, y_target, num_target, seed, device, norm=None) -> np.ndarra
                     label=f"the embedding CNN's epoch {ep + 1}")
     model.eval()
     return predict(model.forward_features, x, norm, 1000, device).numpy()
+
+
+def _lsa(x: torch.Tensor, seed: int) -> np.ndarray:
+    """Unit-length LSA embeddings of token-id rows (see the module docstring)."""
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.preprocessing import normalize
+
+    ids = x.cpu().numpy()
+    rows, cols = np.nonzero(ids)
+    counts = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, ids[rows, cols])),
+                               shape=(len(ids), int(ids.max(initial=0)) + 1))  # duplicates are summed
+    tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts)
+    dim = max(1, min(PCA_DIM, tfidf.shape[1] - 1, len(ids) - 1))
+    z = TruncatedSVD(dim, random_state=seed).fit_transform(tfidf)
+    return normalize(z).astype(np.float32)

@@ -187,6 +187,10 @@ def _inputs(split: Any, ds: Any, cfg: TransferConfig, device: torch.device) -> A
     return split.x.to(device)
 
 
+def _identity(xb: torch.Tensor) -> torch.Tensor:
+    return xb
+
+
 def _level_labels(hierarchy: Any, leaf: np.ndarray) -> dict[int, np.ndarray]:
     return {lv: np.asarray(hierarchy.relabel(leaf, lv), dtype=np.int64) for lv in range(1, int(hierarchy.depth) + 1)}
 
@@ -343,8 +347,11 @@ class _RunData:
         lv_tr, lv_te = _level_labels(hier, leaf_tr), _level_labels(hier, leaf_te)
         n_target = int(hier.num_classes(cfg.target))
         # images and tables alike: the whole training split's statistics (computed once per data set)
-        norm = Normaliser(ds.train.x if not _streams(ds.train) else _inputs(ds.train, ds, cfg, device),
-                          *ds.normalisation_stats(cfg.workers))
+        if getattr(ds, "input_kind", None) == "tokens":  # token ids: no normalisation (2-D: no augmentation)
+            norm = _identity
+        else:
+            norm = Normaliser(ds.train.x if not _streams(ds.train) else _inputs(ds.train, ds, cfg, device),
+                              *ds.normalisation_stats(cfg.workers))
 
         def embeddings() -> np.ndarray:
             key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
