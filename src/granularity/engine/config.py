@@ -12,8 +12,8 @@ from granularity.utils.config import Config
 
 
 def _check_embedding(v: str) -> str:
-    if v not in ("pca", "cnn") and not str(v).endswith(".npy"):
-        raise ValueError("must be 'pca', 'cnn' or a path to a .npy file")
+    if v not in ("pca", "cnn", "lsa") and not str(v).endswith(".npy"):
+        raise ValueError("must be 'pca', 'cnn', 'lsa' (token ids) or a path to a .npy file")
     return v
 
 
