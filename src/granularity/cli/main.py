@@ -103,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     # --device mps: operations MPS lacks run on the CPU (read by torch when it is first imported,
     # which the lazily loaded commands do after this line); no effect on other devices.
     os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    debug = "--debug" in args or os.environ.get("GRANULARITY_DEBUG") == "1"
+    # --debug is the top-level option (`granularity --debug CMD ...`): only the options before the
+    # command name count; a "--debug" among a command's arguments is a usage error like any other
+    lead = []
+    for a in args:
+        if not a.startswith("-"):
+            break
+        lead.append(a)
+    debug = "--debug" in lead or os.environ.get("GRANULARITY_DEBUG") == "1"
     try:
         code = cli.main(args=args, prog_name="granularity", standalone_mode=False)
         # a command may end with ctx.exit(n) (e.g. `sweep` exits 1 when runs failed)
