@@ -88,3 +88,39 @@ def test_sweep_tracks_every_run_in_tensorboard_and_mlflow(tmp_path, cli, monkeyp
     assert "error.txt" in {a.path for a in client.list_artifacts(bad.info.run_id)}
     local = client.download_artifacts(ok.info.run_id, "result.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == json.loads((run_dirs[ok_id] / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_transfer_tracks_live_the_same_scalars_as_metrics_jsonl(tmp_path, cli, make_fmnist, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from granularity.tracking import record_scalars
+    from granularity.utils.io import read_jsonl
+
+    out, track = tmp_path / "run1", tmp_path / "trk"
+    code, stdout, err = cli("transfer", "--data-root", make_fmnist(120, 60), "--train-size", 100, "--epochs", 2,
+                            "--transfer-epochs", 1, "--device", "cpu", "--set", "model.options.width=4",
+                            "--out", out, "--track", "tensorboard,mlflow", "--track-dir", track)
+    assert code == 0, err
+    expected: dict[str, list] = {}
+    for rec in read_jsonl(out / "metrics.jsonl"):  # what the engine logged, recomputed from the file
+        step, scalars = record_scalars(rec)
+        for k, v in scalars.items():
+            expected.setdefault(k, []).append((step, v))
+    assert expected
+    acc = EventAccumulator(str(track / "tensorboard" / "granularity" / "run1"))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == set(expected)
+    for tag, points in expected.items():
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in points]
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6)
+    client = MlflowClient(tracking_uri=(track / "mlflow").as_uri())
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.params["source"] == "leaf"
+    assert code == 0 and cli("transfer", "--data-root", make_fmnist(120, 60), "--out", tmp_path / "r2",
+                             "--track", "wandb")[0] == 2  # unknown backend: one line, exit 2

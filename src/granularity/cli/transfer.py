@@ -87,8 +87,11 @@ _config_opts = [
 @click.option("--tf32/--no-tf32", default=None, help="TF32 matmuls and convolutions (CUDA only).")
 @click.option("--dry-run", is_flag=True,
               help="Validate the config, data set, label function, target level and memory estimate; print the resolved config; train nothing.")
+@click.option("--track", default=None, metavar="BACKENDS",
+              help="Log the run live to tensorboard, mlflow or both (comma-separated; extras 'tensorboard'/'mlflow').")
+@click.option("--track-dir", type=click.Path(path_type=Path), default=None, help="Where tracking writes (default <out>/tracking).")
 def transfer(dataset, source, target, seed, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size, device, out,
-             bf16, tf32, dry_run):
+             bf16, tf32, dry_run, track, track_dir):
     """Pretrain on one label function of a real data set, then transfer to the target level.
 
     Data-parallel on several processes or GPUs when started by torchrun, e.g.
@@ -109,7 +112,11 @@ def transfer(dataset, source, target, seed, config, sets, data_root, data_option
         _print_plan(plan_transfer(cfg))
         return
     out = out or Path("runs/transfer") / f"{cfg.source.replace(':', '')}-seed{cfg.seed}"
-    r = run_transfer(cfg, out, progress=True)
+    if track:
+        from granularity.tracking import parse_backends
+
+        track = parse_backends(track)  # one-line error for an unknown backend, before any work
+    r = run_transfer(cfg, out, progress=True, track=track, track_dir=track_dir)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     click.echo(

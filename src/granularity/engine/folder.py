@@ -38,6 +38,7 @@ class RunFolder:
         self.out, self.cfg_d, self.is_main = Path(out), cfg_d, is_main
         self.ckpt_path = self.out / "checkpoint.pt"
         self.data: dict[str, Any] | None = None  # the data fingerprint, set by open()
+        self.tracker: Any = None  # granularity.tracking.Tracker (TensorBoard/MLflow), or None
 
     def open(self, device: torch.device, world_size: int = 1, map_location: Any = None,
              data: dict[str, Any] | None = None) -> tuple[str, Any]:
@@ -99,6 +100,10 @@ class RunFolder:
     def log(self, record: dict[str, Any]) -> None:
         if self.is_main:
             append_jsonl(self.out / "metrics.jsonl", record)
+            if self.tracker is not None:
+                from granularity.tracking import log_record
+
+                log_record(self.tracker, record)
 
     def finish(self, result: dict[str, Any], predictions: dict[str, np.ndarray], keep_checkpoint: bool) -> None:
         """``predictions.npz`` then ``result.json`` (written last: marks the run done)."""
@@ -109,10 +114,19 @@ class RunFolder:
         (self.out / "failed.json").unlink(missing_ok=True)  # an earlier failure of this folder is superseded
         if self.ckpt_path.exists() and not keep_checkpoint:
             self.ckpt_path.unlink()
+        self._close_tracker("ok")
+
+    def _close_tracker(self, status: str) -> None:
+        if self.tracker is not None:
+            from granularity.tracking import finish_run
+
+            finish_run(self.tracker, self.out, status)
+            self.tracker = None
 
     def fail(self, reason: str) -> Path:
         """Record why the run stopped (``failed.json``); returns its path."""
         path = self.out / "failed.json"
         if self.is_main:
             write_json(path, {"error": reason, "config": self.cfg_d})
+            self._close_tracker("failed")
         return path

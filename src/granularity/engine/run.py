@@ -203,8 +203,14 @@ def run_transfer(
     embeddings_cache: dict | None = None,
     progress: bool = False,
     stop_after_steps: int | None = None,
+    track: str | list[str] | None = None,
+    track_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or return the finished) pretrain -> transfer run in folder ``out``.
+
+    ``track`` ("tensorboard", "mlflow" or both): log every ``metrics.jsonl`` record live, then
+    the config as params and config/result as artifacts, into ``track_dir`` (default
+    ``<out>/tracking``); off by default, never part of the run's config or id.
 
     Parameters
     ----------
@@ -237,11 +243,18 @@ def run_transfer(
     """
     cfg = config if isinstance(config, TransferConfig) else TransferConfig.build(config)
     dctx = init_distributed(resolve_device(cfg.device))
+    tracker = None
+    if track and dctx.is_main:
+        from granularity.tracking import open_tracker
+
+        tracker = open_tracker(track, track_dir or Path(out) / "tracking", Path(out).name)
     with _tf32(dctx.device, cfg.tf32), _deterministic(cfg.deterministic):
         try:
-            return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps)
+            return _run_transfer(cfg, Path(out), dctx, dataset, embeddings_cache, progress, stop_after_steps, tracker)
         except FloatingPointError as exc:  # a diverged run: fail with its reason, never record chance metrics
-            path = RunFolder(Path(out), cfg.to_dict(), dctx.is_main).fail(str(exc))
+            folder = RunFolder(Path(out), cfg.to_dict(), dctx.is_main)
+            folder.tracker = tracker
+            path = folder.fail(str(exc))
             raise RunFailedError(f"transfer run stopped: {exc}; lower the learning rate (recorded in {path}).") from None
 
 
@@ -292,8 +305,9 @@ def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
 
 
 def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, embeddings_cache, progress,
-                  stop_after_steps) -> dict[str, Any]:
+                  stop_after_steps, tracker=None) -> dict[str, Any]:
     folder = RunFolder(out, cfg.to_dict(), dctx.is_main)
+    folder.tracker = tracker  # TensorBoard/MLflow (granularity.tracking), or None
     t_start = time.perf_counter()
     # the data first: a folder finished or begun on other data is refused, never returned or resumed
     prepared = prepare_data(cfg, dataset)
