@@ -31,6 +31,11 @@ def plot_curve(advice: dict[str, Any], path: Path) -> dict[str, Any]:
         ax.annotate(r["candidate"], (r["classes"], m), textcoords="offset points", xytext=(4, 4), fontsize=7)
         drawn.append({"candidate": r["candidate"], "x": r["classes"], "y": m, "ci": ci})
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xticks(sorted({p["x"] for p in drawn}))  # the candidates' class counts, as plain numbers
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("pretraining classes (log scale)")
     ax.set_ylabel("target test error")
     ax.set_title("Granularity curve (hollow: dropped by the race)", fontsize=10)
