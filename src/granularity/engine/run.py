@@ -29,6 +29,7 @@ from granularity.engine.labels import SourceLabels, build_source_labels, check_s
 from granularity.engine.train import (
     Normaliser,
     Streamed,
+    bf16_active,
     epoch_generator,
     predict_levels,
     make_optimizer,
@@ -261,11 +262,17 @@ def _deterministic(on: bool):
 
 def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda}
+    bf16 = bf16_active(device, cfg.bf16)
+    rec: dict[str, Any] = {"bf16_autocast": bf16, "channels_last": bf16, "tf32": cfg.tf32 and cuda}
     if cfg.deterministic:
         rec["deterministic_algorithms"] = True
-    if (cfg.bf16 or cfg.tf32) and not cuda:
-        rec["note"] = "bf16/tf32 apply on CUDA only; this run computed in float32 on the CPU"
+    notes = []
+    if cfg.bf16 and not bf16:
+        notes.append(f"bf16 needs a fast bf16 path (CUDA with bf16, or a CPU with AVX512-BF16/AMX); this {device.type} computed in float32")
+    if cfg.tf32 and not cuda:
+        notes.append("tf32 applies on CUDA only")
+    if notes:
+        rec["note"] = "; ".join(notes)
     return rec
 
 
@@ -354,6 +361,8 @@ class _Run:
             torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
             model = create_model(cfg.model.name, tuple(data.x_tr.shape[1:]), data.src.num_classes, **cfg.model.options)
         self.model = dctx.convert_batchnorm(model.to(self.device))  # world_size > 1: statistics of the global batch
+        if bf16_active(self.device, cfg.bf16):  # with bf16 autocast, NHWC convolutions are the fast ones
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.sizes = {lv: int(data.ds.hierarchy.num_classes(lv)) for lv in data.lv_te}
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
         self.resumed: dict[str, Any] | None = None
