@@ -35,6 +35,10 @@ def test_bench_all_figures_tiny(tmp_path, one_thread):
     assert ceil["samples"] >= 3 and ceil["best_gflops"] >= ceil["median_gflops"] >= ceil["worst_gflops"] > 0
     assert step["ratio"]["vs_float32_ceiling"] == pytest.approx(step["gflops"] / ceil["best_gflops"])
     assert data["results"]["whole"]["comparison"]["rows"]  # both error tables were compared
+    from granularity.bench.report import markdown
+
+    table = markdown(data)  # the README's renderer handles every figure of the current schema
+    assert "| 1 | simulator step, large preset" in table and "| 4 | engine" in table and "Ceilings" in table
     rss = data["results"]["generator"]["eval_rss"]
     assert all(v["maxrss_mib"] > 0 for v in rss.values())
 
