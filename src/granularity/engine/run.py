@@ -425,10 +425,13 @@ class _Run:
 
     # ---- the one training loop -------------------------------------------------------------
     def train_stage(self, name: str, stage: StageConfig, params, net: torch.nn.Module, x, y: torch.Tensor,
-                    norm: Callable, evaluate: Callable[[], dict[int, torch.Tensor]], bf16: bool) -> None:
+                    norm: Callable, evaluate: Callable[[], dict[int, torch.Tensor]], bf16: bool
+                    ) -> dict[int, torch.Tensor] | None:
         """Epochs ``state['epoch'] + 1 .. stage.epochs`` of stage ``name`` ("pretrain" or
         "transfer"): train, evaluate, log, checkpoint; the optimiser and scheduler resume from
-        the checkpoint when it was written in this stage."""
+        the checkpoint when it was written in this stage. Returns the last epoch's evaluation
+        (None when no epoch ran), so that a caller needing the final model's test logits does
+        not evaluate the same model again."""
         opt = make_optimizer(params, stage)
         sched = make_scheduler(opt, stage, -(-len(y) // stage.batch_size))
         r = self.resumed
@@ -436,14 +439,17 @@ class _Run:
             opt.load_state_dict(r["optimizer"])
             sched.load_state_dict(r["scheduler"])
         net = self.dctx.wrap(net)  # DistributedDataParallel when world_size > 1
+        last = None
         for epoch in range(self.state["epoch"] + 1, stage.epochs + 1):
             t0 = time.perf_counter()
             tm = train_epoch(net, x, y, norm, stage, opt, sched, epoch_generator(self.cfg.seed, name, epoch), self.device,
                              bf16, self._on_step, dist=self.dctx, label=f"{name} epoch {epoch}")
             dt = time.perf_counter() - t0
-            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y))
+            last = evaluate()
+            self.log_epoch(name, epoch, tm, last, dt, len(y))
             self.state["epoch"] = epoch
             self.checkpoint(opt, sched)
+        return last
 
     # ---- stages ----------------------------------------------------------------------------
     def pretrain(self) -> None:
@@ -470,17 +476,17 @@ class _Run:
         if t.mode == "map":
             return self.test_levels({lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None})
         if t.mode == "finetune":
-            self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
-                             lambda: self.test_levels(d.tgt_maps), cfg.bf16)
-            return self.test_levels(d.tgt_maps)
+            last = self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
+                                    lambda: self.test_levels(d.tgt_maps), cfg.bf16)
+            return last if last is not None else self.test_levels(d.tgt_maps)  # the last epoch evaluated it
         # linear probe: the backbone is frozen, so its features are computed once
         model.eval()
         feats = lambda xs: predict(model.forward_features, xs, d.norm, cfg.eval_batch_size, self.device, cfg.bf16)  # noqa: E731
         f_tr, f_te = self.dctx.map_rows(feats, d.x_tr).to(self.device), self.dctx.map_rows(feats, d.x_te).to(self.device)
         probe = lambda: self.test_levels(d.tgt_maps, model.head, f_te, False)  # noqa: E731
-        self.train_stage("transfer", t.model_copy(update={"augment": False}), model.head.parameters(), model.head,
-                         f_tr, y_tgt, lambda z: z, probe, False)
-        return probe()
+        last = self.train_stage("transfer", t.model_copy(update={"augment": False}), model.head.parameters(),
+                                model.head, f_tr, y_tgt, lambda z: z, probe, False)
+        return last if last is not None else probe()
 
     # ---- final files -----------------------------------------------------------------------
     def finish(self, final: dict[int, torch.Tensor], t_start: float) -> dict[str, Any]:
