@@ -116,7 +116,7 @@ def markdown_v2(rec: dict[str, Any]) -> str:
         for name, c in s["cases"].items():
             for prec, st in c["step"].items():
                 ratios = ", ".join(f"**{v:.2f}** {k.replace('_', ' ')}" for k, v in st["ratio"].items())
-                target = name == "large" and s["target_of"].split(", ")[1].startswith(prec[:4])
+                target = name == "large" and prec == ("bfloat16" if "bf16" in s["target_of"] else "float32")
                 lines.append(
                     f"| 1 | simulator step, {name} preset fine model, {prec} (S={c['S']}, N={c['N']}, d={c['d']}, "
                     f"P={c['P']}) | {_spread(st['seconds'])}: {st['gflops']:.0f} GFLOP/s = {ratios} "
