@@ -85,7 +85,7 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     ips = {k: n / median(v) for k, v in t.items()}
     out: dict[str, Any] = {
         "model": cfg.model.name, "batch_size": B, "images": n, "optimizer": stage.optimizer,
-        "images_per_s": ips, "samples": t, "seconds": {k: spread(v) for k, v in t.items()},
+        "images_per_s": ips, "samples": t, "spread": {k: spread(v) for k, v in t.items()},
         "ratio": ips["engine"] / ips["bare"], "ratio_no_augment": ips["engine_no_aug"] / ips["bare"],
     }
     if bf16:

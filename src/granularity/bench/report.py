@@ -130,7 +130,7 @@ def markdown_v2(rec: dict[str, Any]) -> str:
             f"| >= 3x | {'yes' if s['met'] else 'no'} |")
     if "whole" in r:
         s = r["whole"]
-        sec = s["seconds"]
+        sec = s["spread"]
         parts = "; ".join(f"{k.replace('_', ' ')} {_spread(v)}" for k, v in sec.items())
         lines.append(
             f"| 3 | simulate(paper, {s['seeds']} seeds, steps x{s['scale']}: {s['steps']}/{s['probe_steps']}/"

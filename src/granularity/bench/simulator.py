@@ -139,7 +139,7 @@ def bench_seeds(device: torch.device, tiny: bool = False, steps: int | None = No
         "matmul_fp32_gflops": mm_rate / 1e9, "max_possible_speedup": mm_rate / seq_rate,
         "preset": cfg.name, "S": S, "steps": cfg.train.steps, "N": res["batched"].model.N,
         "batched_seconds": median(t["batched"]), "sequential_seconds": median(t["sequential"]),
-        "samples": t, "seconds": {k: spread(v) for k, v in t.items()}, "speedup": speedup,
+        "samples": t, "spread": {k: spread(v) for k, v in t.items()}, "speedup": speedup,
         "max_rel_weight_diff": w_diff, "max_error_diff": e_diff,
         "errors_batched": err_b, "errors_sequential": err_s, "results_agree": agree,
         "target": 3.0, "value": speedup, "met": bool(speedup >= 3.0 and agree),

@@ -95,7 +95,7 @@ def bench_whole(device: torch.device, tiny: bool = False, scale: float = 0.2, re
         "preset": cfg.name, "seeds": cfg.seeds, "scale": scale, "steps": cfg.train.steps,
         "probe_steps": cfg.transfer.probe_steps, "finetune_steps": cfg.transfer.finetune_steps,
         "n_test": cfg.transfer.n_test, "precision": best,
-        "seconds": {k: spread(v) for k, v in t.items()}, "samples": t,
+        "spread": {k: spread(v) for k, v in t.items()}, "samples": t,
         "simulator_seconds": secs[f"simulate_{best}"], "baseline_seconds": secs["peer_float32"],
         "speedup": speedup, "speedup_float32": secs["peer_float32"] / secs["simulate_float32"],
         "errors_simulator": tables[best], "errors_simulator_float32": tables["float32"], "errors_baseline": peer,

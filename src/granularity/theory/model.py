@@ -40,6 +40,11 @@ def activation(pre: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch
     return act, grad
 
 
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of a sum over patches: float32 for bf16 activations, else their own."""
+    return torch.float32 if t.dtype == torch.bfloat16 else t.dtype
+
+
 class PatchCNN:
     """S independent two-layer patch CNNs with ``outputs`` classes and ``m`` neurons each.
 
@@ -75,7 +80,7 @@ class PatchCNN:
     def cast(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` as a matmul operand (a no-op in float32; differentiable, so autograd's gradient
         of a float32 master weight comes back in float32)."""
-        return t if t.dtype == self.cdtype else t.to(self.cdtype)
+        return t.to(self.cdtype) if self.cdtype == torch.bfloat16 and t.dtype != self.cdtype else t
 
     def _pre(self, x: torch.Tensor, W: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         S, B, P, d = x.shape
@@ -92,7 +97,7 @@ class PatchCNN:
         W = self.W if W is None else W
         S, B, P, d = x.shape
         act, grad = activation(self._pre(x, W), self.cfg)
-        return act.view(S, B, P, -1).sum(2, dtype=torch.float32), grad.view(S, B, P, -1)
+        return act.view(S, B, P, -1).sum(2, dtype=_acc(act)), grad.view(S, B, P, -1)
 
     def hidden(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """H (S, B, N) only (evaluation): no activation derivative is computed."""
@@ -100,7 +105,7 @@ class PatchCNN:
         S, B, P, d = x.shape
         pre = self._pre(x, W)
         act = pre.clamp_min_(0) if self.cfg.activation == "relu" else activation(pre, self.cfg)[0]
-        return act.view(S, B, P, -1).sum(2, dtype=torch.float32)
+        return act.view(S, B, P, -1).sum(2, dtype=_acc(act))
 
     def logits_from_features(self, H: torch.Tensor) -> torch.Tensor:
         S, B, _ = H.shape
@@ -130,7 +135,7 @@ class PatchCNN:
         if relu:
             pre = self._pre(x, self.W, out=self._workspace("pre", (S, B * P, N), x))
             act = pre.clamp_min_(0)
-            H = act.view(S, B, P, N).sum(2, dtype=torch.float32)  # (S, B, N)
+            H = act.view(S, B, P, N).sum(2, dtype=_acc(act))  # (S, B, N)
         else:
             H, dact = self.features(x)
         logits = self.logits_from_features(H)  # (S, B, O)

@@ -234,7 +234,7 @@ def _features(model: PatchCNN, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor
     if model.bias:
         pre = pre + model.bias
     act = torch.relu(pre) if model.cfg.activation == "relu" else activation(pre, model.cfg)[0]
-    return act.view(S, B, P, -1).sum(2, dtype=torch.float32)  # (S, B, N)
+    return act.view(S, B, P, -1).sum(2, dtype=torch.float32 if act.dtype == torch.bfloat16 else act.dtype)  # (S, B, N)
 
 
 def _head_logits(model: PatchCNN, head: Head, x: torch.Tensor) -> torch.Tensor:
