@@ -28,8 +28,17 @@ def test_bench_all_figures_tiny(tmp_path, one_thread):
     for name, r in data["results"].items():
         assert isinstance(r["met"], bool) and r["value"] > 0, name
     assert rec["results"]["seeds"]["results_agree"]  # batched and sequential seeds give the same models
-    step = data["results"]["step"]["cases"]["large"]
-    assert 0 < step["ratio"] and step["matmul_fp32_gflops"] > 0
+    step = data["results"]["step"]["cases"]["large"]["step"]["float32"]
+    assert 0 < step["ratio"]["vs_float32_ceiling"] and step["gflops"] > 0
+    # one ceiling per dtype for the whole run, the best of all its interleaved samples
+    ceil = data["ceilings"]["float32"]
+    assert ceil["samples"] >= 3 and ceil["best_gflops"] >= ceil["median_gflops"] >= ceil["worst_gflops"] > 0
+    assert step["ratio"]["vs_float32_ceiling"] == pytest.approx(step["gflops"] / ceil["best_gflops"])
+    assert data["results"]["whole"]["comparison"]["rows"]  # both error tables were compared
+    from granularity.bench.report import markdown
+
+    table = markdown(data)  # the README's renderer handles every figure of the current schema
+    assert "| 1 | simulator step, large preset" in table and "| 4 | engine" in table and "Ceilings" in table
     cmp = data["results"]["whole"]["comparison"]
     assert len(cmp["rows"]) == 12  # coarse/fine x map/probe/finetune x easy/hard, all compared
     # the simulator and the peer-style baseline agree: every mean within the stated tolerance

@@ -23,6 +23,7 @@ from granularity.cli.main import main
 from granularity.data.idx import write_idx
 from granularity.engine import run_transfer
 from granularity.engine.distributed import DistContext
+from granularity.utils.device import bf16_fast
 from granularity.utils.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.skipif(
@@ -191,10 +192,21 @@ def test_cuda_without_gpu_is_a_one_line_error(capsys, tmp_path):
     assert len(err.splitlines()) == 1 and "'device' parameter is 'cuda'" in err
 
 
-def test_bf16_on_cpu_is_ignored_and_recorded(fm_root, single, tmp_path):
+def test_bf16_without_a_fast_path_is_ignored_and_recorded(fm_root, single, tmp_path, monkeypatch):
+    import granularity.engine.train as engine_train
+
+    monkeypatch.setattr(engine_train, "bf16_fast", lambda device: False)  # a CPU without AVX512-BF16/AMX
     _, ref_result = single
     r = run_transfer({**CFG, "data_root": str(fm_root), "bf16": True, "tf32": True}, tmp_path / "bf16")
     assert r["precision"]["bf16_autocast"] is False and r["precision"]["tf32"] is False
-    assert "CPU" in r["precision"]["note"]
+    assert "computed in float32" in r["precision"]["note"] and "tf32 applies on CUDA only" in r["precision"]["note"]
     assert r["target_acc"] == ref_result["target_acc"]  # float32 all the same
-    assert ref_result["precision"] == {"bf16_autocast": False, "tf32": False}
+    assert ref_result["precision"] == {"bf16_autocast": False, "channels_last": False, "tf32": False}
+
+
+@pytest.mark.skipif(not bf16_fast(torch.device("cpu")), reason="no AVX512-BF16/AMX on this CPU")
+def test_bf16_on_a_bf16_cpu_autocasts_channels_last(fm_root, single, tmp_path):
+    _, ref_result = single
+    r = run_transfer({**CFG, "data_root": str(fm_root), "bf16": True}, tmp_path / "bf16")
+    assert r["precision"] == {"bf16_autocast": True, "channels_last": True, "tf32": False}
+    assert abs(r["target_acc"] - ref_result["target_acc"]) <= 0.05, (r["target_acc"], ref_result["target_acc"])

@@ -8,17 +8,24 @@ coarse vs 0.88-0.96 after fine pretraining on the `quick` preset).
 """
 
 import pytest
+import torch
 
 from granularity.theory.experiment import simulate
 from granularity.theory.presets import get_preset
+from granularity.utils.device import bf16_fast
+
+_BF16 = pytest.mark.skipif(not bf16_fast(torch.device("cpu")), reason="no AVX512-BF16/AMX on this CPU")
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory):
+@pytest.fixture(scope="module", params=["float32", pytest.param("bfloat16", marks=[_BF16, pytest.mark.slow])])
+def result(request, tmp_path_factory):
     cfg = get_preset("quick").config()
     cfg.transfer.protocols = ["map", "probe"]
+    cfg.model.precision = request.param
     out = tmp_path_factory.mktemp("theorem")
-    return simulate(cfg, out, progress=False)
+    res = simulate(cfg, out, progress=False, figures=False)
+    assert res["precision"] == request.param
+    return res
 
 
 def values(result, src, proto, kind):

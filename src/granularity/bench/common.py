@@ -30,9 +30,12 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device,
-                warmup: int = 1) -> dict[str, list[float]]:
+                warmup: int = 1, ceilings: Ceilings | None = None) -> dict[str, list[float]]:
     """Time every function ``repeats`` times, alternating between them (ABAB..., order reversed
-    on every other round) so that a change of machine load hits all of them alike."""
+    on every other round) so that a change of machine load hits all of them alike. With
+    ``ceilings``, its matmuls join the rotation and their samples are added to the run's."""
+    if ceilings is not None:
+        fns = {**fns, **ceilings.fns}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -41,7 +44,48 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.d
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             times[name].append(timed(fns[name], device))
+    if ceilings is not None:
+        ceilings.record({k: times.pop(k) for k in ceilings.fns})
     return times
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    """Median, min, max and count of repeated timings (seconds)."""
+    return {"median": median(xs), "min": float(min(xs)), "max": float(max(xs)), "n": len(xs)}
+
+
+class Ceilings:
+    """The run's matrix-multiply ceilings, one per dtype (float32; bfloat16 where the hardware has
+    a fast bf16 path). Every benchmark interleaves these matmuls with its own calls, and a
+    ceiling is the best rate of all samples of the whole run: one figure per dtype, not one
+    re-measured per case (noise would then move every ratio)."""
+
+    def __init__(self, device: torch.device, n: int | None = None):
+        from granularity.utils.device import bf16_fast
+
+        self.device = device
+        self.dtypes = ["float32"] + (["bfloat16"] if bf16_fast(device) else [])
+        self.fns: dict[str, Callable[[], Any]] = {}
+        self.flops = 0.0
+        for dt in self.dtypes:
+            self.fns[f"mm_{dt}"], self.flops = matmul_fn(device, getattr(torch, dt), n)
+        self.n = n or (8192 if device.type == "cuda" else 2048)
+        self.samples: dict[str, list[float]] = {dt: [] for dt in self.dtypes}
+
+    def record(self, times: dict[str, list[float]]) -> None:
+        for key, ts in times.items():
+            self.samples[key[3:]].extend(ts)
+
+    def best_gflops(self, dtype: str) -> float:
+        if not self.samples.get(dtype):  # no benchmark ran yet: take a few samples now
+            interleaved({}, 3, self.device, ceilings=self)
+        return self.flops / min(self.samples[dtype]) / 1e9
+
+    def summary(self) -> dict[str, Any]:
+        return {dt: {"best_gflops": self.best_gflops(dt), "median_gflops": self.flops / median(ts) / 1e9,
+                     "worst_gflops": self.flops / max(ts) / 1e9, "samples": len(ts),
+                     "shape": f"{self.n}x{self.n} @ {self.n}x{self.n}"}
+                for dt, ts in self.samples.items()}
 
 
 def median(xs: list[float]) -> float:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -12,7 +14,15 @@ def _f(x: float, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
+def _spread(sec: dict[str, float]) -> str:
+    return f"{sec['median']:.3g} s (min {sec['min']:.3g}, max {sec['max']:.3g}, n={sec['n']})"
+
+
 def markdown(rec: dict[str, Any]) -> str:
+    """The tables of one benchmark JSON; benchmarks/README.md embeds them verbatim (a test
+    regenerates them from the committed JSON)."""
+    if rec.get("schema", 1) >= 2:
+        return markdown_v2(rec)
     m, r = rec["machine"], rec["results"]
     lines = [
         f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
@@ -77,5 +87,100 @@ def markdown(rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _header(rec: dict[str, Any]) -> list[str]:
+    m = rec["machine"]
+    lines = [
+        f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
+        f"{m.get('memory_gib')} GiB; device {rec['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; "
+        f"torch {m.get('torch')}, Python {m.get('python')}; git {str(m.get('git_revision'))[:10]}; "
+        f"{m.get('time')}. Load average before/after: {rec.get('load_average_before')} / "
+        f"{rec.get('load_average_after')}; total {rec.get('seconds', 0):.0f} s.",
+        "",
+        "Ceilings (one per dtype for the whole run: the best of all interleaved `torch.mm` samples):",
+        "",
+        "| dtype | shape | best GFLOP/s | median | worst | samples |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dt, c in rec["ceilings"].items():
+        lines.append(f"| {dt} | {c['shape']} | **{c['best_gflops']:.0f}** | {c['median_gflops']:.0f} "
+                     f"| {c['worst_gflops']:.0f} | {c['samples']} |")
+    lines += ["", "| # | figure | measured (medians; spread in the JSON) | target | met |", "|---|---|---|---|---|"]
+    return lines
+
+
+def markdown_v2(rec: dict[str, Any]) -> str:
+    r = rec["results"]
+    lines = _header(rec)
+    if "step" in r:
+        s = r["step"]
+        for name, c in s["cases"].items():
+            for prec, st in c["step"].items():
+                ratios = ", ".join(f"**{v:.2f}** {k.replace('_', ' ')}" for k, v in st["ratio"].items())
+                target = name == "large" and prec == ("bfloat16" if "bf16" in s["target_of"] else "float32")
+                lines.append(
+                    f"| 1 | simulator step, {name} preset fine model, {prec} (S={c['S']}, N={c['N']}, d={c['d']}, "
+                    f"P={c['P']}) | {_spread(st['seconds'])}: {st['gflops']:.0f} GFLOP/s = {ratios} "
+                    f"| {'>= ' + str(s['target']) if target else '-'} | {('yes' if s['met'] else 'no') if target else ''} |")
+    if "seeds" in r:
+        s = r["seeds"]
+        lines.append(
+            f"| 2 | 8 seeds of the paper coarse model, {s['steps']} steps: batched vs sequential "
+            f"| {s['batched_seconds']:.1f} s vs {s['sequential_seconds']:.1f} s = **x{_f(s['speedup'], 1)}**; "
+            f"weights agree to {s['max_rel_weight_diff']:.0e}, errors to {s['max_error_diff']:.3f} "
+            f"| >= 3x | {'yes' if s['met'] else 'no'} |")
+    if "whole" in r:
+        s = r["whole"]
+        sec = s["spread"]
+        parts = "; ".join(f"{k.replace('_', ' ')} {_spread(v)}" for k, v in sec.items())
+        lines.append(
+            f"| 3 | simulate(paper, {s['seeds']} seeds, steps x{s['scale']}: {s['steps']}/{s['probe_steps']}/"
+            f"{s['finetune_steps']}) vs peer-style float32 baseline | {parts}: **x{_f(s['speedup'], 2)}** in "
+            f"{s['precision']} (x{_f(s['speedup_float32'], 2)} in float32); errors same within noise: "
+            f"{s['comparison']['all_same_within_noise']} ({s['precision']}), "
+            f"{s['comparison_float32']['all_same_within_noise']} (float32) | >= 3x | {'yes' if s['met'] else 'no'} |")
+    if "engine" in r:
+        s = r["engine"]
+        ips = s["images_per_s"]
+        bf = (f"; bf16 autocast + channels-last, both sides: {ips['engine_bf16']:.0f} vs {ips['bare_bf16']:.0f} img/s "
+              f"= **{_f(s['ratio_bf16'])}** (x{_f(s['bf16_speedup'])} the float32 engine)") if "ratio_bf16" in s else ""
+        lines.append(
+            f"| 4 | engine train images/s (Fashion-MNIST, {s['model']}, batch {s['batch_size']}) vs bare loop, like for like "
+            f"| float32: {ips['engine']:.0f} vs {ips['bare']:.0f} img/s = **{_f(s['ratio'])}** (augmentation off: "
+            f"{_f(s['ratio_no_augment'])}){bf} | >= {s['target']} in each | {'yes' if s['met'] else 'no'} |")
+        rr = s["run_rss"]
+        lines.append(f"| 4 | peak RSS of a default transfer run (n_train={rr.get('n_train')}, epochs reduced to 1+1) "
+                     f"| {rr['maxrss_mib']:.0f} MiB | - | - |")
+    if "whole" in r:
+        s = r["whole"]
+        lines += ["", f"Figure 3, error tables (mean over seeds; easy / hard target test error; simulator in {s['precision']}):", "",
+                  "| source | protocol | simulator easy | simulator hard | baseline easy | baseline hard |",
+                  "|---|---|---|---|---|---|"]
+        for src, protos in s["errors_simulator"].items():
+            for proto, v in protos.items():
+                b = s["errors_baseline"][src][proto]
+                lines.append(f"| {src} | {proto} | {v['easy']['mean']:.3f} | {v['hard']['mean']:.3f} "
+                             f"| {b['easy']['mean']:.3f} | {b['hard']['mean']:.3f} |")
+    return "\n".join(lines)
+
+
+BLOCK = re.compile(r"(<!-- generated: python -m granularity\.bench\.report (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+def refresh(text: str, root: Path) -> str:
+    """``text`` (benchmarks/README.md) with every generated block rewritten from its JSON
+    (paths relative to the repository ``root``)."""
+    def sub(m: re.Match) -> str:
+        table = markdown(json.loads((root / m.group(2)).read_text()))
+        return f"{m.group(1)}\n{table}\n\n{m.group(4)}"
+
+    return BLOCK.sub(sub, text)
+
+
 if __name__ == "__main__":
-    print(markdown(json.loads(open(sys.argv[1]).read())))
+    # python -m granularity.bench.report results.json      -> print its tables
+    # python -m granularity.bench.report --readme README.md  -> rewrite its generated blocks
+    if sys.argv[1] == "--readme":
+        path = Path(sys.argv[2])
+        path.write_text(refresh(path.read_text(), path.resolve().parent.parent))
+    else:
+        print(markdown(json.loads(open(sys.argv[1]).read())))

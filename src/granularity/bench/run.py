@@ -18,7 +18,7 @@ from granularity.utils.io import check_writable, write_json
 
 # name -> (figure number, description)
 BENCHMARKS: dict[str, tuple[int, str]] = {
-    "step": (1, "simulator training step: achieved FLOP/s / fp32 matmul FLOP/s (large preset)"),
+    "step": (1, "simulator training step: achieved FLOP/s / the run's best matmul FLOP/s per dtype (large preset)"),
     "seeds": (2, "8 seeds of the paper coarse model batched vs sequential (speed-up)"),
     "whole": (3, "simulate(paper, 5 seeds) vs a peer-style nn.Module/DataLoader implementation (speed-up)"),
     "engine": (4, "real-data engine images/s / bare training loop images/s; peak RSS of a run"),
@@ -59,7 +59,7 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
     scale = scale if scale is not None else (1.0 if full else 0.1)
     log = log or (lambda s: None)
     record: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "machine": machine(device),
         "device": str(device),
         "options": {"only": names, "tiny": tiny, "full": full, "scale": scale},
@@ -67,6 +67,9 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
         "results": {},
     }
     t_all = time.perf_counter()
+    from granularity.bench.common import Ceilings
+
+    ceilings = Ceilings(device, 512 if tiny else None)  # one per dtype for the whole run
     for n in names:
         t0 = time.perf_counter()
         log(f"bench {n}: {BENCHMARKS[n][1]} ...")
@@ -74,19 +77,19 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
         if n == "step":
             from granularity.bench.simulator import bench_step
 
-            res = bench_step(device, tiny)
+            res = bench_step(device, tiny, ceilings=ceilings)
         elif n == "seeds":
             from granularity.bench.simulator import bench_seeds
 
-            res = bench_seeds(device, tiny, steps=3000 if full else None)
+            res = bench_seeds(device, tiny, steps=3000 if full else None, ceilings=ceilings)
         elif n == "whole":
             from granularity.bench.whole import bench_whole
 
-            res = bench_whole(device, tiny, scale)
+            res = bench_whole(device, tiny, scale, ceilings=ceilings)
         elif n == "engine":
             from granularity.bench.engine import bench_engine
 
-            res = bench_engine(device, tiny)
+            res = bench_engine(device, tiny, ceilings=ceilings)
         else:
             from granularity.bench.simulator import bench_generator
 
@@ -95,7 +98,14 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
         res["seconds"] = time.perf_counter() - t0
         res["load_average"] = {"before": load0, "after": load_average()}
         record["results"][n] = res
-        log(f"bench {n}: {summary_line(n, res)} ({res['seconds']:.0f} s)")
+        if n != "step":  # figure 1's ratios wait for the run's final ceilings
+            log(f"bench {n}: {summary_line(n, res)} ({res['seconds']:.0f} s)")
+    record["ceilings"] = ceilings.summary()
+    if "step" in record["results"]:
+        from granularity.bench.simulator import step_ratios
+
+        step_ratios(record["results"]["step"], ceilings)
+        log(f"bench step: {summary_line('step', record['results']['step'])}")
     record["seconds"] = time.perf_counter() - t_all
     record["load_average_after"] = load_average()
     record["summary"] = {n: {"figure": r["figure"], "value": r["value"], "target": r["target"], "met": r["met"]}
@@ -110,10 +120,9 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
 def summary_line(name: str, r: dict[str, Any]) -> str:
     ok = "met" if r["met"] else "MISSED"
     if name == "step":
-        c = r["cases"]
-        return (f"step/matmul: paper {c['paper']['ratio']:.2f}, large {c['large']['ratio']:.2f} "
-                f"({c['large']['step_gflops']:.0f} of {c['large']['matmul_fp32_gflops']:.0f} GFLOP/s); "
-                f"target >= {r['target']} {ok}")
+        return "step/ceiling: " + "; ".join(
+            f"{case} {prec} {st['gflops']:.0f} GFLOP/s = " + ", ".join(f"{v:.2f} {k}" for k, v in st["ratio"].items())
+            for case, c in r["cases"].items() for prec, st in c["step"].items()) + f"; target >= {r['target']} {ok}"
     if name == "seeds":
         return (f"batched {r['batched_seconds']:.2f} s vs sequential {r['sequential_seconds']:.2f} s: "
                 f"x{r['speedup']:.1f}, results agree={r['results_agree']}; target >= 3 {ok}")
@@ -124,8 +133,9 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
     if name == "engine":
         ips = r["images_per_s"]
         return (f"engine {ips['engine']:.0f} img/s vs bare {ips['bare']:.0f} img/s: {r['ratio']:.2f} "
-                f"(no augmentation {r['ratio_no_augment']:.2f}); run peak RSS {r['run_rss']['maxrss_mib']:.0f} MiB; "
-                f"target >= 0.9 {ok}")
+                f"(no augmentation {r['ratio_no_augment']:.2f}); run peak RSS {r['run_rss']['maxrss_mib']:.0f} MiB"
+                + (f"; bf16 engine {ips['engine_bf16']:.0f} vs bare {ips['bare_bf16']:.0f} img/s: {r['ratio_bf16']:.2f}"
+                   if "ratio_bf16" in r else "") + f"; target >= {r['target']} {ok}")
     rss = r["eval_rss"]
     return (f"{r['samples_per_s']:.0f} samples/s; eval peak RSS "
             + ", ".join(f"{k}: {v['maxrss_mib']:.0f} MiB" for k, v in rss.items())

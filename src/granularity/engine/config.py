@@ -100,7 +100,7 @@ class TransferConfig(Config):
     transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
     seed: int = 0  # model init, shuffling, augmentation, label functions
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    bf16: bool = False  # bfloat16 autocast in training and evaluation, CUDA only (ignored on CPU, noted in result.json)
+    bf16: bool = False  # bfloat16 autocast (+ channels-last) in training and evaluation, on CUDA and on CPUs with AVX512-BF16/AMX (elsewhere float32, noted in result.json)
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (Ampere+); False = full float32 there
     eval_batch_size: int = Field(1000, ge=1)
     # DataLoader worker processes decoding images of a streamed data set (an image folder loaded

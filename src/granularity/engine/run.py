@@ -30,6 +30,7 @@ from granularity.engine.train import (
     EpochProgress,
     Normaliser,
     Streamed,
+    bf16_active,
     epoch_generator,
     predict_levels,
     make_optimizer,
@@ -296,11 +297,17 @@ def _deterministic(on: bool):
 
 def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    rec: dict[str, Any] = {"bf16_autocast": cfg.bf16 and cuda, "tf32": cfg.tf32 and cuda}
+    bf16 = bf16_active(device, cfg.bf16)
+    rec: dict[str, Any] = {"bf16_autocast": bf16, "channels_last": bf16, "tf32": cfg.tf32 and cuda}
     if cfg.deterministic:
         rec["deterministic_algorithms"] = True
-    if (cfg.bf16 or cfg.tf32) and not cuda:
-        rec["note"] = "bf16/tf32 apply on CUDA only; this run computed in float32 on the CPU"
+    notes = []
+    if cfg.bf16 and not bf16:
+        notes.append(f"bf16 needs a fast bf16 path (CUDA with bf16, or a CPU with AVX512-BF16/AMX); this {device.type} computed in float32")
+    if cfg.tf32 and not cuda:
+        notes.append("tf32 applies on CUDA only")
+    if notes:
+        rec["note"] = "; ".join(notes)
     return rec
 
 
@@ -406,6 +413,8 @@ class _Run:
             torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
             model = create_model(cfg.model.name, tuple(data.x_tr.shape[1:]), data.src.num_classes, **cfg.model.options)
         self.model = dctx.convert_batchnorm(model.to(self.device))  # world_size > 1: statistics of the global batch
+        if bf16_active(self.device, cfg.bf16):  # with bf16 autocast, NHWC convolutions are the fast ones
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.sizes = {lv: int(data.ds.hierarchy.num_classes(lv)) for lv in data.lv_te}
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
         self.resumed: dict[str, Any] | None = None
@@ -479,10 +488,13 @@ class _Run:
 
     # ---- the one training loop -------------------------------------------------------------
     def train_stage(self, name: str, stage: StageConfig, params, net: torch.nn.Module, x, y: torch.Tensor,
-                    norm: Callable, evaluate: Callable[[], dict[int, torch.Tensor]], bf16: bool) -> None:
+                    norm: Callable, evaluate: Callable[[], dict[int, torch.Tensor]], bf16: bool
+                    ) -> dict[int, torch.Tensor] | None:
         """Epochs ``state['epoch'] + 1 .. stage.epochs`` of stage ``name`` ("pretrain" or
         "transfer"): train, evaluate, log, checkpoint; the optimiser and scheduler resume from
-        the checkpoint when it was written in this stage."""
+        the checkpoint when it was written in this stage. Returns the last epoch's evaluation
+        (None when no epoch ran), so that a caller needing the final model's test logits does
+        not evaluate the same model again."""
         opt = make_optimizer(params, stage)
         sched = make_scheduler(opt, stage, -(-len(y) // stage.batch_size))
         r = self.resumed
@@ -492,6 +504,7 @@ class _Run:
         net = self.dctx.wrap(net)  # DistributedDataParallel when world_size > 1
         self._opt_sched = (opt, sched)
         n_steps = -(-len(y) // stage.batch_size)
+        last = None
         for epoch in range(self.state["epoch"] + 1, stage.epochs + 1):
             part = self.state.get("partial")
             start = part if part is not None and part["epoch"] == epoch else None
@@ -504,10 +517,12 @@ class _Run:
                              bf16, self._on_step, dist=self.dctx, label=label, start=start)
             dt = time.perf_counter() - t0
             self.meter = None
+            last = evaluate()
             # a resumed epoch: seconds and images/s of the steps this invocation trained
-            self.log_epoch(name, epoch, tm, evaluate(), dt, len(y) - (start["totals"][2] if start else 0))
+            self.log_epoch(name, epoch, tm, last, dt, len(y) - (start["totals"][2] if start else 0))
             self.state["epoch"], self.state["partial"] = epoch, None
             self.checkpoint(opt, sched)
+        return last
 
     # ---- stages ----------------------------------------------------------------------------
     def pretrain(self) -> None:
@@ -536,22 +551,22 @@ class _Run:
                 self.val_logits = self.test_levels({cfg.target: d.src_maps[cfg.target]}, x=d.x_val)[cfg.target]
             return self.test_levels({lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None})
         if t.mode == "finetune":
-            self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
-                             lambda: self.test_levels(d.tgt_maps), cfg.bf16)
+            last = self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
+                                    lambda: self.test_levels(d.tgt_maps), cfg.bf16)
             if d.x_val is not None:
                 self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, x=d.x_val)[cfg.target]
-            return self.test_levels(d.tgt_maps)
+            return last if last is not None else self.test_levels(d.tgt_maps)  # the last epoch evaluated it
         # linear probe: the backbone is frozen, so its features are computed once
         model.eval()
         feats = lambda xs: predict(model.forward_features, xs, d.norm, cfg.eval_batch_size, self.device, cfg.bf16)  # noqa: E731
         f_tr, f_te = self.dctx.map_rows(feats, d.x_tr).to(self.device), self.dctx.map_rows(feats, d.x_te).to(self.device)
         probe = lambda: self.test_levels(d.tgt_maps, model.head, f_te, False)  # noqa: E731
-        self.train_stage("transfer", t.model_copy(update={"augment": False}), model.head.parameters(), model.head,
-                         f_tr, y_tgt, lambda z: z, probe, False)
+        last = self.train_stage("transfer", t.model_copy(update={"augment": False}), model.head.parameters(),
+                                model.head, f_tr, y_tgt, lambda z: z, probe, False)
         if d.x_val is not None:
             f_val = self.dctx.map_rows(feats, d.x_val).to(self.device)
             self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, model.head, f_val, False)[cfg.target]
-        return probe()
+        return last if last is not None else probe()
 
     # ---- final files -----------------------------------------------------------------------
     def finish(self, final: dict[int, torch.Tensor], t_start: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from granularity.engine.augment import random_crop_flip
 from granularity.engine.config import StageConfig
+from granularity.utils.device import bf16_fast
 
 
 class _Batches(Sampler):
@@ -137,9 +138,15 @@ def make_scheduler(opt: torch.optim.Optimizer, stage: StageConfig, steps_per_epo
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def bf16_active(device: torch.device, bf16: bool) -> bool:
+    """bf16 autocast runs where asked for and the hardware has a fast bf16 path (a CUDA card
+    with bf16, or a CPU with AVX512-BF16/AMX); elsewhere the run stays float32."""
+    return bool(bf16) and bf16_fast(device)
+
+
 def autocast(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if bf16_active(device, bf16):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

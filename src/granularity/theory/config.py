@@ -137,6 +137,20 @@ class ModelConfig(Config):
     bias: float = Field(0.0, le=0, description="fixed bias (a negative threshold) on every neuron")
     init_std: float | None = Field(None, gt=0, description="first-layer init std; None = 1/sqrt(d)")
     train_second_layer: bool = Field(False, description="paper: second layer frozen at 1")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="operands of the forward and weight-gradient matmuls (float32 accumulation and master "
+        "weights either way); bfloat16 only where the hardware has a fast path, else float32 with a note",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # float32 is left out of dumps, so that config.json files and config hashes of every run
+        # made before the setting existed stay valid; bfloat16 enters the hash (another run id).
+        out = handler(self)
+        if self.precision == "float32":
+            out.pop("precision", None)
+        return out
 
 
 class TrainConfig(Config):

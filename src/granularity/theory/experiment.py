@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from granularity.theory.train import (
     linear_probe,
     pretrain,
 )
-from granularity.utils.device import available_memory, resolve_device
+from granularity.utils.device import available_memory, bf16_fast, resolve_device
 from granularity.utils.io import check_writable, environment, read_json, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
@@ -232,6 +233,20 @@ def check_run_folder(out: Path, cfg: SimConfig) -> None:
             )
 
 
+def resolve_precision(cfg: SimConfig, device: torch.device, log: Callable[[str], None] | None = None) -> SimConfig:
+    """``cfg`` with the precision this run computes in: bfloat16 asked for on hardware without a
+    fast bf16 path (no AVX512-BF16/AMX, no bf16 CUDA card) runs in float32, with a one-line note;
+    the returned config (its hash, config.json, result.json) names what was computed."""
+    if cfg.model.precision != "bfloat16" or bf16_fast(device):
+        return cfg
+    note = f"model.precision=bfloat16 has no fast path on this {device.type} (no AVX512-BF16/AMX); computing in float32"
+    if log is not None:
+        log(note)
+    else:
+        warnings.warn(note, stacklevel=3)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"precision": "float32"})})
+
+
 def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
              log: Callable[[str], None] | None = None, figures: bool = True) -> dict[str, Any]:
     """Run (or resume) the experiment into ``out`` and return the result dict.
@@ -240,9 +255,10 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
     ``granularity.theory.plots.plot_simulation(out)`` draws them later from the stored files.
     """
     out = check_writable(out)
+    device = resolve_device(cfg.device)
+    cfg = resolve_precision(cfg, device, log)
     check_run_folder(out, cfg)
     check_memory(cfg)
-    device = resolve_device(cfg.device)
     write_json(out / "config.json", cfg.to_dict())
     write_json(out / "env.json", environment(str(device)))
     seeds = list(range(cfg.seed0, cfg.seed0 + cfg.seeds))
@@ -286,6 +302,7 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
     result = {
         "name": cfg.name,
         "config_hash": config_hash(cfg),
+        "precision": cfg.model.precision,
         "seeds": seeds,
         "seconds_this_call": time.perf_counter() - t0,
         "seconds_total": float(sum(r.get("seconds", 0.0) for r in records)),

@@ -7,6 +7,10 @@ models, so that several seeds train as one batched matrix multiply (their losses
 their gradients stay independent). Forward and backward are written by hand: the network is
 two matrix multiplies and an elementwise activation, and the hand-written backward skips
 autograd's bookkeeping and the gradient with respect to the inputs, which is never needed.
+
+With ``precision="bfloat16"`` both matrix multiplies take bf16 operands (the hardware
+accumulates in float32), the (S, B*P, N) activation buffer is bf16, sums over patches and the
+logits are float32, and ``W`` stays a float32 master copy updated by float32 SGD.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def activation(pre: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch
     return act, grad
 
 
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of a sum over patches: float32 for bf16 activations, else their own."""
+    return torch.float32 if t.dtype == torch.bfloat16 else t.dtype
+
+
 class PatchCNN:
     """S independent two-layer patch CNNs with ``outputs`` classes and ``m`` neurons each.
 
@@ -56,6 +65,7 @@ class PatchCNN:
         self.W = torch.stack([torch.randn(self.N, d, generator=g) * std for g in gens]).to(device)  # (S, N, d)
         self.a = torch.ones(S, outputs, cfg.m, device=device)  # (S, O, m), paper: frozen at 1
         self.bias = cfg.bias
+        self.cdtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32  # matmul operands
         self._buffers: dict[str, torch.Tensor] = {}
 
     def _workspace(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -67,9 +77,14 @@ class PatchCNN:
             self._buffers[name] = buf
         return buf
 
+    def cast(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as a matmul operand (a no-op in float32; differentiable, so autograd's gradient
+        of a float32 master weight comes back in float32)."""
+        return t.to(self.cdtype) if self.cdtype == torch.bfloat16 and t.dtype != self.cdtype else t
+
     def _pre(self, x: torch.Tensor, W: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         S, B, P, d = x.shape
-        pre = torch.bmm(x.reshape(S, B * P, d), W.transpose(1, 2), out=out)  # (S, B*P, N)
+        pre = torch.bmm(self.cast(x).reshape(S, B * P, d), self.cast(W).transpose(1, 2), out=out)  # (S, B*P, N)
         if self.bias:
             pre.add_(self.bias)
         return pre
@@ -82,7 +97,7 @@ class PatchCNN:
         W = self.W if W is None else W
         S, B, P, d = x.shape
         act, grad = activation(self._pre(x, W), self.cfg)
-        return act.view(S, B, P, -1).sum(2), grad.view(S, B, P, -1)
+        return act.view(S, B, P, -1).sum(2, dtype=_acc(act)), grad.view(S, B, P, -1)
 
     def hidden(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """H (S, B, N) only (evaluation): no activation derivative is computed."""
@@ -90,7 +105,7 @@ class PatchCNN:
         S, B, P, d = x.shape
         pre = self._pre(x, W)
         act = pre.clamp_min_(0) if self.cfg.activation == "relu" else activation(pre, self.cfg)[0]
-        return act.view(S, B, P, -1).sum(2)
+        return act.view(S, B, P, -1).sum(2, dtype=_acc(act))
 
     def logits_from_features(self, H: torch.Tensor) -> torch.Tensor:
         S, B, _ = H.shape
@@ -114,12 +129,13 @@ class PatchCNN:
         """
         S, B, P, d = x.shape
         N = self.N
+        x = self.cast(x)  # the caller can pass bf16 batches (see train.pretrain) and save this copy
         x2 = x.reshape(S, B * P, d)
         relu = self.cfg.activation == "relu"
         if relu:
             pre = self._pre(x, self.W, out=self._workspace("pre", (S, B * P, N), x))
             act = pre.clamp_min_(0)
-            H = act.view(S, B, P, N).sum(2)  # (S, B, N)
+            H = act.view(S, B, P, N).sum(2, dtype=_acc(act))  # (S, B, N)
         else:
             H, dact = self.features(x)
         logits = self.logits_from_features(H)  # (S, B, O)
@@ -129,12 +145,14 @@ class PatchCNN:
         g = logp.exp()
         g.scatter_add_(-1, y[..., None], torch.full_like(g[..., :1], -1.0))
         g /= B  # dL/dlogits (S, B, O)
-        dH = (g[..., None] * self.a[:, None]).reshape(S, B, N)  # (S, B, N)
+        dH = self.cast((g[..., None] * self.a[:, None]).reshape(S, B, N))  # (S, B, N)
         if relu:
             dpre = act.sign_().view(S, B, P, N).mul_(dH[:, :, None, :])  # (S, B, P, N), in the buffer
         else:
             dpre = dact.mul_(dH[:, :, None, :])  # (S, B, P, N)
         dW = torch.bmm(dpre.view(S, B * P, N).transpose(1, 2), x2, out=self._workspace("dW", (S, N, d), x))  # (S, N, d)
+        if dW.dtype != self.W.dtype:
+            dW = dW.float()  # the float32 master weights take a float32 update
         if self.cfg.train_second_layer:
             da = (g[..., None] * H.view(S, B, self.outputs, self.m)).sum(1)
             if weight_decay:  # decays every trained parameter, as SGD's weight_decay does

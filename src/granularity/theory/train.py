@@ -168,7 +168,7 @@ def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int]
     outputs = cfg.data.nodes_per_level[level - 1]
     init_gens = sb.generators(_INIT, level)
     model = PatchCNN(S, outputs, cfg.data.d, cfg.model, init_gens, sb.device)
-    gather = Gather(sb.x, sb.labels(level))
+    gather = Gather(model.cast(sb.x), sb.labels(level))  # bf16: one cast of the set, not one per step
     D = sb.dictionary()
     tc = cfg.train
     marks = set(log_steps(tc.steps, tc.log_points).tolist())
@@ -230,11 +230,11 @@ def _features(model: PatchCNN, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor
     if not W.requires_grad:
         return model.hidden(x, W)  # in place, no activation derivative
     S, B, P, d = x.shape
-    pre = torch.bmm(x.reshape(S, B * P, d), W.transpose(1, 2))
+    pre = torch.bmm(model.cast(x).reshape(S, B * P, d), model.cast(W).transpose(1, 2))
     if model.bias:
         pre = pre + model.bias
     act = torch.relu(pre) if model.cfg.activation == "relu" else activation(pre, model.cfg)[0]
-    return act.view(S, B, P, -1).sum(2)  # (S, B, N)
+    return act.view(S, B, P, -1).sum(2, dtype=torch.float32 if act.dtype == torch.bfloat16 else act.dtype)  # (S, B, N)
 
 
 def _head_logits(model: PatchCNN, head: Head, x: torch.Tensor) -> torch.Tensor:
@@ -280,7 +280,7 @@ def finetune(cfg: SimConfig, sb: SeedBatch, pre: Pretrained, target: int) -> Hea
     b = torch.zeros(S, O, device=sb.device, requires_grad=True)
     opt = torch.optim.SGD([W, w, b], lr=cfg.transfer.finetune_lr)
     order = sb.generators(_HEAD, target)
-    gather = Gather(X, Y)
+    gather = Gather(model.cast(X), Y)
     head = Head(W, w, b)
     for idx in _batches(cfg.train.n_train, cfg.train.batch_size, cfg.transfer.finetune_steps, order):
         xb, yb = gather(idx.to(sb.device))

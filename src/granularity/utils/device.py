@@ -57,3 +57,22 @@ def available_memory(device: torch.device | str | None = "cpu") -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
     except (ValueError, OSError, AttributeError, RuntimeError):
         return None
+
+
+def bf16_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls have a hardware fast path on ``device``: a CUDA card that
+    supports bf16, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slower than
+    float32, so callers fall back to float32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if "AMX" in torch.backends.cpu.get_cpu_capability():
+        return True
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
