@@ -55,7 +55,7 @@ def fashion_mnist_hierarchy() -> LabelHierarchy:
         parent, "fashion-mnist", list(FASHION_MNIST_CLASSES),
         [*FASHION_MNIST_GROUPS2, *FASHION_MNIST_GROUPS4],
         name="fashion-mnist", level_names=["root", "groups2", "groups4", "class"],
-        meta={"source": "granularity project grouping (docs: data-sources.md)"},
+        meta={"source": "granularity project grouping (docs/hierarchies.md)"},
     )
 
 

@@ -1,6 +1,6 @@
 """Small CNN (the default): three 3x3 conv blocks of 32/64/128 channels.
 
-data-sources.md measured it on 2 CPU threads at ~1,737 train images/s on 28x28x1 (0.11M
+the project measured it on 2 CPU threads at ~1,737 train images/s on 28x28x1 (0.11M
 params), 75.7% fine / 97.8% coarse Fashion-MNIST test accuracy after one 60k-image epoch.
 """
 

@@ -1,6 +1,6 @@
 """CIFAR-style ResNet-18 (3x3 stem, no max-pool, stages [2, 2, 2, 2]) with a width parameter.
 
-Measured on 2 CPU threads (data-sources.md), train images/s on 32x32x3: width 16: 446,
+Measured on 2 CPU threads, train images/s on 32x32x3: width 16: 446,
 width 32: 133, width 64 (the standard net): 38.
 """
 

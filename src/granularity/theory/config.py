@@ -1,5 +1,5 @@
 """Typed configs of the simulator. Every default is ours unless marked (paper); see
-``docs/theory-model.md``. Sizes are validated against each other at the boundary."""
+``docs/theory.md``. Sizes are validated against each other at the boundary."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _check_range(v: Range, name: str) -> Range:
 
 
 class DataConfig(Config):
-    """The hierarchical multi-view distribution (theory-model.md section 1)."""
+    """The hierarchical multi-view distribution (docs/theory.md, "The model in brief")."""
 
     d: int = Field(256, ge=2, le=65536, description="patch dimension")
     P: int = Field(16, ge=1, le=4096, description="patches per sample")
@@ -128,7 +128,7 @@ class DataConfig(Config):
 
 
 class ModelConfig(Config):
-    """The two-layer patch CNN (theory-model.md section 2)."""
+    """The two-layer patch CNN (docs/theory.md, "The model in brief")."""
 
     m: int = Field(16, ge=1, le=4096, description="neurons per output class")
     activation: Literal["relu", "smooth_relu"] = "relu"
@@ -154,7 +154,7 @@ class ModelConfig(Config):
 
 
 class TrainConfig(Config):
-    """SGD on softmax cross-entropy (calibrated defaults, see theory-model.md section 5)."""
+    """SGD on softmax cross-entropy (calibrated defaults, see docs/theory.md)."""
 
     n_train: int = Field(2000, ge=2, description="training samples per seed")
     lr: float = Field(0.5, gt=0, description="SGD step size")

@@ -1,4 +1,4 @@
-"""The hierarchical multi-view distribution (theory-model.md section 1), vectorised and seeded.
+"""The hierarchical multi-view distribution (docs/theory.md, "The model in brief"), vectorised and seeded.
 
 A tree of ``L`` levels below the root (level 1 = superclasses, level ``L`` = leaves); every node
 owns ``views`` orthonormal dictionary features. A sample of leaf ``u`` carries, in its own block
