@@ -31,10 +31,13 @@ MODELS = {
     "resnet18": {"width": 4},
     "vit": {"patch": 4, "dim": 8, "depth": 1, "heads": 2},
 }
+# text models read token ids, not images or tables: covered by tests/models/test_text.py and the
+# WordNet-gloss study tests (tests/experiments/test_glosses.py: resume and fresh-process checks)
+TEXT_MODELS = ("text-ngrams", "text-transformer")
 
 
 def test_every_registered_model_is_covered():
-    assert sorted(MODELS) == list_models()
+    assert sorted([*MODELS, *TEXT_MODELS]) == list_models()
 
 
 def _files(folder):

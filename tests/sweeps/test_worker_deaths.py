@@ -116,7 +116,9 @@ def summary(store: Path) -> dict[str, object]:
 def test_killed_workers_cost_only_their_own_runs(tmp_path):
     # the reproduction: 24 runs, 2 workers; once 2 runs are ok, SIGKILL the worker of a
     # running run, 1.5 s later the worker of another one
-    file = write_sweep(tmp_path / "grid.yaml", axes={"data.k": [2, 3, 4]}, seeds=8)
+    # runs long enough (~1 s each on a quiet machine) that a running one can be caught and killed
+    slow = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 1500}}
+    file = write_sweep(tmp_path / "grid.yaml", axes={"data.k": [2, 3, 4]}, seeds=8, base=slow)
     store = tmp_path / "store"
     proc = sweep_proc(file, store, "--workers", 2, "--threads", 1)
     try:
