@@ -176,6 +176,16 @@ class DistContext:
         return DDP(module, device_ids=ids, output_device=self.device.index if ids else None)
 
 
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 (shutting down: nothing left to report to)
+            pass
+
+
 def init_distributed(device: torch.device) -> DistContext:
     """Join the process group described by torchrun's environment variables (once per process)
     and pick this rank's device: ``cuda:LOCAL_RANK`` for a CUDA run, the CPU otherwise."""
@@ -196,6 +206,11 @@ def init_distributed(device: torch.device) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                 rank=rank, world_size=world)
+        # leave the group before the interpreter exits: a process ending (e.g. interrupted) with
+        # the group alive can abort in the backend's threads ("terminate called ...", exit -6)
+        import atexit
+
+        atexit.register(_leave_process_group)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
