@@ -76,7 +76,7 @@ for v in $VERSIONS; do
   start=$(date +%s)
   if run_one "$v" "$py" >"$log" 2>&1; then result=PASS; else result=FAIL; status=1; fi
   torch=$("$DIR/py$v/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null || echo none)
-  last=$(grep -E "passed|failed|error" "$log" | tail -1)
+  last=$(grep -E "^(=+ )?[0-9]+ (passed|failed)|^[0-9]+ failed, " "$log" | tail -1)  # pytest's summary line
   echo "py$v: $result ($("$py" -V 2>&1), torch $torch, $(($(date +%s) - start)) s): $last" | tee -a "$SUMMARY"
 done
 exit $status
