@@ -13,14 +13,20 @@ from granularity.experiments.study import arms
 from engine.conftest import tiny_dataset  # tests/ is on sys.path (rootdir import mode)
 
 
+RUN_KEYS = ("dataset", "target", "train_size", "test_size", "device", "model", "pretrain", "transfer")
+
+
 def tiny_study(**kw) -> dict:
+    """A tiny study config; keyword arguments named like run settings go under ``run``."""
     cfg = {
-        "dataset": "tiny", "target": 1, "seeds": [0, 1], "train_size": None, "test_size": None,
-        "kmeans_sizes": [4], "random_classes": [3], "rare": {"classes": ["b"], "keep_fraction": 0.25},
-        "reference_seeds": 2, "device": "cpu", "model": {"name": "cnn", "options": {"width": 4}},
-        "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32},
+        "seeds": [0, 1], "kmeans_sizes": [4], "random_classes": [3], "rare": {"classes": ["b"], "keep_fraction": 0.25},
+        "reference_seeds": 2,
+        "run": {"dataset": "tiny", "target": 1, "train_size": None, "test_size": None, "device": "cpu",
+                "model": {"name": "cnn", "options": {"width": 4}},
+                "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32}},
     }
-    cfg.update(kw)
+    cfg["run"].update({k: v for k, v in kw.items() if k in RUN_KEYS})
+    cfg.update({k: v for k, v in kw.items() if k not in RUN_KEYS})
     return cfg
 
 
@@ -68,7 +74,7 @@ def test_default_arms_cover_the_paper():
 
 
 def test_map_mode_keeps_only_nesting_arms():
-    cfg = StudyConfig(transfer={"mode": "map"})
+    cfg = StudyConfig(run={"transfer": {"protocol": "map"}})
     names = [a for a, _, _ in arms(cfg, depth=3)]
     assert names[:2] == ["target", "level:3"] and not any(n.startswith(("random", "kmeans-global", "level:1")) for n in names)
 
@@ -80,7 +86,7 @@ def test_reference_models_train_on_images_disjoint_from_the_study():
     ds = tiny_dataset(n_train=160)
     cfg = StudyConfig.build(tiny_study(train_size=96))
     ref = reference_dataset(cfg, ds)
-    used = ds.train.x[stratified_indices(ds.train.y, 96, cfg.data_seed)]
+    used = ds.train.x[stratified_indices(ds.train.y, 96, cfg.run.data_seed)]
     assert len(ref.train) == 64
     flat = {bytes(r.numpy().tobytes()) for r in used}
     assert not any(bytes(r.numpy().tobytes()) in flat for r in ref.train.x)  # no study image is a reference image
