@@ -49,16 +49,16 @@ def renamed_option(old: str, new: str, param: str, values: Mapping[str, str] | N
     return deco
 
 
-def parse_seeds(text: str | None, option: str = "--seeds") -> list[int] | None:
-    """``--seeds``: a count (``5`` -> 0..4) or a comma-separated list (``0,3,7``); None if not given."""
+def parse_seeds(text: str | None, option: str = "--seeds") -> int | list[int] | None:
+    """``--seeds``: a count (``5``: five seeds, from the config's first seed, 0 by default) or a
+    comma-separated list (``0,3,7``); None if not given."""
     if text is None:
         return None
     try:
         if text.strip().isdigit():
-            n = int(text)
-            if n < 1:
+            if int(text) < 1:
                 raise ValueError
-            return list(range(n))
+            return int(text)
         seeds = [int(s) for s in text.split(",") if s.strip()]
         if not seeds or min(seeds) < 0:
             raise ValueError
@@ -70,13 +70,17 @@ def parse_seeds(text: str | None, option: str = "--seeds") -> list[int] | None:
 
 # --seeds (several) and --seed (one): the same meaning in every command that runs several seeds
 seeds_options = [
-    click.option("--seeds", default=None, metavar="N|LIST", help="Seeds: a count (5 = seeds 0..4) or a list (0,3,7)."),
+    click.option("--seeds", default=None, metavar="N|LIST", help="Seeds: a count (5 = five seeds) or a list (0,3,7)."),
     click.option("--seed", "one_seed", type=click.IntRange(0), default=None, help="One seed (= --seeds with that seed only)."),
 ]
 
 
-def seed_list(seeds: str | None, one_seed: int | None) -> list[int] | None:
-    """The seeds of ``--seeds`` / ``--seed`` (not both), or None when neither was given."""
+def seed_list(seeds: str | None, one_seed: int | None, *, counts: bool = False) -> int | list[int] | None:
+    """The seeds of ``--seeds`` / ``--seed`` (not both): a list (a count n as seeds 0..n-1, or
+    kept a count with ``counts``), or None when neither was given."""
     if seeds is not None and one_seed is not None:
         raise click.UsageError("--seed (one seed) and --seeds (several) cannot be used together.")
-    return [one_seed] if one_seed is not None else parse_seeds(seeds)
+    if one_seed is not None:
+        return [one_seed]
+    value = parse_seeds(seeds)
+    return list(range(value)) if isinstance(value, int) and not counts else value

@@ -43,13 +43,19 @@ class Renamed:
         return self.new or self.old
 
 
-def _delete(tree: dict, dotted: str) -> None:
+def _delete(tree: dict, dotted: str, prune: bool = False) -> None:
+    """Remove a dotted key; with ``prune`` also the mappings it leaves empty."""
     *parents, last = dotted.split(".")
-    node: Any = tree
+    path, node = [], tree
     for p in parents:
+        path.append((node, p))
         node = node.get(p) if isinstance(node, dict) else None
     if isinstance(node, dict):
         node.pop(last, None)
+        while prune and path and node == {}:
+            parent, key = path.pop()
+            parent.pop(key)
+            node = parent
 
 
 def _has(tree: Mapping[str, Any], dotted: str) -> bool:
@@ -105,7 +111,7 @@ def downgrade(canon: Mapping[str, Any], renames: Sequence[Renamed]) -> dict[str,
         value = get_dotted(out, r.key)
         back = {v: k for k, v in r.values.items()}
         if r.new is not None:
-            _delete(out, r.new)
+            _delete(out, r.new, prune=True)
         set_dotted(out, r.old, _value(value, back))
     return out
 
