@@ -1,4 +1,4 @@
-"""``granularity study wordnet-glosses``: the WordNet-gloss granularity study.
+"""``granularity study --dataset wordnet-glosses``: the WordNet-gloss granularity study.
 
 Reached through a small dispatch at the top of the ``study`` command (``cli/transfer.py``),
 which hands over its parsed options; the study itself is

@@ -26,17 +26,10 @@ def _resolve(model_cls, config: Path | None, flags: dict, sets: tuple[str, ...])
 
 
 def _nested(**flat):
-    """{"pretrain.epochs": 3} -> {"pretrain": {"epochs": 3}} (None values dropped)."""
-    out: dict = {}
-    for key, value in flat.items():
-        if value is None:
-            continue
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
+    """{"pretrain.epochs": 3} -> {"pretrain": {"epochs": 3}} (flags not given, None, dropped)."""
+    from granularity.utils.config import undot
+
+    return undot({k: v for k, v in flat.items() if v is not None})
 
 
 def _data_options(items: tuple[str, ...]) -> dict | None:

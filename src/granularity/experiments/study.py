@@ -32,7 +32,7 @@ paper's too-coarse arm) as well as finer ones. The rare-subclass variant keeps 3
 training images of Dress and Sandal, the members that look least like the rest of their group
 (tops; footwear), which is the theory's "rare feature" case; the confusable fine classes
 (T-shirt / Shirt / Pullover / Coat) all sit inside one target class and do not matter for it. ``full`` size:
-``train_size=null test_size=null seeds=[0,1,2,3,4]``.
+``run.train_size=null run.test_size=null seeds=[0,1,2,3,4]`` (:data:`FULL`).
 """
 
 from __future__ import annotations
