@@ -11,7 +11,7 @@ install:
 
 demo: install
 	granularity simulate --out $(OUT)/simulate
-	granularity study fashion-mnist --out $(OUT)/study
+	granularity study --dataset fashion-mnist --out $(OUT)/study
 
 # The tests also cover the optional extras (SLURM via submitit, TensorBoard, MLflow tracking).
 TEST_EXTRAS ?= test,ray,inat,slurm,tensorboard,mlflow

@@ -38,7 +38,7 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**12, 10**12), st.integers(-3, 12),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=10),
     st.sampled_from(["leaf", "target", "level:1", "level:3", "level:9", "kmeans-within:2", "kmeans-within:8",
-                     "kmeans-global:4", "random:3", "per-sample", "map", "linear", "finetune", "cnn", "mlp",
+                     "kmeans-global:4", "random:3", "per-sample", "map", "probe", "linear", "finetune", "cnn", "mlp",
                      "resnet18", "cuda", "cpu", "pca", "[1, 2]", "{a: 1}", "Dress", "x.npy"]),
 )
 values = st.one_of(scalars, st.lists(scalars, max_size=3))
@@ -60,7 +60,8 @@ def check_outcome(code, out, err, ok_marker="memory estimate"):
         assert ok_marker in out
     else:
         assert code == 2, (code, err)
-        lines = err.strip().splitlines()
+        # one error line, after the deprecation lines of old spellings (one each) if any
+        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("granularity: warning:")]
         assert len(lines) == 1 and lines[0].startswith("granularity: error:"), err
 
 
@@ -72,6 +73,7 @@ flag_opts = st.one_of(
                                                                 "kmeans-global:3", "random:5", "per-sample", "level:x"]),
                                               st.text(max_size=8))),
     st.tuples(st.just("--target"), st.sampled_from(["0", "1", "2", "3", "4", "-1", "x", ""])),
+    st.tuples(st.just("--protocol"), st.sampled_from(["finetune", "probe", "map", "mapp", "linear"])),
     st.tuples(st.just("--mode"), st.sampled_from(["finetune", "linear", "map", "mapp"])),
     st.tuples(st.just("--train-size"), st.sampled_from(["1", "10", "60", "61", "0", "1e9"])),
     st.tuples(st.just("--model"), st.sampled_from(["cnn", "mlp", "vit", "resnet18", "nope"])),
@@ -112,8 +114,9 @@ def test_random_config_files(cli, fm_root, tmp_path_factory, doc, raw, use_raw, 
     else:
         path.write_text(yaml.safe_dump(doc))
     extra = ["--quick"] if cmd == "study" else []
+    run = "run." if cmd == "study" else ""
     check_outcome(*cli(cmd, "--dry-run", *extra, "--data-root", str(fm_root), "--device", "cpu",
-                       "--set", "train_size=null", "--set", "test_size=null", "--config", path))
+                       "--set", f"{run}train_size=null", "--set", f"{run}test_size=null", "--config", path))
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -123,8 +126,8 @@ def test_random_config_files(cli, fm_root, tmp_path_factory, doc, raw, use_raw, 
        dataset=st.sampled_from(["fashion-mnist"] * 4 + ["cifar100", "nope"]))
 def test_study_dry_run_random_options(cli, fm_root, pairs, seeds, quick, full, dataset):
     TRIED["study --dry-run options"] += 1
-    args = ["study", dataset, "--dry-run", "--data-root", str(fm_root), "--device", "cpu",
-            "--set", "train_size=null", "--set", "test_size=null"]
+    args = ["study", "--dataset", dataset, "--dry-run", "--data-root", str(fm_root), "--device", "cpu",
+            "--set", "run.train_size=null", "--set", "run.test_size=null"]
     args += ["--quick"] * quick + ["--full"] * full
     if seeds is not None:
         args += ["--seeds", seeds]
@@ -135,14 +138,14 @@ def test_study_dry_run_random_options(cli, fm_root, pairs, seeds, quick, full, d
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(source=st.sampled_from(["leaf", "target", "level:1", "level:3", "kmeans-within:4", "kmeans-global:3", "random:3", "per-sample"]),
-       target=st.sampled_from(["1", "2", "3"]), mode=st.sampled_from(["finetune", "linear", "map"]),
+       target=st.sampled_from(["1", "2", "3"]), protocol=st.sampled_from(["finetune", "probe", "map"]),
        train_size=st.sampled_from(["20", "60"]))
-def test_tiny_real_runs(cli, fm_root, tmp_path_factory, source, target, mode, train_size):
+def test_tiny_real_runs(cli, fm_root, tmp_path_factory, source, target, protocol, train_size):
     """Actually run: a run either completes (result.json) or is refused in one line, and
     --dry-run refuses exactly what the run refuses."""
     TRIED["transfer real runs"] += 1
     out = tmp_path_factory.mktemp("run")
-    args = ["transfer", "--data-root", str(fm_root), "--source", source, "--target", target, "--mode", mode,
+    args = ["transfer", "--data-root", str(fm_root), "--source", source, "--target", target, "--protocol", protocol,
             "--train-size", train_size, "--epochs", "1", "--transfer-epochs", "1", "--device", "cpu",
             "--set", "model.options.width=2", "--set", "pretrain.batch_size=16", "--set", "transfer.batch_size=16",
             "--set", "test_size=20"]
@@ -158,9 +161,9 @@ def test_tiny_real_runs(cli, fm_root, tmp_path_factory, source, target, mode, tr
 @pytest.mark.parametrize(
     "args,match",
     [
-        (["--source", "level:1", "--target", "3", "--mode", "map"], "'transfer.mode' 'map' needs source labels that nest"),
-        (["--source", "random:3", "--target", "2", "--mode", "map"], "'source' 'random:3' does not"),
-        (["--source", "kmeans-global:4", "--mode", "map"], "'source' 'kmeans-global:4' does not"),
+        (["--source", "level:1", "--target", "3", "--protocol", "map"], "'transfer.protocol' 'map' needs source labels that nest"),
+        (["--source", "random:3", "--target", "2", "--protocol", "map"], "'source' 'random:3' does not"),
+        (["--source", "kmeans-global:4", "--protocol", "map"], "'source' 'kmeans-global:4' does not"),
         (["--target", "4"], "'target' parameter must be a hierarchy level in [1, 3]"),
         (["--source", "level:4"], "source level in 'level:4' must be in the range [1, 3]"),
         (["--source", "kmeans-within:3", "--target", "2"], "K >= 4 (target level 2 has 4 classes). Got K=3"),
@@ -178,13 +181,13 @@ def test_contradictory_settings_one_line(cli, fm_root, tmp_path, args, match):
 
 def test_map_with_a_finer_source_is_allowed(cli, fm_root):
     code, out, err = cli("transfer", "--dry-run", "--data-root", str(fm_root), "--set", "train_size=null",
-                         "--device", "cpu", "--source", "level:3", "--target", "1", "--mode", "map")
+                         "--device", "cpu", "--source", "level:3", "--target", "1", "--protocol", "map")
     assert code == 0, err
 
 
 def test_study_kmeans_sizes_below_target_classes(cli, fm_root):
     code, out, err = cli("study", "--dry-run", "--quick", "--data-root", str(fm_root), "--device", "cpu",
-                         "--set", "train_size=null", "--set", "test_size=null", "--set", "kmeans_sizes=[2,8]")
+                         "--set", "run.train_size=null", "--set", "run.test_size=null", "--set", "kmeans_sizes=[2,8]")
     check_outcome(code, out, err)
     assert code == 2 and "'kmeans_sizes'" in err and "[2]" in err
 

@@ -39,10 +39,10 @@ def test_transfer_command(fmnist_root, tmp_path, capsys):
 
 def test_study_quick(fmnist_root, tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["study", "fashion-mnist", "--quick", "--data-root", str(fmnist_root), "--device", "cpu", "--quiet",
-            "--set", "train_size=100", "--set", "test_size=50", "--set", "kmeans_sizes=[4]",
-            "--set", "per_sample=false", "--set", "rare_sources=[target]", "--set", "model.options.width=4",
-            "--set", "target=1", "--seeds", "2", "--out", str(out)]
+    args = ["study", "--dataset", "fashion-mnist", "--quick", "--data-root", str(fmnist_root), "--device", "cpu", "--quiet",
+            "--set", "run.train_size=100", "--set", "run.test_size=50", "--set", "kmeans_sizes=[4]",
+            "--set", "per_sample=false", "--set", "rare_sources=[target]", "--set", "run.model.options.width=4",
+            "--set", "run.target=1", "--seeds", "2", "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "kmeans-within:4" in text and "rare/target" in text and "hard samples" in text
@@ -58,7 +58,7 @@ def test_study_quick(fmnist_root, tmp_path, capsys):
         (["transfer", "--target", "7", "--data-root", "FMROOT", "--train-size", "100", "--out", "OUT"], "'target' parameter must be a hierarchy level"),
         (["study", "--seeds", "0,x"], "--seeds"),
         (["study", "--quick", "--full"], "cannot be used together"),
-        (["study", "cifar1000"], "Unknown data set 'cifar1000'"),
+        (["study", "--dataset", "cifar1000"], "Unknown data set 'cifar1000'"),
         (["transfer", "--config", "missing.yaml"], "does not exist"),
     ],
 )

@@ -11,15 +11,15 @@ from granularity.utils.io import read_jsonl
 from .conftest import tiny_config
 
 
-@pytest.mark.parametrize("mode", ["finetune", "linear"])
-def test_one_test_pass_per_epoch_and_none_after(tiny, tmp_path, monkeypatch, mode):
+@pytest.mark.parametrize("protocol", ["finetune", "probe"])
+def test_one_test_pass_per_epoch_and_none_after(tiny, tmp_path, monkeypatch, protocol):
     calls = []
     real = engine_run.predict_levels
     monkeypatch.setattr(engine_run, "predict_levels", lambda *a, **k: calls.append(1) or real(*a, **k))
-    r = run_transfer(tiny_config(transfer={"mode": mode, "epochs": 2, "lr": 0.1}), tmp_path / mode, dataset=tiny)
-    epochs = [rec for rec in read_jsonl(tmp_path / mode / "metrics.jsonl") if "epoch" in rec]
+    r = run_transfer(tiny_config(transfer={"protocol": protocol, "epochs": 2, "lr": 0.1}), tmp_path / protocol, dataset=tiny)
+    epochs = [rec for rec in read_jsonl(tmp_path / protocol / "metrics.jsonl") if "epoch" in rec]
     assert len(epochs) == 4 and len(calls) == 4  # 2 pretraining + 2 transfer epochs, one pass each
     # the final figures are those of the last epoch's evaluation
     assert r["target_acc"] == pytest.approx(epochs[-1]["acc_level1"])
-    pred = np.load(tmp_path / mode / "predictions.npz")
+    pred = np.load(tmp_path / protocol / "predictions.npz")
     assert (pred["pred"] == pred["y_target"]).mean() == pytest.approx(r["target_acc"])

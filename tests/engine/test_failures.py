@@ -15,10 +15,10 @@ from granularity.errors import RunFailedError
 from .conftest import tiny_config
 
 
-@pytest.mark.parametrize("mode", ["finetune", "linear"])
-def test_non_finite_loss_fails_the_run_with_its_reason(tiny, tmp_path, mode):
+@pytest.mark.parametrize("protocol", ["finetune", "probe"])
+def test_non_finite_loss_fails_the_run_with_its_reason(tiny, tmp_path, protocol):
     cfg = tiny_config(pretrain={"epochs": 2, "batch_size": 16, "lr": 1e12},
-                      transfer={"epochs": 1, "batch_size": 16, "mode": mode})
+                      transfer={"epochs": 1, "batch_size": 16, "protocol": protocol})
     with pytest.raises(RunFailedError, match="non-finite training loss .* of pretrain epoch 1; lower the learning rate") as err:
         run_transfer(cfg, tmp_path, dataset=tiny)
     assert "\n" not in str(err.value)

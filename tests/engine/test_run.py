@@ -62,14 +62,14 @@ def test_other_label_functions_run(tiny, tmp_path, source):
 
 
 def test_linear_probe_and_map(tiny, tmp_path):
-    lin = run_transfer(tiny_config(transfer={"mode": "linear", "epochs": 2, "lr": 0.1}), tmp_path / "lin", dataset=tiny)
-    mp = run_transfer(tiny_config(transfer={"mode": "map"}), tmp_path / "map", dataset=tiny)
-    assert lin["transfer_mode"] == "linear" and mp["transfer_mode"] == "map"
+    lin = run_transfer(tiny_config(transfer={"protocol": "probe", "epochs": 2, "lr": 0.1}), tmp_path / "lin", dataset=tiny)
+    mp = run_transfer(tiny_config(transfer={"protocol": "map"}), tmp_path / "map", dataset=tiny)
+    assert lin["protocol"] == "probe" and mp["protocol"] == "map"
     # map = the pretrained fine model's coarse accuracy by logsumexp over groups
     assert mp["target_acc"] == pytest.approx(mp["pretrain_levels"]["acc_level1"])
     assert mp["target_acc"] > 0.75  # the tiny task is easy (4 bright quadrants)
     with pytest.raises(GranularityError, match="nest in the target"):
-        run_transfer(tiny_config(source="random:3", transfer={"mode": "map"}), tmp_path / "bad", dataset=tiny)
+        run_transfer(tiny_config(source="random:3", transfer={"protocol": "map"}), tmp_path / "bad", dataset=tiny)
 
 
 def test_rare_subclasses_reported(tiny, tmp_path):
@@ -111,6 +111,6 @@ def test_tabular_data_with_mlp(tmp_path):
 
     ds = RealDataset("table", "test", split(80), split(40), ["a", "b", "c", "d"],
                      _hierarchy=LabelHierarchy.from_paths([["g0", "a"], ["g0", "b"], ["g1", "c"], ["g1", "d"]]))
-    cfg = tiny_config(model={"name": "mlp", "options": {"hidden": 16}}, transfer={"mode": "linear", "epochs": 10, "lr": 0.1})
+    cfg = tiny_config(model={"name": "mlp", "options": {"hidden": 16}}, transfer={"protocol": "probe", "epochs": 10, "lr": 0.1})
     r = run_transfer(cfg, tmp_path, dataset=ds)
     assert r["target_acc"] > 0.75  # well-separated Gaussian blobs

@@ -18,10 +18,10 @@ def _strip(rows):
     return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
 
 
-@pytest.mark.parametrize("every, mode", [(3, "finetune"), (1, "linear")])
-def test_interrupted_at_random_steps_resumes_bit_identical(tiny, tmp_path, every, mode):
+@pytest.mark.parametrize("every, protocol", [(3, "finetune"), (1, "probe")])
+def test_interrupted_at_random_steps_resumes_bit_identical(tiny, tmp_path, every, protocol):
     # 6 steps per epoch: 12 pretraining steps, 6 transfer steps; dropout-free CNN with augmentation
-    base = tiny_config(transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "mode": mode}, save_checkpoints=True)
+    base = tiny_config(transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "protocol": protocol}, save_checkpoints=True)
     full = run_transfer(base, tmp_path / "full", dataset=tiny)  # no mid-epoch checkpoints at all
     cfg = {**base, "checkpoint_every_steps": every}
     rng = np.random.default_rng(every)

@@ -74,7 +74,7 @@ def test_streamed_run_matches_in_memory(folder, tmp_path, in_memory_result, work
 
 
 def test_streamed_linear_probe_matches_in_memory(folder, tmp_path):
-    cfg = config(transfer={"mode": "linear", "epochs": 1, "batch_size": 16, "lr": 0.02})
+    cfg = config(transfer={"protocol": "probe", "epochs": 1, "batch_size": 16, "lr": 0.02})
     mem = run_transfer(cfg, tmp_path / "mem", dataset=load(folder, True))
     st = run_transfer(cfg, tmp_path / "st", dataset=load(folder, False))
     assert st["target_acc"] == pytest.approx(mem["target_acc"], abs=1e-6)

@@ -15,9 +15,9 @@ from granularity.models import create_model
 from .conftest import tiny_config
 
 
-@pytest.mark.parametrize("mode", ["finetune", "linear", "map"])
-def test_validation_error_recomputed_from_the_final_weights(tiny, tmp_path, mode):
-    raw = tiny_config(val_size=24, transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "mode": mode})
+@pytest.mark.parametrize("protocol", ["finetune", "probe", "map"])
+def test_validation_error_recomputed_from_the_final_weights(tiny, tmp_path, protocol):
+    raw = tiny_config(val_size=24, transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "protocol": protocol})
     r = run_transfer(raw, tmp_path, dataset=tiny)
     cfg = TransferConfig.build(raw)
     ds, val = holdout_validation(cfg, prepare_data(cfg, tiny))
@@ -28,7 +28,7 @@ def test_validation_error_recomputed_from_the_final_weights(tiny, tmp_path, mode
     assert np.bincount(val.y.numpy(), minlength=4).tolist() == [6, 6, 6, 6]  # stratified by leaf
     # independent recomputation: the checkpoint's weights, the train split's own statistics
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    n_out = 4 if mode == "map" else 2
+    n_out = 4 if protocol == "map" else 2
     model = create_model("cnn", (1, 8, 8), n_out, width=4)
     model.load_state_dict(state["model"])
     model.eval()
@@ -37,7 +37,7 @@ def test_validation_error_recomputed_from_the_final_weights(tiny, tmp_path, mode
     std = (ds.train.x.float() / 255.0).std(unbiased=False)
     with torch.no_grad():
         logits = model((x - mean) / std)
-    if mode == "map":  # leaf logits -> target logits by logsumexp over each group (a, b | c, d)
+    if protocol == "map":  # leaf logits -> target logits by logsumexp over each group (a, b | c, d)
         logits = torch.stack([logits[:, :2].logsumexp(1), logits[:, 2:].logsumexp(1)], 1)
     pred = logits.argmax(1).numpy()
     y_target = np.asarray(tiny.hierarchy.relabel(val.y.numpy(), 1))

@@ -123,7 +123,7 @@ def test_design_config_errors(fm, tmp_path):
 
 def test_cli_design_quick_and_errors(cli, make_fmnist, tmp_path):
     root = make_fmnist(1200, 200)
-    code, out, err = cli("study", "fashion-mnist", "--design", "fewshot", "--quick", "--data-root", root, "--device", "cpu",
+    code, out, err = cli("study", "--dataset", "fashion-mnist", "--design", "fewshot", "--quick", "--data-root", root, "--device", "cpu",
                          "--quiet", "--out", tmp_path / "f", "--set", "pretrain_size=300", "--set", "val_size=50")
     assert code == 0, err
     assert "* confusable" in out and (tmp_path / "f" / "report.md").exists()

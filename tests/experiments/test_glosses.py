@@ -101,11 +101,11 @@ def test_sparse_model_needs_plain_sgd(tmp_path):
 
 
 def test_cli_refuses_options_that_do_not_apply(cli):
-    code, _, err = cli("study", "wordnet-glosses", "--mode", "map")
-    assert code == 2 and err.count("\n") == 1 and "--mode does not apply to the wordnet-glosses study" in err
-    code, _, err = cli("study", "wordnet-glosses", "--set", "pretrain.optimizer=adamw")
+    code, _, err = cli("study", "--dataset", "wordnet-glosses", "--protocol", "map")
+    assert code == 2 and err.count("\n") == 1 and "--protocol does not apply to the wordnet-glosses study" in err
+    code, _, err = cli("study", "--dataset", "wordnet-glosses", "--set", "pretrain.optimizer=adamw")
     assert code == 2 and "needs plain SGD" in err
-    code, _, err = cli("study", "wordnet-glosses", "--set", "data.min_cout=3")
+    code, _, err = cli("study", "--dataset", "wordnet-glosses", "--set", "data.min_cout=3")
     assert code == 2 and "min_cout" in err and "min_count" in err
 
 

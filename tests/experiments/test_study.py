@@ -13,14 +13,20 @@ from granularity.experiments.study import arms
 from engine.conftest import tiny_dataset  # tests/ is on sys.path (rootdir import mode)
 
 
+RUN_KEYS = ("dataset", "target", "train_size", "test_size", "device", "model", "pretrain", "transfer")
+
+
 def tiny_study(**kw) -> dict:
+    """A tiny study config; keyword arguments named like run settings go under ``run``."""
     cfg = {
-        "dataset": "tiny", "target": 1, "seeds": [0, 1], "train_size": None, "test_size": None,
-        "kmeans_sizes": [4], "random_classes": [3], "rare": {"classes": ["b"], "keep_fraction": 0.25},
-        "reference_seeds": 2, "device": "cpu", "model": {"name": "cnn", "options": {"width": 4}},
-        "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32},
+        "seeds": [0, 1], "kmeans_sizes": [4], "random_classes": [3], "rare": {"classes": ["b"], "keep_fraction": 0.25},
+        "reference_seeds": 2,
+        "run": {"dataset": "tiny", "target": 1, "train_size": None, "test_size": None, "device": "cpu",
+                "model": {"name": "cnn", "options": {"width": 4}},
+                "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32}},
     }
-    cfg.update(kw)
+    cfg["run"].update({k: v for k, v in kw.items() if k in RUN_KEYS})
+    cfg.update({k: v for k, v in kw.items() if k not in RUN_KEYS})
     return cfg
 
 
@@ -68,7 +74,7 @@ def test_default_arms_cover_the_paper():
 
 
 def test_map_mode_keeps_only_nesting_arms():
-    cfg = StudyConfig(transfer={"mode": "map"})
+    cfg = StudyConfig(run={"transfer": {"protocol": "map"}})
     names = [a for a, _, _ in arms(cfg, depth=3)]
     assert names[:2] == ["target", "level:3"] and not any(n.startswith(("random", "kmeans-global", "level:1")) for n in names)
 
@@ -80,10 +86,57 @@ def test_reference_models_train_on_images_disjoint_from_the_study():
     ds = tiny_dataset(n_train=160)
     cfg = StudyConfig.build(tiny_study(train_size=96))
     ref = reference_dataset(cfg, ds)
-    used = ds.train.x[stratified_indices(ds.train.y, 96, cfg.data_seed)]
+    used = ds.train.x[stratified_indices(ds.train.y, 96, cfg.run.data_seed)]
     assert len(ref.train) == 64
     flat = {bytes(r.numpy().tobytes()) for r in used}
     assert not any(bytes(r.numpy().tobytes()) in flat for r in ref.train.x)  # no study image is a reference image
     jobs = reference_jobs(cfg, ds)
     assert [j[1].source for j in jobs] == ["target", "target", "leaf", "leaf"] and all(j[1].train_size == 64 for j in jobs)
     assert reference_dataset(StudyConfig.build(tiny_study()), ds) is None  # train_size null: nothing left, no hard set
+
+
+def test_study_holds_a_transfer_config_and_reads_the_old_flat_keys():
+    """The old flat spelling (13 run keys at the top) is the same study, one warning per key;
+    every run config is what the old field-by-field copy built, plus the run keys the study
+    used to lack (workers, tf32, deterministic, eval_batch_size) now settable."""
+    from granularity.engine.config import TransferConfig
+    from granularity.experiments.study import run_config
+    from granularity.utils.deprecation import GranularityDeprecationWarning
+
+    new = tiny_study(train_size=96)
+    old = {k: v for k, v in new.items() if k != "run"} | new["run"]
+    with pytest.warns(GranularityDeprecationWarning) as rec:
+        old_cfg = StudyConfig.build(old)
+    assert len(rec) == len(new["run"]) and old_cfg.to_dict() == StudyConfig.build(new).to_dict()
+    cfg = StudyConfig.build(new)
+    by_copy = TransferConfig(  # the field-by-field copy of before
+        dataset="tiny", data_root=None, data_options={}, train_size=96, test_size=None, data_seed=0, target=1,
+        source="kmeans-within:4", embedding="pca", rare=None, model=cfg.run.model, pretrain=cfg.run.pretrain,
+        transfer=cfg.run.transfer, seed=1, device="cpu", bf16=False)
+    assert run_config(cfg, "kmeans-within:4", 1, None).to_dict() == by_copy.to_dict()
+    more = StudyConfig.build({**new, "run": {**new["run"], "workers": 2, "tf32": True, "eval_batch_size": 7}})
+    rc = run_config(more, "leaf", 0, None)
+    assert (rc.workers, rc.tf32, rc.eval_batch_size) == (2, True, 7)
+    with pytest.raises(GranularityError, match="'run.source' for each arm"):
+        StudyConfig.build({"run": {"source": "leaf"}})
+    with pytest.raises(GranularityError, match="'train_size' .deprecated. and 'run.train_size' are both set"):
+        StudyConfig.build({"train_size": 5, "run": {"train_size": 6}})
+    assert StudyConfig().run.test_size == 5000 and StudyConfig.build({"run": {"train_size": 5}}).run.test_size == 5000
+
+
+def test_presets_and_table_text():
+    from granularity.experiments.study import FULL, QUICK, format_table, study_preset
+
+    assert study_preset() == {} and study_preset(quick=True) == QUICK and study_preset(full=True) == FULL
+    study_preset(quick=True)["run"]["train_size"] = 1  # a copy: the preset stays as it is
+    assert QUICK["run"]["train_size"] == 600
+    with pytest.raises(GranularityError, match="cannot be used together"):
+        study_preset(quick=True, full=True)
+    assert StudyConfig.build(FULL).run.train_size is None and StudyConfig.build(FULL).seeds == [0, 1, 2, 3, 4]
+    ci = {"mean": 0.25, "ci": 0.05, "n": 3}
+    text = format_table({"table": [{"arm": "target", "num_source_classes": 4, "target_error": ci},
+                                   {"arm": "rare/leaf", "num_source_classes": 10, "target_error": ci, "rare_error": ci}]})
+    lines = text.splitlines()
+    assert lines[0].split() == ["arm", "classes", "target_error", "rare_error"]
+    assert lines[1].split()[:3] == ["target", "4", "0.250"] and lines[1].split()[-1] == "-"
+    assert lines[2].split()[:2] == ["rare/leaf", "10"] and lines[2].count("0.250") == 2

@@ -51,11 +51,11 @@ def tiny_study(root):
 
     from granularity.experiments import run_study
 
-    cfg = {"dataset": "tiny", "target": 1, "seeds": [0, 1], "train_size": None, "test_size": None,
-           "kmeans_sizes": [], "random_classes": [], "per_sample": False,
+    cfg = {"seeds": [0, 1], "kmeans_sizes": [], "random_classes": [], "per_sample": False,
            "rare": {"classes": ["b"], "keep_fraction": 0.25}, "rare_sources": ["target"], "reference_seeds": 1,
-           "device": "cpu", "model": {"name": "cnn", "options": {"width": 4}},
-           "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32}}
+           "run": {"dataset": "tiny", "target": 1, "train_size": None, "test_size": None, "device": "cpu",
+                   "model": {"name": "cnn", "options": {"width": 4}},
+                   "pretrain": {"epochs": 1, "batch_size": 32}, "transfer": {"epochs": 1, "batch_size": 32}}}
     run_study(cfg, root, dataset=tiny_dataset(), progress=False)
     return root
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from granularity.theory.config import ModelConfig
+from granularity.theory.config import SimModelConfig as ModelConfig
 from granularity.theory.data import generator
 from granularity.theory.model import PatchCNN, activation
 

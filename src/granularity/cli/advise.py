@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from granularity.cli.options import apply_options
-from granularity.cli.transfer import _config_opts, _data_options, _nested, _resolve
+from granularity.cli.transfer import _config_opts, _data_options, _nested, _resolve, old_mode_option
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -32,7 +32,8 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/advise"), show_default=True,
               help="Advice folder; rerunning (with a larger budget) continues the same race.")
 @click.option("--dry-run", is_flag=True, help="Validate; print the candidates, the rule and the budget; train nothing.")
-def advise(dataset, target, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size, device,
+@old_mode_option
+def advise(dataset, target, config, sets, data_root, data_options, model, epochs, transfer_epochs, protocol, train_size, device,
            candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, executor, workers, threads, out, dry_run):
     """Race pretraining label granularities on your data and recommend one, with the evidence.
 
@@ -47,7 +48,7 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
     run = _nested(dataset=dataset, target=target, data_root=data_root, data_options=_data_options(data_options),
                   train_size=train_size, device=device,
                   **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
-                     "transfer.mode": mode})
+                     "transfer.protocol": protocol})
     flags = {"run": run, "candidates": _names(candidates), "add": _names(add_), "remove": _names(remove),
              "max_runs": max_runs, "max_minutes": max_minutes, "min_seeds": min_seeds, "max_seeds": max_seeds}
     cfg = _resolve(AdviseConfig, config, flags, sets)

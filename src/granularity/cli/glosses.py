@@ -1,4 +1,4 @@
-"""``granularity study wordnet-glosses``: the WordNet-gloss granularity study.
+"""``granularity study --dataset wordnet-glosses``: the WordNet-gloss granularity study.
 
 Reached through a small dispatch at the top of the ``study`` command (``cli/transfer.py``),
 which hands over its parsed options; the study itself is
@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 
-UNSUPPORTED = ("mode",)  # study options that do not apply here (the transfer is fine-tuning)
+UNSUPPORTED = ("protocol",)  # study options that do not apply here (the transfer is fine-tuning)
 
 
-def glosses_study(*, seeds=None, quick=False, full=False, config=None, sets=(), data_root=None, model=None, epochs=None,
+def glosses_study(*, seeds: list[int] | None = None, quick=False, full=False, config=None, sets=(), data_root=None, model=None, epochs=None,
                   transfer_epochs=None, train_size=None, device=None, out=None, quiet=False, dry_run=False,
                   **other: Any) -> None:
     """Run the study from the ``study`` command's options (see ``granularity study --help``)."""
-    from granularity.cli.transfer import _nested, _seeds
+    from granularity.cli.transfer import _nested
     from granularity.experiments.glosses import QUICK, GlossStudyConfig, check_sparse, run_glosses_study, study_jobs
     from granularity.utils.config import apply_overrides, deep_merge, load_config_file
     from granularity.utils.stats import fmt_ci
@@ -36,7 +36,7 @@ def glosses_study(*, seeds=None, quick=False, full=False, config=None, sets=(), 
     base: dict = deep_merge({}, QUICK) if quick else {}
     if full:
         base["train_size"] = None
-    flags = deep_merge(base, _nested(seeds=_seeds(seeds), train_size=train_size, device=device,
+    flags = deep_merge(base, _nested(seeds=seeds, train_size=train_size, device=device,
                                      **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs}))
     # defaults < file < flags < --set, merged key by key (--epochs keeps the default optimiser)
     raw = deep_merge(GlossStudyConfig().to_dict(), load_config_file(config) if config is not None else {})

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from granularity.vocabulary import PROTOCOLS  # noqa: F401 - the --protocol choices of every command
+
 
 def apply_options(options):
     """Decorate a click command with a list of ``click.option`` decorators, in order."""
@@ -12,3 +20,67 @@ def apply_options(options):
         return f
 
     return deco
+
+
+def renamed_option(old: str, new: str, param: str, values: Mapping[str, str] | None = None, **option: Any):
+    """A hidden option ``old`` (e.g. ``--mode``) that still works: its value goes to the
+    parameter ``param`` of the option ``new`` (old values renamed by ``values``), with one
+    deprecation line naming the new spelling; giving both is a usage error. Put it below the
+    command's other options (nearest the function)."""
+    from granularity.utils.deprecation import warn_renamed
+
+    values = dict(values or {})
+    dest = "renamed_" + old.lstrip("-").replace("-", "_")
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            value = kwargs.pop(dest, None)
+            if value is not None:
+                if kwargs.get(param) not in (None, (), []):
+                    raise click.UsageError(f"{old} is the old spelling of {new}; give only {new}.")
+                kwargs[param] = values.get(value, value)
+                shown = f" {value}" if value in values else ""
+                warn_renamed(f"'{old}{shown}'", f"'{new}{' ' + values[value] if value in values else ''}'")
+            return f(*args, **kwargs)
+
+        return click.option(old, dest, hidden=True, default=None, **option)(wrapper)
+
+    return deco
+
+
+def parse_seeds(text: str | None, option: str = "--seeds") -> int | list[int] | None:
+    """``--seeds``: a count (``5``: five seeds, from the config's first seed, 0 by default) or a
+    comma-separated list (``0,3,7``); None if not given."""
+    if text is None:
+        return None
+    try:
+        if text.strip().isdigit():
+            if int(text) < 1:
+                raise ValueError
+            return int(text)
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+        if not seeds or min(seeds) < 0:
+            raise ValueError
+        return seeds
+    except ValueError:
+        raise click.BadParameter(f"must be a count >= 1 (5) or a comma-separated list of seeds >= 0 (0,1,2). "
+                                 f"Got {text!r} instead.", param_hint=f"'{option}'") from None
+
+
+# --seeds (several) and --seed (one): the same meaning in every command that runs several seeds
+seeds_options = [
+    click.option("--seeds", default=None, metavar="N|LIST", help="Seeds: a count (5 = five seeds) or a list (0,3,7)."),
+    click.option("--seed", "one_seed", type=click.IntRange(0), default=None, help="One seed (= --seeds with that seed only)."),
+]
+
+
+def seed_list(seeds: str | None, one_seed: int | None, *, counts: bool = False) -> int | list[int] | None:
+    """The seeds of ``--seeds`` / ``--seed`` (not both): a list (a count n as seeds 0..n-1, or
+    kept a count with ``counts``), or None when neither was given."""
+    if seeds is not None and one_seed is not None:
+        raise click.UsageError("--seed (one seed) and --seeds (several) cannot be used together.")
+    if one_seed is not None:
+        return [one_seed]
+    value = parse_seeds(seeds)
+    return list(range(value)) if isinstance(value, int) and not counts else value

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from granularity.cli.options import apply_options
+from granularity.cli.options import apply_options, seed_list, seeds_options
 
 from granularity.theory.presets import PRESETS, resolve_config
 
@@ -22,7 +22,7 @@ common = [
                  help="YAML/JSON file of config overrides (applied after the preset)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Override one config field, e.g. --set data.k=16 --set train.steps=500."),
-    click.option("--seeds", type=click.IntRange(1, 1000), default=None, help="Number of seeds."),
+    *seeds_options,  # consecutive seeds: a count (5), a list (3,4,5), or --seed N
     click.option("--quiet", is_flag=True, help="No progress bar."),
 ]
 
@@ -32,12 +32,12 @@ common = [
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder (default runs/simulate/<preset>); rerunning resumes it.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the resolved config and its memory estimate; run nothing.")
-def simulate(preset, config, sets, seeds, quiet, out, dry_run):
+def simulate(preset, config, sets, seeds, one_seed, quiet, out, dry_run):
     """Coarse vs fine pretraining in the hierarchical multi-view model, transferred to the
     coarse task by map / probe / finetune; easy vs hard test error and feature alignment."""
     from granularity.theory.experiment import check_memory, estimate_memory, format_table, simulate as run
 
-    cfg, _ = resolve_config(preset, config, sets, seeds)
+    cfg, _ = resolve_config(preset, config, sets, seed_list(seeds, one_seed, counts=True))
     if dry_run:
         import json
 
@@ -60,7 +60,7 @@ def simulate(preset, config, sets, seeds, quiet, out, dry_run):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder (default runs/phase/<preset>); rerunning resumes it.")
 @click.option("--plot-only", is_flag=True, help="Only redraw phase.json/phase.png from the stored cells.")
-def phase(preset, config, sets, seeds, quiet, x_axis, y_axis, protocol, out, plot_only):
+def phase(preset, config, sets, seeds, one_seed, quiet, x_axis, y_axis, protocol, out, plot_only):
     """Phase diagram: hard-sample error of coarse vs fine pretraining over a grid of two
     config fields, drawn as heatmaps from the stored per-cell results."""
     from granularity.theory.phase import build_phase, format_phase, run_phase
@@ -69,7 +69,7 @@ def phase(preset, config, sets, seeds, quiet, x_axis, y_axis, protocol, out, plo
     if plot_only:
         result = build_phase(out)
     else:
-        cfg, raw = resolve_config(preset, config, sets, seeds if seeds is not None else 3)
+        cfg, raw = resolve_config(preset, config, sets, seed_list(seeds, one_seed, counts=True) or 3)
         raw["seeds"] = cfg.seeds
         result = run_phase(raw, x_axis, y_axis, out, protocol, progress=not quiet,
                            log=lambda m: click.echo(m, err=True))

@@ -6,33 +6,30 @@ from pathlib import Path
 
 import click
 
-from granularity.cli.options import apply_options
+from granularity.cli.options import PROTOCOLS, apply_options, renamed_option, seed_list, seeds_options
 
 
 def _resolve(model_cls, config: Path | None, flags: dict, sets: tuple[str, ...]):
-    """defaults < file < flags < --set, validated once with one-line errors."""
+    """defaults < file < flags < --set, validated once with one-line errors; old spellings in
+    the file and in --set (the config class's RENAMES) are read in the new one, layer by layer,
+    so that a flag in the new spelling overrides a file in the old one."""
     from granularity.utils.config import apply_overrides, deep_merge, load_config_file
+    from granularity.utils.deprecation import upgrade, upgrade_overrides
 
+    renames = getattr(model_cls, "RENAMES", ())
     raw: dict = {}
     if config is not None:
-        raw = load_config_file(config)
+        raw = upgrade(load_config_file(config), renames)
     raw = deep_merge(raw, {k: v for k, v in flags.items() if v is not None})
-    raw = apply_overrides(raw, sets)
+    raw = apply_overrides(raw, upgrade_overrides(sets, renames))
     return model_cls.build(raw)
 
 
 def _nested(**flat):
-    """{"pretrain.epochs": 3} -> {"pretrain": {"epochs": 3}} (None values dropped)."""
-    out: dict = {}
-    for key, value in flat.items():
-        if value is None:
-            continue
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
+    """{"pretrain.epochs": 3} -> {"pretrain": {"epochs": 3}} (flags not given, None, dropped)."""
+    from granularity.utils.config import undot
+
+    return undot({k: v for k, v in flat.items() if v is not None})
 
 
 def _data_options(items: tuple[str, ...]) -> dict | None:
@@ -56,6 +53,10 @@ def _data_options(items: tuple[str, ...]) -> dict | None:
     return out
 
 
+# the transfer protocol's spelling before the one vocabulary: --mode, with 'linear' for probe
+old_mode_option = renamed_option("--mode", "--protocol", "protocol", {"linear": "probe"},
+                                 type=click.Choice(["finetune", "linear", "map"]))
+
 _config_opts = [
     click.option("--config", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -67,7 +68,9 @@ _config_opts = [
     click.option("--model", default=None, help="Model name: cnn (default), resnet18, mlp, vit."),
     click.option("--epochs", type=click.IntRange(0), default=None, help="Pretraining epochs."),
     click.option("--transfer-epochs", type=click.IntRange(0), default=None, help="Transfer epochs."),
-    click.option("--mode", type=click.Choice(["finetune", "linear", "map"]), default=None, help="Transfer mode."),
+    click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
+                 help="How the pretrained model meets the target task: finetune (default; fresh head, all weights), "
+                      "probe (fresh head on frozen features) or map (source classes summed into target classes)."),
     click.option("--train-size", type=click.IntRange(1), default=None, help="Training images (stratified subset)."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
                  help="auto = CUDA when available; cuda without a GPU is an error."),
@@ -90,8 +93,9 @@ _config_opts = [
 @click.option("--track", default=None, metavar="BACKENDS",
               help="Log the run live to tensorboard, mlflow or both (comma-separated; extras 'tensorboard'/'mlflow').")
 @click.option("--track-dir", type=click.Path(path_type=Path), default=None, help="Where tracking writes (default <out>/tracking).")
-def transfer(dataset, source, target, seed, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size, device, out,
-             bf16, tf32, dry_run, track, track_dir):
+@old_mode_option
+def transfer(dataset, source, target, seed, config, sets, data_root, data_options, model, epochs, transfer_epochs, protocol, train_size,
+             device, out, bf16, tf32, dry_run, track, track_dir):
     """Pretrain on one label function of a real data set, then transfer to the target level.
 
     Data-parallel on several processes or GPUs when started by torchrun, e.g.
@@ -104,7 +108,7 @@ def transfer(dataset, source, target, seed, config, sets, data_root, data_option
     flags = _nested(dataset=dataset, source=source, target=target, seed=seed, data_root=data_root,
                     data_options=_data_options(data_options),
                     **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
-                       "transfer.mode": mode}, train_size=train_size, device=device, bf16=bf16, tf32=tf32)
+                       "transfer.protocol": protocol}, train_size=train_size, device=device, bf16=bf16, tf32=tf32)
     cfg = _resolve(TransferConfig, config, flags, sets)
     if dry_run:
         from granularity.engine.run import plan_transfer
@@ -120,7 +124,7 @@ def transfer(dataset, source, target, seed, config, sets, data_root, data_option
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     click.echo(
-        f"{cfg.source} -> level {cfg.target} ({r['transfer_mode']}): target error {r['target_error']:.4f}"
+        f"{cfg.source} -> level {cfg.target} ({cfg.transfer.protocol}): target error {r['target_error']:.4f}"
         + (f", rare {r['rare_error']:.4f} / other {r['common_error']:.4f}" if "rare_error" in r else "")
         + f"  [{out}]"
     )
@@ -137,22 +141,12 @@ def _print_plan(plan: dict) -> None:
                + (f" (available {limit / 2**20:.0f} MiB)" if limit else ""))
 
 
-def _seeds(text: str | None):
-    if text is None:
-        return None
-    try:
-        if text.isdigit():
-            return list(range(int(text)))
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"must be a count (5) or a comma-separated list (0,1,2). Got {text!r} instead.", param_hint="'--seeds'") from None
-
-
 DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
 
 
 @click.command()
-@click.argument("dataset", default="fashion-mnist")
+@click.argument("dataset_arg", required=False, default=None, metavar="[DATASET]")
+@click.option("--dataset", default=None, help="Data set name (default fashion-mnist); wordnet-glosses runs the text study.")
 @click.option("--design", type=click.Choice(DESIGN_NAMES), default="levels", show_default=True,
               help="levels: every label function of the hierarchy (the original study); bridge: a planted cue per coarse class, "
                    "easy (cued) vs hard (cue-free) test images; bridge-phase: the bridge over a rho x cue-strength grid; "
@@ -160,7 +154,7 @@ DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
 @click.option("--grouping", "groupings", multiple=True, metavar="SPEC",
               help="Target grouping(s) of a design (repeatable): natural4, natural2, confusable, random, random:G, a JSON/YAML "
                    "file {group: [leaves]} or a list 'a,b;c,d' (groups split by ';', members by ',', names or ids).")
-@click.option("--seeds", default=None, help="Number of seeds (5) or a list (0,1,2); default 3.")
+@apply_options(seeds_options)
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test, not a result.")
 @click.option("--full", is_flag=True, help="levels: whole data set and 5 seeds; other designs: 10 paired seeds.")
 @apply_options(_config_opts)
@@ -170,43 +164,40 @@ DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
               help="Designs only: run every N-th (cell, seed) job from I, so N processes share one --out; "
                    "the last to finish (or a plain rerun) writes the report.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
-def study(dataset, design, groupings, seeds, quick, full, config, sets, data_root, data_options, model, epochs, transfer_epochs, mode, train_size,
-          device, out, quiet, shard, dry_run):
+@old_mode_option
+def study(dataset_arg, dataset, design, groupings, seeds, one_seed, quick, full, config, sets, data_root, data_options, model, epochs,
+          transfer_epochs, protocol, train_size, device, out, quiet, shard, dry_run):
     """The paper's granularity study on real data: target error after pretraining on each label
     function (--design levels), or a design that pairs target and leaf (fine) pretraining by seed
     and reports where fine labels help (bridge, bridge-phase, groupings, fewshot).
 
-    ``granularity study wordnet-glosses`` runs the WordNet-gloss study instead (text data,
+    ``granularity study --dataset wordnet-glosses`` runs the WordNet-gloss study instead (text data,
     every WordNet level as a pretraining granularity; see docs/wordnet-glosses.md)."""
+    dataset = _dataset(dataset_arg, dataset)
+    seed_values = seed_list(seeds, one_seed)
     if dataset == "wordnet-glosses":  # its own study (granularity.cli.glosses; docs/wordnet-glosses.md)
         from granularity.cli.glosses import glosses_study
 
-        return glosses_study(**click.get_current_context().params)
+        params = {**click.get_current_context().params, "dataset": dataset, "seeds": seed_values, "protocol": protocol}
+        return glosses_study(**params)
     if quick and full:
         raise click.UsageError("--quick and --full cannot be used together.")
     if design != "levels":
         if data_options:
             raise click.UsageError("--data-option applies to the design levels (the designs use Fashion-MNIST as they are).")
-        return _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs,
-                             transfer_epochs, mode, train_size, device, out, quiet, dry_run, _shard(shard))
+        return _study_design(dataset or "fashion-mnist", design, groupings, seed_values, quick, full, config, sets, data_root,
+                             model, epochs, transfer_epochs, protocol, train_size, device, out, quiet, dry_run, _shard(shard))
     if shard:
         raise click.UsageError("--shard applies to the designs bridge, bridge-phase, groupings and fewshot, not to levels.")
     if groupings:
         raise click.UsageError("--grouping applies to the designs bridge, bridge-phase, groupings and fewshot, not to levels.")
-    from granularity.experiments import QUICK, StudyConfig, run_study
+    from granularity.experiments.study import StudyConfig, format_table, run_study, study_preset
     from granularity.utils.config import deep_merge
-    from granularity.utils.stats import fmt_ci
 
-    base: dict = {"dataset": dataset}
-    if quick:
-        base = deep_merge(base, QUICK)
-    if full:
-        base.update({"train_size": None, "test_size": None, "seeds": [0, 1, 2, 3, 4]})
-    flags = deep_merge(base, _nested(seeds=_seeds(seeds), data_root=data_root, data_options=_data_options(data_options),
-                                     train_size=train_size, device=device,
-                                     **{"model.name": model, "pretrain.epochs": epochs,
-                                        "transfer.epochs": transfer_epochs, "transfer.mode": mode}))
-    cfg = _resolve(StudyConfig, config, flags, sets)
+    run = _nested(dataset=dataset, data_root=data_root, data_options=_data_options(data_options), train_size=train_size,
+                  device=device, **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
+                                    "transfer.protocol": protocol})
+    cfg = _resolve(StudyConfig, config, deep_merge(study_preset(quick, full), _nested(seeds=seed_values, run=run or None)), sets)
     if dry_run:
         import json
 
@@ -217,15 +208,23 @@ def study(dataset, design, groupings, seeds, quick, full, config, sets, data_roo
         click.echo(f"{len(plan['runs'])} runs ({len(plan['arms'])} arms x {len(cfg.seeds)} seeds + {sum(r.startswith('refs/') for r in plan['runs'])} references); "
                    f"largest memory estimate: {plan['memory_estimate_bytes'] / 2**20:.1f} MiB")
         return
-    out = out or Path("runs/study") / (dataset + ("-quick" if quick else "-full" if full else ""))
+    out = out or Path("runs/study") / (cfg.run.dataset + ("-quick" if quick else "-full" if full else ""))
     res = run_study(cfg, out, progress=not quiet)
-    keys = [k for k in ("target_error", "hard_error", "easy_error", "rare_error") if any(k in r for r in res["table"])]
-    click.echo(f"{'arm':<20} {'classes':>7}  " + "  ".join(f"{k:<16}" for k in keys))
-    for r in res["table"]:
-        cells = "  ".join(f"{fmt_ci(r[k]) if k in r else '-':<16}" for k in keys)
-        click.echo(f"{r['arm']:<20} {r['num_source_classes']:>7}  {cells}")
+    click.echo(format_table(res))
     click.echo(f"hard samples: {res['hard_samples']['n']} ({res['hard_samples']['rule']}); "
                f"{res['seconds']:.0f} s; results in {out}/results.json, figures {', '.join(res['figures'])}")
+
+
+def _dataset(positional: str | None, option: str | None) -> str | None:
+    """``study DATASET`` (the spelling before ``--dataset``) still works, with one deprecation line."""
+    if positional is None:
+        return option
+    if option is not None:
+        raise click.UsageError(f"The data set is given twice ({positional!r} and --dataset {option!r}); use --dataset only.")
+    from granularity.utils.deprecation import warn_renamed
+
+    warn_renamed(f"'granularity study {positional}'", f"'granularity study --dataset {positional}'")
+    return positional
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
@@ -240,15 +239,16 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, mode,
+def _study_design(dataset, design, groupings, seeds, quick, full, config, sets, data_root, model, epochs, transfer_epochs, protocol,
                   train_size, device, out, quiet, dry_run, shard=None):
     """``study --design <name>``: defaults of the design < file < flags < --set."""
+    from granularity.experiments.design_report import DESIGN_MODES, format_design_table
     from granularity.experiments.designs import design_config, run_design
     from granularity.utils.config import apply_overrides, deep_merge, load_config_file
-    from granularity.utils.stats import fmt_ci, fmt_p
 
+    mode = DESIGN_MODES[protocol] if protocol else None
     raw: dict = load_config_file(config) if config is not None else {}
-    flags = _nested(dataset=dataset, seeds=_seeds(seeds) or (list(range(10)) if full else None), data_root=data_root,
+    flags = _nested(dataset=dataset, seeds=seeds or (list(range(10)) if full else None), data_root=data_root,
                     pretrain_size=train_size, device=device, groupings=list(groupings) or None,
                     modes=[mode] if mode else None,
                     **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs})
@@ -273,12 +273,5 @@ def _study_design(dataset, design, groupings, seeds, quick, full, config, sets, 
     if res is None:
         click.echo(f"shard {shard[0]}/{shard[1]} finished; other shards still running (a rerun without --shard writes the report)")
         return
-    main_metric = cfg.primary.metric
-    click.echo(f"{'cell':<26} {'transfer':<16} {main_metric + ' target':<20} {'leaf':<16} {'leaf - target [95% CI]':<28} p")
-    for r in res["table"]:
-        if r["metric"] != main_metric:
-            continue
-        d = r["leaf_minus_target"]
-        click.echo(f"{('* ' if r['primary'] else '') + r['cell']:<26} {r['transfer']:<16} {fmt_ci(r['target']):<20} {fmt_ci(r['leaf']):<16} "
-                   f"{d['mean']:+.4f} [{d['t_lo']:+.4f}, {d['t_hi']:+.4f}]   {fmt_p(d['p_t'])}")
+    click.echo(format_design_table(res, cfg.primary.metric))
     click.echo(f"* primary contrast; {res['seconds_this_invocation']:.0f} s; report {out}/report.md, results {out}/results.json")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer
+from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer, model_validator
 
 from granularity.engine.labels import SourceSpec
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
+from granularity.utils.deprecation import Renamed, upgrade
+from granularity.vocabulary import STAGE_RENAMES, TRANSFER_RENAMES
 
 
 def _check_embedding(v: str) -> str:
@@ -52,14 +54,24 @@ class StageConfig(Config):
     augment: bool = True  # random crop (pad 2 for 28 px, 4 for 32 px) + horizontal flip; images only
 
 
+# the simulator's protocols (granularity.vocabulary): the old `mode: linear` is read as `protocol: probe`
+Protocol = Literal["finetune", "probe", "map"]
+
+
 class TransferStageConfig(StageConfig):
-    mode: Literal["finetune", "linear", "map"] = "finetune"  # fresh head + all weights | fresh head on frozen features | fine->coarse by logsumexp
+    # fresh head + all weights | fresh head on frozen features (linear probe) | fine->coarse by logsumexp
+    protocol: Protocol = "finetune"
     epochs: int = Field(1, ge=0)
     # A fresh head needs large enough steps: 1 fine-tuning epoch after 2 leaf-pretraining epochs
     # (Fashion-MNIST 10k, 4-group target, seed 0) gave target acc 0.898 / 0.944 / 0.969 / 0.973
     # with lr 0.003 / 0.01 / 0.03 / 0.05 + 0.2 warm-up epochs.
     lr: float = Field(0.05, gt=0)
     warmup_epochs: float = Field(0.2, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return upgrade(data, STAGE_RENAMES, prefix="transfer.")
 
 
 class RareConfig(Config):
@@ -75,6 +87,8 @@ class TransferConfig(Config):
     k-means of the embeddings inside each target class, so labels nest in the target),
     ``kmeans-global:K`` (k-means over the whole training set), ``random:K``, ``per-sample``.
     """
+
+    RENAMES: ClassVar[tuple[Renamed, ...]] = TRANSFER_RENAMES  # old spellings, read at the boundary
 
     dataset: str = "fashion-mnist"
     data_root: str | None = None  # None: the data package's default location
@@ -120,6 +134,11 @@ class TransferConfig(Config):
     # shown and stderr is not a terminal; a terminal gets a tqdm bar
     progress_every_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return upgrade(data, cls.RENAMES)
+
     @model_serializer(mode="wrap")
     def _dump(self, handler):
         # Fields added after runs existed are left out of dumps at their defaults, so config.json
@@ -146,3 +165,4 @@ class TransferConfig(Config):
 
 # TransferConfig fields newer than stored runs, with the default under which they are not dumped
 _ADDED_DEFAULTS = {"data_options": {}, "checkpoint_every_steps": None, "progress_every_s": 30.0}
+

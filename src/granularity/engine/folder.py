@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from granularity.errors import GranularityError
+from granularity.vocabulary import read_transfer_config
 from granularity.utils.io import (
     append_jsonl,
     check_writable,
@@ -51,7 +52,7 @@ class RunFolder:
         check_writable(out)
         started = self.ckpt_path.exists() or (out / "result.json").exists()
         if started and (out / "config.json").exists():
-            old = read_json(out / "config.json")
+            old = read_transfer_config(read_json(out / "config.json"))  # written by any release: new spelling
             diff = sorted(k for k in set(old) | set(self.cfg_d) if old.get(k) != self.cfg_d.get(k))
             if set(diff) - set(CADENCE_FIELDS):  # a new cadence resumes the run (config.json updated)
                 raise GranularityError(

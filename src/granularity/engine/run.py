@@ -143,13 +143,13 @@ def check_plan(cfg: TransferConfig, ds: Any, *, memory_limit: int | None = None,
     n_target = int(hier.num_classes(cfg.target))
     n_train = len(ds.train)
     check_source(src, hier, cfg.target, n_train, cfg.dataset)
-    if cfg.transfer.mode == "map":
+    if cfg.transfer.protocol == "map":
         level = src.level(cfg.target, depth)
         if src.kind in ("kmeans-global", "random") or (level is not None and level < cfg.target):
             what = f"level {level} is coarser than the target level {cfg.target}" if level is not None else "its classes cut across target classes"
             raise GranularityError(
-                f"The 'transfer.mode' 'map' needs source labels that nest in the target level, but 'source' {str(src)!r} "
-                f"does not ({what}); use --mode finetune or linear, or a source at level >= {cfg.target}."
+                f"The 'transfer.protocol' 'map' needs source labels that nest in the target level, but 'source' {str(src)!r} "
+                f"does not ({what}); use --protocol finetune or probe, or a source at level >= {cfg.target}."
             )
     if src.kind in ("kmeans-within", "kmeans-global") and cfg.embedding == "pca" and _streams(ds.train):
         raise GranularityError(
@@ -387,9 +387,9 @@ class _RunData:
         src = build_source_labels(cfg.source, hier, leaf_tr, cfg.target, embeddings, cfg.seed)
         if dctx.enabled:  # k-means of GPU embeddings may differ in the last bit between GPUs: rank 0's labels
             src.labels = dctx.broadcast_object(src.labels)
-        if cfg.transfer.mode == "map" and group_map(src.labels, lv_tr[cfg.target], src.num_classes) is None:
+        if cfg.transfer.protocol == "map" and group_map(src.labels, lv_tr[cfg.target], src.num_classes) is None:
             raise GranularityError(
-                f"Transfer mode 'map' needs source labels that nest in the target level; {str(cfg.source)!r} does not. Use 'finetune' or 'linear'."
+                f"Transfer protocol 'map' needs source labels that nest in the target level; {str(cfg.source)!r} does not. Use 'finetune' or 'probe'."
             )
         return cls(ds, leaf_tr, leaf_te, lv_tr, lv_te, n_target, norm, src,
                    _inputs(ds.train, ds, cfg, device), _inputs(ds.test, ds, cfg, device),
@@ -429,7 +429,7 @@ class _Run:
         self.resumed = resumed
         if resumed is None:
             return
-        if resumed["stage"] == "transfer" and self.cfg.transfer.mode != "map":  # "map" keeps the source head
+        if resumed["stage"] == "transfer" and self.cfg.transfer.protocol != "map":  # "map" keeps the source head
             with torch.random.fork_rng(devices=[]):
                 self.model.reset_head(self.d.n_target)
         self.model.load_state_dict(resumed["model"])
@@ -535,7 +535,7 @@ class _Run:
         last = self.state["history"][-1] if p.epochs > 0 else {}  # the last pretraining epoch's evaluation
         self.state["pretrain_final"] = {k: v for k, v in last.items() if k.startswith("acc_level")}
         self.state["stage"], self.state["epoch"] = "transfer", 0
-        if cfg.transfer.mode != "map":
+        if cfg.transfer.protocol != "map":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed + 1)  # fresh head, reproducibly
                 self.model.reset_head(d.n_target)
@@ -546,11 +546,11 @@ class _Run:
         """Stage 2, transfer to the target; returns the final test logits at every level."""
         cfg, d, t, model = self.cfg, self.d, self.cfg.transfer, self.model
         y_tgt = torch.as_tensor(d.lv_tr[cfg.target])
-        if t.mode == "map":
+        if t.protocol == "map":
             if d.x_val is not None:
                 self.val_logits = self.test_levels({cfg.target: d.src_maps[cfg.target]}, x=d.x_val)[cfg.target]
             return self.test_levels({lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None})
-        if t.mode == "finetune":
+        if t.protocol == "finetune":
             last = self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
                                     lambda: self.test_levels(d.tgt_maps), cfg.bf16)
             if d.x_val is not None:
@@ -596,7 +596,7 @@ class _Run:
             "label_function_meta": d.src.meta,
             "target_level": cfg.target,
             "num_target_classes": d.n_target,
-            "transfer_mode": cfg.transfer.mode,
+            "protocol": cfg.transfer.protocol,  # "transfer_mode" in results of before the rename
             "hierarchy_hash": getattr(ds.hierarchy, "content_hash", None),
             "data": self.folder.data,  # the data fingerprint (granularity.data.fingerprint)
             "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(d.leaf_tr),

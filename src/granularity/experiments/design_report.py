@@ -217,3 +217,21 @@ def where_fine_labels_help(folders: list[Path]) -> str:
         lines += table_lines([r for r in s["table"] if r["metric"] == metric])
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+# The designs name the transfer protocol `mode`, with `linear` for `probe` (their results and the
+# committed tables use it); `study --design ... --protocol P` runs the design mode DESIGN_MODES[P].
+DESIGN_MODES = {"map": "map", "probe": "linear", "finetune": "finetune"}
+
+
+def format_design_table(summary: dict[str, Any], metric: str) -> str:
+    """The rows of ``metric``: target and leaf arm, their paired difference with its 95% CI and
+    p-value; the primary contrast starred."""
+    lines = [f"{'cell':<26} {'transfer':<16} {metric + ' target':<20} {'leaf':<16} {'leaf - target [95% CI]':<28} p"]
+    for r in summary["table"]:
+        if r["metric"] != metric:
+            continue
+        d = r["leaf_minus_target"]
+        lines.append(f"{('* ' if r['primary'] else '') + r['cell']:<26} {r['transfer']:<16} {fmt_ci(r['target']):<20} "
+                     f"{fmt_ci(r['leaf']):<16} {d['mean']:+.4f} [{d['t_lo']:+.4f}, {d['t_hi']:+.4f}]   {fmt_p(d['p_t'])}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The granularity U-curve over WordNet levels, on real text: ``granularity study wordnet-glosses``.
+"""The granularity U-curve over WordNet levels, on real text: ``granularity study --dataset wordnet-glosses``.
 
 Data: :mod:`granularity.data.wordnet_glosses` (one noun gloss per sample, labels = its hypernym
 path). Target: a coarse WordNet depth (default level 2: 11 classes such as *object*,

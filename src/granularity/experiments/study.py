@@ -32,11 +32,12 @@ paper's too-coarse arm) as well as finer ones. The rare-subclass variant keeps 3
 training images of Dress and Sandal, the members that look least like the rest of their group
 (tops; footwear), which is the theory's "rare feature" case; the confusable fine classes
 (T-shirt / Shirt / Pullover / Coat) all sit inside one target class and do not matter for it. ``full`` size:
-``train_size=null test_size=null seeds=[0,1,2,3,4]``.
+``run.train_size=null run.test_size=null seeds=[0,1,2,3,4]`` (:data:`FULL`).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import re
@@ -44,62 +45,109 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_serializer, model_validator
 
-from granularity.engine.config import ModelConfig, RareConfig, StageConfig, TransferConfig, TransferStageConfig
+from granularity.engine.config import RareConfig, TransferConfig
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
+from granularity.utils.deprecation import Renamed, upgrade
+from granularity.vocabulary import TRANSFER_RENAMES
 from granularity.utils.io import check_writable, read_json, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
 
+# The run settings every arm shares live in ``run`` (a TransferConfig); these keys were study
+# fields of their own before and are still read at the top level, with a deprecation line.
+RUN_KEYS = ("dataset", "data_root", "data_options", "target", "train_size", "test_size", "data_seed", "embedding",
+            "model", "pretrain", "transfer", "device", "bf16")
+RUN_DEFAULTS = {"test_size": 5000}  # the study's defaults where they differ from a single run's
+PER_ARM = ("source", "seed", "rare")  # set by the study for each run (arms, seeds, rare arms)
+# renamed inside a run's config (at the top, the spelling before `run`, and under `run`), then moved
+STUDY_RENAMES = (*TRANSFER_RENAMES, *(Renamed(f"run.{r.old}", f"run.{r.new}", r.values) for r in TRANSFER_RENAMES),
+                 *(Renamed(k, f"run.{k}") for k in RUN_KEYS))
+
+
+def _default_run() -> TransferConfig:
+    return TransferConfig.build(RUN_DEFAULTS)
+
+
 class StudyConfig(Config):
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    data_options: dict[str, Any] = Field(default_factory=dict)  # the loader's options, as for `transfer --data-option`
-    target: int = Field(2, ge=1)  # Fashion-MNIST level 2 = 4 groups (see the module docstring)
+    RENAMES: ClassVar[tuple[Renamed, ...]] = STUDY_RENAMES  # old spellings, read at the boundary
+    # the base of every run (source, seed and rare are set per arm); defaults as for `transfer`,
+    # but test_size 5000. Fashion-MNIST level 2 = 4 groups (see the module docstring); train_size
+    # 10000 = 1/6 of Fashion-MNIST: ~3.5 s per CNN epoch on 2 cores
+    run: TransferConfig = Field(default_factory=_default_run)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # 3 fit the 20-min budget on 2 cores; use 5+ to narrow CIs
-    train_size: int | None = Field(10000, ge=1)  # 1/6 of Fashion-MNIST: ~3.5 s per CNN epoch on 2 cores
-    test_size: int | None = Field(5000, ge=1)
-    data_seed: int = 0
     kmeans_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [20, 80])  # total clusters, for both k-means families
     random_classes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10])  # as many classes as the leaves, but meaningless
     per_sample: bool = True
-    embedding: str = "pca"  # see granularity.engine.embeddings
     rare: RareConfig | None = Field(default_factory=lambda: RareConfig(classes=["Dress", "Sandal"], keep_fraction=0.03))
     rare_sources: list[str] = Field(default_factory=lambda: ["target", "leaf"])
     reference_seeds: int = Field(2, ge=0)  # per labelling (target and leaf), on disjoint training images; 0: no hard set
     hard_margin: float = Field(0.5, ge=0, le=1)  # hard: any reference wrong, or mean softmax margin below this
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    pretrain: StageConfig = Field(default_factory=StageConfig)
-    transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    bf16: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_run(cls, data: Any) -> Any:
+        return nest_run(data, warn=True)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        for key in PER_ARM:  # set per arm: not settings of the study
+            out["run"].pop(key, None)
+        return out
+
+
+def nest_run(data: Any, *, warn: bool) -> Any:
+    """A study mapping in the current spelling (:data:`STUDY_RENAMES`: top-level run keys of
+    before the study held a transfer config moved into ``run``), the study's run defaults
+    under ``run``; per-arm keys in ``run`` are an error."""
+    data = upgrade(data, STUDY_RENAMES, warn=warn)
+    if not isinstance(data, dict) or not isinstance(data.get("run", {}), Mapping):
+        return data
+    run = dict(data.get("run") or {})
+    given = [k for k in PER_ARM if k in run]
+    if given:
+        raise GranularityError(f"The study sets 'run.{given[0]}' for each arm itself (arms: kmeans_sizes, random_classes, "
+                               f"per_sample; seeds; rare); remove it.")
+    data["run"] = {**RUN_DEFAULTS, **run}
+    return data
+
+
+def read_study_config(raw: Mapping[str, Any]) -> StudyConfig:
+    """A stored ``study.json`` of any release, validated without deprecation lines."""
+    return StudyConfig.build(nest_run(raw, warn=False), where="study.json")
 
 
 QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
     "seeds": [0, 1],
-    "train_size": 600,
-    "test_size": 300,
     "kmeans_sizes": [8],
     "random_classes": [4],
     "reference_seeds": 2,
-    "model": {"name": "cnn", "options": {"width": 8}},
-    "pretrain": {"epochs": 1},
-    "transfer": {"epochs": 1},
+    "run": {"train_size": 600, "test_size": 300, "model": {"name": "cnn", "options": {"width": 8}},
+            "pretrain": {"epochs": 1}, "transfer": {"epochs": 1}},
 }
+FULL = {"run": {"train_size": None, "test_size": None}, "seeds": [0, 1, 2, 3, 4]}  # the whole data set, 5 seeds
+
+
+def study_preset(quick: bool = False, full: bool = False) -> dict[str, Any]:
+    """The overrides of ``study --quick`` / ``--full`` (none: the defaults)."""
+    if quick and full:
+        raise GranularityError("The 'quick' and 'full' sizes cannot be used together.")
+    return copy.deepcopy(QUICK if quick else FULL if full else {})
 
 
 def arms(cfg: StudyConfig, depth: int) -> list[tuple[str, str, RareConfig | None]]:
     """``(arm name, source label function, rare config)`` of every compared arm."""
-    nesting_only = cfg.transfer.mode == "map"  # "map" needs labels that nest in the target
+    nesting_only = cfg.run.transfer.protocol == "map"  # "map" needs labels that nest in the target
     out: list[tuple[str, str | None, Any]] = [("target", "target", None)]
     out += [(f"level:{lv}", f"level:{lv}", None) for lv in range(1, depth + 1)
-            if lv != cfg.target and not (nesting_only and lv < cfg.target)]
+            if lv != cfg.run.target and not (nesting_only and lv < cfg.run.target)]
     for k in cfg.kmeans_sizes:
         out.append((f"kmeans-within:{k}", f"kmeans-within:{k}", None))
         if not nesting_only:
@@ -118,11 +166,9 @@ def _folder(name: str) -> str:
 
 
 def run_config(cfg: StudyConfig, source: str, seed: int, rare: RareConfig | None) -> TransferConfig:
-    return TransferConfig(
-        dataset=cfg.dataset, data_root=cfg.data_root, data_options=cfg.data_options, train_size=cfg.train_size, test_size=cfg.test_size,
-        data_seed=cfg.data_seed, target=cfg.target, source=source, embedding=cfg.embedding, rare=rare,
-        model=cfg.model, pretrain=cfg.pretrain, transfer=cfg.transfer, seed=seed, device=cfg.device, bf16=cfg.bf16,
-    )
+    """The study's run settings with one arm's source, seed and rare classes (validated)."""
+    return TransferConfig.build({**cfg.run.model_dump(), "source": source, "seed": seed,
+                                 "rare": None if rare is None else rare.model_dump()})
 
 
 def run_study(
@@ -142,7 +188,7 @@ def run_study(
     _check_sources(cfg)
     out = check_writable(out)
     started = (out / "runs").exists() or (out / "refs").exists()
-    if started and (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
+    if started and (out / "study.json").exists() and not _same_study(read_json(out / "study.json"), cfg):
         raise GranularityError(
             f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it."
         )
@@ -151,7 +197,7 @@ def run_study(
     if dataset is None:
         from granularity.data import load_dataset
 
-        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+        dataset = load_dataset(cfg.run.dataset, root=cfg.run.data_root)
     arm_list, jobs = study_jobs(cfg, dataset)
     cache: dict = {}
     results: dict[str, dict] = {}
@@ -170,6 +216,14 @@ def run_study(
     return summary
 
 
+def _same_study(stored: Any, cfg: StudyConfig) -> bool:
+    """Whether a folder's ``study.json`` (written by any release) is the study ``cfg``."""
+    try:
+        return read_study_config(stored).to_dict() == cfg.to_dict()
+    except GranularityError:
+        return False
+
+
 def _check_sources(cfg: StudyConfig) -> None:
     if cfg.rare is not None:
         for s in cfg.rare_sources:
@@ -180,18 +234,18 @@ def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[tuple[str, Tr
     """The arms and every run (folder, config) of the study, after the checks that need the
     data set (target level, k-means sizes, rare class names)."""
     depth = int(dataset.hierarchy.depth)
-    if cfg.target >= depth:
+    if cfg.run.target >= depth:
         raise GranularityError(
-            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.target} instead."
+            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.run.target} instead."
         )
-    n_target = int(dataset.hierarchy.num_classes(cfg.target))
+    n_target = int(dataset.hierarchy.num_classes(cfg.run.target))
     small = [k for k in cfg.kmeans_sizes if k < n_target]
     if small:
         raise GranularityError(
-            f"The 'kmeans_sizes' parameter must hold sizes >= the {n_target} classes of target level {cfg.target} "
+            f"The 'kmeans_sizes' parameter must hold sizes >= the {n_target} classes of target level {cfg.run.target} "
             f"(kmeans-within needs a cluster per target class). Got {small} instead."
         )
-    n_train = len(dataset.train) if cfg.train_size is None else min(cfg.train_size, len(dataset.train))
+    n_train = len(dataset.train) if cfg.run.train_size is None else min(cfg.run.train_size, len(dataset.train))
     for param, sizes in (("kmeans_sizes", cfg.kmeans_sizes), ("random_classes", cfg.random_classes)):
         big = [k for k in sizes if k > n_train]
         if big:
@@ -221,9 +275,9 @@ def reference_dataset(cfg: StudyConfig, dataset: Any) -> Any | None:
     from granularity.data.base import stratified_indices
 
     n = len(dataset.train)
-    if cfg.reference_seeds == 0 or cfg.train_size is None or cfg.train_size >= n:
+    if cfg.reference_seeds == 0 or cfg.run.train_size is None or cfg.run.train_size >= n:
         return None
-    used = np.asarray(stratified_indices(dataset.train.y, cfg.train_size, cfg.data_seed))  # = RealDataset.subset's draw
+    used = np.asarray(stratified_indices(dataset.train.y, cfg.run.train_size, cfg.run.data_seed))  # = RealDataset.subset's draw
     return dataset.select(train=np.setdiff1d(np.arange(n), used), references="training images outside the study's subset")
 
 
@@ -233,9 +287,9 @@ def reference_jobs(cfg: StudyConfig, dataset: Any) -> list[tuple[str, TransferCo
     ref = reference_dataset(cfg, dataset)
     if ref is None:
         return []
-    size = min(cfg.train_size, len(ref.train))
-    ref_cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={"mode": "map"}), "train_size": size,
-                                     "rare": None})
+    size = min(cfg.run.train_size, len(ref.train))
+    run = cfg.run.model_copy(update={"transfer": cfg.run.transfer.model_copy(update={"protocol": "map"}), "train_size": size})
+    ref_cfg = cfg.model_copy(update={"run": run})
     return [(f"refs/{src}-seed{1000 + i}", run_config(ref_cfg, src, 1000 + i, None))
             for src in ("target", "leaf") for i in range(cfg.reference_seeds)]
 
@@ -247,11 +301,11 @@ def plan_study(config: StudyConfig | Mapping[str, Any], *, dataset: Any | None =
 
     cfg = config if isinstance(config, StudyConfig) else StudyConfig.build(config)
     _check_sources(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.run.device)
     if dataset is None:
         from granularity.data import load_dataset
 
-        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+        dataset = load_dataset(cfg.run.dataset, root=cfg.run.data_root)
     arm_list, jobs = study_jobs(cfg, dataset)
     need = 0
     for _, rc in jobs:
@@ -325,6 +379,19 @@ def summarise_study(cfg: StudyConfig, out: Path, arm_list, results: dict[str, di
         "hierarchy_hash": results[next(iter(results))].get("hierarchy_hash"),
         "table": table,
     }
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The study's table as text: per arm, its number of classes and each error, mean ± CI."""
+    from granularity.utils.stats import fmt_ci
+
+    table = summary["table"]
+    keys = [k for k in ("target_error", "hard_error", "easy_error", "rare_error") if any(k in r for r in table)]
+    lines = [f"{'arm':<20} {'classes':>7}  " + "  ".join(f"{k:<16}" for k in keys)]
+    for r in table:
+        cells = "  ".join(f"{fmt_ci(r[k]) if k in r else '-':<16}" for k in keys)
+        lines.append(f"{r['arm']:<20} {r['num_source_classes']:>7}  {cells}")
+    return "\n".join(lines)
 
 
 def write_csv(path: Path, table: list[dict]) -> None:

@@ -196,7 +196,8 @@ def _phase_table(phase: Mapping[str, Any]) -> list[list[str]]:
 def section_transfer_run(folder: Path) -> Section:
     res = read_json(folder / "result.json")
     sec = Section(f"Transfer run {folder.name!r}", str(folder))
-    keys = ["source", "num_source_classes", "target_level", "transfer_mode", "target_error", "rare_error",
+    # "transfer_mode": the protocol's key in result files of before the one vocabulary
+    keys = ["source", "num_source_classes", "target_level", "protocol", "transfer_mode", "target_error", "rare_error",
             "common_error", "hierarchy_hash", "seed"]
     sec.tables.append(("Result", [["field", "value"]] + [[k, str(res[k])] for k in keys if k in res]))
     return sec
@@ -211,7 +212,8 @@ def section_study(folder: Path, figdir: Path, names: _Names) -> Section:
     cfg = res.get("config") or read_json(folder / "study.json")
     table = res["table"]
     seeds = cfg.get("seeds", [])
-    sec = Section(f"Real-data study {folder.name!r} ({cfg.get('dataset')}, target level {cfg.get('target')})", str(folder))
+    run = cfg.get("run", cfg)  # study.json files of before the study held a transfer config: the keys at the top
+    sec = Section(f"Real-data study {folder.name!r} ({run.get('dataset')}, target level {run.get('target')})", str(folder))
     hs = res.get("hard_samples", {})
     sec.notes.append(f"{len(table)} arms x {len(seeds)} seeds {seeds}; hard test samples: {hs.get('n')} "
                      f"({hs.get('rule', '')}); hierarchy hash {res.get('hierarchy_hash')}.")

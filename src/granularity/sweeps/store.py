@@ -475,7 +475,8 @@ class ResultsStore:
                 "seed": (r["params"] or {}).get("seed"), "wall_time": r["wall_time"], "attempts": r["attempts"],
                 "hierarchy_hash": r["hierarchy_hash"],
             }
-            rec.update({f"{k}": _scalar(v) if encode_lists else v for k, v in flatten(r["config"]).items()})
+            config = _current_spelling(r["kind"], r["config"])
+            rec.update({f"{k}": _scalar(v) if encode_lists else v for k, v in flatten(config).items()})
             rec.update({f"{k}": v for k, v in (r["metrics"] or {}).items()})
             versions = r["versions"] or {}
             for key in ("granularity", "torch", "python", "git_revision", "device"):
@@ -483,6 +484,14 @@ class ResultsStore:
                     rec[f"env.{key}"] = versions[key]
             records.append(rec)
         return pd.DataFrame.from_records(records)
+
+
+def _current_spelling(kind: str, config: Any) -> Any:
+    """A stored config (written by any release) with renamed keys and values in today's spelling."""
+    from granularity.sweeps.kinds import KINDS
+
+    k = KINDS.get(kind)
+    return k.read_config(dict(config)) if k is not None and isinstance(config, Mapping) else config
 
 
 def sweep_params(config: Mapping[str, Any] | None, axes: list[list[str]], params: Mapping[str, Any] | None) -> dict[str, Any]:

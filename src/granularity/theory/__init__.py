@@ -4,7 +4,15 @@ pretraining, transfer to the coarse task, easy/hard errors and feature alignment
 See ``docs/theory.md`` of the project for the model definition.
 """
 
-from granularity.theory.config import DataConfig, ModelConfig, SimConfig, TrainConfig, TransferConfig
+from granularity.theory.config import (  # ModelConfig, TransferConfig: the old names of SimModelConfig, SimTransferConfig
+    DataConfig,
+    ModelConfig,
+    SimConfig,
+    SimModelConfig,
+    SimTransferConfig,
+    TrainConfig,
+    TransferConfig,
+)
 from granularity.theory.data import HierarchicalMultiView, Samples
 from granularity.theory.presets import PRESETS, get_preset
 
@@ -15,6 +23,8 @@ __all__ = [
     "PRESETS",
     "Samples",
     "SimConfig",
+    "SimModelConfig",
+    "SimTransferConfig",
     "TrainConfig",
     "TransferConfig",
     "get_preset",

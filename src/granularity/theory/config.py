@@ -127,7 +127,7 @@ class DataConfig(Config):
         return 1.0 / math.sqrt(self.d) if self.sigma is None else self.sigma
 
 
-class ModelConfig(Config):
+class SimModelConfig(Config):
     """The two-layer patch CNN (docs/theory.md, "The model in brief")."""
 
     m: int = Field(16, ge=1, le=4096, description="neurons per output class")
@@ -166,8 +166,9 @@ class TrainConfig(Config):
     log_points: int = Field(20, ge=2, le=200, description="log-spaced steps at which alignment is recorded")
 
 
-class TransferConfig(Config):
-    """How a pretrained model is evaluated on the target (coarse) task."""
+class SimTransferConfig(Config):
+    """How a pretrained model is evaluated on the target (coarse) task: the protocols are
+    :data:`granularity.vocabulary.PROTOCOLS`, as in the real-data engine."""
 
     protocols: list[Literal["map", "probe", "finetune"]] = ["map", "probe", "finetune"]
     sources: list[int | Literal["coarse", "fine"]] = Field(
@@ -181,14 +182,20 @@ class TransferConfig(Config):
     n_test: int = Field(2000, ge=1, description="easy and hard test samples each, per seed")
 
 
+# The names of before the engine's configs took them (kept: public API of granularity.theory);
+# only the engine's classes are called TransferConfig and ModelConfig.
+ModelConfig = SimModelConfig
+TransferConfig = SimTransferConfig
+
+
 class SimConfig(Config):
     """One simulator experiment: data, model, training, transfer, seeds."""
 
     name: str = "custom"
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: SimModelConfig = Field(default_factory=SimModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    transfer: SimTransferConfig = Field(default_factory=SimTransferConfig)
     seeds: int = Field(5, ge=1, le=1000, description="independent seeds (fresh data + init each)")
     seed0: int = Field(0, ge=0, description="first seed")
     seed_batch: int = Field(5, ge=1, le=64, description="seeds trained together as one batched computation")

@@ -19,10 +19,10 @@ import math
 
 import torch
 
-from granularity.theory.config import ModelConfig
+from granularity.theory.config import SimModelConfig
 
 
-def activation(pre: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def activation(pre: torch.Tensor, cfg: SimModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``act(pre)`` and ``act'(pre)``.
 
     ``smooth_relu`` is the smoothed ReLU of Allen-Zhu & Li: ``z^q / (q rho^(q-1))`` on
@@ -51,11 +51,11 @@ class PatchCNN:
     Parameters
     ----------
     S, outputs, d : sizes.
-    cfg : ModelConfig
+    cfg : SimModelConfig
     gens : one ``torch.Generator`` per seed, for the initialisation.
     """
 
-    def __init__(self, S: int, outputs: int, d: int, cfg: ModelConfig, gens: list[torch.Generator],
+    def __init__(self, S: int, outputs: int, d: int, cfg: SimModelConfig, gens: list[torch.Generator],
                  device: str | torch.device = "cpu"):
         self.cfg, self.S, self.outputs, self.d = cfg, S, outputs, d
         self.m = cfg.m

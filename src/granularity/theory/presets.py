@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from granularity.errors import unknown_name
+from granularity.errors import GranularityError, unknown_name
 from granularity.theory.config import SimConfig
 from granularity.utils.config import apply_overrides, deep_merge, load_config_file
 
@@ -67,8 +67,9 @@ def get_preset(name: str) -> Preset:
 
 
 def resolve_config(preset: str, config: str | Path | None = None, sets: Iterable[str] = (),
-                   seeds: int | None = None) -> tuple[SimConfig, dict[str, Any]]:
+                   seeds: int | list[int] | None = None) -> tuple[SimConfig, dict[str, Any]]:
     """defaults < preset < config file < ``key=value`` overrides < ``seeds``, validated once.
+    ``seeds``: a count (seeds 0..n-1) or a list of consecutive seeds (``seed0`` = its first).
     Returns the config and the raw data it was built from (for phase cells to vary).
 
     Examples
@@ -81,9 +82,19 @@ def resolve_config(preset: str, config: str | Path | None = None, sets: Iterable
     if config is not None:
         raw = deep_merge(raw, load_config_file(config))
     raw = apply_overrides(raw, sets)
-    if seeds is not None:
+    if isinstance(seeds, list):
+        raw.update(seed_range(seeds))
+    elif seeds is not None:
         raw["seeds"] = seeds
     return SimConfig.build(raw), raw
+
+
+def seed_range(seeds: list[int]) -> dict[str, int]:
+    """``[3, 4, 5]`` -> ``{"seed0": 3, "seeds": 3}``: the simulator trains consecutive seeds."""
+    if not seeds or list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
+        raise GranularityError(f"The 'seeds' parameter of the simulator must be consecutive seeds (e.g. 3,4,5 or a count). "
+                               f"Got {list(seeds)} instead.")
+    return {"seed0": int(seeds[0]), "seeds": len(seeds)}
 
 
 # The calibrated reference (docs/theory.md, "The model in brief"): d=256, P=16, K=2, k=8, m=16,
