@@ -16,18 +16,19 @@ from typing import Any
 from granularity.data.base import RealDataset
 from granularity.data.image_folder import check_image_options, make_splits
 from granularity.errors import DataError, param_error
-
-from granularity.utils.io import load_json_file
+from granularity.utils.io import read_json
 
 NAME = "inat2021"
 VERSION = "inat2021-json-1"
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_annotation_file(path: Path) -> dict[str, Any]:
+    """An iNat2021 annotation file, checked to hold the ``images``, ``annotations`` and
+    ``categories`` lists (the JSON itself is parsed by :func:`granularity.utils.io.read_json`)."""
     if not Path(path).exists():
         raise DataError(f"iNat2021 annotation file {path} not found (expected train.json / val.json in the root).")
-    obj = load_json_file(path, "iNat2021 annotation file")
+    obj = read_json(path, "iNat2021 annotation file")
     if not isinstance(obj, dict):
         raise DataError(f"iNat2021 annotation file {path} must hold a JSON object.")
     for key in ("images", "annotations", "categories"):
@@ -104,7 +105,7 @@ def load_inat2021(
         raise param_error("ranks", "a list of taxonomy field names, coarse to fine", ranks)
     root = Path(root).expanduser()
     tr_path, te_path = root / train_json, root / test_json
-    tr, te = read_json(tr_path), read_json(te_path)
+    tr, te = read_annotation_file(tr_path), read_annotation_file(te_path)
     try:
         cats = sorted(tr["categories"], key=lambda c: int(c["id"]))
     except (KeyError, TypeError, ValueError, OverflowError):

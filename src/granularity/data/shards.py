@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from granularity.data.base import RealDataset, StreamSplit, decode_image, stratified_indices
 from granularity.data.image_folder import EXTENSIONS, _hierarchy_error, check_image_options, hierarchy_factory
 from granularity.errors import DataError, param_error
-from granularity.utils.io import load_json_file, write_bytes_atomic, write_json
+from granularity.utils.io import read_json, write_bytes_atomic, write_json
 
 NAME = "shards"
 VERSION = "webdataset-1"
@@ -371,7 +371,7 @@ def load_shards(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"Shard folder {root} not found.")
-    manifest = load_json_file(root / MANIFEST, "Shard manifest") if (root / MANIFEST).is_file() else None
+    manifest = read_json(root / MANIFEST, "Shard manifest") if (root / MANIFEST).is_file() else None
     if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("classes"), list)
                                      and isinstance(manifest.get("splits"), dict)):
         raise DataError(f"Shard manifest {root / MANIFEST} has no 'classes' list or 'splits' object.")
@@ -460,7 +460,7 @@ def _source_parts(src: Path, fmt: str, train_dir: str, test_dir: str, test_fract
         from granularity.data.inat import RANKS, load_inat2021
 
         ds = load_inat2021(src, in_memory=False)
-        cats = sorted(load_json_file(src / "train.json", "iNat2021 annotation file")["categories"], key=lambda c: int(c["id"]))
+        cats = sorted(read_json(src / "train.json", "iNat2021 annotation file")["categories"], key=lambda c: int(c["id"]))
         extra = {"inat_categories": cats, "inat_ranks": list(RANKS)}
     elif fmt == "image-folder":
         from granularity.data.image_folder import load_image_folder

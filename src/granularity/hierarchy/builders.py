@@ -16,7 +16,7 @@ import numpy as np
 
 from granularity.errors import DataError, GranularityError, HierarchyError, param_error, suggest
 from granularity.hierarchy.tree import LabelHierarchy
-from granularity.utils.io import load_json_file
+from granularity.utils.io import read_json
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 FASHION_MNIST_CLASSES = (
@@ -206,7 +206,7 @@ def inat2021_hierarchy(
     src = f"file {source!r}" if source else "the given categories"
     if isinstance(path, (str, Path)):
         src = f"file {str(path)!r}"
-        data = load_json_file(path, "iNaturalist annotation file")
+        data = read_json(path, "iNaturalist annotation file")
     else:
         data = path
     cats = data.get("categories") if isinstance(data, Mapping) else data

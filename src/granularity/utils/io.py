@@ -90,11 +90,6 @@ def read_json(path: Path | str, what: str | None = None) -> Any:
         raise DataError(f"{src} nests too deeply to be a {what}.") from None
 
 
-def load_json_file(path: Path | str, what: str) -> Any:
-    """:func:`read_json` naming ``what`` in its errors (kept for the data loaders' calls)."""
-    return read_json(path, what)
-
-
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
     """Write a compressed ``.npz`` atomically."""
     _atomic(Path(path), lambda fh: np.savez_compressed(fh, **arrays), "wb")
