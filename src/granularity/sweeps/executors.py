@@ -17,7 +17,7 @@ from typing import Any
 from granularity.errors import GranularityError, unknown_name
 from granularity.sweeps.spec import RunSpec
 from granularity.sweeps.store import HEARTBEAT_S, ResultsStore, owner_id
-from granularity.sweeps.worker import compute_run, record, serve
+from granularity.sweeps.worker import Heartbeat, compute_run, record, serve
 
 MAX_CRASHES = 2  # a run whose worker process dies this often is recorded as failed
 
@@ -69,12 +69,9 @@ class DriverRecords:
     outcomes the remote :func:`compute_run` returns. Remote workers write only their run folder."""
 
     def __init__(self, store: ResultsStore):
-        import threading
-
         self.store, self.owner = store, owner_id()
         self.crashes = _Crashes(store, owned=True)  # the sweep process fails a twice-crashed run itself
-        self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeats, daemon=True, name="sweep-claims-heartbeat")
+        self._beat = Heartbeat(store.root, lambda s: s.heartbeat_owner(self.owner), "sweep-claims-heartbeat")
         self._beat.start()
 
     def claim(self, run: RunSpec) -> dict[str, Any] | None:
@@ -115,20 +112,8 @@ class DriverRecords:
             return failed
         return self.record(outcome)
 
-    def _heartbeats(self) -> None:
-        store = None
-        try:
-            while not self._stop.wait(HEARTBEAT_S):
-                store = store or ResultsStore(self.store.root, create=False)
-                store.heartbeat_owner(self.owner)
-        except Exception:  # noqa: BLE001 - a missed heartbeat only makes the claims look stale later
-            pass
-        finally:
-            if store is not None:
-                store.close()
-
     def close(self) -> None:
-        self._stop.set()
+        self._beat.stop.set()
         self._beat.join(HEARTBEAT_S + 5)
 
 
