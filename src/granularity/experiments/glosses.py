@@ -18,7 +18,6 @@ are skipped when the study is run again; a folder holding another config is refu
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from granularity.engine.config import ModelConfig, StageConfig, TransferConfig, 
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.io import check_writable, read_json, write_bytes_atomic, write_json
+from granularity.utils.io import check_writable, read_json, write_csv_table, write_json
 from granularity.utils.stats import mean_ci
 
 
@@ -270,17 +269,7 @@ def write_csv(path: Path, table: list[dict]) -> None:
         d = r.get("target_error_minus_baseline", {"mean": "", "ci": ""})
         rows.append([r["arm"], r["family"], "" if r["level"] is None else r["level"], r["num_source_classes"], r["n_seeds"],
                      r["target_error"]["mean"], r["target_error"]["ci"], d["mean"], d["ci"], r["train_seconds_mean"]])
-
-    def write(fh) -> None:
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        w.writerows(rows)
-        fh.write(buf.getvalue().encode())
-
-    write_bytes_atomic(path, write)
+    write_csv_table(path, cols, rows, lineterminator="\n")
 
 
 def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:

@@ -37,7 +37,6 @@ training images of Dress and Sandal, the members that look least like the rest o
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import time
@@ -53,7 +52,7 @@ from granularity.engine.config import ModelConfig, RareConfig, StageConfig, Tran
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.io import check_writable, read_json, write_json, write_npz
+from granularity.utils.io import check_writable, read_json, write_csv_table, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
 
@@ -338,12 +337,7 @@ def write_csv(path: Path, table: list[dict]) -> None:
             if k in r:
                 row[f"{k}_mean"], row[f"{k}_ci"] = r[k]["mean"], r[k]["ci"]
         rows.append(row)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_csv_table(path, cols, rows)
 
 
 def _err(v: float) -> float:
