@@ -33,6 +33,7 @@ from granularity.engine.config import ModelConfig, StageConfig, TransferConfig, 
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
+from granularity.utils.figures import clipped_band, clipped_yerr
 from granularity.utils.io import check_writable, read_json, write_csv_table, write_json
 from granularity.utils.stats import mean_ci
 
@@ -284,7 +285,7 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lv = level_rows(table)
     ax.errorbar([r["num_source_classes"] for r in lv], [r["target_error"]["mean"] for r in lv],
-                yerr=[_ci(r) for r in lv], marker="o", capsize=3, label="WordNet level L")
+                yerr=_yerr(lv), marker="o", capsize=3, label="WordNet level L")
     for r in lv:
         ax.annotate(f"L{r['level']}", (r["num_source_classes"], r["target_error"]["mean"]), textcoords="offset points",
                     xytext=(4, 6), fontsize=8)
@@ -293,10 +294,10 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
         rows = [r for r in table if r["family"] == fam]
         if rows:
             ax.errorbar([r["num_source_classes"] for r in rows], [r["target_error"]["mean"] for r in rows],
-                        yerr=[_ci(r) for r in rows], marker=m, linestyle="none", capsize=3, label=label)
-    b, c = base["target_error"]["mean"], _ci(base)
+                        yerr=_yerr(rows), marker=m, linestyle="none", capsize=3, label=label)
+    b = base["target_error"]["mean"]
     ax.axhline(b, color="grey", linestyle="--", linewidth=1, label=f"target level {base['level']} (baseline)")
-    ax.axhspan(b - c, b + c, color="grey", alpha=0.15)
+    ax.axhspan(*(float(e[0]) for e in clipped_band([b], [base["target_error"]["ci"]])), color="grey", alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("pretraining classes (log scale)")
     ax.set_ylabel(f"target error (level {base['level']}, test)")
@@ -313,6 +314,6 @@ def level_rows(table: list[dict]) -> list[dict]:
     return sorted((r for r in table if r["level"] is not None), key=lambda r: r["num_source_classes"])
 
 
-def _ci(row: dict) -> float:
-    c = row["target_error"]["ci"]
-    return 0.0 if c is None or math.isnan(c) else float(c)
+def _yerr(rows: list[dict]) -> np.ndarray:
+    """Error bars of the target error clipped to [0, 1] (an error rate's interval never leaves it)."""
+    return clipped_yerr([r["target_error"]["mean"] for r in rows], [r["target_error"]["ci"] for r in rows])

@@ -52,6 +52,7 @@ from granularity.engine.config import ModelConfig, RareConfig, StageConfig, Tran
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
+from granularity.utils.figures import clipped_yerr
 from granularity.utils.io import check_writable, read_json, write_csv_table, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
@@ -340,15 +341,9 @@ def write_csv(path: Path, table: list[dict]) -> None:
     write_csv_table(path, cols, rows)
 
 
-def _err(v: float) -> float:
-    return 0.0 if v is None or math.isnan(v) else v
-
-
-def _yerr(rows: list[dict], key: str) -> list[list[float]]:
-    """Asymmetric error bars clipped at 0 (an error rate cannot be negative)."""
-    means = [r[key]["mean"] for r in rows]
-    cis = [_err(r[key]["ci"]) for r in rows]
-    return [[min(c, m) for m, c in zip(means, cis)], cis]
+def _yerr(rows: list[dict], key: str) -> np.ndarray:
+    """Error bars of ``key`` clipped to [0, 1] (an error rate's interval never leaves it)."""
+    return clipped_yerr([r[key]["mean"] for r in rows], [r[key]["ci"] for r in rows])
 
 
 def plot_study(summary: dict, out: Path) -> list[str]:

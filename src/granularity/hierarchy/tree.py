@@ -150,7 +150,7 @@ def _internal_order(internal: Sequence[str] | None, parent: dict[str, str], root
 
 
 def _missing(v: Any) -> bool:
-    """A missing value in a path row: None, NaN or blank."""
+    """A missing value in a path row or a partial label: None, NaN or blank."""
     return v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
 
 
