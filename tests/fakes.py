@@ -9,6 +9,15 @@ import pandas as pd
 
 from granularity.data.idx import write_idx
 
+# the tiny simulator config of the simulate, sweep and report tests (a run takes ~1 s)
+TINY_SIM = {
+    "name": "tiny",
+    "data": {"d": 32, "P": 6, "k": 3},
+    "model": {"m": 4},
+    "train": {"n_train": 120, "steps": 40, "batch_size": 32, "log_points": 5},
+    "transfer": {"n_test": 100, "probe_steps": 20, "finetune_steps": 20},
+}
+
 
 def write_fake_fmnist(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = True) -> Path:
     """Tiny Fashion-MNIST lookalike: class c images are filled with 20*c (+ noise)."""

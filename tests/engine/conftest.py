@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,19 @@ def tiny_config(**kw) -> dict:
     }
     base.update(kw)
     return base
+
+
+def run_files(folder):
+    """What a run folder holds that must not depend on timing: ``result.json`` and the
+    ``metrics.jsonl`` records without their clock fields, and the predictions as lists (so
+    two runs compare with ``==``, bit for bit)."""
+    res = json.loads((folder / "result.json").read_text())
+    for k in ("seconds", "train_seconds"):
+        res.pop(k)
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+               for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    preds = {k: v.tolist() for k, v in np.load(folder / "predictions.npz").items()}
+    return res, metrics, preds
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,16 +10,7 @@ import torch
 
 from granularity.engine import run_transfer
 
-from .conftest import tiny_config
-
-
-def _files(folder):
-    res = json.loads((folder / "result.json").read_text())
-    for k in ("seconds", "train_seconds"):
-        res.pop(k)
-    metrics = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
-               for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return res, metrics, dict(np.load(folder / "predictions.npz"))
+from .conftest import run_files, tiny_config
 
 
 @pytest.mark.parametrize("source,mode", [("leaf", "finetune"), ("kmeans-within:4", "linear")])
@@ -29,8 +19,8 @@ def test_same_config_and_seed_identical_on_cpu(tiny, tmp_path, source, mode):
     a, b = tmp_path / "a", tmp_path / "b"
     run_transfer(cfg, a, dataset=tiny)
     run_transfer({**cfg, "deterministic": True}, b, dataset=tiny)
-    ra, ma, pa = _files(a)
-    rb, mb, pb = _files(b)
+    ra, ma, pa = run_files(a)
+    rb, mb, pb = run_files(b)
     assert rb["precision"].pop("deterministic_algorithms") is True
     assert "deterministic_algorithms" not in ra["precision"]
     assert ra == rb and ma == mb  # every metric, bit for bit

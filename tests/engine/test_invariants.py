@@ -10,7 +10,6 @@ files on the CPU, fresh process or resumed; streamed vs in memory: training loss
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import torch
 from granularity.engine import run_transfer
 from granularity.models import list_models
 
-from .conftest import table_dataset, tiny_config, tiny_dataset
+from .conftest import run_files, table_dataset, tiny_config, tiny_dataset
 
 # every registered model, with small options that switch on each source of randomness it has
 MODELS = {
@@ -40,16 +39,6 @@ def test_every_registered_model_is_covered():
     assert sorted([*MODELS, *TEXT_MODELS]) == list_models()
 
 
-def _files(folder):
-    res = json.loads((folder / "result.json").read_text())
-    for k in ("seconds", "train_seconds"):
-        res.pop(k)
-    metrics = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
-               for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    preds = {k: v.tolist() for k, v in np.load(folder / "predictions.npz").items()}
-    return res, metrics, preds
-
-
 def _model_cfg(name: str, **kw) -> dict:
     return tiny_config(model={"name": name, "options": MODELS[name]},
                        pretrain={"epochs": 2, "batch_size": 16, "lr": 0.05, "augment": True}, **kw)
@@ -64,7 +53,7 @@ def test_same_config_identical_whatever_drew_from_the_global_rng_before(tmp_path
     run_transfer(cfg, tmp_path / "a", dataset=ds)
     torch.rand(13)  # another run / library call in the same worker process
     run_transfer(cfg, tmp_path / "b", dataset=ds)
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert run_files(tmp_path / "a") == run_files(tmp_path / "b")
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -72,7 +61,7 @@ def test_interrupted_at_random_points_resumes_bit_identical(tmp_path, model):
     ds = tiny_dataset()
     cfg = _model_cfg(model, transfer={"epochs": 2, "batch_size": 16, "lr": 0.02})
     run_transfer(cfg, tmp_path / "ref", dataset=ds)
-    ref = _files(tmp_path / "ref")
+    ref = run_files(tmp_path / "ref")
     total = 4 * 6  # 6 steps per epoch, 2 + 2 epochs
     for stop in sorted(random.Random(model).sample(range(1, total), 2)):
         out = tmp_path / f"cut{stop}"
@@ -80,7 +69,7 @@ def test_interrupted_at_random_points_resumes_bit_identical(tmp_path, model):
             run_transfer(cfg, out, dataset=ds, stop_after_steps=stop)
         torch.rand(5)  # the resuming process's global RNG is anywhere
         run_transfer(cfg, out, dataset=ds)
-        assert _files(out) == ref, f"{model}: resumed after {stop} steps"
+        assert run_files(out) == ref, f"{model}: resumed after {stop} steps"
 
 
 def test_dropout_run_identical_in_two_fresh_processes(tmp_path, make_fmnist):
@@ -95,7 +84,7 @@ def test_dropout_run_identical_in_two_fresh_processes(tmp_path, make_fmnist):
         proc = subprocess.run([sys.executable, "-c", prelude.format(pre), *args, "--out", str(tmp_path / name)],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert run_files(tmp_path / "a") == run_files(tmp_path / "b")
 
 
 # ---- row order ---------------------------------------------------------------------------------

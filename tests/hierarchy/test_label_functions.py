@@ -76,3 +76,21 @@ def test_label_function_errors(call, match):
     with pytest.raises(GranularityError, match=match) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_source_labels_build_no_tree_they_throw_away(monkeypatch):
+    # the engine keeps only the labels of a per-sample or random source: the flat tree of one
+    # class per sample (0.5 s for 60,000 samples) is built only when someone reads .hierarchy
+    from granularity.engine.labels import build_source_labels
+    from granularity.hierarchy import fashion_mnist_hierarchy
+    from granularity.hierarchy import label_functions as lfs
+
+    flat, built = lfs._flat, []
+    monkeypatch.setattr(lfs, "_flat", lambda *a: built.append(a[1]) or flat(*a))
+    leaf = np.arange(40) % 10
+    for spec in ("per-sample", "random:5"):
+        src = build_source_labels(spec, fashion_mnist_hierarchy(), leaf, 1, lambda: None, seed=0)
+        assert src.num_classes == (40 if spec == "per-sample" else 5)
+    assert built == []
+    lf = lfs.per_sample_labels(40)
+    assert lf.hierarchy.num_leaves == 40 and lf.hierarchy is lf.hierarchy and built == ["sample_"]

@@ -15,14 +15,9 @@ from granularity.sweeps.spec import RunSpec, Sweep, expand
 from granularity.sweeps.store import ResultsStore
 from granularity.utils.io import write_json
 
-# the TINY simulator config of the sweep tests (never trained here)
-SIM_BASE = {
-    "name": "tiny",
-    "data": {"d": 32, "P": 6, "k": 3},
-    "model": {"m": 4},
-    "train": {"n_train": 120, "steps": 40, "batch_size": 32, "log_points": 5},
-    "transfer": {"n_test": 100, "probe_steps": 20, "finetune_steps": 20},
-}
+from fakes import TINY_SIM  # tests/ is on sys.path
+
+SIM_BASE = TINY_SIM  # the tiny simulator config of the sweep tests (never trained here)
 TRANSFER_BASE = {"dataset": "fashion-mnist", "train_size": 600}
 
 

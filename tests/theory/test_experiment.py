@@ -10,12 +10,10 @@ from granularity.theory.config import SimConfig
 from granularity.theory.experiment import estimate_memory, check_memory, simulate
 from granularity.theory.phase import build_phase, run_phase
 
+from fakes import TINY_SIM  # tests/ is on sys.path
+
 TINY = {
-    "name": "tiny",
-    "data": {"d": 32, "P": 6, "k": 3},
-    "model": {"m": 4},
-    "train": {"n_train": 120, "steps": 40, "batch_size": 32, "log_points": 5},
-    "transfer": {"n_test": 100, "probe_steps": 20, "finetune_steps": 20},
+    **TINY_SIM,
     "seeds": 2,
     "seed_batch": 1,
 }

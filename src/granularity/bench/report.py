@@ -18,18 +18,45 @@ def _spread(sec: dict[str, float]) -> str:
     return f"{sec['median']:.3g} s (min {sec['min']:.3g}, max {sec['max']:.3g}, n={sec['n']})"
 
 
+def _machine(rec: dict[str, Any]) -> str:
+    m = rec["machine"]
+    return (
+        f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
+        f"{m.get('memory_gib')} GiB; device {rec['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; "
+        f"torch {m.get('torch')}, Python {m.get('python')}; git {str(m.get('git_revision'))[:10]}; "
+        f"{m.get('time')}. Load average before/after: {rec.get('load_average_before')} / "
+        f"{rec.get('load_average_after')}; total {rec.get('seconds', 0):.0f} s."
+    )
+
+
+def _seeds_row(s: dict[str, Any]) -> str:
+    return (f"| 2 | 8 seeds of the paper coarse model, {s['steps']} steps: batched vs sequential "
+            f"| {s['batched_seconds']:.1f} s vs {s['sequential_seconds']:.1f} s = **x{_f(s['speedup'], 1)}**; "
+            f"weights agree to {s['max_rel_weight_diff']:.0e}, errors to {s['max_error_diff']:.3f} "
+            f"| >= 3x | {'yes' if s['met'] else 'no'} |")
+
+
+def _error_table(s: dict[str, Any], caption_tail: str) -> list[str]:
+    """Figure 3's error table of a ``whole`` result (simulator vs baseline, per source and protocol)."""
+    lines = ["", f"Figure 3, error tables (mean over seeds; easy / hard target test error{caption_tail}):", "",
+             "| source | protocol | simulator easy | simulator hard | baseline easy | baseline hard |",
+             "|---|---|---|---|---|---|"]
+    for src, protos in s["errors_simulator"].items():
+        for proto, v in protos.items():
+            b = s["errors_baseline"][src][proto]
+            lines.append(f"| {src} | {proto} | {v['easy']['mean']:.3f} | {v['hard']['mean']:.3f} "
+                         f"| {b['easy']['mean']:.3f} | {b['hard']['mean']:.3f} |")
+    return lines
+
+
 def markdown(rec: dict[str, Any]) -> str:
     """The tables of one benchmark JSON; benchmarks/README.md embeds them verbatim (a test
     regenerates them from the committed JSON)."""
     if rec.get("schema", 1) >= 2:
         return markdown_v2(rec)
-    m, r = rec["machine"], rec["results"]
+    r = rec["results"]
     lines = [
-        f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
-        f"{m.get('memory_gib')} GiB; device {rec['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; "
-        f"torch {m.get('torch')}, Python {m.get('python')}; git {str(m.get('git_revision'))[:10]}; "
-        f"{m.get('time')}. Load average before/after: {rec.get('load_average_before')} / "
-        f"{rec.get('load_average_after')}; total {rec.get('seconds', 0):.0f} s.",
+        _machine(rec),
         "",
         "| # | figure | measured | target | met |",
         "|---|---|---|---|---|",
@@ -42,12 +69,7 @@ def markdown(rec: dict[str, Any]) -> str:
                 f"| {c['step_gflops']:.0f} GFLOP/s / {c['matmul_fp32_gflops']:.0f} GFLOP/s mm = **{_f(c['ratio'])}** "
                 f"| {'>= ' + str(s['target']) if name == 'large' else '-'} | {('yes' if s['met'] else 'no') if name == 'large' else ''} |")
     if "seeds" in r:
-        s = r["seeds"]
-        lines.append(
-            f"| 2 | 8 seeds of the paper coarse model, {s['steps']} steps: batched vs sequential "
-            f"| {s['batched_seconds']:.1f} s vs {s['sequential_seconds']:.1f} s = **x{_f(s['speedup'], 1)}**; "
-            f"weights agree to {s['max_rel_weight_diff']:.0e}, errors to {s['max_error_diff']:.3f} "
-            f"| >= 3x | {'yes' if s['met'] else 'no'} |")
+        lines.append(_seeds_row(r["seeds"]))
     if "whole" in r:
         s = r["whole"]
         lines.append(
@@ -75,26 +97,13 @@ def markdown(rec: dict[str, Any]) -> str:
             f"| 5 | peak RSS, streamed evaluation ({s['eval_preset']} data) | {rss}; ratio **{_f(s['rss_ratio_largest_to_smallest'])}** "
             f"| flat (<= 1.1) | {'yes' if s['met'] else 'no'} |")
     if "whole" in r:
-        s = r["whole"]
-        lines += ["", "Figure 3, error tables (mean over seeds; easy / hard target test error):", "",
-                  "| source | protocol | simulator easy | simulator hard | baseline easy | baseline hard |",
-                  "|---|---|---|---|---|---|"]
-        for src, protos in s["errors_simulator"].items():
-            for proto, v in protos.items():
-                b = s["errors_baseline"][src][proto]
-                lines.append(f"| {src} | {proto} | {v['easy']['mean']:.3f} | {v['hard']['mean']:.3f} "
-                             f"| {b['easy']['mean']:.3f} | {b['hard']['mean']:.3f} |")
+        lines += _error_table(r["whole"], "")
     return "\n".join(lines)
 
 
 def _header(rec: dict[str, Any]) -> list[str]:
-    m = rec["machine"]
     lines = [
-        f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
-        f"{m.get('memory_gib')} GiB; device {rec['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; "
-        f"torch {m.get('torch')}, Python {m.get('python')}; git {str(m.get('git_revision'))[:10]}; "
-        f"{m.get('time')}. Load average before/after: {rec.get('load_average_before')} / "
-        f"{rec.get('load_average_after')}; total {rec.get('seconds', 0):.0f} s.",
+        _machine(rec),
         "",
         "Ceilings (one per dtype for the whole run: the best of all interleaved `torch.mm` samples):",
         "",
@@ -122,12 +131,7 @@ def markdown_v2(rec: dict[str, Any]) -> str:
                     f"P={c['P']}) | {_spread(st['seconds'])}: {st['gflops']:.0f} GFLOP/s = {ratios} "
                     f"| {'>= ' + str(s['target']) if target else '-'} | {('yes' if s['met'] else 'no') if target else ''} |")
     if "seeds" in r:
-        s = r["seeds"]
-        lines.append(
-            f"| 2 | 8 seeds of the paper coarse model, {s['steps']} steps: batched vs sequential "
-            f"| {s['batched_seconds']:.1f} s vs {s['sequential_seconds']:.1f} s = **x{_f(s['speedup'], 1)}**; "
-            f"weights agree to {s['max_rel_weight_diff']:.0e}, errors to {s['max_error_diff']:.3f} "
-            f"| >= 3x | {'yes' if s['met'] else 'no'} |")
+        lines.append(_seeds_row(r["seeds"]))
     if "whole" in r:
         s = r["whole"]
         sec = s["spread"]
@@ -151,15 +155,7 @@ def markdown_v2(rec: dict[str, Any]) -> str:
         lines.append(f"| 4 | peak RSS of a default transfer run (n_train={rr.get('n_train')}, epochs reduced to 1+1) "
                      f"| {rr['maxrss_mib']:.0f} MiB | - | - |")
     if "whole" in r:
-        s = r["whole"]
-        lines += ["", f"Figure 3, error tables (mean over seeds; easy / hard target test error; simulator in {s['precision']}):", "",
-                  "| source | protocol | simulator easy | simulator hard | baseline easy | baseline hard |",
-                  "|---|---|---|---|---|---|"]
-        for src, protos in s["errors_simulator"].items():
-            for proto, v in protos.items():
-                b = s["errors_baseline"][src][proto]
-                lines.append(f"| {src} | {proto} | {v['easy']['mean']:.3f} | {v['hard']['mean']:.3f} "
-                             f"| {b['easy']['mean']:.3f} | {b['hard']['mean']:.3f} |")
+        lines += _error_table(r["whole"], f"; simulator in {r['whole']['precision']}")
     return "\n".join(lines)
 
 

@@ -167,6 +167,34 @@ def _table_files(root: Path) -> tuple[Path, Path | None]:
     raise DataError(f"Table {root} not found (a file {'/'.join(TABLE_EXTS)} or a folder with train.* and test.*).")
 
 
+def _check_columns(df, path: Path, labels: list[str], feature_columns: Sequence[str] | None,
+                   check_labels: bool) -> None:
+    """The table at ``path`` has the label and feature columns named, no column twice, and
+    (``check_labels``) usable labels in every label column."""
+    for col in labels + list(feature_columns or []):
+        if col not in df.columns:
+            raise DataError(
+                f"Table {path} has no column {col!r}{suggest(col, map(str, df.columns))}; "
+                f"columns are: {', '.join(map(str, df.columns[:20]))}."
+            )
+    if df.columns.duplicated().any():
+        dup = df.columns[df.columns.duplicated()][0]
+        raise DataError(f"Table {path} has two columns named {dup!r}.")
+    for col in labels if check_labels else ():
+        _check_labels(f"Table {path}", col, df[col].to_numpy(), len(df))
+
+
+def _numeric_part(df, cols: list[str], labels: list[str], where: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(features, [labels per level])`` of one split; every feature column must be numeric."""
+    non_numeric = [c for c in cols if df[c].dtype.kind not in "biuf"]
+    if non_numeric:
+        raise DataError(
+            f"Table {where}: feature column {non_numeric[0]!r} is not numeric ({df[non_numeric[0]].dtype}); "
+            "list the features with feature_columns= or make it a label."
+        )
+    return df[cols].to_numpy(), [df[c].to_numpy() for c in labels]
+
+
 def load_table(
     root: str | Path | None = None,
     label_columns: Sequence[str] = ("label",),
@@ -215,18 +243,9 @@ def load_table(
         frames["test"] = read_table(test_path)
     where = str(train_path if test_path is None else train_path.parent)
     for key, df in frames.items():
-        path = train_path if key == "train" else test_path
-        for col in labels + list(feature_columns or []):
-            if col not in df.columns:
-                raise DataError(
-                    f"Table {path} has no column {col!r}{suggest(col, map(str, df.columns))}; "
-                    f"columns are: {', '.join(map(str, df.columns[:20]))}."
-                )
-        if df.columns.duplicated().any():
-            dup = df.columns[df.columns.duplicated()][0]
-            raise DataError(f"Table {path} has two columns named {dup!r}.")
-        for col in labels if label_policy is None else ():  # partial labels may be blank
-            _check_labels(f"Table {path}", col, df[col].to_numpy(), len(df))
+        # partial labels may be blank: their checks come with the hierarchy
+        _check_columns(df, train_path if key == "train" else test_path, labels, feature_columns,
+                       check_labels=label_policy is None)
     if test_path is None:
         df = frames.pop("train")
         if split_column and split_column in df.columns:
@@ -240,15 +259,7 @@ def load_table(
     ]
     if not cols:
         raise DataError(f"Table {where} has no feature columns besides the labels {labels}.")
-    parts = {}
-    for key, df in frames.items():
-        non_numeric = [c for c in cols if df[c].dtype.kind not in "biuf"]
-        if non_numeric:
-            raise DataError(
-                f"Table {where}: feature column {non_numeric[0]!r} is not numeric ({df[non_numeric[0]].dtype}); "
-                "list the features with feature_columns= or make it a label."
-            )
-        parts[key] = (df[cols].to_numpy(), [df[c].to_numpy() for c in labels])
+    parts = {key: _numeric_part(df, cols, labels, where) for key, df in frames.items()}
     info = {"root": str(root), "features": cols}
     if label_policy is not None:
         return _partial_dataset(frames, labels, cols, where, hierarchy_file, label_policy, info)

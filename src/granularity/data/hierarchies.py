@@ -194,9 +194,9 @@ def parse_grouping(spec: str, leaf_names: Sequence[str], seed: int = 0) -> tuple
         perm = np.random.default_rng(seed).permutation(len(leaves))
         groups = {f"R{i}": [leaves[j] for j in perm[i::g]] for i in range(g)}
     elif spec.endswith((".json", ".yaml", ".yml")):
-        from granularity.utils.io import load_json_file
+        from granularity.utils.io import read_json
 
-        raw = load_json_file(spec, "grouping") if spec.endswith(".json") else _yaml_file(spec)
+        raw = read_json(spec, "grouping") if spec.endswith(".json") else _yaml_file(spec)
         if not isinstance(raw, dict):
             raise GranularityError(f"The grouping file {spec} must hold an object {{group: [leaf names or ids]}}.")
         groups = {str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in raw.items()}

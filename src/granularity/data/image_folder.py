@@ -73,21 +73,28 @@ def list_class_folders(folder: Path, extensions: Sequence[str]) -> dict[str, lis
     return classes
 
 
+HIERARCHY_NAMES = ("auto", "wordnet", "flat")
+
+
 def _hierarchy_error(got: Any) -> GranularityError:
     return GranularityError(
         "The 'hierarchy' parameter must be 'auto', 'wordnet', 'flat', a dict or an existing JSON file "
-        f"{{child: parent}}. Got {got!r} instead{suggest(str(got), ('auto', 'wordnet', 'flat'))}."
+        f"{{child: parent}}. Got {got!r} instead{suggest(str(got), HIERARCHY_NAMES)}."
     )
+
+
+def check_hierarchy_option(hierarchy: Any) -> None:
+    """Refuse a ``hierarchy`` string that is neither a tree name nor an existing file (loaders
+    call it before they read any file)."""
+    if isinstance(hierarchy, str) and hierarchy not in HIERARCHY_NAMES and not Path(hierarchy).is_file():
+        raise _hierarchy_error(hierarchy)
 
 
 def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Callable[[], Any]:
     """``"auto"`` (WordNet when all classes are wnids, else flat), ``"wordnet"``, ``"flat"``,
     or a parent map (dict or JSON file ``{child: parent}``)."""
-    if isinstance(hierarchy, (dict, Path)) or (
-        isinstance(hierarchy, str) and hierarchy not in ("auto", "wordnet", "flat")
-    ):
-        if isinstance(hierarchy, str) and not Path(hierarchy).is_file():
-            raise _hierarchy_error(hierarchy)
+    check_hierarchy_option(hierarchy)
+    if isinstance(hierarchy, (dict, Path)) or (isinstance(hierarchy, str) and hierarchy not in HIERARCHY_NAMES):
         return parent_map_factory(leaf_names, hierarchy, name)
     if hierarchy == "auto":
         hierarchy = "wordnet" if leaf_names and all(WNID.match(c) for c in leaf_names) else "flat"
@@ -137,8 +144,7 @@ def load_image_folder(
         Decoding worker processes when loading into memory.
     """
     check_image_options(image_size, channels, in_memory, max_memory_mb, workers)
-    if isinstance(hierarchy, str) and hierarchy not in ("auto", "wordnet", "flat") and not Path(hierarchy).is_file():
-        raise _hierarchy_error(hierarchy)  # before any file is read
+    check_hierarchy_option(hierarchy)
     if root is None:
         raise param_error("root", "a folder holding train/<class>/ and val/<class>/ image folders", None)
     root = Path(root).expanduser()

@@ -9,25 +9,26 @@ training file's categories (homonyms across ranks are disambiguated there).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from granularity.data.base import RealDataset
 from granularity.data.image_folder import check_image_options, make_splits
 from granularity.errors import DataError, param_error
-
-from granularity.utils.io import load_json_file
+from granularity.utils.io import read_json
 
 NAME = "inat2021"
 VERSION = "inat2021-json-1"
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_annotation_file(path: Path) -> dict[str, Any]:
+    """An iNat2021 annotation file, checked to hold the ``images``, ``annotations`` and
+    ``categories`` lists (the JSON itself is parsed by :func:`granularity.utils.io.read_json`)."""
     if not Path(path).exists():
         raise DataError(f"iNat2021 annotation file {path} not found (expected train.json / val.json in the root).")
-    obj = load_json_file(path, "iNat2021 annotation file")
+    obj = read_json(path, "iNat2021 annotation file")
     if not isinstance(obj, dict):
         raise DataError(f"iNat2021 annotation file {path} must hold a JSON object.")
     for key in ("images", "annotations", "categories"):
@@ -62,6 +63,26 @@ def _pairs(data: dict[str, Any], path: Path, root: Path, cat_index: dict[int, in
         raise DataError(f"iNat2021 file {path}: annotation for image_id {unknown[0]} which is not in 'images'.")
     ids = sorted(files)
     return [str(root / files[i]) for i in ids], [labels[i] for i in ids]
+
+
+def categories_of(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """The ``categories`` of an annotation file in leaf order (by id)."""
+    try:
+        return sorted(data["categories"], key=lambda c: int(c["id"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise DataError(f"iNat2021 file {path}: every category needs an integer 'id'.") from None
+
+
+def taxonomy_factory(categories: list[dict[str, Any]], ranks: Sequence[str] | None, source: str) -> Callable[[], Any]:
+    """Builds the taxonomy of ``categories`` (leaf order) when a run first asks for the tree;
+    ``source`` names the file they came from in error messages."""
+
+    def factory():
+        from granularity.hierarchy import inat2021_hierarchy
+
+        return inat2021_hierarchy({"categories": categories}, ranks=ranks, source=source)
+
+    return factory
 
 
 def leaf_names_of(categories: list[dict[str, Any]]) -> list[str]:
@@ -104,11 +125,8 @@ def load_inat2021(
         raise param_error("ranks", "a list of taxonomy field names, coarse to fine", ranks)
     root = Path(root).expanduser()
     tr_path, te_path = root / train_json, root / test_json
-    tr, te = read_json(tr_path), read_json(te_path)
-    try:
-        cats = sorted(tr["categories"], key=lambda c: int(c["id"]))
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise DataError(f"iNat2021 file {tr_path}: every category needs an integer 'id'.") from None
+    tr, te = read_annotation_file(tr_path), read_annotation_file(te_path)
+    cats = categories_of(tr, tr_path)
     cat_index = {int(c["id"]): i for i, c in enumerate(cats)}
     if len(cat_index) != len(cats):
         raise DataError(f"iNat2021 file {tr_path}: duplicate category ids.")
@@ -122,17 +140,12 @@ def load_inat2021(
             raise DataError(f"iNat2021 image {absent} (listed in {tr_path if key == 'train' else te_path}) not found.")
     splits = make_splits(parts, image_size, channels, in_memory, max_memory_mb, workers)
 
-    def factory():
-        from granularity.hierarchy import inat2021_hierarchy
-
-        return inat2021_hierarchy({"categories": cats}, ranks=ranks, source=str(tr_path))
-
     return RealDataset(
         name=NAME,
         version=VERSION,
         train=splits["train"],
         test=splits["test"],
         leaf_names=leaf_names,
-        hierarchy_factory=factory,
+        hierarchy_factory=taxonomy_factory(cats, ranks, str(tr_path)),
         info={"root": str(root), "image_size": image_size, "in_memory": splits["train"].in_memory},
     )

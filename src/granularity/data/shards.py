@@ -35,9 +35,10 @@ import torch
 from torch.utils.data import Dataset
 
 from granularity.data.base import RealDataset, StreamSplit, decode_image, stratified_indices
-from granularity.data.image_folder import EXTENSIONS, _hierarchy_error, check_image_options, hierarchy_factory
+from granularity.data.image_folder import EXTENSIONS, check_hierarchy_option, check_image_options, hierarchy_factory
+from granularity.data.inat import taxonomy_factory
 from granularity.errors import DataError, param_error
-from granularity.utils.io import load_json_file, write_bytes_atomic, write_json
+from granularity.utils.io import read_json, write_bytes_atomic, write_json
 
 NAME = "shards"
 VERSION = "webdataset-1"
@@ -314,14 +315,7 @@ def _make_hierarchy(leaf_names: list[str], hierarchy: Any, hierarchy_file: Any, 
         return from_file
     cats = (manifest or {}).get("inat_categories")
     if hierarchy == "auto" and cats:
-        ranks = manifest.get("inat_ranks")
-
-        def from_taxonomy():
-            from granularity.hierarchy import inat2021_hierarchy
-
-            return inat2021_hierarchy({"categories": cats}, ranks=ranks, source=MANIFEST)
-
-        return from_taxonomy
+        return taxonomy_factory(cats, manifest.get("inat_ranks"), MANIFEST)
     return hierarchy_factory(leaf_names, hierarchy, NAME)
 
 
@@ -362,8 +356,7 @@ def load_shards(
         Check every shard's sha256 against the manifest (reads all bytes once).
     """
     check_image_options(image_size, channels, in_memory, max_memory_mb, workers)
-    if isinstance(hierarchy, str) and hierarchy not in ("auto", "wordnet", "flat") and not Path(hierarchy).is_file():
-        raise _hierarchy_error(hierarchy)
+    check_hierarchy_option(hierarchy)
     if hierarchy_file is not None and not Path(hierarchy_file).is_file():  # before any shard is read
         raise param_error("hierarchy_file", "an existing hierarchy file (JSON, CSV/TSV or paths)", str(hierarchy_file))
     if root is None:
@@ -371,7 +364,7 @@ def load_shards(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"Shard folder {root} not found.")
-    manifest = load_json_file(root / MANIFEST, "Shard manifest") if (root / MANIFEST).is_file() else None
+    manifest = read_json(root / MANIFEST, "Shard manifest") if (root / MANIFEST).is_file() else None
     if manifest is not None and not (isinstance(manifest, dict) and isinstance(manifest.get("classes"), list)
                                      and isinstance(manifest.get("splits"), dict)):
         raise DataError(f"Shard manifest {root / MANIFEST} has no 'classes' list or 'splits' object.")
@@ -457,10 +450,10 @@ def _write_split(out: Path, split: str, paths: list[str], classes: list[str], sh
 def _source_parts(src: Path, fmt: str, train_dir: str, test_dir: str, test_fraction: float | None, seed: int):
     """``(leaf names, {split: (paths, labels)}, manifest extras)`` from the source's own loader."""
     if fmt == "inat":
-        from granularity.data.inat import RANKS, load_inat2021
+        from granularity.data.inat import RANKS, categories_of, load_inat2021, read_annotation_file
 
         ds = load_inat2021(src, in_memory=False)
-        cats = sorted(load_json_file(src / "train.json", "iNat2021 annotation file")["categories"], key=lambda c: int(c["id"]))
+        cats = categories_of(read_annotation_file(src / "train.json"), src / "train.json")
         extra = {"inat_categories": cats, "inat_ranks": list(RANKS)}
     elif fmt == "image-folder":
         from granularity.data.image_folder import load_image_folder

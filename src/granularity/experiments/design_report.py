@@ -9,14 +9,13 @@ and reported first; every other row is secondary (no correction for multiple com
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from granularity.experiments.designs import ARMS, DesignConfig, cells, transfers, unit_dir
-from granularity.utils.io import read_json, write_json
+from granularity.utils.io import read_json, write_csv_table, write_json
 from granularity.utils.stats import fmt_ci, fmt_p, mcnemar_exact, mean_ci, paired_difference
 
 
@@ -114,16 +113,15 @@ def write_csv(path: Path, table: list[dict]) -> None:
     cols = ["primary", "cell", "grouping", "rho", "strength", "mode", "transfer_per_class", "metric", "n_seeds",
             "target_mean", "target_ci", "leaf_mean", "leaf_ci", "diff_mean", "diff_t_lo", "diff_t_hi",
             "diff_boot_lo", "diff_boot_hi", "p_t", "mcnemar_leaf_only", "mcnemar_target_only", "mcnemar_p"]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        for r in table:
-            d, mc = r["leaf_minus_target"], r.get("mcnemar", {})
-            w.writerow({**{c: r.get(c) for c in cols[:9]}, "target_mean": r["target"]["mean"], "target_ci": r["target"]["ci"],
-                        "leaf_mean": r["leaf"]["mean"], "leaf_ci": r["leaf"]["ci"], "diff_mean": d["mean"],
-                        "diff_t_lo": d["t_lo"], "diff_t_hi": d["t_hi"], "diff_boot_lo": d["boot_lo"], "diff_boot_hi": d["boot_hi"],
-                        "p_t": d["p_t"], "mcnemar_leaf_only": mc.get("a_only"), "mcnemar_target_only": mc.get("b_only"),
-                        "mcnemar_p": mc.get("p")})
+    rows = []
+    for r in table:
+        d, mc = r["leaf_minus_target"], r.get("mcnemar", {})
+        rows.append({**{c: r.get(c) for c in cols[:9]}, "target_mean": r["target"]["mean"], "target_ci": r["target"]["ci"],
+                     "leaf_mean": r["leaf"]["mean"], "leaf_ci": r["leaf"]["ci"], "diff_mean": d["mean"],
+                     "diff_t_lo": d["t_lo"], "diff_t_hi": d["t_hi"], "diff_boot_lo": d["boot_lo"], "diff_boot_hi": d["boot_hi"],
+                     "p_t": d["p_t"], "mcnemar_leaf_only": mc.get("a_only"), "mcnemar_target_only": mc.get("b_only"),
+                     "mcnemar_p": mc.get("p")})
+    write_csv_table(path, cols, rows)
 
 
 def table_lines(rows: list[dict], metrics: tuple[str, ...] | None = None) -> list[str]:

@@ -18,7 +18,6 @@ are skipped when the study is run again; a folder holding another config is refu
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Mapping
@@ -34,7 +33,8 @@ from granularity.engine.config import ModelConfig, StageConfig, TransferConfig, 
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.io import check_writable, read_json, write_bytes_atomic, write_json
+from granularity.utils.figures import clipped_band, clipped_yerr
+from granularity.utils.io import check_writable, read_json, write_csv_table, write_json
 from granularity.utils.stats import mean_ci
 
 
@@ -270,17 +270,7 @@ def write_csv(path: Path, table: list[dict]) -> None:
         d = r.get("target_error_minus_baseline", {"mean": "", "ci": ""})
         rows.append([r["arm"], r["family"], "" if r["level"] is None else r["level"], r["num_source_classes"], r["n_seeds"],
                      r["target_error"]["mean"], r["target_error"]["ci"], d["mean"], d["ci"], r["train_seconds_mean"]])
-
-    def write(fh) -> None:
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
-        w.writerows(rows)
-        fh.write(buf.getvalue().encode())
-
-    write_bytes_atomic(path, write)
+    write_csv_table(path, cols, rows, lineterminator="\n")
 
 
 def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
@@ -295,7 +285,7 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lv = level_rows(table)
     ax.errorbar([r["num_source_classes"] for r in lv], [r["target_error"]["mean"] for r in lv],
-                yerr=[_ci(r) for r in lv], marker="o", capsize=3, label="WordNet level L")
+                yerr=_yerr(lv), marker="o", capsize=3, label="WordNet level L")
     for r in lv:
         ax.annotate(f"L{r['level']}", (r["num_source_classes"], r["target_error"]["mean"]), textcoords="offset points",
                     xytext=(4, 6), fontsize=8)
@@ -304,10 +294,10 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
         rows = [r for r in table if r["family"] == fam]
         if rows:
             ax.errorbar([r["num_source_classes"] for r in rows], [r["target_error"]["mean"] for r in rows],
-                        yerr=[_ci(r) for r in rows], marker=m, linestyle="none", capsize=3, label=label)
-    b, c = base["target_error"]["mean"], _ci(base)
+                        yerr=_yerr(rows), marker=m, linestyle="none", capsize=3, label=label)
+    b = base["target_error"]["mean"]
     ax.axhline(b, color="grey", linestyle="--", linewidth=1, label=f"target level {base['level']} (baseline)")
-    ax.axhspan(b - c, b + c, color="grey", alpha=0.15)
+    ax.axhspan(*(float(e[0]) for e in clipped_band([b], [base["target_error"]["ci"]])), color="grey", alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("pretraining classes (log scale)")
     ax.set_ylabel(f"target error (level {base['level']}, test)")
@@ -324,6 +314,6 @@ def level_rows(table: list[dict]) -> list[dict]:
     return sorted((r for r in table if r["level"] is not None), key=lambda r: r["num_source_classes"])
 
 
-def _ci(row: dict) -> float:
-    c = row["target_error"]["ci"]
-    return 0.0 if c is None or math.isnan(c) else float(c)
+def _yerr(rows: list[dict]) -> np.ndarray:
+    """Error bars of the target error clipped to [0, 1] (an error rate's interval never leaves it)."""
+    return clipped_yerr([r["target_error"]["mean"] for r in rows], [r["target_error"]["ci"] for r in rows])

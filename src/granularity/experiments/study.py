@@ -38,7 +38,6 @@ training images of Dress and Sandal, the members that look least like the rest o
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import re
 import time
@@ -55,8 +54,9 @@ from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
 from granularity.utils.deprecation import Renamed, upgrade
+from granularity.utils.figures import clipped_yerr
+from granularity.utils.io import check_writable, read_json, write_csv_table, write_json, write_npz
 from granularity.vocabulary import TRANSFER_RENAMES
-from granularity.utils.io import check_writable, read_json, write_json, write_npz
 from granularity.utils.stats import mean_ci
 
 
@@ -405,23 +405,12 @@ def write_csv(path: Path, table: list[dict]) -> None:
             if k in r:
                 row[f"{k}_mean"], row[f"{k}_ci"] = r[k]["mean"], r[k]["ci"]
         rows.append(row)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_csv_table(path, cols, rows)
 
 
-def _err(v: float) -> float:
-    return 0.0 if v is None or math.isnan(v) else v
-
-
-def _yerr(rows: list[dict], key: str) -> list[list[float]]:
-    """Asymmetric error bars clipped at 0 (an error rate cannot be negative)."""
-    means = [r[key]["mean"] for r in rows]
-    cis = [_err(r[key]["ci"]) for r in rows]
-    return [[min(c, m) for m, c in zip(means, cis)], cis]
+def _yerr(rows: list[dict], key: str) -> np.ndarray:
+    """Error bars of ``key`` clipped to [0, 1] (an error rate's interval never leaves it)."""
+    return clipped_yerr([r[key]["mean"] for r in rows], [r[key]["ci"] for r in rows])
 
 
 def plot_study(summary: dict, out: Path) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from granularity.errors import DataError, GranularityError, HierarchyError, param_error, suggest
 from granularity.hierarchy.tree import LabelHierarchy
-from granularity.utils.io import load_json_file
+from granularity.utils.io import read_json
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 FASHION_MNIST_CLASSES = (
@@ -60,32 +60,57 @@ def fashion_mnist_hierarchy() -> LabelHierarchy:
 
 
 # --------------------------------------------------------------------------- CIFAR-100
-def _unpickle(path: Path) -> Mapping[Any, Any]:
+CIFAR100_FOLDER = "cifar-100-python"
+
+
+def _latin1(v: Any) -> Any:
+    return v.decode("latin1") if isinstance(v, bytes) else v
+
+
+def read_cifar_pickle(path: Path) -> dict[str, Any]:
+    """One CIFAR pickle as a dict with ``str`` keys (files pickled by Python 2 or 3).
+
+    ``latin1`` is the encoding numpy needs to load the arrays of Python 2 pickles (the official
+    files); byte-string keys are decoded the same way. Pickles can run code when loaded: the
+    data set's own format, to be read only from a source you trust.
+    """
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="bytes")  # noqa: S301 - the data set's own format
+            obj = pickle.load(fh, encoding="latin1")  # noqa: S301 - the data set's own format
     except FileNotFoundError:
-        raise DataError(f"CIFAR-100 file {str(path)!r} does not exist.") from None
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickle (MemoryError, OSError too)
+        raise DataError(f"CIFAR-100 file {path} not found (it does not exist).") from None
+    except IsADirectoryError:
+        raise DataError(f"CIFAR-100 file {path} is a folder, not a pickle file.") from None
+    except OSError as exc:
+        raise DataError(f"Cannot read CIFAR-100 file {path}: {exc.strerror or exc}.") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle raises almost anything (MemoryError too)
         reason = " ".join(str(exc).split())[:200] or "no detail"
-        raise DataError(f"CIFAR-100 file {str(path)!r} is not a readable pickle ({type(exc).__name__}: {reason}).") from None
-    if not isinstance(obj, Mapping):
-        raise DataError(f"CIFAR-100 file {str(path)!r} holds a {type(obj).__name__}, expected a dict.")
-    return obj
+        raise DataError(
+            f"CIFAR-100 file {path} is truncated or not a readable pickle ({type(exc).__name__}: {reason}); "
+            "extract cifar-100-python.tar.gz again."
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, expected a dict.")
+    return {_latin1(k): v for k, v in obj.items()}
 
 
-def _get(d: Mapping[Any, Any], key: str, path: Path) -> Any:
-    for k in (key, key.encode()):
-        if k in d:
-            return d[k]
-    have = ", ".join(sorted(k.decode("latin1") if isinstance(k, bytes) else str(k) for k in d))
-    raise DataError(f"CIFAR-100 file {str(path)!r} has no {key!r} entry (it has: {have}).")
+def cifar_entry(d: Mapping[str, Any], key: str, path: Path) -> Any:
+    """``d[key]``, or a one-line error naming the file and the entries it has."""
+    if key not in d:
+        raise DataError(f"CIFAR-100 file {path} has no {key!r} entry (it has: {', '.join(sorted(map(str, d)))}).")
+    return d[key]
 
 
-def _decode(names: Any, key: str, path: Path) -> list[str]:
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, bytes)) for n in names):
-        raise DataError(f"CIFAR-100 file {str(path)!r}: {key!r} must be a non-empty list of class names.")
-    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+def cifar_class_names(meta: Mapping[str, Any], path: Path, key: str) -> list[str]:
+    """The class names stored under ``key`` of the meta file: a non-empty list of distinct strings."""
+    values = cifar_entry(meta, key, path)
+    if not isinstance(values, (list, tuple)) or not values or not all(isinstance(v, (str, bytes)) for v in values):
+        raise DataError(f"CIFAR-100 file {path}: {key!r} must be a non-empty list of class names.")
+    names = [_latin1(n) for n in values]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"CIFAR-100 file {path}: {key!r} lists {dup[0]!r} more than once.")
+    return names
 
 
 def int_labels(values: Any, key: str, path: Path) -> np.ndarray:
@@ -99,17 +124,19 @@ def int_labels(values: Any, key: str, path: Path) -> np.ndarray:
         raise DataError(f"CIFAR-100 file {str(path)!r}: {key!r} must be a list of integer labels.") from None
 
 
-def find_cifar100_dir(root: Path | str) -> Path:
-    """``root`` itself or ``root/cifar-100-python``, whichever holds the ``meta`` file."""
-    root = Path(root)
-    for d in (root, root / "cifar-100-python"):
-        if (d / "meta").is_file():
+def find_cifar100_dir(root: Path | str, files: Sequence[str] = ("meta",)) -> Path:
+    """``root`` itself or ``root/cifar-100-python``, whichever holds all of ``files``."""
+    root = Path(root).expanduser()
+    for d in (root, root / CIFAR100_FOLDER):
+        if all((d / f).is_file() for f in files):
             return d
+    listing = ", ".join(map(repr, files))
     if not root.exists():
-        raise DataError(f"CIFAR-100 folder {str(root)!r} does not exist.")
+        raise DataError(f"CIFAR-100 folder {root} does not exist; files {listing} not found.")
     raise DataError(
-        f"CIFAR-100 folder {str(root)!r} has no 'meta' file (nor cifar-100-python/meta); point "
-        "--root at the extracted cifar-100-python folder (meta, train, test)."
+        f"CIFAR-100 folder {root} has no {listing} {'file' if len(files) == 1 else 'files'} "
+        f"(nor {CIFAR100_FOLDER}/): not found; point root at the folder extracted from "
+        "cifar-100-python.tar.gz (meta, train, test)."
     )
 
 
@@ -123,17 +150,17 @@ def cifar100_hierarchy(root: Path | str, splits: Sequence[str] = ("train", "test
     2 = 100 classes (fine label order).
     """
     d = find_cifar100_dir(root)
-    meta = _unpickle(d / "meta")
-    fine_names = _decode(_get(meta, "fine_label_names", d / "meta"), "fine_label_names", d / "meta")
-    coarse_names = _decode(_get(meta, "coarse_label_names", d / "meta"), "coarse_label_names", d / "meta")
+    meta = read_cifar_pickle(d / "meta")
+    fine_names = cifar_class_names(meta, d / "meta", "fine_label_names")
+    coarse_names = cifar_class_names(meta, d / "meta", "coarse_label_names")
     fines, coarses, used = [], [], []
     for split in splits:
         p = d / split
         if not p.is_file():
             continue
-        rec = _unpickle(p)
-        f = int_labels(_get(rec, "fine_labels", p), "fine_labels", p)
-        c = int_labels(_get(rec, "coarse_labels", p), "coarse_labels", p)
+        rec = read_cifar_pickle(p)
+        f = int_labels(cifar_entry(rec, "fine_labels", p), "fine_labels", p)
+        c = int_labels(cifar_entry(rec, "coarse_labels", p), "coarse_labels", p)
         if f.shape != c.shape:
             raise DataError(f"CIFAR-100 file {str(p)!r} has {f.size} fine but {c.size} coarse labels.")
         fines.append(f)
@@ -179,7 +206,7 @@ def inat2021_hierarchy(
     src = f"file {source!r}" if source else "the given categories"
     if isinstance(path, (str, Path)):
         src = f"file {str(path)!r}"
-        data = load_json_file(path, "iNaturalist annotation file")
+        data = read_json(path, "iNaturalist annotation file")
     else:
         data = path
     cats = data.get("categories") if isinstance(data, Mapping) else data

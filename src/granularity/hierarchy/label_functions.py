@@ -12,8 +12,7 @@ how they were made (``meta``: kind, parameters, seed) to store with every result
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ from granularity.errors import GranularityError, param_error
 from granularity.hierarchy.tree import LabelHierarchy
 
 
-@dataclass
 class LabelFunction:
     """Labels for a data set plus how they were made.
 
@@ -34,15 +32,26 @@ class LabelFunction:
     hierarchy : LabelHierarchy or None
         The tree the labels imply (its leaves are the ``num_classes`` labels). For
         :func:`kmeans_within` it nests in the coarse target (levels root - coarse - clusters);
-        for the others it is flat (root -> classes): they do not nest in the target.
+        for the others it is flat (root -> classes): they do not nest in the target. Built
+        when first read when given as a function: a caller that only needs the labels (the
+        engine) never builds the flat tree of one class per sample.
     meta : dict
         ``kind``, ``parameters``, ``seed`` and build facts (e.g. clusters per class).
     """
 
-    labels: np.ndarray
-    num_classes: int
-    hierarchy: LabelHierarchy | None
-    meta: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, labels: np.ndarray, num_classes: int,
+                 hierarchy: LabelHierarchy | Callable[[], LabelHierarchy] | None,
+                 meta: dict[str, Any] | None = None):
+        self.labels = labels
+        self.num_classes = num_classes
+        self._hierarchy = hierarchy
+        self.meta = meta if meta is not None else {}
+
+    @property
+    def hierarchy(self) -> LabelHierarchy | None:
+        if callable(self._hierarchy):
+            self._hierarchy = self._hierarchy()
+        return self._hierarchy
 
     def record(self) -> dict[str, Any]:
         """What a result file should store about this label function."""
@@ -245,7 +254,7 @@ def random_labels(n: int, num_classes: int, seed: int) -> LabelFunction:
             pool = np.flatnonzero(labels == donors[d])
             labels[pool[rng.integers(pool.size)]] = cls
     meta = {"kind": "random", "parameters": {"n": n, "num_classes": k}, "seed": int(seed), "aligned": False}
-    return LabelFunction(labels, k, _flat(k, "random_", f"random_{k}_s{seed}", meta), meta)
+    return LabelFunction(labels, k, lambda: _flat(k, "random_", f"random_{k}_s{seed}", meta), meta)
 
 
 def per_sample_labels(n: int) -> LabelFunction:
@@ -258,4 +267,4 @@ def per_sample_labels(n: int) -> LabelFunction:
     if n > 2_000_000:
         raise GranularityError(f"per_sample_labels: n={n} is too many classes to build a hierarchy for (max 2,000,000).")
     meta = {"kind": "per_sample", "parameters": {"n": n}, "seed": None, "aligned": True}
-    return LabelFunction(np.arange(n, dtype=np.int64), n, _flat(n, "sample_", f"per_sample_{n}", meta), meta)
+    return LabelFunction(np.arange(n, dtype=np.int64), n, lambda: _flat(n, "sample_", f"per_sample_{n}", meta), meta)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from granularity.errors import HierarchyError, suggest
-from granularity.hierarchy.tree import LabelHierarchy, _show
+from granularity.hierarchy.tree import LabelHierarchy, _missing, _show
 
 POLICIES = ("fill", "drop", "own")
 
@@ -60,10 +60,6 @@ class LevelLabels:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
 
 
 def _policy_for(policy: str | Mapping[Any, str], h: LabelHierarchy, lv: int) -> str:

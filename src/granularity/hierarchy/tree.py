@@ -39,6 +39,148 @@ def _show(items: Iterable[Any], n: int = 5) -> str:
     return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
+def _check_parent_map(parent: dict[str, str], root: str, name: str) -> set[str]:
+    """The node names of a valid child -> parent map (non-empty, names non-empty, the root
+    without a parent, every parent a node); one-line :class:`HierarchyError` otherwise."""
+    if not parent:
+        raise HierarchyError(
+            f"The hierarchy {name!r} is empty: root {root!r} has no children; give at "
+            "least one child -> parent pair."
+        )
+    if root in parent:
+        raise HierarchyError(
+            f"The root {root!r} has a parent ({parent[root]!r}); the root must have none "
+            "(or the parent map has a cycle through the root)."
+        )
+    known = set(parent) | {root}
+    for child, par in parent.items():
+        if child == "" or par == "":
+            raise HierarchyError(f"Empty node name in pair {child!r} -> {par!r}; names must be non-empty.")
+        if par not in known:
+            raise HierarchyError(
+                f"Unknown node {par!r} (parent of {child!r}) is neither the root {root!r} "
+                f"nor a child in the parent map{suggest(par, known)}; a tree has one root."
+            )
+    return known
+
+
+def _depths(parent: dict[str, str], root: str) -> dict[str, int]:
+    """Depth of every node, detecting cycles (a walk that revisits a node never reaches root)."""
+    depth: dict[str, int] = {root: 0}
+    for start in parent:
+        path = []
+        on_path: set[str] = set()
+        node = start
+        while node not in depth:
+            if node in on_path:
+                cycle = path[path.index(node):] + [node]
+                raise HierarchyError(
+                    f"Cycle in the hierarchy: {' -> '.join(cycle)}; every node must lead "
+                    f"up to the root {root!r}."
+                )
+            on_path.add(node)
+            path.append(node)
+            node = parent[node]
+        d = depth[node]
+        for n in reversed(path):
+            d += 1
+            depth[n] = d
+    return depth
+
+
+def _check_leaves(leaves: Sequence[str] | None, parent: dict[str, str], known: set[str],
+                  children: dict[str, list[str]]) -> list[str]:
+    """The leaves (default: the childless nodes in map order), each a childless node, listed
+    once, and every childless node among them."""
+    childless = [n for n in parent if not children[n]]
+    if leaves is None:
+        leaves = childless
+    leaves = [str(x) for x in leaves]
+    seen: set[str] = set()
+    for leaf in leaves:
+        if leaf in seen:
+            raise HierarchyError(f"Duplicate name: leaf {leaf!r} is listed twice in leaves.")
+        seen.add(leaf)
+        if leaf not in known:
+            raise HierarchyError(
+                f"Label {leaf!r} in leaves is missing from the hierarchy{suggest(leaf, known)}; "
+                "every leaf must be a child in the parent map."
+            )
+        if children[leaf]:
+            raise HierarchyError(
+                f"Leaf {leaf!r} has children ({_show(children[leaf], 3)}); leaves must be "
+                "childless nodes."
+            )
+    extra = [n for n in childless if n not in seen]
+    if extra:
+        raise HierarchyError(
+            f"Nodes {_show(extra, 3)} have no children but are not in leaves; list every "
+            "childless node as a leaf (or remove it)."
+        )
+    return leaves
+
+
+def _internal_order(internal: Sequence[str] | None, parent: dict[str, str], root: str,
+                    children: dict[str, list[str]], leaf_index: dict[str, int],
+                    depth: dict[str, int]) -> list[str]:
+    """The internal non-root nodes in class order: as given (checked to list each once), or by
+    the smallest leaf index below each node, then depth (a stable order that follows labels)."""
+    internal_all = [n for n in parent if children[n]]
+    if internal is None:
+        first: dict[str, int] = {}
+        for leaf, i in leaf_index.items():
+            node = parent[leaf]
+            while node != root and first.get(node, i + 1) > i:
+                first[node] = i
+                node = parent[node]
+        return sorted(internal_all, key=lambda n: (first[n], depth[n]))
+    internal = [str(x) for x in internal]
+    if sorted(internal) != sorted(internal_all):
+        missing = sorted(set(internal_all) - set(internal))
+        bad = sorted(set(internal) - set(internal_all))
+        dup = len(internal) != len(set(internal))
+        raise HierarchyError(
+            "The internal node order must list each internal non-root node once"
+            + (f"; missing {_show(missing, 3)}" if missing else "")
+            + (f"; not internal nodes: {_show(bad, 3)}" if bad else "")
+            + ("; has duplicate names" if dup else "")
+            + "."
+        )
+    return internal
+
+
+def _missing(v: Any) -> bool:
+    """A missing value in a path row or a partial label: None, NaN or blank."""
+    return v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
+
+
+def _path_level(rows: list[list[Any]], j: int, lname: str, prefix: str, prev: list[str],
+                disambiguate: bool) -> list[str]:
+    """Each row's node name at path column ``j`` (parents ``prev``): ``"(no <level>)"`` for a
+    missing value, ``prefix`` in front, a homonym under two parents renamed ``"<v> (<parent>)"``
+    (or an error when ``disambiguate`` is false)."""
+    raw = []
+    for r in rows:
+        v = f"(no {lname})" if _missing(r[j]) else str(r[j]).strip()
+        raw.append(f"{prefix}{v}")
+    parents_of: dict[str, set[str]] = {}
+    for v, p in zip(raw, prev):
+        parents_of.setdefault(v, set()).add(p)
+    names = []
+    for v, p in zip(raw, prev):
+        if len(parents_of[v]) > 1:
+            if not disambiguate:
+                ps = sorted(parents_of[v])
+                raise HierarchyError(
+                    f"Node {v!r} has two parents ({ps[0]!r} and {ps[1]!r}); a tree needs "
+                    "one parent per node (pass disambiguate=True to rename homonyms)."
+                )
+            names.append(f"{v} ({p})")
+        else:
+            names.append(v)
+    return names
+
+
 class LabelHierarchy:
     """A rooted tree whose leaves are the finest labels of a data set.
 
@@ -80,97 +222,14 @@ class LabelHierarchy:
     ) -> None:
         parent = {str(k): str(v) for k, v in dict(parent).items()}
         root = str(root)
-        if not parent:
-            raise HierarchyError(
-                f"The hierarchy {name!r} is empty: root {root!r} has no children; give at "
-                "least one child -> parent pair."
-            )
-        if root in parent:
-            raise HierarchyError(
-                f"The root {root!r} has a parent ({parent[root]!r}); the root must have none "
-                "(or the parent map has a cycle through the root)."
-            )
-        known = set(parent) | {root}
-        for child, par in parent.items():
-            if child == "" or par == "":
-                raise HierarchyError(f"Empty node name in pair {child!r} -> {par!r}; names must be non-empty.")
-            if par not in known:
-                raise HierarchyError(
-                    f"Unknown node {par!r} (parent of {child!r}) is neither the root {root!r} "
-                    f"nor a child in the parent map{suggest(par, known)}; a tree has one root."
-                )
-        # depth of every node, detecting cycles (a walk that revisits a node never reaches root)
-        depth: dict[str, int] = {root: 0}
-        for start in parent:
-            path = []
-            on_path: set[str] = set()
-            node = start
-            while node not in depth:
-                if node in on_path:
-                    cycle = path[path.index(node):] + [node]
-                    raise HierarchyError(
-                        f"Cycle in the hierarchy: {' -> '.join(cycle)}; every node must lead "
-                        f"up to the root {root!r}."
-                    )
-                on_path.add(node)
-                path.append(node)
-                node = parent[node]
-            d = depth[node]
-            for n in reversed(path):
-                d += 1
-                depth[n] = d
+        known = _check_parent_map(parent, root, name)
+        depth = _depths(parent, root)
         children: dict[str, list[str]] = {n: [] for n in known}
         for child, par in parent.items():
             children[par].append(child)
-        childless = [n for n in parent if not children[n]]
-        if leaves is None:
-            leaves = childless
-        leaves = [str(x) for x in leaves]
-        seen: set[str] = set()
-        for leaf in leaves:
-            if leaf in seen:
-                raise HierarchyError(f"Duplicate name: leaf {leaf!r} is listed twice in leaves.")
-            seen.add(leaf)
-            if leaf not in known:
-                raise HierarchyError(
-                    f"Label {leaf!r} in leaves is missing from the hierarchy{suggest(leaf, known)}; "
-                    "every leaf must be a child in the parent map."
-                )
-            if children[leaf]:
-                raise HierarchyError(
-                    f"Leaf {leaf!r} has children ({_show(children[leaf], 3)}); leaves must be "
-                    "childless nodes."
-                )
-        extra = [n for n in childless if n not in seen]
-        if extra:
-            raise HierarchyError(
-                f"Nodes {_show(extra, 3)} have no children but are not in leaves; list every "
-                "childless node as a leaf (or remove it)."
-            )
+        leaves = _check_leaves(leaves, parent, known, children)
         leaf_index = {leaf: i for i, leaf in enumerate(leaves)}
-        internal_all = [n for n in parent if children[n]]
-        if internal is None:
-            # smallest leaf index below each internal node: a stable order that follows labels
-            first: dict[str, int] = {}
-            for leaf, i in leaf_index.items():
-                node = parent[leaf]
-                while node != root and first.get(node, i + 1) > i:
-                    first[node] = i
-                    node = parent[node]
-            internal = sorted(internal_all, key=lambda n: (first[n], depth[n]))
-        else:
-            internal = [str(x) for x in internal]
-            if sorted(internal) != sorted(internal_all):
-                missing = sorted(set(internal_all) - set(internal))
-                bad = sorted(set(internal) - set(internal_all))
-                dup = len(internal) != len(set(internal))
-                raise HierarchyError(
-                    "The internal node order must list each internal non-root node once"
-                    + (f"; missing {_show(missing, 3)}" if missing else "")
-                    + (f"; not internal nodes: {_show(bad, 3)}" if bad else "")
-                    + ("; has duplicate names" if dup else "")
-                    + "."
-                )
+        internal = _internal_order(internal, parent, root, children, leaf_index, depth)
         self._root = root
         self._parent = parent
         self._leaves = leaves
@@ -889,37 +948,16 @@ class LabelHierarchy:
         if level_names is not None and len(level_names) != width:
             raise HierarchyError(f"level_names has {len(level_names)} names for paths of length {width}.")
         lnames = [str(x) for x in level_names] if level_names is not None else [f"level{j + 1}" for j in range(width)]
-
-        def missing(v: Any) -> bool:
-            return v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
-
         for j in range(width):
-            if all(missing(r[j]) for r in rows):
+            if all(_missing(r[j]) for r in rows):
                 raise HierarchyError(f"Level {lnames[j]!r} is empty (no path has a value there); drop it.")
         parent: dict[str, str] = {}
         internal: list[str] = []
         leaves: list[str] = []
         prev = [root] * len(rows)
         for j in range(width):
-            raw = []
-            for i, r in enumerate(rows):
-                v = f"(no {lnames[j]})" if missing(r[j]) else str(r[j]).strip()
-                raw.append(f"{lnames[j]}:{v}" if prefix_levels and j < width - 1 else v)
-            parents_of: dict[str, set[str]] = {}
-            for v, p in zip(raw, prev):
-                parents_of.setdefault(v, set()).add(p)
-            names = []
-            for v, p in zip(raw, prev):
-                if len(parents_of[v]) > 1:
-                    if not disambiguate:
-                        ps = sorted(parents_of[v])
-                        raise HierarchyError(
-                            f"Node {v!r} has two parents ({ps[0]!r} and {ps[1]!r}); a tree needs "
-                            "one parent per node (pass disambiguate=True to rename homonyms)."
-                        )
-                    names.append(f"{v} ({p})")
-                else:
-                    names.append(v)
+            prefix = f"{lnames[j]}:" if prefix_levels and j < width - 1 else ""
+            names = _path_level(rows, j, lnames[j], prefix, prev, disambiguate)
             for i, (v, p) in enumerate(zip(names, prev)):
                 if j == width - 1:
                     if v in parent or v == root:

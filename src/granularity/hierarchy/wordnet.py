@@ -371,6 +371,24 @@ def resource_names(name: str) -> list[str]:
     return [ln.strip() for ln in ref.read_text().splitlines() if ln.strip()]
 
 
+def _lemma(synset) -> str:
+    """A synset's display name: its first lemma, with spaces."""
+    return synset.lemma_names()[0].replace("_", " ")
+
+
+def _hypernym_chain(synset, wnid: str, policy: str) -> list:
+    """The synsets above ``synset`` up to its WordNet root, nearest first, one parent each by
+    ``policy``; a class that is itself a root is an error."""
+    chain = []
+    cur = _parent(synset, policy)
+    while cur is not None:
+        chain.append(cur)
+        cur = _parent(cur, policy)
+    if not chain:
+        raise HierarchyError(f"wnid {wnid!r} ({synset.name()}) is a WordNet root; it cannot be a class.")
+    return chain
+
+
 def wordnet_hierarchy(
     wnids: Sequence[str],
     *,
@@ -417,23 +435,16 @@ def wordnet_hierarchy(
         # The class is a leaf (named by wnid) under the chain of its synset's ancestors; its own
         # synset is its parent only when the synset also serves as an internal node, otherwise
         # the leaf replaces it.
-        lemma = s.lemma_names()[0].replace("_", " ")
-        node_titles[w] = str(titles[i]) if titles is not None else lemma
-        chain = []
-        cur = _parent(s, policy)
-        while cur is not None:
-            chain.append(cur)
-            cur = _parent(cur, policy)
-        if not chain:
-            raise HierarchyError(f"wnid {w!r} ({s.name()}) is a WordNet root; it cannot be a class.")
+        node_titles[w] = str(titles[i]) if titles is not None else _lemma(s)
+        chain = _hypernym_chain(s, w, policy)
         parent[w] = chain[0].name()
         for child, par in zip(chain, chain[1:]):
             if child.name() in parent:
                 break  # the rest of the chain is already in
             parent[child.name()] = par.name()
-            node_titles.setdefault(child.name(), child.lemma_names()[0].replace("_", " "))
+            node_titles.setdefault(child.name(), _lemma(child))
         roots.add(chain[-1].name())
-        node_titles.setdefault(chain[-1].name(), chain[-1].lemma_names()[0].replace("_", " "))
+        node_titles.setdefault(chain[-1].name(), _lemma(chain[-1]))
     # A listed class whose synset is also an ancestor of another class: move the class leaf
     # under its synset's node (the synset name node already sits in the right place).
     by_synset = {synset_of(w, wn).name(): w for w in wnids}

@@ -6,6 +6,7 @@ writer. One sweep file runs on any of them, with the same run ids."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 from granularity.errors import GranularityError, unknown_name
 from granularity.sweeps.spec import RunSpec
 from granularity.sweeps.store import HEARTBEAT_S, ResultsStore, owner_id
-from granularity.sweeps.worker import compute_run, record, serve
+from granularity.sweeps.worker import Heartbeat, compute_run, record, serve
 
 MAX_CRASHES = 2  # a run whose worker process dies this often is recorded as failed
 
@@ -68,11 +69,9 @@ class DriverRecords:
     outcomes the remote :func:`compute_run` returns. Remote workers write only their run folder."""
 
     def __init__(self, store: ResultsStore):
-        import threading
-
         self.store, self.owner = store, owner_id()
-        self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeats, daemon=True, name="sweep-claims-heartbeat")
+        self.crashes = _Crashes(store, owned=True)  # the sweep process fails a twice-crashed run itself
+        self._beat = Heartbeat(store.root, lambda s: s.heartbeat_owner(self.owner), "sweep-claims-heartbeat")
         self._beat.start()
 
     def claim(self, run: RunSpec) -> dict[str, Any] | None:
@@ -97,20 +96,24 @@ class DriverRecords:
     def record(self, outcome: dict[str, Any]) -> dict[str, Any]:
         return record(self.store, outcome)
 
-    def _heartbeats(self) -> None:
-        store = None
+    def settle(self, run: RunSpec, fetch: Callable[[], dict[str, Any]], died: type[BaseException],
+               queue: list[RunSpec], log: Callable[[str], None], who: str, prefix: str = "") -> dict[str, Any] | None:
+        """The outcome of a remote ``run`` that ended: recorded when ``fetch()`` returns it. When
+        ``fetch`` raises ``died`` (``who``, the worker, node or job that ran it, died), a crash:
+        the run goes back to the head of ``queue`` for one more try (returns None), or, when it
+        crashed before, its failed outcome."""
         try:
-            while not self._stop.wait(HEARTBEAT_S):
-                store = store or ResultsStore(self.store.root, create=False)
-                store.heartbeat_owner(self.owner)
-        except Exception:  # noqa: BLE001 - a missed heartbeat only makes the claims look stale later
-            pass
-        finally:
-            if store is not None:
-                store.close()
+            outcome = fetch()
+        except died as exc:
+            failed = self.crashes.handle(run, prefix + " ".join(str(exc).split())[:300])
+            if failed is None:
+                log(f"retrying {run.run_id}: {who} died")
+                queue.insert(0, run)
+            return failed
+        return self.record(outcome)
 
     def close(self) -> None:
-        self._stop.set()
+        self._beat.stop.set()
         self._beat.join(HEARTBEAT_S + 5)
 
 
@@ -383,7 +386,6 @@ class RayExecutor:
                 )
             remote = ray.remote(remote_run).options(num_cpus=self._cpus(), num_gpus=self.gpus_per_run or 0,
                                                      max_retries=0)
-            crashes = _Crashes(store, owned=True)
             queue = list(runs)
             refs: dict[Any, RunSpec] = {}
             while queue or refs:
@@ -399,17 +401,10 @@ class RayExecutor:
                 done, _ = ray.wait(list(refs), num_returns=1)
                 for ref in done:
                     run = refs.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except ray.exceptions.RayError as exc:  # its worker or node died
-                        outcome = crashes.handle(run, " ".join(str(exc).split())[:300])
-                        if outcome is None:
-                            self.log(f"retrying {run.run_id}: its Ray worker or node died")
-                            queue.insert(0, run)
-                        else:
-                            yield outcome
-                        continue
-                    yield driver.record(outcome)
+                    outcome = driver.settle(run, functools.partial(ray.get, ref), ray.exceptions.RayError, queue, self.log,
+                                            "its Ray worker or node")
+                    if outcome is not None:
+                        yield outcome
         finally:
             driver.close()
             if started:
@@ -490,7 +485,6 @@ class SlurmExecutor:
 
         self.log(self.describe())
         driver = DriverRecords(store)
-        crashes = _Crashes(store, owned=True)
         ex = self._executor(store, f"granularity-{store.root.name}")
         # submitit's local executor has no array throttle: it gets at most `workers` jobs at once
         slots = self.workers if self.cluster == "local" else len(runs)
@@ -517,17 +511,11 @@ class SlurmExecutor:
                     continue
                 for job in done:
                     run = jobs.pop(job)
-                    try:
-                        outcome = job.result()
-                    except Exception as exc:  # noqa: BLE001 - the job died (killed, time limit, node failure)
-                        outcome = crashes.handle(run, f"SLURM job {job.job_id}: " + " ".join(str(exc).split())[:300])
-                        if outcome is None:
-                            self.log(f"retrying {run.run_id}: its job {job.job_id} died")
-                            queue.insert(0, run)
-                        else:
-                            yield outcome
-                        continue
-                    yield driver.record(outcome)
+                    # any exception: the job died (killed, time limit, node failure)
+                    outcome = driver.settle(run, job.result, Exception, queue, self.log, f"its job {job.job_id}",
+                                            prefix=f"SLURM job {job.job_id}: ")
+                    if outcome is not None:
+                        yield outcome
         finally:
             for job in jobs:  # interrupted: do not leave jobs computing runs nobody records
                 try:

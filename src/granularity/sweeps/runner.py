@@ -86,33 +86,42 @@ def run_sweep(
         todo = [r for r in sw.runs if rows[r.run_id]["status"] not in skip]
         skipped = len(sw.runs) - len(todo)
         say(f"sweep {sw.name!r}: {len(sw.runs)} runs, {skipped} already finished, {len(todo)} to run; store {out} ({store.mode} mode)")
-        ran = 0
-        n_done = skipped
-        waiting: list[RunSpec] = []  # runs another sweep is computing
-        while todo or waiting:
-            for outcome in ex.run(store, todo) if todo else ():
-                status = outcome["status"]
-                run = by_id[outcome["run_id"]]
-                if status == "busy":
-                    waiting.append(run)
-                    continue
-                n_done += 1
-                ran += status in ("ok", "failed")
-                wall = f" ({outcome['wall_time']:.1f} s)" if outcome.get("wall_time") is not None else ""
-                err = f": {outcome['error']}" if outcome.get("error") else ""
-                say(f"[{n_done}/{len(sw.runs)}] {status} {run.run_id} {_fmt_params(run.params)}{wall}{err}")
-                if tracker is not None and status in ("ok", "failed"):
-                    _track(tracker, store, run, outcome, say)
-            todo = []
-            if waiting:
-                say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
-                todo, waiting = _wait_for_others(store, waiting)
+        ran = _run_todo(ex, store, by_id, todo, skipped, len(sw.runs), say, tracker)
         for rid in _reconcile(store, by_id):
             say(f"failed {rid} {_fmt_params(by_id[rid].params)}: {LOST}")
         return {"name": sw.name, "store": str(out), "total": len(sw.runs), **_outcome(store, by_id), "ran": ran,
                 "skipped": skipped, "wall_time": time.perf_counter() - t0}
     finally:
         store.close()
+
+
+def _run_todo(ex: Any, store: ResultsStore, by_id: dict[str, RunSpec], todo: list[RunSpec], skipped: int,
+              total: int, say: Callable[[str], None], tracker: Any) -> int:
+    """Send ``todo`` to the executor ``ex``, logging each outcome (``[done/total]``); runs another
+    sweep is computing (``busy``) are waited for and sent again if it did not finish them.
+    Returns how many runs this sweep ran (``ok`` or ``failed``)."""
+    ran = 0
+    n_done = skipped
+    waiting: list[RunSpec] = []  # runs another sweep is computing
+    while todo or waiting:
+        for outcome in ex.run(store, todo) if todo else ():
+            status = outcome["status"]
+            run = by_id[outcome["run_id"]]
+            if status == "busy":
+                waiting.append(run)
+                continue
+            n_done += 1
+            ran += status in ("ok", "failed")
+            wall = f" ({outcome['wall_time']:.1f} s)" if outcome.get("wall_time") is not None else ""
+            err = f": {outcome['error']}" if outcome.get("error") else ""
+            say(f"[{n_done}/{total}] {status} {run.run_id} {_fmt_params(run.params)}{wall}{err}")
+            if tracker is not None and status in ("ok", "failed"):
+                _track(tracker, store, run, outcome, say)
+        todo = []
+        if waiting:
+            say(f"{len(waiting)} runs are being computed by another sweep; waiting for them")
+            todo, waiting = _wait_for_others(store, waiting)
+    return ran
 
 
 def _track(tracker: Any, store: ResultsStore, run: RunSpec, outcome: dict[str, Any], say: Callable[[str], None]) -> None:

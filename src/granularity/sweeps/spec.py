@@ -186,13 +186,6 @@ def parse_resources(spec: Any, where: str) -> dict[str, float]:
     return out
 
 
-def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for p in dotted.split("."):
-        node = node.get(p) if isinstance(node, Mapping) else None
-    return node
-
-
 Axis = tuple[list[str], list[tuple[Any, ...]]]  # one axis: its keys (several for a zip group), its points
 
 

@@ -32,12 +32,13 @@ from granularity.utils.io import read_json
 KILL_ENV = "GRANULARITY_TEST_KILL_WORKER"
 
 
-class _Heartbeat(threading.Thread):
-    """Refreshes the run's claim while it runs, on its own SQLite connection."""
+class Heartbeat(threading.Thread):
+    """Calls ``beat(store)`` every :data:`HEARTBEAT_S` until ``stop`` is set, on its own SQLite
+    connection to the store at ``root`` (claims are refreshed this way while runs compute)."""
 
-    def __init__(self, root: Path, run_id: str, owner: str):
-        super().__init__(daemon=True, name=f"heartbeat-{run_id}")
-        self.root, self.run_id, self.owner = root, run_id, owner
+    def __init__(self, root: Path, beat: Callable[[ResultsStore], None], name: str):
+        super().__init__(daemon=True, name=name)
+        self.root, self.beat = root, beat
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -45,8 +46,8 @@ class _Heartbeat(threading.Thread):
         try:
             while not self.stop.wait(HEARTBEAT_S):
                 store = store or ResultsStore(self.root, create=False)
-                store.heartbeat(self.run_id, self.owner)
-        except Exception:  # noqa: BLE001 - a missed heartbeat only makes the claim look stale later
+                self.beat(store)
+        except Exception:  # noqa: BLE001 - a missed heartbeat only makes the claims look stale later
             pass
         finally:
             if store is not None:
@@ -187,7 +188,7 @@ def execute_run(store_root: str | Path, run: RunSpec, threads: int | None = None
         state = store.claim(run, me)
         if state != "claimed":
             return {"run_id": run.run_id, "status": state, "error": None, "wall_time": None}
-        beat = _Heartbeat(root, run.run_id, me)
+        beat = Heartbeat(root, lambda store: store.heartbeat(run.run_id, me), f"heartbeat-{run.run_id}")
         beat.start()
         try:
             outcome = compute_run(root, run, threads, on_start=lambda: store.mark_started(run.run_id))

@@ -6,6 +6,8 @@ half-written file is never taken as complete (rename is atomic on POSIX file sys
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +92,22 @@ def read_json(path: Path | str, what: str | None = None) -> Any:
         raise DataError(f"{src} nests too deeply to be a {what}.") from None
 
 
-def load_json_file(path: Path | str, what: str) -> Any:
-    """:func:`read_json` naming ``what`` in its errors (kept for the data loaders' calls)."""
-    return read_json(path, what)
-
-
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
     """Write a compressed ``.npz`` atomically."""
     _atomic(Path(path), lambda fh: np.savez_compressed(fh, **arrays), "wb")
+
+
+def write_csv_table(path: Path | str, columns: Sequence[str], rows: Sequence[Mapping[str, Any] | Sequence[Any]],
+                    lineterminator: str = "\r\n") -> None:
+    """Write a CSV table atomically (UTF-8): a header of ``columns``, then ``rows``, each a dict
+    by column name (absent columns left empty) or a sequence in column order. The line ending
+    is the csv module's default unless given."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=lineterminator)
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([row.get(c, "") for c in columns] if isinstance(row, Mapping) else row)
+    _atomic(Path(path), lambda fh: fh.write(buf.getvalue().encode("utf-8")), "wb")
 
 
 def write_bytes_atomic(path: Path | str, write: Callable[[Any], None]) -> None:
