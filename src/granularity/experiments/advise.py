@@ -497,7 +497,32 @@ def markdown(advice: dict[str, Any]) -> str:
         w = r.get("worst_subclass_error")
         lines.append(f"| {r['candidate']} | {r['classes']} | {r['seeds']} | {r['status']} | {_fmt(r['val_error'])} | "
                      f"{_fmt(r['test_error'])} | {dtxt} | {_fmt(w) if w else '-'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + metric_table_lines(advice["rows"])) + "\n"
+
+
+def metric_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Exploratory: every candidate's test error under every metric its runs report (when the
+    data defines more than one, e.g. a planted cue), with the paired difference to the target."""
+    metrics = [m for m in METRICS if any(m in r.get("test_by_metric", {}) for r in rows)]
+    if not metrics:
+        return []
+    table = [["candidate", *[f"test {m} (diff vs target [95% CI])" for m in metrics]]]
+    for r in rows:
+        cells = []
+        for m in metrics:
+            f = r.get("test_by_metric", {}).get(m)
+            d = f.get("test_diff_vs_target") if f else None
+            cells.append("-" if f is None else _fmt(f["test_error"]) + (f" ({d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}])" if d else ""))
+        table.append([r["candidate"], *cells])
+    return table
+
+
+def metric_table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    table = metric_table(rows)
+    if not table:
+        return []
+    return ["", "Test error under every metric (exploratory; " + "; ".join(f"{m} = {d}" for m, d in METRICS.items()) + "):", "",
+            "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])] + ["| " + " | ".join(t) + " |" for t in table[1:]]
 
 
 def _fmt(s: dict[str, float]) -> str:

@@ -74,6 +74,10 @@ def write_page(advice: dict[str, Any], out: Path) -> Path:
                   "(racing), 1 confirmatory test on the test split (the selected candidate vs the target labels); "
                   "the other candidates' test figures are exploratory.", f"Decision rule: {advice['rule']}"]
     sec.tables.append(("Candidates", table))
+    from granularity.experiments.advise import metric_table
+
+    if metric_table(advice["rows"]):
+        sec.tables.append(("Test error under every metric (exploratory)", metric_table(advice["rows"])))
     if has_runs:
         sec.figures.append(Figure(title="Granularity curve", path=curve,
                                   caption="Target test error vs number of pretraining classes; grey band: target labels.",
