@@ -155,3 +155,14 @@ def test_engine_reports_hard_and_easy_errors_pinned_to_the_main_path(tmp_path, m
         assert set(r["variants"]) == {"easy", "hard"} and r["data"]["options"]["cue"]["level"] == 2
         assert r["cue"]["counts"]["train"]["with_cue"] == (240 if r is full else 0)
     assert none["data"]["fingerprint"] != full["data"]["fingerprint"]
+
+
+def test_dotted_data_option_keys_nest():
+    import click
+
+    from granularity.cli.transfer import _data_options
+
+    assert _data_options(("cue.rho=0.9", "cue.corner=0,2", "download=false")) == {
+        "cue": {"rho": 0.9, "corner": [0, 2]}, "download": False}
+    with pytest.raises(click.BadParameter, match="'cue' is given both as a value and as a mapping"):
+        _data_options(("cue=1", "cue.rho=1"))
