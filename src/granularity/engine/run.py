@@ -378,7 +378,9 @@ class _RunData:
                               *ds.normalisation_stats(cfg.workers))
 
         def embeddings() -> np.ndarray:
-            key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
+            # the loader options too: a planted cue (or another image size) gives other pixels
+            key = (cfg.dataset, cfg.data_root, repr(sorted(cfg.data_options.items())), cfg.train_size, cfg.data_seed,
+                   str(cfg.rare), cfg.embedding, cfg.target)
             cache = embeddings_cache if embeddings_cache is not None else {}
             if key not in cache:
                 # streamed: "cnn" trains and predicts from streamed batches, a .npy needs only the length
