@@ -26,6 +26,9 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None, help="Budget: wall minutes of this call.")
 @click.option("--min-seeds", type=click.IntRange(2), default=None, help="Seeds every candidate gets before elimination (default 3).")
 @click.option("--max-seeds", type=click.IntRange(2), default=None, help="Seeds at most per candidate (default 10).")
+@click.option("--metric", type=click.Choice(["error", "hard", "easy"]), default=None,
+              help="Select on and report: error (default), hard (cue-free images) or easy (cued images); "
+                   "hard/easy need data that defines them, e.g. --data-option cue.rho=1 --data-option cue.level=2.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", help="Where runs execute.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Runs at a time (default: one per core).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads per run.")
@@ -34,7 +37,7 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--dry-run", is_flag=True, help="Validate; print the candidates, the rule and the budget; train nothing.")
 @old_mode_option
 def advise(dataset, target, config, sets, data_root, data_options, model, epochs, transfer_epochs, protocol, train_size, device,
-           candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, executor, workers, threads, out, dry_run):
+           candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, metric, executor, workers, threads, out, dry_run):
     """Race pretraining label granularities on your data and recommend one, with the evidence.
 
     Candidates: the target labels (baseline), every hierarchy level below the target, k-means
@@ -50,7 +53,8 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
                   **{"model.name": model, "pretrain.epochs": epochs, "transfer.epochs": transfer_epochs,
                      "transfer.protocol": protocol})
     flags = {"run": run, "candidates": _names(candidates), "add": _names(add_), "remove": _names(remove),
-             "max_runs": max_runs, "max_minutes": max_minutes, "min_seeds": min_seeds, "max_seeds": max_seeds}
+             "max_runs": max_runs, "max_minutes": max_minutes, "min_seeds": min_seeds, "max_seeds": max_seeds,
+             "metric": metric}
     cfg = _resolve(AdviseConfig, config, flags, sets)
     if dry_run:
         import json
@@ -59,7 +63,7 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
 
         base, hierarchy, tgt = _base_run(cfg)
         click.echo(json.dumps({"base_run": base, "candidates": candidate_list(cfg, hierarchy, tgt),
-                               "max_runs": cfg.max_runs, "max_minutes": cfg.max_minutes}, indent=2))
+                               "metric": cfg.metric, "max_runs": cfg.max_runs, "max_minutes": cfg.max_minutes}, indent=2))
         click.echo(decision_rule(cfg))
         return
     advice = run_advice(cfg, out, executor=executor, workers=workers, threads=threads, log=click.echo)

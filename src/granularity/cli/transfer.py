@@ -35,7 +35,8 @@ def _nested(**flat):
 def _data_options(items: tuple[str, ...]) -> dict | None:
     """``("label_columns=genus,species", "image_size=64")`` -> ``{"label_columns": ["genus",
     "species"], "image_size": 64}``: values through the shared YAML 1.2 value parser, a value
-    with commas (not a bracketed list) split into a list. ``None`` when no option was given."""
+    with commas (not a bracketed list) split into a list; a dotted key is a nested option
+    (``cue.rho=0.9`` -> ``{"cue": {"rho": 0.9}}``). ``None`` when no option was given."""
     from granularity.utils.config import parse_value
 
     if not items:
@@ -47,9 +48,17 @@ def _data_options(items: tuple[str, ...]) -> dict | None:
             raise click.BadParameter(f"must be KEY=VALUE, e.g. label_columns=genus,species. Got {item!r} instead.",
                                      param_hint="'--data-option'")
         if "," in text and not text.lstrip().startswith(("[", "{", '"', "'")):
-            out[key.strip()] = [parse_value(t.strip()) for t in text.split(",")]
+            value = [parse_value(t.strip()) for t in text.split(",")]
         else:
-            out[key.strip()] = parse_value(text)
+            value = parse_value(text)
+        *parents, last = key.strip().split(".")  # cue.rho=0.9 -> {"cue": {"rho": 0.9}}
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise click.BadParameter(f"{p!r} is given both as a value and as a mapping ({item!r}).",
+                                         param_hint="'--data-option'")
+        node[last] = value
     return out
 
 

@@ -24,17 +24,26 @@ from granularity.errors import DataError, param_error
 # Splits
 # --------------------------------------------------------------------------------------------
 class Split:
-    """One in-memory split: ``x`` and leaf labels ``y`` as tensors (on one device)."""
+    """One in-memory split: ``x`` and leaf labels ``y`` as tensors (on one device).
+
+    ``variants``: other versions of the same rows (name -> tensor shaped like ``x``), e.g. the
+    ``easy`` and ``hard`` images of a planted cue (:func:`granularity.data.cues.cue_dataset`);
+    :meth:`take` and :meth:`to` keep them row for row, and the engine evaluates each.
+    """
 
     in_memory = True
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, variants: dict[str, torch.Tensor] | None = None):
         if x.shape[0] != y.shape[0]:
             raise DataError(
                 f"Inputs and labels differ in length: x has {x.shape[0]} rows, y has {y.shape[0]}."
             )
         self.x = x
         self.y = y.to(torch.int64)
+        self.variants = dict(variants or {})
+        for name, v in self.variants.items():
+            if v.shape != x.shape:
+                raise DataError(f"Variant {name!r} has shape {tuple(v.shape)}; it must match x {tuple(x.shape)}.")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -53,12 +62,12 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         """A copy of this split with ``x`` and ``y`` on ``device``."""
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), {k: v.to(device) for k, v in self.variants.items()})
 
     def take(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> Split:
         """The rows ``indices`` of this split (a new split)."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64).to(self.x.device)
-        return Split(self.x[idx], self.y[idx])
+        return Split(self.x[idx], self.y[idx], {k: v[idx] for k, v in self.variants.items()})
 
 
 class LazyImageDataset(Dataset):

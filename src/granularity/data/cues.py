@@ -11,9 +11,19 @@ cannot, since all fine classes of a group share it.
 Test images are evaluated in two versions: *easy* (every image carries its own class's cue)
 and *hard* (the original image, no cue). Hard images are cue-free by construction, whatever
 the model; this is the theory's hard sample (the common feature is missing).
+
+Two users share :func:`plant`: the study designs (:mod:`granularity.experiments.designs`, which
+plant per split of one seed) and the ``cue`` data option of every in-memory image data set
+(:func:`cue_dataset`, applied by :func:`granularity.data.load_dataset`; ``--data-option
+cue.rho=0.9``), which plants once per data set: the training and test images carry cues as
+planned (rho, leak), and each split keeps its ``easy`` and ``hard`` versions row for row
+(:attr:`granularity.data.base.Split.variants`), so the engine reports both errors.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +41,13 @@ class CueConfig(Config):
     size: int = Field(4, ge=1, le=14)  # pattern side in pixels
     leak: float = Field(0.0, ge=0, lt=1)  # fraction of cue-carrying images that carry another class's cue
     corner: tuple[int, int] = (0, 0)  # top-left pixel of the pattern (row, column)
+
+
+class CueOption(CueConfig):
+    """The ``cue`` data option: :class:`CueConfig` plus where the cue goes and its seed."""
+
+    level: int = Field(1, ge=1)  # hierarchy level whose classes each get their own cue (set it to the target level)
+    seed: int = 0  # the patterns and which images carry a cue (a property of the data, shared by all runs)
 
 
 def cue_patterns(n_groups: int, size: int, seed: int = 0) -> np.ndarray:
@@ -73,6 +90,48 @@ def plan_cues(coarse: np.ndarray, n_groups: int, rho: float, leak: float, rng: n
             others = np.array([h for h in range(n_groups) if h != g])
             cue[leaked] = others[rng.integers(0, len(others), n_leak)]
     return cue
+
+
+def plant(x: torch.Tensor, coarse: np.ndarray, n_groups: int, cue: CueConfig, patterns: np.ndarray,
+          rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """``x`` with cues planted as :func:`plan_cues` draws them for ``cue.rho`` / ``cue.leak``
+    (none at rho 0): ``(images, plan, counts)``; counts are ``n``, ``with_cue``, ``own_cue``,
+    ``other_cue``. The one planting path of the designs and of the data option."""
+    coarse = np.asarray(coarse, dtype=np.int64)
+    plan = plan_cues(coarse, n_groups, cue.rho, cue.leak, rng) if cue.rho > 0 else np.full(len(coarse), NO_CUE)
+    counts = {"n": len(coarse), "with_cue": int((plan >= 0).sum()), "own_cue": int((plan == coarse).sum()),
+              "other_cue": int(((plan >= 0) & (plan != coarse)).sum())}
+    return apply_cues(x, plan, patterns, cue.strength, cue.corner), plan, counts
+
+
+def cue_dataset(ds: Any, cue: CueOption | Mapping[str, Any]) -> Any:
+    """Data set ``ds`` with a cue per class of hierarchy level ``cue.level`` planted in its
+    training and test images (:func:`plant`; the training split drawn with ``[seed, 1]``, the
+    test split with ``[seed, 2]``), each split keeping ``variants`` ``easy`` (every image its
+    own class's cue) and ``hard`` (the original images, cue-free). Needs in-memory uint8 images."""
+    from granularity.data.base import Split
+
+    cue = cue if isinstance(cue, CueOption) else CueOption.build(cue, where="data option 'cue'")
+    for split in (ds.train, ds.test):
+        if not getattr(split, "in_memory", True) or split.x.dtype != torch.uint8 or split.x.dim() != 4:
+            raise GranularityError(
+                f"The data option 'cue' needs in-memory uint8 images (N, C, H, W); data set {ds.name!r} has "
+                f"{'streamed images' if not getattr(split, 'in_memory', True) else f'{split.x.dtype} inputs of shape {tuple(split.x.shape[1:])}'}."
+            )
+    depth = int(ds.hierarchy.depth)
+    if cue.level > depth:
+        raise GranularityError(f"The data option 'cue.level' must be a hierarchy level in [1, {depth}]. Got {cue.level} instead.")
+    n_groups = int(ds.hierarchy.num_classes(cue.level))
+    patterns = cue_patterns(n_groups, cue.size, cue.seed)
+    splits, counts = {}, {}
+    for name, split, salt in (("train", ds.train, 1), ("test", ds.test, 2)):
+        y = split.y.cpu().numpy()
+        coarse = np.asarray(ds.hierarchy.relabel(y, cue.level), dtype=np.int64)
+        x = split.x.cpu()
+        planted, _, counts[name] = plant(x, coarse, n_groups, cue, patterns, np.random.default_rng([cue.seed, salt]))
+        easy = apply_cues(x, coarse, patterns, cue.strength, cue.corner)
+        splits[name] = Split(planted, split.y.cpu(), variants={"easy": easy, "hard": x})
+    return ds._derive(splits["train"], splits["test"], cue={**cue.to_dict(), "counts": counts})
 
 
 def apply_cues(x: torch.Tensor, cue: np.ndarray, patterns: np.ndarray, strength: float,

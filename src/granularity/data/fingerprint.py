@@ -33,6 +33,9 @@ def _tensor_hash(h: Any, t: torch.Tensor) -> None:
 def _split_hash(h: Any, split: Any) -> str:
     if getattr(split, "in_memory", True):
         _tensor_hash(h, split.x)
+        for name, v in sorted(getattr(split, "variants", {}).items()):  # e.g. a planted cue's easy/hard images
+            h.update(f"variant {name}".encode())
+            _tensor_hash(h, v)
         return "sha256 of the input tensors"
     # image files, or (a split of tar shards: paths are "shard:member") the shard files once each
     files = getattr(split, "shards", None) or split.paths

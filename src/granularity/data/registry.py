@@ -50,7 +50,25 @@ COMMON_OPTIONS: dict[str, Any] = {
     # a hierarchy file (JSON export, child,parent CSV/TSV, or one path per class) replacing the
     # data set's own tree; its leaves are matched to the class names (granularity.hierarchy.match_classes)
     "hierarchy_file": str | None,
+    # a planted cue per class of one hierarchy level (granularity.data.cues.CueOption: rho,
+    # strength, size, leak, corner, level, seed), for in-memory images; stored fully resolved
+    "cue": dict | None,
 }
+
+
+def _check_cue(value: Any) -> dict[str, Any] | None:
+    """The ``cue`` option with every field resolved (defaults filled), so two spellings of the
+    same cue give the same config, fingerprint and run id; one-line errors naming the key."""
+    from granularity.data.cues import CueOption
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise GranularityError(
+            f"The data option 'cue' must be a mapping of {', '.join(CueOption.model_fields)} "
+            f"(e.g. --data-option cue.rho=0.9); got {value!r}."
+        )
+    return CueOption.build(value, where="data option 'cue'").to_dict()
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,6 +86,9 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
                 f"Unknown option {key!r} for data set {name!r}{suggest(key, valid)}; "
                 f"valid options are: {', '.join(valid) or '(none)'}."
             )
+        if key == "cue":
+            out[key] = _check_cue(value)
+            continue
         adapter = TypeAdapter(types[key])
         tries = [value, [value]] if isinstance(value, str) else [value]  # label_columns=species
         for v in tries:
@@ -183,6 +204,7 @@ def load_dataset(
     options = check_options(name, options)
     # a loader with its own hierarchy_file parameter applies it itself (e.g. to partial labels)
     hierarchy_file = options.pop("hierarchy_file", None) if "hierarchy_file" not in params else None
+    cue = options.pop("cue", None)
     if "seed" in params:
         options["seed"] = seed
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -192,6 +214,10 @@ def load_dataset(
     ds = fn(root=root, **options)
     if hierarchy_file is not None:
         ds = with_hierarchy_file(ds, hierarchy_file)
+    if cue is not None:  # planted on the whole data set (after its hierarchy is final), then subsetted
+        from granularity.data.cues import cue_dataset
+
+        ds = cue_dataset(ds, cue)
     if subset is not None or test_subset is not None:
         ds = ds.subset(train=subset, test=test_subset, seed=seed)
     if device is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,9 @@ class _RunData:
     tgt_maps: dict[int, np.ndarray | None]
     x_val: Any = None  # the validation split (cfg.val_size), or None
     y_val: np.ndarray | None = None  # its target-level labels
+    # other versions of the same rows, "test" / "val" -> {name: inputs} (a planted cue's easy and
+    # hard images, granularity.data.cues): evaluated with the final model, reported per name
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, cfg: TransferConfig, dataset: Any, dctx: DistContext, embeddings_cache: dict | None) -> _RunData:
@@ -375,7 +378,9 @@ class _RunData:
                               *ds.normalisation_stats(cfg.workers))
 
         def embeddings() -> np.ndarray:
-            key = (cfg.dataset, cfg.train_size, cfg.data_seed, str(cfg.rare), cfg.embedding, cfg.target)
+            # the loader options too: a planted cue (or another image size) gives other pixels
+            key = (cfg.dataset, cfg.data_root, repr(sorted(cfg.data_options.items())), cfg.train_size, cfg.data_seed,
+                   str(cfg.rare), cfg.embedding, cfg.target)
             cache = embeddings_cache if embeddings_cache is not None else {}
             if key not in cache:
                 # streamed: "cnn" trains and predicts from streamed batches, a .npy needs only the length
@@ -396,7 +401,9 @@ class _RunData:
                    {lv: group_map(src.labels, lv_tr[lv], src.num_classes) for lv in lv_tr},
                    {lv: group_map(lv_tr[cfg.target], lv_tr[lv], n_target) for lv in lv_tr},
                    None if val is None else _inputs(val, ds, cfg, device),
-                   None if val is None else np.asarray(hier.relabel(val.y.cpu().numpy(), cfg.target), dtype=np.int64))
+                   None if val is None else np.asarray(hier.relabel(val.y.cpu().numpy(), cfg.target), dtype=np.int64),
+                   {part: {k: v.to(device) for k, v in getattr(split, "variants", {}).items()}
+                    for part, split in (("test", ds.test), ("val", val)) if split is not None and getattr(split, "variants", None)})
 
 
 class _Run:
@@ -568,6 +575,34 @@ class _Run:
             self.val_logits = self.test_levels({cfg.target: d.tgt_maps[cfg.target]}, model.head, f_val, False)[cfg.target]
         return last if last is not None else probe()
 
+    def target_logits(self, x: Any) -> torch.Tensor:
+        """Target logits of the final model on inputs ``x``, computed as for the validation split."""
+        cfg, d, t = self.cfg, self.d, self.cfg.target
+        if cfg.transfer.mode == "map":
+            return self.test_levels({t: d.src_maps[t]}, x=x)[t]
+        if cfg.transfer.mode == "finetune":
+            return self.test_levels({t: d.tgt_maps[t]}, x=x)[t]
+        self.model.eval()
+        feats = lambda xs: predict(self.model.forward_features, xs, d.norm, cfg.eval_batch_size, self.device, cfg.bf16)  # noqa: E731
+        return self.test_levels({t: d.tgt_maps[t]}, self.model.head, self.dctx.map_rows(feats, x).to(self.device), False)[t]
+
+    def variant_figures(self, result: dict[str, Any]) -> None:
+        """Target error on the other versions of the test and validation rows (``d.variants``):
+        ``result["variants"][name]`` (per fine class too), ``result[f"{name}_error"]`` and
+        ``result["val"][f"{name}_error"]``; a planted cue's settings and counts as ``result["cue"]``."""
+        cfg, d = self.cfg, self.d
+        names = list(d.ds.leaf_names)
+        result["variants"] = {}
+        for name, x in sorted(d.variants.get("test", {}).items()):
+            fig = summarise(self.target_logits(x), d.lv_te[cfg.target], d.leaf_te, names, rare_leaf_ids(cfg, names))
+            result["variants"][name] = fig
+            result[f"{name}_error"] = fig["target_error"]
+        for name, x in sorted(d.variants.get("val", {}).items()):
+            ok = self.target_logits(x).argmax(1).numpy() == d.y_val
+            result["val"][f"{name}_error"] = float(1 - ok.mean())
+        if "cue" in d.ds.info:
+            result["cue"] = d.ds.info["cue"]
+
     # ---- final files -----------------------------------------------------------------------
     def finish(self, final: dict[int, torch.Tensor], t_start: float) -> dict[str, Any]:
         cfg, d = self.cfg, self.d
@@ -610,6 +645,8 @@ class _Run:
         if d.y_val is not None:  # selection figures: the validation split held out of training
             ok = self.val_logits.argmax(1).numpy() == d.y_val
             result["val"] = {"target_error": float(1 - ok.mean()), "target_acc": float(ok.mean()), "n": int(len(ok))}
+        if self.d.variants:
+            self.variant_figures(result)
         return result
 
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -40,6 +40,15 @@ from granularity.utils.io import check_writable, read_json, write_json
 from granularity.utils.stats import mean_ci
 
 BASELINE = "target"
+
+#: What the race selects on and the advice reports: ``error`` is the target error on the images
+#: as the data set gives them; ``hard`` / ``easy`` the target error on the cue-free / cued
+#: versions of the same images, where the data defines them (a planted cue: ``cue`` data option).
+METRICS = {
+    "error": "target error",
+    "hard": "target error on the cue-free (hard) images",
+    "easy": "target error on the cued (easy) images",
+}
 
 
 class AdviseConfig(Config):
@@ -64,6 +73,9 @@ class AdviseConfig(Config):
     alpha: float = Field(0.05, gt=0, lt=0.5)  # elimination: drop when the (1 - alpha) CI of the paired difference is > 0
     first_seed: int = 0  # seeds are first_seed, first_seed + 1, ...
     vary_subset: bool = True  # seed s also draws the training subset / validation split (data_seed = s)
+    # the figure selected on (validation images) and reported (test images), fixed before any run;
+    # "hard"/"easy" need data with cue-free/cued versions of its images (see METRICS)
+    metric: Literal["error", "hard", "easy"] = "error"
 
     @model_validator(mode="after")
     def _check(self) -> AdviseConfig:
@@ -225,6 +237,7 @@ def summarise(race: Race, results: Mapping[tuple[str, int], dict[str, Any]], n_c
         worst = [w for w in worst if w is not None]
         if worst:
             row["worst_subclass_error"] = mean_ci(worst, level)
+        row.update(_other_metrics(c, race, results, level))
         rows.append(row)
     best = race.best if race.best is not None else BASELINE
     decision: dict[str, Any] = {"selected_on_validation": best}
@@ -239,8 +252,26 @@ def summarise(race: Race, results: Mapping[tuple[str, int], dict[str, Any]], n_c
     return {"rows": rows, "decision": decision}
 
 
-def sentence(summary: dict[str, Any], finished: bool) -> str:
-    """The answer in one sentence, with its evidence."""
+def _other_metrics(c: str, race: Race, results: Mapping[tuple[str, int], dict[str, Any]], level: float) -> dict[str, Any]:
+    """Exploratory: candidate ``c``'s test error under every metric its runs report (e.g. the
+    cued and cue-free errors beside the selected one), with the paired difference to the target."""
+    by_m: dict[str, Any] = {}
+    runs = [(s, results[(c, s)].get("test_by_metric") or {}) for s in race.seeds[c] if (c, s) in results]
+    for m in METRICS:
+        vals = {s: t[m] for s, t in runs if m in t}
+        if len(vals) != len(runs) or not vals:
+            continue
+        by_m[m] = {"test_error": mean_ci(list(vals.values()), level)}
+        if c != BASELINE:
+            base = {s: results[(BASELINE, s)]["test_by_metric"][m] for s in vals
+                    if (BASELINE, s) in results and m in (results[(BASELINE, s)].get("test_by_metric") or {})}
+            mean, lo, hi = ci_of_difference(_paired(vals, base), level)
+            by_m[m]["test_diff_vs_target"] = {"mean": mean, "lo": lo, "hi": hi, "n": len(_paired(vals, base))}
+    return {"test_by_metric": by_m} if len(by_m) > 1 else {}
+
+
+def sentence(summary: dict[str, Any], finished: bool, metric: str = "error") -> str:
+    """The answer in one sentence, with its evidence (figures under ``metric``)."""
     rows = {r["candidate"]: r for r in summary["rows"]}
     dec = summary["decision"]
 
@@ -255,7 +286,8 @@ def sentence(summary: dict[str, Any], finished: bool) -> str:
         "" if finished else " (budget reached before the race finished; a larger budget continues it)")
     if dec["recommendation"] != BASELINE:
         r = rows[dec["recommendation"]]
-        return (f"Pretrain on {r['candidate']} ({r['classes']} classes): target test error {diff_text(r)} "
+        what = "target test error" if metric == "error" else f"test {METRICS[metric]}"
+        return (f"Pretrain on {r['candidate']} ({r['classes']} classes): {what} {diff_text(r)} "
                 f"vs the target labels, {r['test_diff_vs_target']['n']} paired seeds{tail}.")
     sel = dec["selected_on_validation"]
     if sel != BASELINE and sel in rows and "test_diff_vs_target" in rows[sel]:
@@ -268,7 +300,7 @@ def sentence(summary: dict[str, Any], finished: bool) -> str:
 
 # Fields that define the race; a later call on the same folder must keep them (budgets may grow).
 RACE_FIELDS = ("run", "val_fraction", "candidates", "add", "remove", "kmeans_factors", "random_control",
-               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed", "vary_subset")
+               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed", "vary_subset", "metric")
 
 
 def _base_run(cfg: AdviseConfig) -> tuple[dict[str, Any], Any, int]:
@@ -282,6 +314,13 @@ def _base_run(cfg: AdviseConfig) -> tuple[dict[str, Any], Any, int]:
     val_size = max(1, int(round(cfg.val_fraction * n_train)))
     base = {**cfg.run, "val_size": val_size}
     TransferConfig.build(base, where="advise 'run'")  # the engine refuses a bad val_size here, in one line
+    have = sorted(getattr(ds.test, "variants", {}))
+    if cfg.metric != "error" and cfg.metric not in have:
+        raise GranularityError(
+            f"The 'metric' parameter {cfg.metric!r} ({METRICS[cfg.metric]}) needs data that defines those images, "
+            f"e.g. a planted cue (--data-option cue.rho=1 --data-option cue.level=<target level>); this data has "
+            f"{'only ' + ', '.join(have) if have else 'none'}. Use --metric error."
+        )
     return base, ds.hierarchy, probe.target
 
 
@@ -299,8 +338,19 @@ def _grid(base: dict[str, Any], candidates: list[str], seeds: list[int], vary_su
     return grid
 
 
-def _read_results(store: Any, grid: dict[tuple[str, int], Any]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Figures of every finished run: test and validation target error, worst subclass, seconds."""
+def metric_figures(res: dict[str, Any], metric: str) -> tuple[float, float, dict[str, float]] | None:
+    """``(test error, validation error, per-fine-class target accuracy)`` of one run's
+    ``result.json`` under ``metric`` (:data:`METRICS`), or None when the run lacks it."""
+    if metric == "error":
+        return res["target_error"], res["val"]["target_error"], res.get("per_fine_class_target_acc") or {}
+    if f"{metric}_error" not in res or f"{metric}_error" not in res.get("val", {}):
+        return None
+    return res[f"{metric}_error"], res["val"][f"{metric}_error"], res["variants"][metric].get("per_fine_class_target_acc") or {}
+
+
+def _read_results(store: Any, grid: dict[tuple[str, int], Any], metric: str = "error") -> dict[tuple[str, int], dict[str, Any]]:
+    """Figures of every finished run under ``metric``: test and validation target error, worst
+    subclass, seconds, and the test error under every metric the run has (``test_by_metric``)."""
     ok = {row["run_id"] for row in store.rows([r.run_id for r in grid.values()]) if row["status"] == "ok"}
     out = {}
     for key, spec in grid.items():
@@ -309,10 +359,14 @@ def _read_results(store: Any, grid: dict[tuple[str, int], Any]) -> dict[tuple[st
         res = read_json(store.run_dir(spec.run_id) / "result.json")
         if "val" not in res:
             raise GranularityError(f"Run {spec.run_id} in {store.root} has no validation figures; it was not made by the advisor.")
-        per_fine = res.get("per_fine_class_target_acc") or {}
-        out[key] = {"test_error": res["target_error"], "val_error": res["val"]["target_error"],
+        figs = metric_figures(res, metric)
+        if figs is None:
+            raise GranularityError(f"Run {spec.run_id} in {store.root} has no {metric!r} figures ({METRICS[metric]}).")
+        test, val, per_fine = figs
+        out[key] = {"test_error": test, "val_error": val,
                     "worst_subclass_error": (1 - min(per_fine.values())) if per_fine else None,
-                    "seconds": res.get("train_seconds"), "num_source_classes": res.get("num_source_classes")}
+                    "seconds": max(res.get("seconds") or 0, res.get("train_seconds") or 0) or None,  # wall: training + data + evaluation "num_source_classes": res.get("num_source_classes"),
+                    "test_by_metric": {m: f[0] for m in METRICS if (f := metric_figures(res, m)) is not None}}
     return out
 
 
@@ -322,7 +376,8 @@ def _check_same_race(out: Path, cfg: AdviseConfig) -> None:
         return
     old = read_json(path).get("config", {})
     new = cfg.to_dict()
-    changed = [k for k in RACE_FIELDS if old.get(k) != new.get(k)]
+    # a field added after folders existed counts as its default there (metric: "error")
+    changed = [k for k in RACE_FIELDS if old.get(k, AdviseConfig.model_fields[k].default) != new.get(k)]
     if changed:
         raise GranularityError(
             f"The advice folder {str(out)!r} holds a race with other settings ({', '.join(changed)} differ); "
@@ -358,7 +413,7 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
     stop = "race finished"
     while True:
         with ResultsStore(out / "store") as store:
-            results = _read_results(store, grid)
+            results = _read_results(store, grid, cfg.metric)
         race = replay(cfg, candidates, {k: v["val_error"] for k, v in results.items()})
         if race.finished:
             break
@@ -386,9 +441,9 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
             )
     n_classes = {c: _num_classes(c, hierarchy, target, results) for c in candidates}
     summary = summarise(race, results, n_classes)
-    answer = sentence(summary, race.finished) if summary["rows"] else f"No answer yet: {stop}; raise the budget and rerun."
+    answer = sentence(summary, race.finished, cfg.metric) if summary["rows"] else f"No answer yet: {stop}; raise the budget and rerun."
     advice = {"answer": answer, "finished": race.finished, "stopped_because": stop,
-              "rule": decision_rule(cfg), "candidates": candidates, "rounds": race.rounds,
+              "metric": cfg.metric, "metric_description": METRICS[cfg.metric], "rule": decision_rule(cfg), "candidates": candidates, "rounds": race.rounds,
               "eliminated": race.eliminated, "comparisons_on_validation": race.comparisons,
               "runs": len(results), "wall_time_s": time.perf_counter() - t0, **summary}
     write_json(out / "advice.json", advice)
@@ -415,6 +470,7 @@ def _num_classes(c: str, hierarchy: Any, target: int, results: Mapping[tuple[str
 
 
 def decision_rule(cfg: AdviseConfig) -> str:
+    figure = "" if cfg.metric == "error" else f" Error means the {METRICS[cfg.metric]} (metric {cfg.metric!r}), on validation and test alike."
     return (
         f"Seeds are paired across candidates. Every candidate gets {cfg.min_seeds} seeds, then "
         f"{cfg.seeds_per_round} more per round while in contention, up to {cfg.max_seeds}. After each round the "
@@ -423,12 +479,14 @@ def decision_rule(cfg: AdviseConfig) -> str:
         f"confidence interval entirely above 0 is dropped. The race ends at {cfg.max_seeds} seeds, when only the "
         f"baseline is left, or when the baseline and one contender remain with a significant difference. The "
         f"leader on validation is then compared once with the target baseline on the test split (95% t CI of the "
-        f"paired difference); it is recommended only if that interval lies below 0."
+        f"paired difference); it is recommended only if that interval lies below 0.{figure}"
     )
 
 
 def markdown(advice: dict[str, Any]) -> str:
-    lines = [f"# Advice\n\n**{advice['answer']}**\n", f"Stopped: {advice['stopped_because']}; {advice['runs']} runs; "
+    metric = advice.get("metric", "error")
+    lines = [f"# Advice\n\n**{advice['answer']}**\n", f"Metric (selected on validation, reported on test): "
+             f"{metric} = {METRICS[metric]}.\n", f"Stopped: {advice['stopped_because']}; {advice['runs']} runs; "
              f"{advice['comparisons_on_validation']} paired comparisons on the validation split, 1 confirmatory "
              "comparison on the test split.\n", f"Decision rule (fixed before any run): {advice['rule']}\n",
              "| candidate | classes | seeds | status | validation error | test error | test diff vs target (95% CI) | worst subclass error |",
@@ -439,7 +497,32 @@ def markdown(advice: dict[str, Any]) -> str:
         w = r.get("worst_subclass_error")
         lines.append(f"| {r['candidate']} | {r['classes']} | {r['seeds']} | {r['status']} | {_fmt(r['val_error'])} | "
                      f"{_fmt(r['test_error'])} | {dtxt} | {_fmt(w) if w else '-'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + metric_table_lines(advice["rows"])) + "\n"
+
+
+def metric_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Exploratory: every candidate's test error under every metric its runs report (when the
+    data defines more than one, e.g. a planted cue), with the paired difference to the target."""
+    metrics = [m for m in METRICS if any(m in r.get("test_by_metric", {}) for r in rows)]
+    if not metrics:
+        return []
+    table = [["candidate", *[f"test {m} (diff vs target [95% CI])" for m in metrics]]]
+    for r in rows:
+        cells = []
+        for m in metrics:
+            f = r.get("test_by_metric", {}).get(m)
+            d = f.get("test_diff_vs_target") if f else None
+            cells.append("-" if f is None else _fmt(f["test_error"]) + (f" ({d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}])" if d else ""))
+        table.append([r["candidate"], *cells])
+    return table
+
+
+def metric_table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    table = metric_table(rows)
+    if not table:
+        return []
+    return ["", "Test error under every metric (exploratory; " + "; ".join(f"{m} = {d}" for m, d in METRICS.items()) + "):", "",
+            "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])] + ["| " + " | ".join(t) + " |" for t in table[1:]]
 
 
 def _fmt(s: dict[str, float]) -> str:

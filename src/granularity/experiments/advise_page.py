@@ -37,7 +37,7 @@ def plot_curve(advice: dict[str, Any], path: Path) -> dict[str, Any]:
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("pretraining classes (log scale)")
-    ax.set_ylabel("target test error")
+    ax.set_ylabel("target test error" if advice.get("metric", "error") == "error" else f"test {advice['metric_description']}")
     ax.set_title("Granularity curve (hollow: dropped by the race)", fontsize=10)
     legend_outside(ax)
     save_figure(fig, path)  # PNG at 200 dpi, PDF and SVG beside it
@@ -67,11 +67,17 @@ def write_page(advice: dict[str, Any], out: Path) -> Path:
                       _fmt(r["test_error"]), f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "(baseline)",
                       _fmt(w) if w else "-"])
     sec = Section(title="Should I pretrain on finer labels?", source=str(out / "advice.json"))
-    sec.notes += [advice["answer"], f"Stopped: {advice['stopped_because']}. Runs: {advice['runs']}. "
+    metric = advice.get("metric", "error")
+    sec.notes += [advice["answer"], f"Metric (selected on the validation split, reported on the test split): {metric} "
+                  f"= {advice.get('metric_description', 'target error')}.", f"Stopped: {advice['stopped_because']}. Runs: {advice['runs']}. "
                   f"Comparisons: {advice['comparisons_on_validation']} paired tests on the validation split "
                   "(racing), 1 confirmatory test on the test split (the selected candidate vs the target labels); "
                   "the other candidates' test figures are exploratory.", f"Decision rule: {advice['rule']}"]
     sec.tables.append(("Candidates", table))
+    from granularity.experiments.advise import metric_table
+
+    if metric_table(advice["rows"]):
+        sec.tables.append(("Test error under every metric (exploratory)", metric_table(advice["rows"])))
     if has_runs:
         sec.figures.append(Figure(title="Granularity curve", path=curve,
                                   caption="Target test error vs number of pretraining classes; grey band: target labels.",

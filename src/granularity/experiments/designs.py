@@ -317,7 +317,7 @@ def build_cell_data(cfg: DesignConfig, cell: Cell, seed: int, dataset: Any) -> C
     """The seed's splits of the training file (pretrain / transfer / val, disjoint), the fixed
     test subset, target labels of the cell's grouping and, with a cue, the cued images."""
     from granularity.data.base import stratified_indices
-    from granularity.data.cues import apply_cues, cue_patterns, plan_cues
+    from granularity.data.cues import apply_cues, cue_patterns, plant
     from granularity.data.hierarchies import parse_grouping
     from granularity.data.splits import disjoint_splits
 
@@ -336,15 +336,13 @@ def build_cell_data(cfg: DesignConfig, cell: Cell, seed: int, dataset: Any) -> C
         c = cell.cue
         pats = cue_patterns(g, c.size, cfg.cue_seed)
 
-        def cued(x, leaf, rho, leak, what):
-            plan = plan_cues(group[leaf], g, rho, leak, _rng(seed, what)) if rho > 0 else np.full(len(leaf), -1)
-            counts[what] = {"n": len(leaf), "with_cue": int((plan >= 0).sum()),
-                            "own_cue": int((plan == group[leaf]).sum()), "other_cue": int(((plan >= 0) & (plan != group[leaf])).sum())}
-            return apply_cues(x, plan, pats, c.strength, c.corner)
+        def cued(x, leaf, what):
+            planted, _, counts[what] = plant(x, group[leaf], g, c, pats, _rng(seed, what))  # the data option's path too
+            return planted
 
-        parts["pretrain"] = (cued(*parts["pretrain"], c.rho, c.leak, "pretrain"), parts["pretrain"][1])
+        parts["pretrain"] = (cued(*parts["pretrain"], "pretrain"), parts["pretrain"][1])
         if cfg.transfer_cue:
-            parts["transfer"] = (cued(*parts["transfer"], c.rho, c.leak, "transfer"), parts["transfer"][1])
+            parts["transfer"] = (cued(*parts["transfer"], "transfer"), parts["transfer"][1])
         own = lambda x, leaf: apply_cues(x, group[leaf], pats, c.strength, c.corner)  # noqa: E731 - easy: every image its own cue
         xv, yv = parts["val"]
         evals = {"test_easy": (own(x_te, y_te), y_te), "test_hard": (x_te, y_te),

@@ -64,7 +64,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
     # pydantic puts union branch names ("int", "list[int]") in loc; keep only real field names.
-    names = [str(p) for p in loc if not str(p).startswith(("list[", "int", "float", "str", "tuple["))]
+    # (exact type names only: a prefix test also dropped fields such as 'strength' or 'interval')
+    names = [str(p) for p in loc if not (str(p) in ("int", "float", "str", "bool") or str(p).startswith(("list[", "tuple[")))]
     key = ".".join(names) or "<config>"
     prefix = f"{where}: " if where else ""
     if err["type"] == "extra_forbidden":
