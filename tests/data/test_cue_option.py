@@ -137,11 +137,11 @@ def _run(tmp_path, root, mode, cue, name):
     cfg = {"data_root": str(root), "data_options": {"download": False, "cue": cue}, "train_size": None, "val_size": 40,
            "target": 2, "source": "leaf", "device": "cpu", "model": {"name": "cnn", "options": {"width": 4}},
            "pretrain": {"epochs": 1, "batch_size": 32, "augment": False},
-           "transfer": {"mode": mode, "epochs": 1, "batch_size": 32}, "save_checkpoints": False}
+           "transfer": {"protocol": mode, "epochs": 1, "batch_size": 32}, "save_checkpoints": False}
     return run_transfer(cfg, tmp_path / name)
 
 
-@pytest.mark.parametrize("mode", ["map", "linear", "finetune"])
+@pytest.mark.parametrize("mode", ["map", "probe", "finetune"])
 def test_engine_reports_hard_and_easy_errors_pinned_to_the_main_path(tmp_path, make_fmnist, one_thread, mode):
     """rho 0: the test and validation images are their cue-free versions, so the hard figures
     must equal the main ones (computed by another code path); rho 1: likewise the easy ones."""

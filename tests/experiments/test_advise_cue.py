@@ -19,7 +19,7 @@ def _args(root, out, *extra):
     return ["advise", "--data-root", root, "--train-size", 160, "--target", 2, "--epochs", 1, "--transfer-epochs", 1,
             "--set", "run.test_size=60", "--set", "run.device=cpu", "--set", "run.model.options.width=4",
             "--set", "run.pretrain.batch_size=32", "--set", "run.transfer.batch_size=32",
-            "--set", "run.pretrain.augment=false", "--mode", "linear",
+            "--set", "run.pretrain.augment=false", "--protocol", "probe",
             "--candidates", "target,level:3,random:10", "--min-seeds", 2, "--max-seeds", 3,
             "--workers", 2, "--threads", 1, "--out", out, *extra]
 

@@ -578,9 +578,9 @@ class _Run:
     def target_logits(self, x: Any) -> torch.Tensor:
         """Target logits of the final model on inputs ``x``, computed as for the validation split."""
         cfg, d, t = self.cfg, self.d, self.cfg.target
-        if cfg.transfer.mode == "map":
+        if cfg.transfer.protocol == "map":
             return self.test_levels({t: d.src_maps[t]}, x=x)[t]
-        if cfg.transfer.mode == "finetune":
+        if cfg.transfer.protocol == "finetune":
             return self.test_levels({t: d.tgt_maps[t]}, x=x)[t]
         self.model.eval()
         feats = lambda xs: predict(self.model.forward_features, xs, d.norm, cfg.eval_batch_size, self.device, cfg.bf16)  # noqa: E731
