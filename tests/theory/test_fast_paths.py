@@ -113,3 +113,28 @@ def test_evaluation_shares_frozen_features_without_changing_results():
         for kind in ("easy", "hard"):
             assert (shared[key][kind] == apart[key][kind]).all(), key
     assert math.isfinite(float(shared[("fine", "probe")]["hard"].sum()))
+
+
+@pytest.mark.slow
+def test_compiled_bf16_relu_sum_agrees_and_falls_back_with_one_warning(monkeypatch):
+    from granularity.theory import model
+
+    g = torch.Generator().manual_seed(2)
+    act = torch.randn(2, 16, 8, 64, generator=g).to(torch.bfloat16)
+    exact = act.float().clamp_min(0).sum(2)
+    monkeypatch.setattr(model, "FUSE_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(model, "_fused", {"fn": None, "failed": False})
+    fused = sum_patches(act, relu=True)
+    assert not model._fused["failed"], "torch.compile failed on this machine"
+    assert torch.allclose(fused, exact, rtol=1e-6, atol=1e-6)  # float32 sums in another order
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(model, "_fused", {"fn": None, "failed": False})
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable") as rec:
+        eager = sum_patches(act, relu=True)
+        again = sum_patches(act, relu=True)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    assert torch.equal(eager, exact) and torch.equal(again, exact)

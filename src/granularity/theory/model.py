@@ -16,6 +16,7 @@ logits are float32, and ``W`` stays a float32 master copy updated by float32 SGD
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -40,6 +41,30 @@ def activation(pre: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch
     return act, grad
 
 
+# bf16 ReLU + sum over patches of at least this many elements runs as one compiled kernel
+# (torch.compile, inductor's C++ backend): one read of the buffer instead of many blockwise
+# ops, which a loaded machine makes slow. Smaller buffers stay eager: compiling costs seconds
+# per shape, more than a short run (the paper preset) would save.
+FUSE_MIN_ELEMENTS = 2**24
+_fused: dict = {"fn": None, "failed": False}
+
+
+def _fused_relu_sum(act: torch.Tensor) -> torch.Tensor | None:
+    """relu(act).sum(2) in float32 by a compiled kernel; None (after one warning) where
+    torch.compile is unavailable or fails, and the caller computes it eagerly."""
+    if _fused["failed"]:
+        return None
+    try:
+        if _fused["fn"] is None:
+            _fused["fn"] = torch.compile(lambda a: a.clamp_min(0).sum(2, dtype=torch.float32), dynamic=False)
+        return _fused["fn"](act)
+    except Exception as exc:  # noqa: BLE001 - no compiler, unsupported platform, ...: eager instead
+        _fused["failed"] = True
+        warnings.warn(f"torch.compile is unavailable ({type(exc).__name__}); the bf16 sum over patches runs eagerly",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
 def sum_patches(act: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """``act.sum(2)`` of (S, B, P, N) activations (``relu(act).sum(2)`` with ``relu``),
     accumulated in float32 for bf16 activations, else in their own dtype.
@@ -49,10 +74,14 @@ def sum_patches(act: torch.Tensor, relu: bool = False) -> torch.Tensor:
     (and ReLU'd there, leaving ``act`` untouched) and summed: ``sum(dtype=float32)`` of the
     whole tensor converts all of it first, and over the large preset's (S, B*P, N) buffer that
     copy, twice the buffer and out of cache, cost as much as a bf16 matrix multiply. Each output
-    element is the same float32 sum over the same P terms either way."""
+    element is the same float32 sum over the same P terms either way. Large bf16 ReLU buffers
+    (:data:`FUSE_MIN_ELEMENTS`) use one compiled kernel instead where torch.compile works
+    (float32 accumulation in another order: ~1e-7 relative)."""
     S, B, P, N = act.shape
     if act.dtype != torch.bfloat16:
         return (act.clamp_min_(0) if relu else act).sum(2)
+    if relu and act.numel() >= FUSE_MIN_ELEMENTS and (H := _fused_relu_sum(act)) is not None:
+        return H
     rows = act.reshape(S * B, P, N)
     out = torch.empty(S * B, N, dtype=torch.float32, device=act.device)
     step = max(1, 2**19 // (P * N))
