@@ -28,6 +28,8 @@ def test_bench_all_figures_tiny(tmp_path, one_thread):
     for name, r in data["results"].items():
         assert isinstance(r["met"], bool) and r["value"] > 0, name
     assert rec["results"]["seeds"]["results_agree"]  # batched and sequential seeds give the same models
+    if "bfloat16" in data["ceilings"]:  # and so they do with bf16 operands
+        assert rec["results"]["seeds"]["bfloat16"]["results_agree"]
     step = data["results"]["step"]["cases"]["large"]["step"]["float32"]
     assert 0 < step["ratio"]["vs_float32_ceiling"] and step["gflops"] > 0
     # one ceiling per dtype for the whole run, the best of all its interleaved samples

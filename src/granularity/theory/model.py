@@ -16,6 +16,7 @@ logits are float32, and ``W`` stays a float32 master copy updated by float32 SGD
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -40,9 +41,62 @@ def activation(pre: torch.Tensor, cfg: SimModelConfig) -> tuple[torch.Tensor, to
     return act, grad
 
 
-def _acc(t: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype of a sum over patches: float32 for bf16 activations, else their own."""
-    return torch.float32 if t.dtype == torch.bfloat16 else t.dtype
+# bf16 ReLU + sum over patches of at least this many elements runs as one compiled kernel
+# (torch.compile, inductor's C++ backend): one read of the buffer instead of many blockwise
+# ops, which a loaded machine makes slow. Smaller buffers stay eager: compiling costs seconds
+# per shape, more than a short run (the paper preset) would save.
+FUSE_MIN_ELEMENTS = 2**24
+_fused: dict = {"fn": None, "failed": False}
+
+
+def _fused_relu_sum(act: torch.Tensor) -> torch.Tensor | None:
+    """relu(act).sum(2) in float32 by a compiled kernel; None (after one warning) where
+    torch.compile is unavailable or fails, and the caller computes it eagerly."""
+    if _fused["failed"]:
+        return None
+    try:
+        if _fused["fn"] is None:
+            _fused["fn"] = torch.compile(lambda a: a.clamp_min(0).sum(2, dtype=torch.float32), dynamic=False)
+        return _fused["fn"](act)
+    except Exception as exc:  # noqa: BLE001 - no compiler, unsupported platform, ...: eager instead
+        _fused["failed"] = True
+        warnings.warn(f"torch.compile is unavailable ({type(exc).__name__}); the bf16 sum over patches runs eagerly",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def sum_patches(act: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``act.sum(2)`` of (S, B, P, N) activations (``relu(act).sum(2)`` with ``relu``),
+    accumulated in float32 for bf16 activations, else in their own dtype.
+
+    float32 (float64): the plain sum; with ``relu`` the ReLU is applied to ``act`` in place.
+    bfloat16: row blocks of about 2 MiB are converted to float32 into a small reused buffer
+    (and ReLU'd there, leaving ``act`` untouched) and summed: ``sum(dtype=float32)`` of the
+    whole tensor converts all of it first, and over the large preset's (S, B*P, N) buffer that
+    copy, twice the buffer and out of cache, cost as much as a bf16 matrix multiply. Each output
+    element is the same float32 sum over the same P terms either way. Large bf16 ReLU buffers
+    (:data:`FUSE_MIN_ELEMENTS`) use one compiled kernel instead where torch.compile works
+    (float32 accumulation in another order: ~1e-7 relative)."""
+    S, B, P, N = act.shape
+    if act.dtype != torch.bfloat16:
+        return (act.clamp_min_(0) if relu else act).sum(2)
+    if relu and act.numel() >= FUSE_MIN_ELEMENTS and (H := _fused_relu_sum(act)) is not None:
+        return H
+    rows = act.reshape(S * B, P, N)
+    out = torch.empty(S * B, N, dtype=torch.float32, device=act.device)
+    step = max(1, 2**19 // (P * N))
+    tmp = torch.empty(min(step, S * B), P, N, dtype=torch.float32, device=act.device)
+    for i in range(0, S * B, step):
+        t = tmp[: min(step, S * B - i)].copy_(rows[i : i + step])
+        torch.sum(t.clamp_min_(0) if relu else t, 1, out=out[i : i + step])
+    return out.view(S, B, N)
+
+
+def relu_backward_(act: torch.Tensor, dH: torch.Tensor) -> torch.Tensor:
+    """dL/dpre = 1[act > 0] * dH, written over ``act`` (S, B, P, N) in one pass; ``dH`` is
+    (S, B, N), broadcast over patches. ``act`` may hold the activations or the pre-activations
+    (the same sign). Exactly ``act.sign_().mul_(dH)`` (two passes) up to the sign of zeros."""
+    return torch.ops.aten.threshold_backward.grad_input(dH[:, :, None, :].expand_as(act), act, 0, grad_input=act)
 
 
 class PatchCNN:
@@ -97,15 +151,16 @@ class PatchCNN:
         W = self.W if W is None else W
         S, B, P, d = x.shape
         act, grad = activation(self._pre(x, W), self.cfg)
-        return act.view(S, B, P, -1).sum(2, dtype=_acc(act)), grad.view(S, B, P, -1)
+        return sum_patches(act.view(S, B, P, -1)), grad.view(S, B, P, -1)
 
     def hidden(self, x: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """H (S, B, N) only (evaluation): no activation derivative is computed."""
         W = self.W if W is None else W
         S, B, P, d = x.shape
         pre = self._pre(x, W)
-        act = pre.clamp_min_(0) if self.cfg.activation == "relu" else activation(pre, self.cfg)[0]
-        return act.view(S, B, P, -1).sum(2, dtype=_acc(act))
+        if self.cfg.activation == "relu":
+            return sum_patches(pre.view(S, B, P, -1), relu=True)
+        return sum_patches(activation(pre, self.cfg)[0].view(S, B, P, -1))
 
     def logits_from_features(self, H: torch.Tensor) -> torch.Tensor:
         S, B, _ = H.shape
@@ -123,9 +178,10 @@ class PatchCNN:
         Returns per-seed loss (S,) and accuracy (S,) on this batch, before the update.
 
         For ReLU the whole step works in one reused (S, B*P, N) buffer: pre-activation, then
-        activation (in place), then act' = 1[pre > 0] = sign(act) (in place), then dL/dpre (in
-        place). So apart from the two matrix multiplies the step makes three passes over it and
-        allocates nothing of that size.
+        (float32) activation in place, then dL/dpre = 1[pre > 0] * dH in place, in one pass.
+        So apart from the two matrix multiplies the step passes over it twice (float32) or
+        once (bf16, whose ReLU and sum over patches run blockwise in cache) and reads it once
+        for the sum over patches, and allocates nothing of that size.
         """
         S, B, P, d = x.shape
         N = self.N
@@ -134,8 +190,8 @@ class PatchCNN:
         relu = self.cfg.activation == "relu"
         if relu:
             pre = self._pre(x, self.W, out=self._workspace("pre", (S, B * P, N), x))
-            act = pre.clamp_min_(0)
-            H = act.view(S, B, P, N).sum(2, dtype=_acc(act))  # (S, B, N)
+            act = pre.view(S, B, P, N)  # ReLU'd in place in float32; left as is in bf16
+            H = sum_patches(act, relu=True)  # (S, B, N)
         else:
             H, dact = self.features(x)
         logits = self.logits_from_features(H)  # (S, B, O)
@@ -147,12 +203,12 @@ class PatchCNN:
         g /= B  # dL/dlogits (S, B, O)
         dH = self.cast((g[..., None] * self.a[:, None]).reshape(S, B, N))  # (S, B, N)
         if relu:
-            dpre = act.sign_().view(S, B, P, N).mul_(dH[:, :, None, :])  # (S, B, P, N), in the buffer
+            dpre = relu_backward_(act, dH)  # (S, B, P, N), in the buffer
         else:
             dpre = dact.mul_(dH[:, :, None, :])  # (S, B, P, N)
         dW = torch.bmm(dpre.view(S, B * P, N).transpose(1, 2), x2, out=self._workspace("dW", (S, N, d), x))  # (S, N, d)
-        if dW.dtype != self.W.dtype:
-            dW = dW.float()  # the float32 master weights take a float32 update
+        if dW.dtype != self.W.dtype and weight_decay:
+            dW = dW.float()  # the decay term is added in float32
         if self.cfg.train_second_layer:
             da = (g[..., None] * H.view(S, B, self.outputs, self.m)).sum(1)
             if weight_decay:  # decays every trained parameter, as SGD's weight_decay does

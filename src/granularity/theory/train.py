@@ -11,7 +11,7 @@ import torch
 
 from granularity.theory.config import SimConfig
 from granularity.theory.data import HierarchicalMultiView, Samples, derive_seeds, generator
-from granularity.theory.model import PatchCNN, activation
+from granularity.theory.model import PatchCNN, activation, relu_backward_, sum_patches
 from granularity.utils.device import resolve_device  # noqa: F401 (re-exported: theory.experiment, bench)
 
 # indices into derive_seeds(seed, 6)
@@ -136,11 +136,13 @@ def _batches(n: int, batch: int | None, steps: int, gens: list[torch.Generator])
 
 class Gather:
     """Minibatches ``X[s, idx[s]]`` of every seed, copied by one ``index_select`` into a buffer
-    reused from step to step (advanced indexing would allocate (S, B, P, d) every step)."""
+    reused from step to step (advanced indexing would allocate (S, B, P, d) every step). Rows
+    are gathered as flat (P*d,) vectors: ``index_select`` copies those faster than (P, d) blocks."""
 
     def __init__(self, X: torch.Tensor, Y: torch.Tensor):
         S, n = X.shape[:2]
-        self.X = X.reshape(S * n, *X.shape[2:])  # (S*n, P, d), a view of the contiguous stack
+        self.item = tuple(X.shape[2:])
+        self.X = X.reshape(S * n, -1)  # (S*n, P*d), a view of the contiguous stack
         self.Y = Y.reshape(S * n)
         self.S, self.n = S, n
         self.offset = (torch.arange(S, device=X.device) * n)[:, None]  # (S, 1)
@@ -149,11 +151,11 @@ class Gather:
     def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         S, B = idx.shape
         flat = (idx + self.offset).reshape(-1)  # (S*B,)
-        shape = (S * B, *self.X.shape[1:])
+        shape = (S * B, self.X.shape[1])
         if self._buf is None or self._buf.shape != shape:
             self._buf = torch.empty(shape, dtype=self.X.dtype, device=self.X.device)
         x = torch.index_select(self.X, 0, flat, out=self._buf)
-        return x.view(S, B, *self.X.shape[1:]), self.Y[flat].view(S, B)
+        return x.view(S, B, *self.item), self.Y[flat].view(S, B)
 
 
 def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int], None] | None = None,
@@ -237,8 +239,9 @@ def _features(model: PatchCNN, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor
     return act.view(S, B, P, -1).sum(2, dtype=torch.float32 if act.dtype == torch.bfloat16 else act.dtype)  # (S, B, N)
 
 
-def _head_logits(model: PatchCNN, head: Head, x: torch.Tensor) -> torch.Tensor:
-    H = _features(model, x, head.W)
+def _head_logits(model: PatchCNN, head: Head, x: torch.Tensor, H: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's logits on ``x``; ``H``: the features of ``x`` under ``head.W`` if known."""
+    H = _features(model, x, head.W) if H is None else H
     if head.mean is not None:
         H = (H - head.mean) / head.std
     return torch.baddbmm(head.b[:, None, :], H, head.w)  # (S, B, O)
@@ -275,21 +278,51 @@ def finetune(cfg: SimConfig, sb: SeedBatch, pre: Pretrained, target: int) -> Hea
     X, Y = sb.x, sb.labels(target)
     S = len(sb.seeds)
     O = cfg.data.nodes_per_level[target - 1]
-    W = model.W.clone().requires_grad_(True)
+    W = model.W.clone()
     w = torch.zeros(S, model.N, O, device=sb.device, requires_grad=True)
     b = torch.zeros(S, O, device=sb.device, requires_grad=True)
-    opt = torch.optim.SGD([W, w, b], lr=cfg.transfer.finetune_lr)
+    lr = cfg.transfer.finetune_lr
     order = sb.generators(_HEAD, target)
     gather = Gather(model.cast(X), Y)
-    head = Head(W, w, b)
+    if model.cfg.activation != "relu":
+        W.requires_grad_(True)
+        opt = torch.optim.SGD([W, w, b], lr=lr)
     for idx in _batches(cfg.train.n_train, cfg.train.batch_size, cfg.transfer.finetune_steps, order):
         xb, yb = gather(idx.to(sb.device))
+        if model.cfg.activation == "relu":
+            _finetune_step_relu(model, W, w, b, xb, yb, lr)
+            continue
         opt.zero_grad(set_to_none=True)
-        logits = _head_logits(model, head, xb)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, O), yb.reshape(-1), reduction="none")
-        loss.view(S, -1).mean(1).sum().backward()
+        _head_loss(_head_logits(model, Head(W, w, b), xb), yb).backward()
         opt.step()
     return Head(W.detach(), w.detach(), b.detach())
+
+
+def _head_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over seeds of each seed's mean cross-entropy (seeds' gradients stay independent)."""
+    S, _, O = logits.shape
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, O), y.reshape(-1), reduction="none")
+    return loss.view(S, -1).mean(1).sum()
+
+
+def _finetune_step_relu(model: PatchCNN, W: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                        x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+    """One SGD step of fine-tuning a ReLU model: autograd for the small head (logits from the
+    features H), the first layer's forward and backward by hand in the model's reused
+    (S, B*P, N) buffer, as in :meth:`PatchCNN.step`. The arithmetic is autograd's (the same
+    bmm with the same operand layouts for dL/dW, the same ReLU mask, ``p -= lr * grad`` as
+    ``torch.optim.SGD``), so float32 results are bit-identical to the full-autograd loop."""
+    S, B, P, d = x.shape
+    x = model.cast(x)
+    pre = model._pre(x, W, out=model._workspace("pre", (S, B * P, model.N), x)).view(S, B, P, model.N)
+    H = sum_patches(pre, relu=True).requires_grad_(True)  # (S, B, N); float32 ReLUs pre in place
+    dH, dw, db = torch.autograd.grad(_head_loss(torch.baddbmm(b[:, None, :], H, w), y), [H, w, b])
+    dpre = relu_backward_(pre, model.cast(dH)).view(S, B * P, model.N)
+    dWt = torch.bmm(x.reshape(S, B * P, d).transpose(1, 2), dpre)  # (S, d, N): autograd's bmm backward
+    with torch.no_grad():
+        W.add_(dWt.transpose(1, 2), alpha=-lr)
+        w.add_(dw, alpha=-lr)
+        b.add_(db, alpha=-lr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,17 +343,29 @@ def evaluate(cfg: SimConfig, sb: SeedBatch, models: dict[str, Pretrained], heads
         for x, labels in sb.test_stream(cfg.transfer.n_test, hard):
             y = labels[..., target - 1]
             with torch.no_grad():
-                for src, pre in models.items():
-                    if "map" in cfg.transfer.protocols:
-                        anc = tree.ancestor_map(pre.level, target).to(sb.device)
-                        pred = anc[pre.model.logits(x).argmax(-1)]
-                        wrong[(src, "map")] = wrong.get((src, "map"), 0) + (pred != y).sum(1)
-                for (src, proto), head in heads.items():
-                    pred = _head_logits(models[src].model, head, x).argmax(-1)
-                    wrong[(src, proto)] = wrong.get((src, proto), 0) + (pred != y).sum(1)
+                for key, pred in _predictions(cfg, models, heads, x, tree, target).items():
+                    wrong[key] = wrong.get(key, 0) + (pred != y).sum(1)
         for key, count in wrong.items():
             errors.setdefault(key, {})["hard" if hard else "easy"] = (count.float() / cfg.transfer.n_test).cpu().numpy()
     return errors
+
+
+def _predictions(cfg: SimConfig, models: dict[str, Pretrained], heads: dict[tuple[str, str], Head],
+                 x: torch.Tensor, tree, target: int) -> dict[tuple[str, str], torch.Tensor]:
+    """Predicted target classes (S, B) of every (source, protocol) on one test chunk. The map
+    protocol and the probe read the same frozen features of a source: computed once."""
+    preds, frozen = {}, {}
+    for src, pre in models.items():
+        if "map" in cfg.transfer.protocols or any(h.W is pre.model.W for (s, _), h in heads.items() if s == src):
+            frozen[src] = pre.model.hidden(x)
+        if "map" in cfg.transfer.protocols:
+            anc = tree.ancestor_map(pre.level, target).to(x.device)
+            preds[(src, "map")] = anc[pre.model.logits_from_features(frozen[src]).argmax(-1)]
+    for (src, proto), head in heads.items():
+        model = models[src].model
+        H = frozen.get(src) if head.W is model.W else None
+        preds[(src, proto)] = _head_logits(model, head, x, H).argmax(-1)
+    return preds
 
 
 def feature_summary(cfg: SimConfig, sb: SeedBatch, pre: Pretrained) -> dict[str, np.ndarray]:
