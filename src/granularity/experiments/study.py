@@ -78,7 +78,7 @@ class StudyConfig(Config):
     pretrain: StageConfig = Field(default_factory=StageConfig)
     transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    bf16: bool = False
+    bf16: bool | Literal["auto"] = "auto"  # as TransferConfig.bf16: bf16 autocast + channels-last where the hardware has it
 
 
 QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
@@ -122,6 +122,7 @@ def run_config(cfg: StudyConfig, source: str, seed: int, rare: RareConfig | None
         dataset=cfg.dataset, data_root=cfg.data_root, data_options=cfg.data_options, train_size=cfg.train_size, test_size=cfg.test_size,
         data_seed=cfg.data_seed, target=cfg.target, source=source, embedding=cfg.embedding, rare=rare,
         model=cfg.model, pretrain=cfg.pretrain, transfer=cfg.transfer, seed=seed, device=cfg.device, bf16=cfg.bf16,
+        eval_every_epoch=False,  # the study reads each stage's last evaluation only
     )
 
 
