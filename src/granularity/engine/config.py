@@ -106,7 +106,7 @@ class TransferConfig(Config):
     # fast path, noted in result.json); False: float32. result.json's "precision" says what ran.
     bf16: bool | Literal["auto"] = "auto"
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (Ampere+); False = full float32 there
-    eval_batch_size: int = Field(1000, ge=1)  # images per evaluation batch (on the CPU run in cache-sized chunks; same outputs)
+    eval_batch_size: int = Field(1000, ge=1)  # images per evaluation batch (on the CPU fed to the model in cache-sized chunks)
     # evaluate on the test set after every epoch (True) or only after the last epoch of each
     # stage (False: the intermediate lines of metrics.jsonl carry no test accuracies; the
     # results, which read only the last epoch's evaluation, are the same)
