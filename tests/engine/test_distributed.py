@@ -119,7 +119,7 @@ def test_two_processes_match_one_process(fm_root, single, tmp_path):
     out = tmp_path / "ddp"
     args = ["-m", "granularity", "transfer", "--data-root", str(fm_root), "--source", "leaf", "--target", "1",
             "--epochs", "2", "--transfer-epochs", "1", "--set", "train_size=null", "--set", "model.options.width=4",
-            "--set", "pretrain.batch_size=27", "--set", "transfer.batch_size=27", "--set", "transfer.lr=0.02", "--set", "eval_batch_size=64",
+            "--set", "pretrain.batch_size=27", "--set", "transfer.batch_size=27", "--set", "transfer.lr=0.02", "--set", "eval_batch_size=64", "--no-bf16",
             "--device", "cpu", "--out", str(out)]
     proc = _torchrun(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
