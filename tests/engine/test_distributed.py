@@ -38,7 +38,7 @@ CFG = {
     "model": {"name": "cnn", "options": {"width": 4}},
     "pretrain": {"epochs": 2, "batch_size": 27, "lr": 0.05},
     "transfer": {"epochs": 1, "batch_size": 27, "lr": 0.02},
-    "device": "cpu", "eval_batch_size": 64,
+    "device": "cpu", "eval_batch_size": 64, "bf16": False,  # float32: the comparisons below are float32's
 }
 TOL = 0.03  # max |difference| of any weight or BatchNorm buffer after 3 epochs, see below
 FILES = {"checkpoint.pt", "config.json", "env.json", "metrics.jsonl", "predictions.npz", "result.json"}
@@ -119,7 +119,7 @@ def test_two_processes_match_one_process(fm_root, single, tmp_path):
     out = tmp_path / "ddp"
     args = ["-m", "granularity", "transfer", "--data-root", str(fm_root), "--source", "leaf", "--target", "1",
             "--epochs", "2", "--transfer-epochs", "1", "--set", "train_size=null", "--set", "model.options.width=4",
-            "--set", "pretrain.batch_size=27", "--set", "transfer.batch_size=27", "--set", "transfer.lr=0.02", "--set", "eval_batch_size=64",
+            "--set", "pretrain.batch_size=27", "--set", "transfer.batch_size=27", "--set", "transfer.lr=0.02", "--set", "eval_batch_size=64", "--no-bf16",
             "--device", "cpu", "--out", str(out)]
     proc = _torchrun(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -206,6 +206,25 @@ def test_bf16_without_a_fast_path_is_ignored_and_recorded(fm_root, single, tmp_p
     assert "computed in float32" in r["precision"]["note"] and "tf32 applies on CUDA only" in r["precision"]["note"]
     assert r["target_acc"] == ref_result["target_acc"]  # float32 all the same
     assert ref_result["precision"] == {"bf16_autocast": False, "channels_last": False, "tf32": False}
+
+
+def test_bf16_auto_without_a_fast_path_is_float32_without_a_note(fm_root, single, tmp_path, monkeypatch):
+    import granularity.engine.train as engine_train
+
+    monkeypatch.setattr(engine_train, "bf16_fast", lambda device: False)  # a CPU without AVX512-BF16/AMX
+    _, ref_result = single
+    r = run_transfer({**CFG, "data_root": str(fm_root), "bf16": "auto"}, tmp_path / "auto")
+    assert r["precision"] == {"bf16_autocast": False, "channels_last": False, "tf32": False}
+    assert r["target_acc"] == ref_result["target_acc"]  # float32, bit for bit
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["bf16"] == "auto"
+
+
+@pytest.mark.skipif(not bf16_fast(torch.device("cpu")), reason="no AVX512-BF16/AMX on this CPU")
+def test_bf16_auto_is_the_default_and_autocasts_on_a_bf16_cpu(fm_root, tmp_path):
+    cfg = {k: v for k, v in CFG.items() if k != "bf16"}
+    r = run_transfer({**cfg, "data_root": str(fm_root), "pretrain": {"epochs": 1, "batch_size": 27}, "transfer": {"epochs": 0}},
+                     tmp_path / "default")
+    assert r["precision"] == {"bf16_autocast": True, "channels_last": True, "tf32": False}
 
 
 @pytest.mark.skipif(not bf16_fast(torch.device("cpu")), reason="no AVX512-BF16/AMX on this CPU")

@@ -42,7 +42,8 @@ def load(root, in_memory):
 
 def config(**kw):
     base = {"target": 1, "pretrain": {"epochs": 2, "batch_size": 16, "lr": 0.05},
-            "transfer": {"epochs": 1, "batch_size": 16, "lr": 0.02}, "eval_batch_size": 25}
+            "transfer": {"epochs": 1, "batch_size": 16, "lr": 0.02}, "eval_batch_size": 25,
+            "bf16": False}  # float32: the comparisons below allow float32 noise only
     return tiny_config(**{**base, **kw})
 
 

@@ -54,15 +54,16 @@ def test_a_preset_and_its_overrides_written_out_are_one_run():
 @FAST
 @given(device=st.sampled_from(["auto", "cpu", "cuda"]), workers=st.integers(0, 64), ckpt=st.booleans())
 def test_transfer_ids_ignore_device_workers_and_checkpoints(device, workers, ckpt):
-    spec = {**TRANSFER, "base": {"device": device, "workers": workers, "save_checkpoints": ckpt}}
-    assert ids(spec) == ids(TRANSFER)
+    # float32 (bf16 False): with bf16 "auto" (the study's default) the device decides the arithmetic
+    spec = {**TRANSFER, "base": {"bf16": False, "device": device, "workers": workers, "save_checkpoints": ckpt}}
+    assert ids(spec) == ids({**TRANSFER, "base": {"bf16": False}})
 
 
-@pytest.mark.parametrize("flag", ["bf16", "tf32"])
-def test_with_cuda_only_arithmetic_the_device_is_part_of_the_id(flag):
-    cpu, cuda = ({**TRANSFER, "base": {flag: True, "device": d}} for d in ("cpu", "cuda"))
+@pytest.mark.parametrize("flag,value", [("bf16", True), ("bf16", "auto"), ("tf32", True)])
+def test_with_device_dependent_arithmetic_the_device_is_part_of_the_id(flag, value):
+    cpu, cuda = ({**TRANSFER, "base": {"bf16": False, flag: value, "device": d}} for d in ("cpu", "cuda"))
     assert set(ids(cpu)).isdisjoint(ids(cuda))
-    assert set(ids(cpu)).isdisjoint(ids(TRANSFER))  # and the flag itself
+    assert set(ids(cpu)).isdisjoint(ids({**TRANSFER, "base": {"bf16": False}}))  # and the flag itself
 
 
 @pytest.mark.parametrize("spec, change", [
@@ -81,14 +82,14 @@ def test_result_relevant_fields_change_the_id(spec, change):
 
 def test_runs_that_differ_only_in_run_only_fields_are_duplicates():
     with pytest.raises(GranularityError, match="same config .* apart from fields that do not change results"):
-        expand({**TRANSFER, "axes": {"device": ["cpu", "auto"]}})
+        expand({**TRANSFER, "base": {"bf16": False}, "axes": {"device": ["cpu", "auto"]}})
     with pytest.raises(GranularityError, match="same config"):
         expand(sim(axes={"checkpoint_every": [0, 5]}))
 
 
 def test_a_finished_transfer_folder_is_adopted_across_run_only_fields(tmp_path):
     kind = get_kind("transfer")
-    cfg = kind.build(expand(TRANSFER).runs[0].config)
+    cfg = kind.build(expand({**TRANSFER, "base": {"bf16": False}}).runs[0].config)
     write_json(tmp_path / "result.json", {"target_error": 0.1})
     write_json(tmp_path / "config.json", {**cfg.to_dict(), "workers": 3, "device": "cpu", "save_checkpoints": False})
     assert kind.is_complete(tmp_path, cfg)

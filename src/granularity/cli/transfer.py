@@ -95,7 +95,7 @@ _config_opts = [
 @click.option("--seed", type=int, default=None)
 @apply_options(_config_opts)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default runs/transfer/<source>-seed<seed>); rerunning resumes it.")
-@click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast in training and evaluation (CUDA only; ignored on the CPU).")
+@click.option("--bf16/--no-bf16", default=None, help="bfloat16 autocast + channels-last in training and evaluation (default auto: where the hardware has fast bf16, CUDA or AVX512-BF16/AMX CPUs; --no-bf16: float32).")
 @click.option("--tf32/--no-tf32", default=None, help="TF32 matmuls and convolutions (CUDA only).")
 @click.option("--dry-run", is_flag=True,
               help="Validate the config, data set, label function, target level and memory estimate; print the resolved config; train nothing.")

@@ -114,9 +114,17 @@ class TransferConfig(Config):
     transfer: TransferStageConfig = Field(default_factory=TransferStageConfig)
     seed: int = 0  # model init, shuffling, augmentation, label functions
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    bf16: bool = False  # bfloat16 autocast (+ channels-last) in training and evaluation, on CUDA and on CPUs with AVX512-BF16/AMX (elsewhere float32, noted in result.json)
+    # bfloat16 autocast (+ channels-last model) in training and evaluation, float32 master weights
+    # and losses. "auto" (default): on where the hardware has a fast bf16 path (a CUDA card with
+    # bf16, a CPU with AVX512-BF16/AMX), float32 elsewhere; True: asked for (float32 without a
+    # fast path, noted in result.json); False: float32. result.json's "precision" says what ran.
+    bf16: bool | Literal["auto"] = "auto"
     tf32: bool = False  # TF32 matmuls/convolutions on CUDA (Ampere+); False = full float32 there
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)  # images per evaluation batch (on the CPU fed to the model in cache-sized chunks)
+    # evaluate on the test set after every epoch (True) or only after the last epoch of each
+    # stage (False: the intermediate lines of metrics.jsonl carry no test accuracies; the
+    # results, which read only the last epoch's evaluation, are the same)
+    eval_every_epoch: bool = True
     # DataLoader worker processes decoding images of a streamed data set (an image folder loaded
     # with in_memory=False, or too large for its max_memory_mb); 0 = decode in the main
     # process. In-memory data sets ignore it. Results do not depend on it.
@@ -164,5 +172,5 @@ class TransferConfig(Config):
 
 
 # TransferConfig fields newer than stored runs, with the default under which they are not dumped
-_ADDED_DEFAULTS = {"data_options": {}, "checkpoint_every_steps": None, "progress_every_s": 30.0}
+_ADDED_DEFAULTS = {"data_options": {}, "checkpoint_every_steps": None, "progress_every_s": 30.0, "eval_every_epoch": True}
 

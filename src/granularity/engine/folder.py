@@ -28,8 +28,8 @@ from granularity.utils.io import (
 )
 
 
-# How often a run checkpoints and reports: a resume may change them (they change no number).
-CADENCE_FIELDS = ("checkpoint_every_steps", "progress_every_s")
+# How often a run checkpoints, reports and evaluates on the way: a resume may change them (they change no number).
+CADENCE_FIELDS = ("checkpoint_every_steps", "progress_every_s", "eval_every_epoch")
 
 
 class RunFolder:

@@ -302,7 +302,7 @@ def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
     if cfg.deterministic:
         rec["deterministic_algorithms"] = True
     notes = []
-    if cfg.bf16 and not bf16:
+    if cfg.bf16 is True and not bf16:  # asked for explicitly ("auto" falls back silently)
         notes.append(f"bf16 needs a fast bf16 path (CUDA with bf16, or a CPU with AVX512-BF16/AMX); this {device.type} computed in float32")
     if cfg.tf32 and not cuda:
         notes.append("tf32 applies on CUDA only")
@@ -429,6 +429,7 @@ class _Run:
         self.meter: EpochProgress | None = None  # progress inside the current epoch (progress=True, rank 0)
         self._opt_sched: tuple[Any, Any] = (None, None)  # the stage's optimiser and scheduler, for step checkpoints
         self.val_logits: torch.Tensor | None = None  # target logits on the validation split (val_size)
+        self.pretrain_eval: dict[int, torch.Tensor] | None = None  # the last pretraining epoch's test logits
 
     # ---- checkpoint / resume ---------------------------------------------------------------
     def restore(self, resumed: dict[str, Any] | None) -> None:
@@ -524,7 +525,8 @@ class _Run:
                              bf16, self._on_step, dist=self.dctx, label=label, start=start)
             dt = time.perf_counter() - t0
             self.meter = None
-            last = evaluate()
+            # the last epoch's evaluation is the stage's result; earlier ones only fill metrics.jsonl
+            last = evaluate() if self.cfg.eval_every_epoch or epoch == stage.epochs else {}
             # a resumed epoch: seconds and images/s of the steps this invocation trained
             self.log_epoch(name, epoch, tm, last, dt, len(y) - (start["totals"][2] if start else 0))
             self.state["epoch"], self.state["partial"] = epoch, None
@@ -537,8 +539,9 @@ class _Run:
         if self.state["stage"] != "pretrain":
             return
         cfg, d, p = self.cfg, self.d, self.cfg.pretrain
-        self.train_stage("pretrain", p, self.model.parameters(), self.model, d.x_tr, torch.as_tensor(d.src.labels),
-                         d.norm, lambda: self.test_levels(d.src_maps), cfg.bf16)
+        self.pretrain_eval = self.train_stage("pretrain", p, self.model.parameters(), self.model, d.x_tr,
+                                              torch.as_tensor(d.src.labels), d.norm, lambda: self.test_levels(d.src_maps),
+                                              cfg.bf16)
         last = self.state["history"][-1] if p.epochs > 0 else {}  # the last pretraining epoch's evaluation
         self.state["pretrain_final"] = {k: v for k, v in last.items() if k.startswith("acc_level")}
         self.state["stage"], self.state["epoch"] = "transfer", 0
@@ -556,7 +559,11 @@ class _Run:
         if t.protocol == "map":
             if d.x_val is not None:
                 self.val_logits = self.test_levels({cfg.target: d.src_maps[cfg.target]}, x=d.x_val)[cfg.target]
-            return self.test_levels({lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None})
+            levels = {lv: d.src_maps[lv] for lv in d.tgt_maps if d.tgt_maps[lv] is not None}
+            pre = self.pretrain_eval  # the pretrained model's last evaluation, when it ran in this process
+            if pre is not None and all(lv in pre for lv, gm in levels.items() if gm is not None):
+                return {lv: pre[lv] for lv, gm in levels.items() if gm is not None}  # the same model: no second pass
+            return self.test_levels(levels)
         if t.protocol == "finetune":
             last = self.train_stage("transfer", t, model.parameters(), model, d.x_tr, y_tgt, d.norm,
                                     lambda: self.test_levels(d.tgt_maps), cfg.bf16)

@@ -168,7 +168,8 @@ def _folder(name: str) -> str:
 def run_config(cfg: StudyConfig, source: str, seed: int, rare: RareConfig | None) -> TransferConfig:
     """The study's run settings with one arm's source, seed and rare classes (validated)."""
     return TransferConfig.build({**cfg.run.model_dump(), "source": source, "seed": seed,
-                                 "rare": None if rare is None else rare.model_dump()})
+                                 "rare": None if rare is None else rare.model_dump(),
+                                 "eval_every_epoch": False})  # the study reads each stage's last evaluation only
 
 
 def run_study(

@@ -211,10 +211,10 @@ def _tr_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 def _tr_run_only(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     """``workers`` (image-decoding processes), ``save_checkpoints``, the mid-epoch checkpoint
-    cadence and the progress cadence never change the numbers; ``device``, as for the
-    simulator, only their rounding, except with ``bf16`` or ``tf32`` on: those act on CUDA only,
-    so there the device decides the arithmetic and stays in the id."""
-    keys = ("workers", "save_checkpoints", "checkpoint_every_steps", "progress_every_s")
+    cadence, the progress cadence and ``eval_every_epoch`` (per-epoch test figures in the log) never change the numbers; ``device``, as for the
+    simulator, only their rounding, except with ``bf16`` (True or "auto") or ``tf32`` on: those act
+    only where the device has them, so there the device decides the arithmetic and stays in the id."""
+    keys = ("workers", "save_checkpoints", "checkpoint_every_steps", "progress_every_s", "eval_every_epoch")
     return keys if cfg.get("bf16") or cfg.get("tf32") else (*keys, "device")
 
 

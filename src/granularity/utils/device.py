@@ -9,6 +9,7 @@ An asked-for device that is absent is a one-line error.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -65,6 +66,12 @@ def bf16_fast(device: torch.device) -> bool:
     float32, so callers fall back to float32)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
+    return _cpu_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_bf16() -> bool:
+    """The CPU's answer, read once per process (the engine asks at every step)."""
     if "AMX" in torch.backends.cpu.get_cpu_capability():
         return True
     try:
