@@ -112,7 +112,7 @@ def test_study_holds_a_transfer_config_and_reads_the_old_flat_keys():
     by_copy = TransferConfig(  # the field-by-field copy of before
         dataset="tiny", data_root=None, data_options={}, train_size=96, test_size=None, data_seed=0, target=1,
         source="kmeans-within:4", embedding="pca", rare=None, model=cfg.run.model, pretrain=cfg.run.pretrain,
-        transfer=cfg.run.transfer, seed=1, device="cpu", bf16=False)
+        transfer=cfg.run.transfer, seed=1, device="cpu", bf16="auto", eval_every_epoch=False)
     assert run_config(cfg, "kmeans-within:4", 1, None).to_dict() == by_copy.to_dict()
     more = StudyConfig.build({**new, "run": {**new["run"], "workers": 2, "tf32": True, "eval_batch_size": 7}})
     rc = run_config(more, "leaf", 0, None)
