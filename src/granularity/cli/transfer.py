@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from granularity.cli.options import PROTOCOLS, apply_options, renamed_option, seed_list, seeds_options
+from granularity.cli.options import PROTOCOLS, HiddenArgument, apply_options, renamed_option, seed_list, seeds_options
 
 
 def _resolve(model_cls, config: Path | None, flags: dict, sets: tuple[str, ...]):
@@ -145,7 +145,7 @@ DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
 
 
 @click.command()
-@click.argument("dataset_arg", required=False, default=None, metavar="[DATASET]")
+@click.argument("dataset_arg", required=False, default=None, cls=HiddenArgument)  # old spelling of --dataset
 @click.option("--dataset", default=None, help="Data set name (default fashion-mnist); wordnet-glosses runs the text study.")
 @click.option("--design", type=click.Choice(DESIGN_NAMES), default="levels", show_default=True,
               help="levels: every label function of the hierarchy (the original study); bridge: a planted cue per coarse class, "
