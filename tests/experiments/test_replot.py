@@ -143,3 +143,9 @@ def test_plot_only_errors_are_one_line_exit_2(tmp_path, cli):
     (tmp_path / "results.json").write_text(json.dumps({"table": [{"arm": "x"}]}))
     with pytest.raises(GranularityError, match="not the results file of a study"):
         replot(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"design": "bridge", "table": [{"metric": "hard_error"}]}))
+    with pytest.raises(GranularityError, match="not a complete results file of a study .KeyError: 'primary'"):
+        replot(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"table": [1, 2]}))
+    with pytest.raises(GranularityError, match="no 'table' list of rows"):
+        replot(tmp_path)

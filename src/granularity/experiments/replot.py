@@ -22,8 +22,18 @@ def replot(out: Path | str) -> list[str]:
     """
     out = Path(out)
     summary = read_json(out / "results.json")
-    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list):
-        raise GranularityError(f"{str(out / 'results.json')!r} is not the results file of a study (no 'table' list).")
+    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) \
+            or not all(isinstance(r, dict) for r in summary["table"]):
+        raise GranularityError(f"{str(out / 'results.json')!r} is not the results file of a study (no 'table' list of rows).")
+    try:
+        return _draw(summary, out)
+    except (KeyError, TypeError, StopIteration) as exc:  # a hand-edited or truncated file: one line, no traceback
+        raise GranularityError(f"{str(out / 'results.json')!r} is not a complete results file of a study "
+                               f"({type(exc).__name__}: {exc}); rerun the study to rewrite it.") from None
+
+
+def _draw(summary: dict, out: Path) -> list[str]:
+    """The producer's own plotting function(s) on the summary it wrote."""
     if "design" in summary:  # a design (bridge, bridge-phase, groupings, fewshot)
         from granularity.experiments.design_report import plot_design
 
