@@ -102,3 +102,19 @@ def test_phase_axis_value_null_is_parsed_once(cli, tmp_path):
 def test_phase_same_key_on_both_axes_is_an_error(cli, tmp_path):
     code, _, err = cli("phase", "--preset", "quick", "--out", tmp_path, "--x", "data.k=2,3", "--y", "data.k=4")
     assert code == 2 and "'data.k' appears on two axes of the phase diagram" in err
+
+
+def test_diverged_run_is_a_run_failure_exit_1(cli, tmp_path):
+    """A run whose loss goes non-finite failed at run time (not bad input): exit 1 like
+    ``transfer``, one error line, ``failed.json`` with the reason, no ``result.json``."""
+    cfg = {"name": "tiny", "data": {"d": 32, "P": 6, "k": 3}, "model": {"m": 4, "train_second_layer": True},
+           "train": {"n_train": 120, "steps": 40, "batch_size": 32, "log_points": 5, "lr": 1e6},
+           "transfer": {"n_test": 100, "probe_steps": 20, "finetune_steps": 20}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    code, out, err = cli("simulate", "--config", tmp_path / "c.json", "--seeds", "1", "--out", tmp_path / "r", "--quiet")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("granularity: error: run stopped for seeds 0-0: non-finite training loss")
+    rec = json.loads((tmp_path / "r" / "failed.json").read_text())
+    assert rec["seeds"] == [0] and "non-finite training loss" in rec["error"]
+    assert (tmp_path / "r" / "config.json").exists() and not (tmp_path / "r" / "result.json").exists()

@@ -79,6 +79,16 @@ def test_study_positional_dataset(cli, fm):
     one_warning(old_err, "'granularity study fashion-mnist'", "'granularity study --dataset fashion-mnist'")
 
 
+def test_study_help_hides_the_positional_dataset(cli):
+    """The old positional is accepted (test above) but no longer advertised: not in the usage line
+    nor in the help (before: 'Usage: granularity study [OPTIONS] [DATASET]')."""
+    code, out, err = cli("study", "--help")
+    usage = out.splitlines()[0]
+    assert code == 0 and usage == "Usage: granularity study [OPTIONS]", usage
+    assert "DATASET" not in out.replace("--dataset", "") and "dataset_arg" not in out.lower()
+    assert "--dataset" in out
+
+
 @pytest.mark.parametrize("old,new,shown", [
     (["--set", "pretrain.epochs=2"], ["--set", "run.pretrain.epochs=2"], ("'pretrain.epochs'", "'run.pretrain.epochs'")),
     (["--set", "data_seed=3"], ["--set", "run.data_seed=3"], ("'data_seed'", "'run.data_seed'")),

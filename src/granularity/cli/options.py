@@ -84,3 +84,14 @@ def seed_list(seeds: str | None, one_seed: int | None, *, counts: bool = False) 
         return [one_seed]
     value = parse_seeds(seeds)
     return list(range(value)) if isinstance(value, int) and not counts else value
+
+
+class HiddenArgument(click.Argument):
+    """A positional argument left out of the usage line and the help (click hides options only):
+    an old spelling that still works but is no longer advertised."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return []
+
+    def get_help_record(self, ctx: click.Context) -> None:
+        return None

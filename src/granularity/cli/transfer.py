@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from granularity.cli.options import PROTOCOLS, apply_options, renamed_option, seed_list, seeds_options
+from granularity.cli.options import PROTOCOLS, HiddenArgument, apply_options, renamed_option, seed_list, seeds_options
 
 
 def _resolve(model_cls, config: Path | None, flags: dict, sets: tuple[str, ...]):
@@ -154,7 +154,7 @@ DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
 
 
 @click.command()
-@click.argument("dataset_arg", required=False, default=None, metavar="[DATASET]")
+@click.argument("dataset_arg", required=False, default=None, cls=HiddenArgument)  # old spelling of --dataset
 @click.option("--dataset", default=None, help="Data set name (default fashion-mnist); wordnet-glosses runs the text study.")
 @click.option("--design", type=click.Choice(DESIGN_NAMES), default="levels", show_default=True,
               help="levels: every label function of the hierarchy (the original study); bridge: a planted cue per coarse class, "
@@ -173,15 +173,18 @@ DESIGN_NAMES = ("levels", "bridge", "bridge-phase", "groupings", "fewshot")
               help="Designs only: run every N-th (cell, seed) job from I, so N processes share one --out; "
                    "the last to finish (or a plain rerun) writes the report.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
+@click.option("--plot-only", is_flag=True, help="Redraw the figures of the finished study in --out from its results.json; run nothing, rewrite no result file.")
 @old_mode_option
 def study(dataset_arg, dataset, design, groupings, seeds, one_seed, quick, full, config, sets, data_root, data_options, model, epochs,
-          transfer_epochs, protocol, train_size, device, out, quiet, shard, dry_run):
+          transfer_epochs, protocol, train_size, device, out, quiet, shard, dry_run, plot_only):
     """The paper's granularity study on real data: target error after pretraining on each label
     function (--design levels), or a design that pairs target and leaf (fine) pretraining by seed
     and reports where fine labels help (bridge, bridge-phase, groupings, fewshot).
 
     ``granularity study --dataset wordnet-glosses`` runs the WordNet-gloss study instead (text data,
     every WordNet level as a pretraining granularity; see docs/wordnet-glosses.md)."""
+    if plot_only:
+        return _replot(out)
     dataset = _dataset(dataset_arg, dataset)
     seed_values = seed_list(seeds, one_seed)
     if dataset == "wordnet-glosses":  # its own study (granularity.cli.glosses; docs/wordnet-glosses.md)
@@ -222,6 +225,16 @@ def study(dataset_arg, dataset, design, groupings, seeds, one_seed, quick, full,
     click.echo(format_table(res))
     click.echo(f"hard samples: {res['hard_samples']['n']} ({res['hard_samples']['rule']}); "
                f"{res['seconds']:.0f} s; results in {out}/results.json, figures {', '.join(res['figures'])}")
+
+
+def _replot(out: Path | None) -> None:
+    """``study --plot-only``: the study's figures again from its results.json, nothing run."""
+    if out is None:
+        raise click.UsageError("--plot-only needs --out, the folder of a finished study.")
+    from granularity.experiments.replot import replot
+
+    files = replot(out)
+    click.echo(f"figures {', '.join(files)} (+ .pdf, .svg) redrawn in {out} from its results.json")
 
 
 def _dataset(positional: str | None, option: str | None) -> str | None:

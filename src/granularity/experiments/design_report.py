@@ -173,11 +173,11 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 
 def plot_design(summary: dict[str, Any], out: Path) -> list[str]:
-    """The paired difference with its 95% t CI, per cell and transfer, for the main metric."""
-    import matplotlib
+    """The paired difference with its 95% t CI, per cell and transfer, for the main metric (a
+    difference of two rates, in [-1, 1]: its bars are cut there, not at 0)."""
+    from granularity.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metric = summary["primary"]["metric"]
     rows = [r for r in summary["table"] if r["metric"] == metric]
@@ -185,15 +185,15 @@ def plot_design(summary: dict[str, Any], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.4, max(2.4, 0.32 * len(rows) + 1)))
     ys = np.arange(len(rows))
     d = [r["leaf_minus_target"] for r in rows]
-    err = np.nan_to_num([[x["mean"] - x["t_lo"] for x in d], [x["t_hi"] - x["mean"] for x in d]])
+    err = np.maximum(np.nan_to_num([[x["mean"] - max(x["t_lo"], -1.0) for x in d],
+                                    [min(x["t_hi"], 1.0) - x["mean"] for x in d]]), 0.0)
     ax.errorbar([x["mean"] for x in d], ys, xerr=err, fmt="o", capsize=3)
     ax.axvline(0, color="grey", lw=1, ls="--")
     ax.set_yticks(ys, [f"{r['cell']} | {r['transfer']}" for r in rows], fontsize=7)
     ax.set_xlabel(f"{metric}: leaf - target (95% CI; < 0: fine helps)", fontsize=8)
     ax.set_title(f"design {summary['design']}, {summary['table'][0]['n_seeds']} paired seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "paired_difference.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "paired_difference.png")
     return ["paired_difference.png"]
 
 

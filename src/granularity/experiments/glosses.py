@@ -33,7 +33,6 @@ from granularity.engine.config import ModelConfig, StageConfig, TransferConfig, 
 from granularity.engine.run import run_transfer
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.figures import clipped_band, clipped_yerr
 from granularity.utils.io import check_writable, read_json, write_csv_table, write_json
 from granularity.utils.stats import mean_ci
 
@@ -274,18 +273,21 @@ def write_csv(path: Path, table: list[dict]) -> None:
 
 
 def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
-    """``u_curve.png``: target error (mean ± 95% CI) against pretraining classes, log x."""
-    import matplotlib
+    """``u_curve.png`` (+ .pdf, .svg): target error (mean ± 95% CI, cut at [0, 1]) against
+    pretraining classes, log x."""
+    from granularity.utils.figures import clipped_band, clipped_yerr, legend_outside, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+
+    def yerr(rows):
+        return clipped_yerr([r["target_error"]["mean"] for r in rows], [r["target_error"]["ci"] for r in rows])
 
     table = summary["table"]
     base = next(r for r in table if r["arm"] == "target")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lv = level_rows(table)
     ax.errorbar([r["num_source_classes"] for r in lv], [r["target_error"]["mean"] for r in lv],
-                yerr=_yerr(lv), marker="o", capsize=3, label="WordNet level L")
+                yerr=yerr(lv), marker="o", capsize=3, label="WordNet level L")
     for r in lv:
         ax.annotate(f"L{r['level']}", (r["num_source_classes"], r["target_error"]["mean"]), textcoords="offset points",
                     xytext=(4, 6), fontsize=8)
@@ -294,26 +296,20 @@ def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:
         rows = [r for r in table if r["family"] == fam]
         if rows:
             ax.errorbar([r["num_source_classes"] for r in rows], [r["target_error"]["mean"] for r in rows],
-                        yerr=_yerr(rows), marker=m, linestyle="none", capsize=3, label=label)
+                        yerr=yerr(rows), marker=m, linestyle="none", capsize=3, label=label)
     b = base["target_error"]["mean"]
     ax.axhline(b, color="grey", linestyle="--", linewidth=1, label=f"target level {base['level']} (baseline)")
-    ax.axhspan(*(float(e[0]) for e in clipped_band([b], [base["target_error"]["ci"]])), color="grey", alpha=0.15)
+    lo, hi = clipped_band([b], [base["target_error"]["ci"]])
+    ax.axhspan(lo[0], hi[0], color="grey", alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("pretraining classes (log scale)")
     ax.set_ylabel(f"target error (level {base['level']}, test)")
     ax.set_title(f"WordNet glosses: mean ± 95% CI over {base['n_seeds']} seeds", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "u_curve.png", dpi=120)
-    plt.close(fig)
+    legend_outside(ax)
+    save_figure(fig, out / "u_curve.png")
     return ["u_curve.png"]
 
 
 def level_rows(table: list[dict]) -> list[dict]:
     """The rows of WordNet levels (the baseline included), by number of classes: the curve."""
     return sorted((r for r in table if r["level"] is not None), key=lambda r: r["num_source_classes"])
-
-
-def _yerr(rows: list[dict]) -> np.ndarray:
-    """Error bars of the target error clipped to [0, 1] (an error rate's interval never leaves it)."""
-    return clipped_yerr([r["target_error"]["mean"] for r in rows], [r["target_error"]["ci"] for r in rows])

@@ -75,10 +75,9 @@ def simulator_phase(rhos: list[float], strengths: list[float], out: Path, seeds:
 
 def plot_bridge_phase(summary: dict[str, Any], out: Path, sim: dict[str, Any] | None) -> list[str]:
     """Heatmaps: real leaf - target hard error per mode, and the simulator's fine - coarse."""
-    import matplotlib
+    from granularity.utils.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     modes = [m for m in ("map", "linear") if any(r["mode"] == m for r in summary["table"])]
     panels = []
@@ -106,8 +105,7 @@ def plot_bridge_phase(summary: dict[str, Any], out: Path, sim: dict[str, Any] | 
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("hard-sample error difference (< 0: fine pretraining better; * p < 0.05, paired t)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "phase_real_vs_simulator.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "phase_real_vs_simulator.png")
     return ["phase_real_vs_simulator.png"]
 
 

@@ -415,11 +415,11 @@ def _yerr(rows: list[dict], key: str) -> np.ndarray:
 
 
 def plot_study(summary: dict, out: Path) -> list[str]:
-    """Target error vs number of pretraining classes; easy vs hard error; rare subclasses."""
-    import matplotlib
+    """Target error vs number of pretraining classes; easy vs hard error; rare subclasses
+    (PNG + PDF + SVG each; returns the PNG names)."""
+    from granularity.utils.figures import legend_outside, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     table = [r for r in summary["table"] if r["family"] != "rare"]
     fams = defaultdict(list)
@@ -438,10 +438,8 @@ def plot_study(summary: dict, out: Path) -> list[str]:
     ax.set_ylabel("target test error")
     n = base["n_seeds"]
     ax.set_title(f"Target error vs pretraining granularity (mean, 95% CI, {n} seeds)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "error_vs_classes.png", dpi=120)
-    plt.close(fig)
+    legend_outside(ax)
+    save_figure(fig, out / "error_vs_classes.png")
     files.append("error_vs_classes.png")
 
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(table)), 4.2))
@@ -451,10 +449,8 @@ def plot_study(summary: dict, out: Path) -> list[str]:
     ax.set_xticks(xs, [r["arm"] for r in table], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("target test error")
     ax.set_title(f"Easy vs hard test samples ({summary['hard_samples']['n']} hard by reference models)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "easy_vs_hard.png", dpi=120)
-    plt.close(fig)
+    legend_outside(ax)
+    save_figure(fig, out / "easy_vs_hard.png")
     files.append("easy_vs_hard.png")
 
     rare = [r for r in summary["table"] if r["family"] == "rare"]
@@ -465,9 +461,7 @@ def plot_study(summary: dict, out: Path) -> list[str]:
             ax.bar(xs + off, [r[key]["mean"] for r in rare], 0.4, yerr=_yerr(rare, key), capsize=2, label=label)
         ax.set_xticks(xs, [r["arm"] for r in rare], fontsize=8)
         ax.set_ylabel("target test error")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "rare_subclasses.png", dpi=120)
-        plt.close(fig)
+        legend_outside(ax)
+        save_figure(fig, out / "rare_subclasses.png")
         files.append("rare_subclasses.png")
     return files

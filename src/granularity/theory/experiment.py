@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from granularity.errors import GranularityError
+from granularity.errors import GranularityError, RunFailedError
 from granularity.theory.config import SimConfig
 from granularity.theory.model import PatchCNN
 from granularity.theory.train import (
@@ -286,7 +286,8 @@ def simulate(cfg: SimConfig, out: str | Path, progress: bool = True,
             except FloatingPointError as exc:
                 # a diverged run stops with its reason recorded; finished seeds stay saved
                 write_json(out / "failed.json", {"seeds": batch, "error": str(exc), "config_hash": config_hash(cfg)})
-                raise GranularityError(f"run stopped for seeds {batch[0]}-{batch[-1]}: {exc} (recorded in {out / 'failed.json'})") from None
+                # a failure at run time (exit 1, like transfer), not bad input (exit 2)
+                raise RunFailedError(f"run stopped for seeds {batch[0]}-{batch[-1]}: {exc} (recorded in {out / 'failed.json'})") from None
             for rec in records_batch:
                 arrays = rec.pop("_arrays")
                 rec["seconds"] = (time.perf_counter() - tb) / len(batch)
