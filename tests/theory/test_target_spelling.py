@@ -212,3 +212,32 @@ def test_phase_axis_in_the_old_spelling_and_an_old_phase_folder(cli, tmp_path):
     assert code == 0 and "warning" not in err, err
     assert {p: p.stat().st_mtime_ns for p in (old / "cells").glob("*/seeds/seed_0.json")} == stamps  # not retrained
     assert not any((old / "cells").glob("target=*"))
+
+
+def test_store_of_an_old_release_reads_in_the_new_spelling(tmp_path):
+    """A store whose sweep (axis transfer.target_level) and run configs were written before the
+    rename, the same sweep registered again in the new spelling (its runs, same ids, keep their
+    stored configs): rows and sweeps read in today's spelling, so every run sits in its cell."""
+    import dataclasses
+
+    from granularity.sweeps.kinds import get_kind
+    from granularity.sweeps.store import ResultsStore
+    from granularity.utils.config import get_dotted
+
+    kind = get_kind("simulate")
+    spec = {"kind": "simulate", "preset": "deep", "base": {"transfer": {"sources": ["coarse", "fine"]}},
+            "axes": {"transfer.target": [1, 2]}, "seeds": 1, "name": "levels"}
+    new = silently(expand, spec)
+    old_runs = [dataclasses.replace(r, config=kind.id_form(r.config), params={"transfer.target_level": r.params["transfer.target"],
+                                                                              "seed": r.seed}) for r in new.runs]
+    old = dataclasses.replace(new, axes=[["transfer.target_level"]], runs=old_runs)
+    with ResultsStore(tmp_path) as store:
+        store.register_sweep(old)
+        for sweep in (old, new):
+            silently(store.register_sweep, sweep)
+            [sw] = silently(store.sweeps)
+            assert sw["axes"] == [["transfer.target"]]
+            rows = silently(store.rows, sweep="levels")
+            assert [get_dotted(r["config"], "transfer.target") for r in rows] == [1, 2]
+            assert [r["config"] for r in rows] == [r.config for r in new.runs]
+            assert [r["params"] for r in rows] == [r.params for r in new.runs]
