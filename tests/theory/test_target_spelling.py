@@ -158,6 +158,9 @@ def test_old_run_folder_resumes_silently(tmp_path):
     stored["transfer"]["target_level"] = stored["transfer"].pop("target")
     path.write_text(json.dumps(stored))
     assert silently(get_kind("simulate").is_complete, tmp_path, cfg)
+    from granularity.theory.experiment import summarise_run
+
+    assert silently(summarise_run, tmp_path)["config"] == cfg.to_dict()
     seed0 = (tmp_path / "seeds" / "seed_0.json").stat().st_mtime_ns
     more = silently(simulate, cfg.model_copy(update={"seeds": 2}), tmp_path, progress=False, figures=False)
     assert more["config_hash"] == first["config_hash"] == config_hash(cfg) and more["seeds"] == [0, 1]
@@ -204,6 +207,7 @@ def test_phase_axis_in_the_old_spelling_and_an_old_phase_folder(cli, tmp_path):
     assert again["grids"] == phase["grids"] and again["x_key"] == "transfer.target"
     summary = silently(summarise_phase, old)
     assert summary["missing"] == [] and [c["transfer.target"] for c in summary["cells"]] == [1, 2]
+    assert [c["config"]["transfer"]["target"] for c in summary["cells"]] == [1, 2]  # stored files, today's spelling
     stamps = {p: p.stat().st_mtime_ns for p in (old / "cells").glob("*/seeds/seed_0.json")}
     assert len(stamps) == 2
     args[args.index(tmp_path / "p")] = old

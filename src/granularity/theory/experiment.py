@@ -348,7 +348,7 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
     None when absent; records: the per-seed files present)."""
     out = Path(out)
     result = load_result(out)
-    config = read_json(out / "config.json") if (out / "config.json").exists() else None
+    config = read_sim_config(read_json(out / "config.json")) if (out / "config.json").exists() else None
     return {"result": result, "config": config, "records": load_records(out, result.get("seeds", []))}
 
 

@@ -19,6 +19,7 @@ from granularity.theory.plots import plot_phase
 from granularity.utils.config import Config, parse_value
 from granularity.utils.deprecation import rename_key
 from granularity.utils.io import check_writable, read_json, write_json
+from granularity.vocabulary import read_sim_config
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
@@ -147,7 +148,7 @@ def summarise_phase(out: str | Path) -> dict[str, Any]:
             cell = _cell_dir(out, xk, xv, yk, yv)
             if (cell / "result.json").exists():
                 cells.append({xk: xv, yk: yv, "seeds": load_result(cell).get("seeds"),
-                              "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
+                              "config": read_sim_config(read_json(cell / "config.json")) if (cell / "config.json").exists() else None})
             if all(g[r][c] is None or g[r][c] != g[r][c] for g in phase["grids"].values()):
                 missing.append(f"{xk}={xv}, {yk}={yv}")
     return {"phase": phase, "spec": read_json(out / "phase_spec.json"), "cells": cells, "missing": missing}
