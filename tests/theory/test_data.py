@@ -239,7 +239,7 @@ def test_hard_test_samples_lack_exactly_the_target_levels(tree_target, seed):
     L, M = probe.levels, probe.num_features
     blocks = data["views_common"] + data["views_fine"] * (L - 1)
     data = {**data, "d": M + 1, "P": blocks + 1, "s": 1, "sigma": 0.0, "gamma": 0.0}
-    cfg = SimConfig.build({"data": data, "train": {"n_train": 2}, "transfer": {"target_level": t}})
+    cfg = SimConfig.build({"data": data, "train": {"n_train": 2}, "transfer": {"target": t}})
     sb = SeedBatch.build(cfg, [seed], torch.device("cpu"))
     dist = sb.dists[0]
     flevel, fnode = dist.tree.feature_level(), dist.tree.feature_node()
@@ -257,12 +257,12 @@ def test_hard_level_null_follows_the_target_and_mismatch_is_refused():
 
     deep = {"k": 2, "deeper": [2], "P": 8}
     for t in (1, 2, 3):
-        cfg = SimConfig.build({"data": deep, "transfer": {"target_level": t, "sources": ["fine"]}})
+        cfg = SimConfig.build({"data": deep, "transfer": {"target": t, "sources": ["fine"]}})
         assert cfg.data.hard_level == t
-    with pytest.raises(GranularityError, match=r"data.hard_level=1 .*transfer.target_level=2.*allow_hard_level_mismatch"):
-        SimConfig.build({"data": {**deep, "hard_level": 1}, "transfer": {"target_level": 2}})
+    with pytest.raises(GranularityError, match=r"data.hard_level=1 .*transfer.target=2.*allow_hard_level_mismatch"):
+        SimConfig.build({"data": {**deep, "hard_level": 1}, "transfer": {"target": 2}})
     cfg = SimConfig.build({"data": {**deep, "hard_level": 1, "allow_hard_level_mismatch": True},
-                           "transfer": {"target_level": 2}})
+                           "transfer": {"target": 2}})
     assert cfg.data.hard_level == 1
     # the resolved config round-trips (a run folder's config.json is validated again on resume)
     assert SimConfig.build(cfg.to_dict()) == cfg
@@ -277,8 +277,8 @@ def test_seed_batch_refuses_a_config_changed_after_validation():
     from granularity.theory.train import SeedBatch
 
     cfg = SimConfig.build({"data": {"d": 32, "P": 6, "k": 2, "deeper": [2]}, "train": {"n_train": 4},
-                           "transfer": {"target_level": 2}})
-    cfg.transfer.target_level = 3  # re-validated field by field only: the link is checked at run time
+                           "transfer": {"target": 2}})
+    cfg.transfer.target = 3  # re-validated field by field only: the link is checked at run time
     with pytest.raises(GranularityError, match="hard_level"):
         SeedBatch.build(cfg, [0], torch.device("cpu"))
 

@@ -98,7 +98,7 @@ def test_memory_estimate_refuses_too_big():
 
 def test_generalisations_run(tmp_path):
     """Each generalisation runs through the whole engine (deep tree trains at every level)."""
-    cfg = tiny(data={"k": 2, "deeper": [2], "P": 8}, transfer={"sources": [1, 2, 3], "target_level": 1}, seeds=1)
+    cfg = tiny(data={"k": 2, "deeper": [2], "P": 8}, transfer={"sources": [1, 2, 3], "target": 1}, seeds=1)
     res = simulate(cfg, tmp_path / "deep", progress=False)
     assert set(res["errors"]) == {"1", "2", "3"}
     cfg = tiny(data={"K": 3, "k": [1, 2, 3], "train_hard_fraction": 0.2, "tail_exponent": 1.0,
@@ -108,8 +108,8 @@ def test_generalisations_run(tmp_path):
 
 
 def test_source_coarser_than_target_rejected():
-    with pytest.raises(GranularityError, match="coarser than target_level"):
-        tiny(data={"deeper": [2]}, transfer={"target_level": 2, "sources": [1]})
+    with pytest.raises(GranularityError, match="coarser than transfer.target"):
+        tiny(data={"deeper": [2]}, transfer={"target": 2, "sources": [1]})
 
 
 def test_phase_diagram(tmp_path):
@@ -166,7 +166,7 @@ def test_hard_errors_follow_the_target_level(tmp_path):
     level-1 and level-2 features, so the level-2 model is at chance on them (easy: near 0), while
     the leaf model's map still reads the level-3 features."""
     cfg = tiny(data={"d": 32, "P": 6, "k": 2, "deeper": [2]}, seeds=2, seed_batch=2,
-               train={"steps": 120}, transfer={"sources": [2, 3], "target_level": 2, "protocols": ["map"]})
+               train={"steps": 120}, transfer={"sources": [2, 3], "target": 2, "protocols": ["map"]})
     assert cfg.data.hard_level == 2
     err = simulate(cfg, tmp_path, progress=False, figures=False)["errors"]
     for src in ("2", "3"):

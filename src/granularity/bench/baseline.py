@@ -91,7 +91,7 @@ def run_seed(cfg: SimConfig, seed: int, device: torch.device | str = "cpu") -> d
     dist = sb.dists[0]
     tree = dist.tree
     d, P, m = cfg.data.d, cfg.data.P, cfg.model.m
-    target = cfg.transfer.target_level
+    target = cfg.transfer.target
     y_target = sb.train[0].label(target).to(device)
     tests = {}
     for hard in (False, True):

@@ -18,7 +18,7 @@ from granularity.errors import GranularityError, unknown_name
 from granularity.utils.config import Config
 from granularity.utils.deprecation import Renamed, downgrade, upgrade
 from granularity.utils.io import read_json
-from granularity.vocabulary import TRANSFER_RENAMES
+from granularity.vocabulary import SIM_RENAMES, TRANSFER_RENAMES
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ register(
         metrics=_sim_metrics,
         is_complete=_sim_complete,
         run_only=lambda cfg: SIM_RUN_ONLY,
+        renames=SIM_RENAMES,
         # torch._dynamo: torch.optim imports it on the first optimiser (~4 s); matplotlib: the figures
         preload=("torch", "torch._dynamo", "granularity.theory.experiment", "granularity.theory.plots", "matplotlib.pyplot"),
     )

@@ -353,6 +353,7 @@ class ResultsStore:
             d = dict(row)
             for key in ("spec", "axes", "seeds"):
                 d[key] = json.loads(d[key])
+            d["axes"] = _current_axes(d["kind"], d["axes"])
             d["run_ids"] = [r[0] for r in self._db.execute(
                 "SELECT run_id FROM sweep_runs WHERE sweep=? ORDER BY position", (d["name"],))]
             out.append(d)
@@ -441,19 +442,22 @@ class ResultsStore:
                 continue
             for key in JSON_COLUMNS:
                 d[key] = json.loads(d[key]) if d[key] else None
+            d["config"] = _current_spelling(d["kind"], d["config"])  # written by any release
             if sweep is not None:
                 member = d.pop("member_params")
                 d["params"] = json.loads(member) if member else sweep_params(d["config"], axes, d["params"])
+            if isinstance(d["params"], dict):  # a sweep's axis values, keyed as its axes
+                d["params"] = dict(zip(_current_axes(d["kind"], [list(d["params"])])[0], d["params"].values()))
             out.append(d)
         return out
 
     def _sweep_axes(self, sweep: str) -> list[list[str]]:
-        row = self._db.execute("SELECT axes FROM sweeps WHERE name=?", (sweep,)).fetchone()
+        row = self._db.execute("SELECT kind, axes FROM sweeps WHERE name=?", (sweep,)).fetchone()
         if row is None:
             from granularity.errors import unknown_name
 
             raise unknown_name("sweep", sweep, [s["name"] for s in self.sweeps()])
-        return json.loads(row["axes"])
+        return _current_axes(row["kind"], json.loads(row["axes"]))
 
     def status_counts(self, run_ids: Iterable[str] | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -492,6 +496,15 @@ def _current_spelling(kind: str, config: Any) -> Any:
 
     k = KINDS.get(kind)
     return k.read_config(dict(config)) if k is not None and isinstance(config, Mapping) else config
+
+
+def _current_axes(kind: str, axes: list[list[str]]) -> list[list[str]]:
+    """A stored sweep's axis keys (written by any release) in today's spelling, as its configs."""
+    from granularity.sweeps.kinds import KINDS
+    from granularity.utils.deprecation import rename_key
+
+    renames = KINDS[kind].renames if kind in KINDS else ()
+    return [[rename_key(key, renames)[0] for key in group] for group in axes]
 
 
 def sweep_params(config: Mapping[str, Any] | None, axes: list[list[str]], params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from granularity.utils.config import Config
+from granularity.utils.deprecation import Renamed, upgrade
+from granularity.vocabulary import SIM_RENAMES, SIM_TRANSFER_RENAMES
 
 Range = tuple[float, float]
 
@@ -42,11 +44,11 @@ class DataConfig(Config):
     hard_noise: float = Field(0.0, ge=0, description="extra noise std on a hard sample's weakened patches")
     hard_level: int | None = Field(
         None, ge=1,
-        description="hard samples lose the features of levels 1..hard_level; None = transfer.target_level "
+        description="hard samples lose the features of levels 1..hard_level; None = transfer.target "
         "(1 when the distribution is used on its own)",
     )
     allow_hard_level_mismatch: bool = Field(
-        False, description="allow a hard_level other than transfer.target_level (a deliberate ablation)"
+        False, description="allow a hard_level other than transfer.target (a deliberate ablation)"
     )
     train_hard_fraction: float = Field(0.0, ge=0, le=1, description="hard samples in training (paper: 0)")
     tail_exponent: float = Field(
@@ -174,12 +176,18 @@ class SimTransferConfig(Config):
     sources: list[int | Literal["coarse", "fine"]] = Field(
         default_factory=lambda: ["coarse", "fine"], description="pretraining levels to compare"
     )
-    target_level: int = Field(1, ge=1, description="level of the target task (1 = superclasses)")
+    # the engine's word (TransferConfig.target, --target); `target_level` before it, still read
+    target: int = Field(1, ge=1, description="level of the target task (1 = superclasses)")
     probe_steps: int = Field(300, ge=1, description="full-batch Adam steps for the linear probe")
     probe_lr: float = Field(0.05, gt=0)
     finetune_steps: int = Field(500, ge=1, description="SGD steps of full fine-tuning on target labels")
     finetune_lr: float = Field(0.1, gt=0)
     n_test: int = Field(2000, ge=1, description="easy and hard test samples each, per seed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return upgrade(data, SIM_TRANSFER_RENAMES, prefix="transfer.")
 
 
 # The names of before the engine's configs took them (kept: public API of granularity.theory);
@@ -190,6 +198,8 @@ TransferConfig = SimTransferConfig
 
 class SimConfig(Config):
     """One simulator experiment: data, model, training, transfer, seeds."""
+
+    RENAMES: ClassVar[tuple[Renamed, ...]] = SIM_RENAMES  # old spellings, read at the boundary
 
     name: str = "custom"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -204,22 +214,27 @@ class SimConfig(Config):
         0, ge=0, description="SGD steps between mid-training checkpoints; 0 = a tenth of train.steps"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return upgrade(data, cls.RENAMES)
+
     @model_validator(mode="after")
     def _check_levels(self) -> SimConfig:
         L = self.data.levels
-        if self.transfer.target_level > L:
-            raise ValueError(f"transfer.target_level={self.transfer.target_level} is deeper than the {L} levels")
+        if self.transfer.target > L:
+            raise ValueError(f"transfer.target={self.transfer.target} is deeper than the {L} levels")
         for src in self.transfer.sources:
             lvl = self.source_level(src)
             if not 1 <= lvl <= L:
                 raise ValueError(f"source level {src!r} must be in 1..{L}")
-            if lvl < self.transfer.target_level:
+            if lvl < self.transfer.target:
                 raise ValueError(
-                    f"source level {lvl} is coarser than target_level={self.transfer.target_level}; "
+                    f"source level {lvl} is coarser than transfer.target={self.transfer.target}; "
                     "pretraining labels must be at least as fine as the target"
                 )
         if self.data.hard_level is None:  # resolved here, so that dumps and hashes carry the level
-            self.data = self.data.model_copy(update={"hard_level": self.transfer.target_level})
+            self.data = self.data.model_copy(update={"hard_level": self.transfer.target})
         self.check_hard_level()
         return self
 
@@ -228,18 +243,18 @@ class SimConfig(Config):
         hard error would silently be an easy error (or measure another task's hard samples)."""
         from granularity.errors import GranularityError
 
-        t, h = self.transfer.target_level, self.data.hard_level
+        t, h = self.transfer.target, self.data.hard_level
         h = 1 if h is None else h  # what the sampler does with an unresolved level
         if h != t and not self.data.allow_hard_level_mismatch:
             raise GranularityError(
-                f"data.hard_level={h} differs from transfer.target_level={t}: hard test samples must lose "
+                f"data.hard_level={h} differs from transfer.target={t}: hard test samples must lose "
                 f"the features of levels 1..{t}; leave data.hard_level null (= the target level) or set "
                 "data.allow_hard_level_mismatch=true to study the mismatch on purpose"
             )
 
     def source_level(self, src: int | str) -> int:
         if src == "coarse":
-            return self.transfer.target_level
+            return self.transfer.target
         if src == "fine":
             return self.data.levels
         return int(src)

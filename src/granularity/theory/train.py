@@ -335,7 +335,7 @@ def evaluate(cfg: SimConfig, sb: SeedBatch, models: dict[str, Pretrained], heads
     The test samples are streamed (memory does not grow with ``transfer.n_test``).
     Returns ``{(source, protocol): {"easy": (S,), "hard": (S,)}}``.
     """
-    target = cfg.transfer.target_level
+    target = cfg.transfer.target
     errors: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     tree = sb.dists[0].tree
     for hard in (False, True):
