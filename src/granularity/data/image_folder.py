@@ -39,6 +39,12 @@ def check_image_options(image_size: int, channels: int, in_memory: bool | None, 
         raise param_error("workers", "a non-negative integer", workers)
 
 
+def fits_in_memory(n_images: int, image_size: int, channels: int, max_memory_mb: float) -> bool:
+    """Whether ``n_images`` decoded uint8 images fit the ``max_memory_mb`` budget (the default
+    choice between decoding once into memory and streaming from files)."""
+    return n_images * channels * image_size * image_size <= max_memory_mb * 2**20
+
+
 def make_splits(
     parts: dict[str, tuple[list[str], list[int]]],
     image_size: int,
@@ -48,10 +54,8 @@ def make_splits(
     workers: int,
 ) -> dict[str, Split | StreamSplit]:
     """Stream or decode each part's ``(paths, labels)`` into a split (same choice for all)."""
-    total = sum(len(p) for p, _ in parts.values())
-    nbytes = total * channels * image_size * image_size
     if in_memory is None:
-        in_memory = nbytes <= max_memory_mb * 2**20
+        in_memory = fits_in_memory(sum(len(p) for p, _ in parts.values()), image_size, channels, max_memory_mb)
     out: dict[str, Split | StreamSplit] = {}
     for key, (paths, labels) in parts.items():
         split = StreamSplit(paths, torch.as_tensor(labels, dtype=torch.int64), image_size, channels)

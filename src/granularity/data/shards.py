@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from granularity.data.base import RealDataset, StreamSplit, decode_image, stratified_indices
-from granularity.data.image_folder import EXTENSIONS, check_hierarchy_option, check_image_options, hierarchy_factory
+from granularity.data.image_folder import EXTENSIONS, check_hierarchy_option, check_image_options, fits_in_memory, hierarchy_factory
 from granularity.data.inat import taxonomy_factory
 from granularity.errors import DataError, param_error
 from granularity.utils.io import read_json, write_bytes_atomic, write_json
@@ -377,7 +377,7 @@ def load_shards(
         y = _labels(cols["classes"], index, shards, cols, key)
         splits[key] = ShardSplit(shards, cols["shard"], cols["offset"], cols["nbytes"], cols["names"], y, image_size, channels)
     if in_memory is None:
-        in_memory = (len(splits["train"]) + len(splits["test"])) * channels * image_size**2 <= max_memory_mb * 2**20
+        in_memory = fits_in_memory(len(splits["train"]) + len(splits["test"]), image_size, channels, max_memory_mb)
     if in_memory:
         splits = {k: s.materialize(num_workers=workers) for k, s in splits.items()}
     return RealDataset(
