@@ -335,3 +335,45 @@ def test_engine_streams_keep_their_32_bit_seeds():
     assert full >= 2**32
     assert torch.equal(torch.rand(5, generator=sb.generators(_INIT, 2)[0]),
                        torch.rand(5, generator=torch.Generator().manual_seed(full)))
+
+
+@pytest.mark.parametrize("kw", [{}, {"views_common": 2, "views_fine": 2, "P": 16, "gamma": 0.3},
+                                {"k": 2, "deeper": [2], "P": 16, "hard_strength": (0.1, 0.4)}])
+def test_inputs_are_exactly_the_coefficients_times_the_dictionary(kw):
+    """The generator builds each patch as one coefficient times one dictionary row; that must be
+    exactly (bit for bit, not only close) the product of the recorded coefficient tensor with the
+    dictionary, the formula of the model's definition."""
+    dist = make(sigma=0.0, gamma=kw.pop("gamma", 0.2), **kw)
+    s = dist.sample(64, generator(3), hard=0.5)
+    assert torch.equal(s.x, reconstruct(dist, s) @ dist.dictionary)
+
+
+def test_sample_into_out_is_the_same_draw():
+    dist = make()
+    a = dist.sample(40, generator(9), hard=0.3)
+    buf = torch.full((2, 40, 8, 64), float("nan"))
+    b = dist.sample(40, generator(9), hard=0.3, out=buf[1])
+    assert b.x.data_ptr() == buf[1].data_ptr() and torch.equal(a.x, buf[1]) and torch.isnan(buf[0]).all()
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.block_strength, b.block_strength)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        dist.sample(40, generator(9), out=torch.empty(40, 8, 32))
+
+
+def test_seed_batch_draws_do_not_depend_on_threads():
+    """Seeds draw their samples side by side in threads; one thread must give the same bits."""
+    from granularity.theory.config import SimConfig
+    from granularity.theory.train import SeedBatch
+
+    cfg = SimConfig.build({"data": {"d": 64, "P": 8, "k": 4}, "train": {"n_train": 100}, "transfer": {"n_test": 50}})
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            sb = SeedBatch.build(cfg, [0, 1, 2], torch.device("cpu"))
+            out.append((sb.x.clone(), sb.labels(2).clone(), [t.clone() for c in sb.test_stream(50, True) for t in c]))
+    finally:
+        torch.set_num_threads(old)
+    (xa, ya, ta), (xb, yb, tb) = out
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and all(torch.equal(u, v) for u, v in zip(ta, tb))
+    assert all(torch.equal(sb.train[i].x, sb.x[i]) for i in range(3))  # each seed's set is its slot of the stack

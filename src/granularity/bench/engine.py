@@ -47,7 +47,7 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     names = ("engine", "engine_no_aug", "bare") + (("engine_bf16", "engine_bf16_no_aug", "bare_bf16") if bf16 else ())
     models = {k: copy.deepcopy(base) for k in names}
     for k in names:
-        if k.endswith("bf16"):  # as engine.run does under bf16
+        if "bf16" in k:  # as engine.run does under bf16 (engine_bf16_no_aug too: like for like)
             models[k] = models[k].to(memory_format=torch.channels_last)
     opts = {k: make_optimizer(m.parameters(), stage) for k, m in models.items()}
     steps = -(-n // B)

@@ -159,12 +159,51 @@ def epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt * 10_007 + int(epoch)) % (2**63))
 
 
+def _deterministic_types() -> frozenset[type]:
+    """torch.nn modules whose forward draws no random numbers (exact types: a subclass may
+    override ``forward``)."""
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+    from torch.nn.parallel import DistributedDataParallel
+
+    return frozenset({
+        nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, NonDynamicallyQuantizableLinear, nn.Bilinear,
+        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+        nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softmax, nn.LogSoftmax, nn.Identity,
+        nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d, nn.Flatten, nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Embedding,
+        nn.EmbeddingBag, DistributedDataParallel,
+    })
+
+
+def draws_random(model: nn.Module) -> bool:
+    """Whether a training forward pass of ``model`` may draw from torch's global RNG. False only
+    when every submodule is known not to: a deterministic torch.nn type (exact type), dropout
+    or attention with p = 0, or a class of ours that declares ``forward_draws_random = False``
+    in its own body (its forward code draws nothing; its submodules are checked here). Any
+    other module counts as random, so :func:`step_rng` seeds it."""
+    known = _deterministic_types()
+    for m in model.modules():
+        kind = type(m)
+        if kind in known or kind.__dict__.get("forward_draws_random") is False:
+            continue
+        if isinstance(m, nn.modules.dropout._DropoutNd) and kind.__module__ == "torch.nn.modules.dropout" and m.p == 0:
+            continue
+        if kind is nn.MultiheadAttention and m.dropout == 0:
+            continue
+        return True
+    return False
+
+
 @contextmanager
-def step_rng(epoch_gen: torch.Generator, step: int, rank: int, device: torch.device):
+def step_rng(epoch_gen: torch.Generator, step: int, rank: int, device: torch.device, needed: bool = True):
     """torch's global RNG (what dropout and other in-model draws use) seeded from (the epoch
     generator's seed, step, rank) for one forward pass, and restored afterwards: a step's
     draws depend on nothing that ran before it, so a fresh process and a resumed run draw the
-    same, and the caller's global RNG is left as it was."""
+    same, and the caller's global RNG is left as it was. ``needed=False`` (a model that draws
+    nothing, :func:`draws_random`): nothing to seed, and the per-step fork is skipped."""
+    if not needed:
+        yield
+        return
     seed = (epoch_gen.initial_seed() * 1_000_033 + int(step) * 101 + int(rank) + 1) % (2**63)
     on_cuda = device.type == "cuda"
     with torch.random.fork_rng(devices=[device] if on_cuda else []):
@@ -241,6 +280,7 @@ def train_epoch(
         tot_loss, tot_correct, seen, bad = start["totals"]
         gen.set_state(start["gen_state"])
     streamed = isinstance(x, Streamed)
+    seeded = draws_random(model)  # False: the forward draws nothing, no per-step RNG fork
     if streamed:  # decode only this rank's rows of each global batch, in the same order
         x_iter = x.load([b[lo:hi].tolist() for b, (lo, hi) in list(zip(batches, bounds))[first:]])
     for step, (idx, (lo, hi)) in enumerate(zip(batches, bounds)):
@@ -259,7 +299,7 @@ def train_epoch(
         n_global = len(idx)
         if world > 1 and not streamed:
             xb, yb = xb[lo:hi], yb[lo:hi]
-        with autocast(device, bf16), step_rng(gen, step, dist.rank if world > 1 else 0, device):
+        with autocast(device, bf16), step_rng(gen, step, dist.rank if world > 1 else 0, device, seeded):
             logits = model(xb)
             loss, step_loss = _loss(logits, yb, stage.label_smoothing, world, n_global)
         if not math.isfinite(step_loss):

@@ -24,6 +24,8 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 
 
 class SmallCNN(Backbone):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, in_channels: int, num_classes: int, widths: Sequence[int] = (32, 64, 128)):
         super().__init__(widths[-1], num_classes)
         chans = [in_channels, *widths]

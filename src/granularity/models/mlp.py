@@ -13,6 +13,8 @@ from granularity.models.registry import register_model
 
 
 class MLP(Backbone):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 256, depth: int = 2, dropout: float = 0.0):
         super().__init__(hidden, num_classes)
         layers: list[nn.Module] = []

@@ -17,6 +17,8 @@ from granularity.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
@@ -34,6 +36,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(Backbone):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, in_channels: int, num_classes: int, width: int = 64, blocks=(2, 2, 2, 2)):
         super().__init__(8 * width, num_classes)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))

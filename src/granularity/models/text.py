@@ -44,6 +44,8 @@ def _trim(x: torch.Tensor) -> torch.Tensor:
 
 
 class BagOfNgrams(Backbone):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, buckets: int, dim: int, hidden: int, num_classes: int, dropout: float, sparse: bool) -> None:
         super().__init__(hidden or dim, num_classes)
         self.buckets = int(buckets)
@@ -84,6 +86,8 @@ def bag_of_ngrams(input_shape: tuple[int, ...], num_classes: int, buckets: int =
 
 
 class TextTransformer(Backbone):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, buckets: int, length: int, dim: int, depth: int, heads: int, num_classes: int) -> None:
         super().__init__(dim, num_classes)
         self.buckets = int(buckets)

@@ -12,6 +12,8 @@ from granularity.models.registry import register_model
 
 
 class Block(nn.Module):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -26,6 +28,8 @@ class Block(nn.Module):
 
 
 class ViT(Backbone):
+    forward_draws_random = False  # its own forward code draws nothing (engine.train.draws_random)
+
     def __init__(self, in_channels: int, size: tuple[int, int], num_classes: int, patch: int, dim: int, depth: int, heads: int):
         super().__init__(dim, num_classes)
         self.patch = nn.Conv2d(in_channels, dim, patch, patch)  # patch embedding

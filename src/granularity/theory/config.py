@@ -211,7 +211,7 @@ class SimConfig(Config):
     seed_batch: int = Field(5, ge=1, le=64, description="seeds trained together as one batched computation")
     device: Literal["auto", "cpu", "cuda", "mps"] = "cpu"
     checkpoint_every: int = Field(
-        0, ge=0, description="SGD steps between mid-training checkpoints; 0 = a tenth of train.steps"
+        0, ge=0, description="SGD steps between mid-training checkpoints; 0 = one every 30 s of training"
     )
 
     @model_validator(mode="before")

@@ -206,9 +206,11 @@ class HierarchicalMultiView:
         return torch.cat(probs)
 
     def sample(
-        self, n: int, gen: torch.Generator, hard: bool | float = False
+        self, n: int, gen: torch.Generator, hard: bool | float = False, out: torch.Tensor | None = None
     ) -> Samples:
         """Draw ``n`` samples. ``hard``: False (all easy), True (all hard) or a fraction.
+        ``out``: a contiguous float32 (n, P, d) tensor to hold the inputs ``x`` (e.g. one seed's
+        slot of a stack over seeds, which then needs no copy); the draws do not depend on it.
 
         A hard sample loses the features of levels ``1..cfg.hard_level``; an unresolved
         ``hard_level`` (None, a distribution used outside a ``SimConfig``) means level 1.
@@ -254,16 +256,23 @@ class HierarchicalMultiView:
         noise_feat = torch.randint(self.M, (n, P), generator=gen)
         rows = torch.arange(n)[:, None]
         noise_feat[rows, perm[:, : B * s]] = -1
-        # 6. assemble the coefficient tensor (n, P, M) and project through the dictionary
-        coef = torch.zeros(n, P, self.M)
-        has_noise = noise_feat >= 0
-        coef[has_noise.nonzero(as_tuple=True) + (noise_feat[has_noise],)] = cfg.gamma
+        # 6. every patch carries at most one feature: its index (n, P) and coefficient, and
+        # x_p = coefficient * dictionary row. This is exactly the product of the (n, P, M)
+        # coefficient tensor with the dictionary (each sum has one non-zero term), without the
+        # matrix multiply over M mostly-zero coefficients.
+        feat = noise_feat.clone()
+        value = torch.where(noise_feat >= 0, cfg.gamma, 0.0)
         bp = block_patches.reshape(n, B * s)
         bf = block_features.repeat_interleave(s, dim=1)  # (n, B*s)
-        coef[rows.expand(n, B * s), bp, bf] = strength.reshape(n, B * s)
-        x = coef @ self.dictionary  # (n, P, d)
+        feat[rows.expand(n, B * s), bp] = bf
+        value[rows.expand(n, B * s), bp] = strength.reshape(n, B * s).float()
+        if out is not None and (out.shape != (n, P, d) or out.dtype != torch.float32 or not out.is_contiguous()):
+            raise ValueError(f"out must be a contiguous float32 tensor of shape {(n, P, d)}, not {tuple(out.shape)}")
+        rows_out = None if out is None else out.view(n * P, d)
+        x = torch.index_select(self.dictionary, 0, feat.clamp_min(0).reshape(-1), out=rows_out).view(n, P, d)
+        x.mul_(value[..., None])
         # 7. Gaussian noise everywhere, plus the hard noise on the weakened patches
-        x += cfg.noise_std * torch.randn(n, P, d, generator=gen)
+        x += torch.randn(n, P, d, generator=gen).mul_(cfg.noise_std)
         if cfg.hard_noise > 0:
             extra = cfg.hard_noise * torch.randn(n, B, s, d, generator=gen)
             extra = extra * weak[:, :, None, None]

@@ -65,7 +65,7 @@ def estimate_memory(cfg: SimConfig) -> int:
     S = min(cfg.seed_batch, cfg.seeds)
     N = cfg.model.m * max(cfg.data.nodes_per_level)
     B = cfg.train.batch_size or n
-    train = 2 * S * n * P * d * 4  # the samples and their stacked copy
+    train = 2 * S * n * P * d * 4  # the stacked samples and, on a GPU, their device copy
     acts = 3 * S * B * P * N * 4  # pre-activations, activations, masks of a step
     coef = S * min(n, 4096) * P * cfg.data.num_features * 4
     align = S * (cfg.train.log_points + 2) * N * cfg.data.num_features * 4 * len(cfg.transfer.sources)
@@ -106,20 +106,26 @@ def _save_partial(path: Path | None, state: dict) -> None:
         write_bytes_atomic(path, lambda fh: torch.save(state, fh))
 
 
+# With checkpoint_every=0 a seed batch's training state is saved at the first step after this
+# many seconds since the last save (and after each finished source): what an interruption can
+# cost stays bounded, and short runs do not spend their time writing checkpoints.
+CHECKPOINT_SECONDS = 30.0
+
+
 def run_seed_batch(cfg: SimConfig, seeds: list[int], device: torch.device,
                    progress: Callable[[int], None] | None = None,
                    partial: Path | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every source/protocol for a batch of seeds; one record per seed.
 
     With ``partial`` (a checkpoint file), the training state is saved every
-    ``cfg.checkpoint_every`` steps and after each finished source, and a rerun continues from
+    ``cfg.checkpoint_every`` steps (0: every :data:`CHECKPOINT_SECONDS`) and after each finished source, and a rerun continues from
     it with the same result as an uninterrupted run.
     """
     sb = SeedBatch.build(cfg, seeds, device)
     models, heads, curves, summaries = {}, {}, {}, {}
     target = cfg.transfer.target
     state = _load_partial(partial)
-    every = cfg.checkpoint_every or max(1, cfg.train.steps // 10)
+    every = cfg.checkpoint_every  # 0: by time (CHECKPOINT_SECONDS), not by step count
     for src, level in _sources(cfg).items():
         if src in state["done"]:
             done = state["done"][src]
@@ -140,7 +146,7 @@ def run_seed_batch(cfg: SimConfig, seeds: list[int], device: torch.device,
                 _save_partial(partial, state)
 
             pre = pretrain(cfg, sb, level, progress, checkpoint=save_current if partial else None,
-                           every=every, resume=resume)
+                           every=every, resume=resume, every_s=CHECKPOINT_SECONDS)
             if "probe" in cfg.transfer.protocols:
                 heads[(src, "probe")] = linear_probe(cfg, sb, pre, target)
             if "finetune" in cfg.transfer.protocols:

@@ -3,6 +3,7 @@ feature-alignment measurements, for a batch of seeds trained as one computation.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,22 @@ def stream_seed(subseed: int, offset: int = 0) -> int:
     return (subseed + offset) & 0xFFFFFFFF
 
 
+def per_seed(fn: Callable, *items) -> list:
+    """``[fn(*args) for args in zip(*items)]``, run in up to ``torch.get_num_threads()`` threads.
+
+    For drawing the seeds' samples: each seed draws from its own generator and distribution,
+    so the result is the sequential one exactly, and the draws (torch's normal sampling is
+    serial per generator) of several seeds run side by side."""
+    args = list(zip(*items))
+    workers = min(len(args), torch.get_num_threads())
+    if workers <= 1:
+        return [fn(*a) for a in args]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda a: fn(*a), args))
+
+
 def log_steps(steps: int, points: int) -> np.ndarray:
     """0 plus ``points`` log-spaced steps in [1, steps] (unique ints)."""
     return np.unique(np.concatenate([[0], np.geomspace(1, steps, points).round().astype(int)]))
@@ -49,11 +66,13 @@ class SeedBatch:
         cfg.check_hard_level()  # a config changed after validation must not mislabel easy as hard
         subseeds = [derive_seeds(s, 6) for s in seeds]
         dists = [HierarchicalMultiView(cfg.data, stream_seed(ss[_DICT])) for ss in subseeds]
-        train = [
-            dist.sample(cfg.train.n_train, generator(stream_seed(ss[_TRAIN])), hard=cfg.data.train_hard_fraction)
-            for dist, ss in zip(dists, subseeds)
-        ]
-        return cls(seeds, dists, train, subseeds, device)
+        d = cfg.data
+        X = torch.empty(len(seeds), cfg.train.n_train, d.P, d.d)  # drawn in place: no stacked copy
+        train = per_seed(lambda dist, ss, out: dist.sample(cfg.train.n_train, generator(stream_seed(ss[_TRAIN])),
+                                                           hard=d.train_hard_fraction, out=out), dists, subseeds, X)
+        sb = cls(seeds, dists, train, subseeds, device)
+        sb._cache["x"] = X.to(device)
+        return sb
 
     def generators(self, which: int, offset: int = 0) -> list[torch.Generator]:
         """One generator per seed for stream ``which`` (an index into the sub-seeds) + ``offset``."""
@@ -61,8 +80,9 @@ class SeedBatch:
 
     @property
     def x(self) -> torch.Tensor:
-        """The training sets stacked over seeds, (S, n, P, d), built once (pretraining, probe and
-        finetune all read it; a new stack per call would copy S*n*P*d floats each time)."""
+        """The training sets stacked over seeds, (S, n, P, d): drawn into this stack by
+        :meth:`build` (each seed's ``train[i].x`` is a view of its slot); pretraining, probe and
+        finetune all read it."""
         if "x" not in self._cache:
             self._cache["x"] = torch.stack([t.x for t in self.train]).to(self.device)
         return self._cache["x"]
@@ -82,8 +102,10 @@ class SeedBatch:
         done = 0
         while done < n:
             size = min(chunk, n - done)
-            parts = [dist.sample(size, g, hard=hard) for dist, g in zip(self.dists, gens)]
-            yield torch.stack([p.x for p in parts]).to(self.device), torch.stack([p.labels for p in parts]).to(self.device)
+            cfg = self.dists[0].cfg
+            x = torch.empty(len(gens), size, cfg.P, cfg.d)  # each seed's draw lands in its slot
+            parts = per_seed(lambda dist, g, out: dist.sample(size, g, hard=hard, out=out), self.dists, gens, x)
+            yield x.to(self.device), torch.stack([p.labels for p in parts]).to(self.device)
             done += size
 
 
@@ -160,11 +182,13 @@ class Gather:
 
 def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int], None] | None = None,
              checkpoint: Callable[[dict], None] | None = None, every: int = 0,
-             resume: dict | None = None) -> Pretrained:
+             resume: dict | None = None, every_s: float | None = None) -> Pretrained:
     """Train S models (one per seed) on the level-``level`` labels with SGD.
 
-    ``checkpoint(state)`` is called every ``every`` steps with the full training state; passing
-    that state back as ``resume`` continues bit-identically to an uninterrupted run.
+    ``checkpoint(state)`` is called every ``every`` steps (or, with ``every=0`` and
+    ``every_s``, at the first step after ``every_s`` seconds since the last call) with the full
+    training state; passing that state back as ``resume`` continues bit-identically to an
+    uninterrupted run, wherever it was saved.
     """
     S = len(sb.seeds)
     outputs = cfg.data.nodes_per_level[level - 1]
@@ -188,8 +212,11 @@ def pretrain(cfg: SimConfig, sb: SeedBatch, level: int, progress: Callable[[int]
         align, align_steps, curve = list(resume["align"]), list(resume["align_steps"]), list(resume["curve"])
         if progress is not None:
             progress(start)
+    last_save = time.monotonic()
     for step in range(start, tc.steps):
-        if checkpoint is not None and every and step > start and step % every == 0:
+        due = (step % every == 0) if every else (every_s is not None and time.monotonic() - last_save >= every_s)
+        if checkpoint is not None and due and step > start:
+            last_save = time.monotonic()
             checkpoint({"step": step, "W": model.W, "a": model.a, "order": order.state_dict(),
                         "run_loss": run_loss, "run_acc": run_acc, "count": count,
                         "align": align, "align_steps": align_steps, "curve": curve})
@@ -329,6 +356,12 @@ def _finetune_step_relu(model: PatchCNN, W: torch.Tensor, w: torch.Tensor, b: to
 # evaluation
 
 
+# Test samples are drawn in chunks of 2048 (the draw depends on the chunking) and fed to the
+# models in row blocks of this many: the (S, rows*P, N) activations of a block stay in cache
+# instead of a buffer of hundreds of MB. A row's prediction does not depend on the others.
+EVAL_ROWS = 256
+
+
 def evaluate(cfg: SimConfig, sb: SeedBatch, models: dict[str, Pretrained], heads: dict[tuple[str, str], Head]) -> dict:
     """Easy and hard test error on the target level of every (source, protocol), per seed.
 
@@ -341,10 +374,12 @@ def evaluate(cfg: SimConfig, sb: SeedBatch, models: dict[str, Pretrained], heads
     for hard in (False, True):
         wrong: dict[tuple[str, str], torch.Tensor] = {}
         for x, labels in sb.test_stream(cfg.transfer.n_test, hard):
-            y = labels[..., target - 1]
-            with torch.no_grad():
-                for key, pred in _predictions(cfg, models, heads, x, tree, target).items():
-                    wrong[key] = wrong.get(key, 0) + (pred != y).sum(1)
+            x = next(iter(models.values())).model.cast(x)  # bf16: one cast of the chunk for every model
+            for i in range(0, x.shape[1], EVAL_ROWS):
+                y = labels[:, i : i + EVAL_ROWS, target - 1]
+                with torch.no_grad():
+                    for key, pred in _predictions(cfg, models, heads, x[:, i : i + EVAL_ROWS], tree, target).items():
+                        wrong[key] = wrong.get(key, 0) + (pred != y).sum(1)
         for key, count in wrong.items():
             errors.setdefault(key, {})["hard" if hard else "easy"] = (count.float() / cfg.transfer.n_test).cpu().numpy()
     return errors
