@@ -22,7 +22,7 @@ def _data(n: int, device: torch.device):
     return ds.train.x[:n].to(device), ds.train.y[:n].to(device)
 
 
-def bench_engine(device: torch.device, tiny: bool = False, images: int | None = None, repeats: int = 5,
+def bench_engine(device: torch.device, tiny: bool = False, images: int | None = None, repeats: int = 9,
                  ceilings: Ceilings | None = None) -> dict[str, Any]:
     """Like for like: the engine without augmentation (the bare loop has none) in float32 against
     the bare loop in float32, and (where the hardware has bf16) the engine with ``bf16=True``
