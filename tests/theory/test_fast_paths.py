@@ -138,3 +138,54 @@ def test_compiled_bf16_relu_sum_agrees_and_falls_back_with_one_warning(monkeypat
         again = sum_patches(act, relu=True)
     assert len(rec) == 1 and "\n" not in str(rec[0].message)
     assert torch.equal(eager, exact) and torch.equal(again, exact)
+
+
+@pytest.mark.parametrize("S, n, N, O", [(5, 2000, 256, 2), (3, 300, 32, 4), (1, 64, 16, 3)])
+def test_probe_gradients_are_autograds(S, n, N, O):
+    """The probe's hand-made gradients (its thin products computed from the transposed side)
+    against autograd of the plain ``baddbmm(b, Hn, w)`` loss, to rounding."""
+    from granularity.theory.train import _probe_grads
+
+    g = torch.Generator().manual_seed(S * n)
+    Hn = torch.randn(S, n, N, generator=g)
+    Y = torch.randint(0, O, (S, n), generator=g)
+    w = (0.1 * torch.randn(S, N, O, generator=g)).requires_grad_(True)
+    b = (0.1 * torch.randn(S, O, generator=g)).requires_grad_(True)
+    _head_loss(torch.baddbmm(b[:, None, :], Hn, w), Y).backward()
+    gw, gb = _probe_grads(Hn, Hn.transpose(1, 2).contiguous(), w, b, Y)
+    assert gw.shape == w.shape and gb.shape == b.shape
+    torch.testing.assert_close(gw, w.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gb, b.grad, rtol=1e-5, atol=1e-7)
+
+
+def _reference_probe(H, Y, O, steps, lr):
+    """The probe as plainly written: standardise, full-batch Adam on autograd's gradients."""
+    mean, std = H.mean(1, keepdim=True), H.std(1, keepdim=True) + 1e-6
+    Hn = (H - mean) / std
+    S, _, N = H.shape
+    w = torch.zeros(S, N, O, requires_grad=True)
+    b = torch.zeros(S, O, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        _head_loss(torch.baddbmm(b[:, None, :], Hn, w), Y).backward()
+        opt.step()
+    return w.detach(), b.detach()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_linear_probe_against_the_plain_loop(precision):
+    """float32: exactly the plain loop (stored results stay bit for bit); bf16 (fast gradients):
+    the same head up to rounding."""
+    cfg = small_config(precision)
+    sb = SeedBatch.build(cfg, [0, 1], torch.device("cpu"))
+    pre = pretrain(cfg, sb, 2)
+    head = linear_probe(cfg, sb, pre, 1)
+    with torch.no_grad():
+        H = pre.model.hidden(sb.x)
+    w, b = _reference_probe(H, sb.labels(1), cfg.data.nodes_per_level[0], cfg.transfer.probe_steps, cfg.transfer.probe_lr)
+    if precision == "float32":
+        assert torch.equal(head.w, w) and torch.equal(head.b, b)
+    else:
+        torch.testing.assert_close(head.w, w, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(head.b, b, rtol=1e-3, atol=1e-4)
