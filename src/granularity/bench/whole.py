@@ -62,9 +62,10 @@ def compare(ours: dict, peer: dict, floor: float = 0.03) -> dict[str, Any]:
 def bench_whole(device: torch.device, tiny: bool = False, scale: float = 0.2, repeats: int = 2,
                 ceilings: Ceilings | None = None) -> dict[str, Any]:
     """``simulate`` in float32 and (where the hardware has it) bf16 against the peer-style float32
-    implementation, each side warmed up once at 1/100 of the steps, then interleaved and repeated (each call in a fresh run folder: a reused folder
-    would resume instead of computing); the speed-up is the peer's median over ours in the
-    fastest precision, and every error must be within seed noise of the peer's."""
+    implementation, each side warmed up once at 1/100 of the steps, then interleaved and
+    repeated (each call in a fresh run folder: a reused folder would resume instead of
+    computing); the speed-up is the peer's median over ours in the fastest precision, and every
+    error must be within seed noise of the peer's."""
     cfg = scaled_config(scale, tiny, device)
     ceilings = ceilings or Ceilings(device, 512 if tiny else None)
     res: dict[str, Any] = {}
