@@ -45,49 +45,41 @@ def test_unknown_or_random_modules_are_seeded(module, random):
     assert T.draws_random(module) is random
 
 
-def _epoch(model, seeded_override, monkeypatch):
-    if seeded_override is not None:
-        monkeypatch.setattr(T, "draws_random", lambda m: seeded_override)
+def _data():
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 255, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 4, (64,), generator=g)
+    return torch.randint(0, 255, (64, 1, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 4, (64,), generator=g)
+
+
+def _epoch(model):
+    """One epoch of ``model`` on fixed data; returns its metrics and a draw of the global RNG
+    made after it (which shows whether the epoch left the global RNG as it found it)."""
+    x, y = _data()
     stage = StageConfig(epochs=1, batch_size=16, lr=0.05)
     opt = T.make_optimizer(model.parameters(), stage)
     sched = T.make_scheduler(opt, stage, 4)
-    torch.manual_seed(123)
     out = T.train_epoch(model, x, y, T.Normaliser(x), stage, opt, sched, torch.Generator().manual_seed(5), torch.device("cpu"))
-    return out, torch.rand(3)  # the global RNG after the epoch
+    return out, torch.rand(3)
 
 
 def test_skipping_the_fork_changes_nothing(monkeypatch):
     torch.manual_seed(0)
     base = create_model("cnn", (1, 8, 8), 4, width=4)
     a, b = copy.deepcopy(base), copy.deepcopy(base)
-    out_a, rng_a = _epoch(a, None, monkeypatch)  # deterministic model: no fork
-    out_b, rng_b = _epoch(b, True, monkeypatch)  # forced through the seeded path
+    torch.manual_seed(123)
+    out_a, rng_a = _epoch(a)  # deterministic model: no fork
+    monkeypatch.setattr(T, "draws_random", lambda m: True)
+    torch.manual_seed(123)
+    out_b, rng_b = _epoch(b)  # forced through the seeded path
     assert out_a == out_b and torch.equal(rng_a, rng_b)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_dropout_model_is_still_seeded_per_step(monkeypatch):
+def test_dropout_model_is_still_seeded_per_step():
     """A dropout model's epoch does not depend on the global RNG state before it."""
     torch.manual_seed(0)
     base = create_model("mlp", (1, 8, 8), 4, dropout=0.3)
     outs = []
     for pre in (1, 2):
-        m = copy.deepcopy(base)
         torch.manual_seed(pre)
-        outs.append(T.train_epoch(m, *_data(), T.Normaliser(_data()[0]), StageConfig(epochs=1, batch_size=16, lr=0.05),
-                                  *_opt(m), torch.Generator().manual_seed(5), torch.device("cpu")))
+        outs.append(_epoch(copy.deepcopy(base))[0])
     assert outs[0] == outs[1]
-
-
-def _data():
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 255, (64, 1, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 4, (64,), generator=g)
-
-
-def _opt(m):
-    stage = StageConfig(epochs=1, batch_size=16, lr=0.05)
-    opt = T.make_optimizer(m.parameters(), stage)
-    return opt, T.make_scheduler(opt, stage, 4)

@@ -10,6 +10,7 @@ the device in both).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -159,6 +160,7 @@ def epoch_generator(seed: int, stage: str, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt * 10_007 + int(epoch)) % (2**63))
 
 
+@functools.cache
 def _deterministic_types() -> frozenset[type]:
     """torch.nn modules whose forward draws no random numbers (exact types: a subclass may
     override ``forward``)."""
