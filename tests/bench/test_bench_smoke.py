@@ -62,3 +62,35 @@ def test_cli_rejects_unknown_benchmark(tmp_path, capsys):
     assert main(["bench", "--only", "stepp", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "step" in err
+
+
+def test_round_ratios_pair_each_rounds_engine_with_its_bare_loop():
+    from granularity.bench.engine import _round_ratios
+
+    t = {"engine": [2.0, 1.0, 4.0], "bare": [1.0, 1.0, 5.0]}  # seconds: ratios bare/engine 0.5, 1, 1.25
+    assert _round_ratios(t, "engine", "bare") == {"median": 1.0, "min": 0.5, "max": 1.25, "n": 3}
+
+
+def test_engine_bench_models_are_in_the_engines_layout(monkeypatch, one_thread):
+    """Like for like: each side trains in the layout engine.run would pick (channels-last on the
+    CPU in both precisions), except the NCHW reference; the ratios come from the sides' samples."""
+    import granularity.bench.engine as be
+
+    layouts: dict[str, bool] = {}
+
+    def spy(fns, repeats, device, ceilings=None):
+        for name, fn in fns.items():  # each side's model, read from its closure (a bare loop names its key)
+            cells = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__)))
+            w = cells["models"][cells.get("key", name)].features[1][0].weight  # 2nd conv: > 1 input channel
+            layouts[name] = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        return {name: [1.0 + 0.1 * i, 1.0] for i, name in enumerate(fns)}
+
+    monkeypatch.setattr(be, "interleaved", spy)
+    monkeypatch.setattr(be, "peak_rss", lambda kind, args: {"maxrss_mib": 1.0})
+    out = be.bench_engine(torch.device("cpu"), tiny=True, images=256)
+    assert layouts.pop("bare_nchw") is False and layouts and all(layouts.values()), layouts
+    assert out["channels_last"] == {"float32": True, "bfloat16": True}
+    ips = out["images_per_s"]
+    assert out["layout_speedup"] == pytest.approx(ips["bare"] / ips["bare_nchw"])
+    assert out["ratio_no_augment"] == pytest.approx(ips["engine_no_aug"] / ips["bare"])
+    assert out["ratio_no_augment_rounds"]["n"] == 2

@@ -20,7 +20,7 @@ BF16_CPU = bf16_fast(torch.device("cpu"))
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(not BF16_CPU, reason="no AVX512-BF16/AMX"))])
 @pytest.mark.parametrize("source,mode", [("leaf", "finetune"), ("kmeans-within:4", "linear")])
 def test_same_config_and_seed_identical_on_cpu(tiny, tmp_path, source, mode, bf16):
-    """In each precision: float32, and bf16 autocast + channels-last (the default where the CPU has it)."""
+    """In each precision (channels-last on the CPU in both): float32, and bf16 autocast (the default where the CPU has it)."""
     cfg = tiny_config(source=source, transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "mode": mode}, bf16=bf16)
     a, b = tmp_path / "a", tmp_path / "b"
     run_transfer(cfg, a, dataset=tiny)
@@ -28,7 +28,7 @@ def test_same_config_and_seed_identical_on_cpu(tiny, tmp_path, source, mode, bf1
     ra, ma, pa = run_files(a)
     rb, mb, pb = run_files(b)
     assert rb["precision"].pop("deterministic_algorithms") is True
-    assert ra["precision"]["bf16_autocast"] is bf16 and ra["precision"]["channels_last"] is bf16
+    assert ra["precision"]["bf16_autocast"] is bf16 and ra["precision"]["channels_last"] is True  # NHWC on the CPU
     assert "deterministic_algorithms" not in ra["precision"]
     assert ra == rb and ma == mb  # every metric, bit for bit
     for k in pa:

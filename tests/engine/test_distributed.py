@@ -205,7 +205,7 @@ def test_bf16_without_a_fast_path_is_ignored_and_recorded(fm_root, single, tmp_p
     assert r["precision"]["bf16_autocast"] is False and r["precision"]["tf32"] is False
     assert "computed in float32" in r["precision"]["note"] and "tf32 applies on CUDA only" in r["precision"]["note"]
     assert r["target_acc"] == ref_result["target_acc"]  # float32 all the same
-    assert ref_result["precision"] == {"bf16_autocast": False, "channels_last": False, "tf32": False}
+    assert ref_result["precision"] == {"bf16_autocast": False, "channels_last": True, "tf32": False}  # NHWC on the CPU
 
 
 def test_bf16_auto_without_a_fast_path_is_float32_without_a_note(fm_root, single, tmp_path, monkeypatch):
@@ -214,7 +214,7 @@ def test_bf16_auto_without_a_fast_path_is_float32_without_a_note(fm_root, single
     monkeypatch.setattr(engine_train, "bf16_fast", lambda device: False)  # a CPU without AVX512-BF16/AMX
     _, ref_result = single
     r = run_transfer({**CFG, "data_root": str(fm_root), "bf16": "auto"}, tmp_path / "auto")
-    assert r["precision"] == {"bf16_autocast": False, "channels_last": False, "tf32": False}
+    assert r["precision"] == {"bf16_autocast": False, "channels_last": True, "tf32": False}
     assert r["target_acc"] == ref_result["target_acc"]  # float32, bit for bit
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["bf16"] == "auto"
 

@@ -26,12 +26,14 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
                  ceilings: Ceilings | None = None) -> dict[str, Any]:
     """Like for like: the engine without augmentation (the bare loop has none) in float32 against
     the bare loop in float32, and (where the hardware has bf16) the engine with ``bf16=True``
-    (autocast + channels-last) against the bare loop under the same autocast and memory format.
-    The engine with its default augmentation is timed too, for reference: it does more work, and
-    its augmented batches come out with strides that make float32 convolutions run channels-last,
-    so it is neither the same work nor the same layout as the bare loop."""
+    (autocast) against the bare loop under the same autocast; every model in the layout the
+    engine picks for the device (:func:`~granularity.engine.train.channels_last_active`:
+    channels-last on the CPU in both precisions). The engine with its default augmentation is
+    timed too, for reference (more work than the bare loop), and so is the float32 bare loop in
+    PyTorch's default layout (``bare_nchw``), for the layout's own speed-up."""
     from granularity.engine.config import TransferConfig
-    from granularity.engine.train import Normaliser, autocast, bf16_active, make_optimizer, make_scheduler, train_epoch
+    from granularity.engine.train import (Normaliser, autocast, bf16_active, channels_last_active, make_optimizer,
+                                          make_scheduler, train_epoch)
     from granularity.models import create_model
 
     n = images or (512 if tiny else 2560)
@@ -44,10 +46,11 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     torch.manual_seed(0)
     base = create_model(cfg.model.name, tuple(x.shape[1:]), 10, **cfg.model.options).to(device)
     bf16 = bf16_active(device, True)
-    names = ("engine", "engine_no_aug", "bare") + (("engine_bf16", "engine_bf16_no_aug", "bare_bf16") if bf16 else ())
+    names = ("engine", "engine_no_aug", "bare", "bare_nchw") + (
+        ("engine_bf16", "engine_bf16_no_aug", "bare_bf16") if bf16 else ())
     models = {k: copy.deepcopy(base) for k in names}
-    for k in names:
-        if "bf16" in k:  # as engine.run does under bf16 (engine_bf16_no_aug too: like for like)
+    for k in names:  # the layout engine.run picks for each precision; bare_nchw stays in the default one
+        if k != "bare_nchw" and channels_last_active(device, "bf16" in k):
             models[k] = models[k].to(memory_format=torch.channels_last)
     opts = {k: make_optimizer(m.parameters(), stage) for k, m in models.items()}
     steps = -(-n // B)
@@ -85,11 +88,14 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
                 opt.step()
         return run
 
-    fns = {"engine": engine, "engine_no_aug": engine_no_aug, "bare": bare_loop("bare", False)}
+    fns = {"engine": engine, "engine_no_aug": engine_no_aug, "bare": bare_loop("bare", False),
+           "bare_nchw": bare_loop("bare_nchw", False)}
     if bf16:
         fns.update(engine_bf16=engine_bf16, engine_bf16_no_aug=engine_bf16_no_aug, bare_bf16=bare_loop("bare_bf16", True))
     t = interleaved(fns, repeats, device, ceilings=ceilings)
-    out = _ratios(t, n, {"model": cfg.model.name, "batch_size": B, "images": n, "optimizer": stage.optimizer})
+    out = _ratios(t, n, {"model": cfg.model.name, "batch_size": B, "images": n, "optimizer": stage.optimizer,
+                         "channels_last": {"float32": channels_last_active(device, False),
+                                           "bfloat16": channels_last_active(device, True)}})
     args = {"device": str(device), "tiny": tiny}
     out["run_rss"] = peak_rss("engine_run", args)
     if not tiny:
@@ -106,12 +112,23 @@ def _ratios(t: dict[str, list[float]], n: int, head: dict[str, Any]) -> dict[str
     out: dict[str, Any] = {
         **head, "images_per_s": ips, "samples": t, "spread": {k: spread(v) for k, v in t.items()},
         "ratio": ips["engine"] / ips["bare"], "ratio_no_augment": ips["engine_no_aug"] / ips["bare"],
+        "ratio_no_augment_rounds": _round_ratios(t, "engine_no_aug", "bare"),
     }
+    if "bare_nchw" in ips:
+        out["layout_speedup"] = ips["bare"] / ips["bare_nchw"]
     if "bare_bf16" in ips:
         out["ratio_bf16"] = ips["engine_bf16"] / ips["bare_bf16"]
         out["ratio_bf16_no_augment"] = ips["engine_bf16_no_aug"] / ips["bare_bf16"]
+        out["ratio_bf16_no_augment_rounds"] = _round_ratios(t, "engine_bf16_no_aug", "bare_bf16")
         out["bf16_speedup"] = ips["engine_bf16"] / ips["engine"]
     return out
+
+
+def _round_ratios(t: dict[str, list[float]], engine: str, bare: str) -> dict[str, float]:
+    """The engine/bare speed ratio of each interleaved round (the two ran back to back), and
+    their median, min and max: how far the like-for-like ratio moves from round to round."""
+    r = [b / e for e, b in zip(t[engine], t[bare])]
+    return {"median": median(r), "min": float(min(r)), "max": float(max(r)), "n": len(r)}
 
 
 def engine_run(device: str, tiny: bool) -> dict[str, Any]:

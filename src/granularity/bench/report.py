@@ -156,9 +156,16 @@ def markdown_v2(rec: dict[str, Any]) -> str:
                   f"= **{_f(s['ratio_bf16'])}** (x{_f(s['bf16_speedup'])} the float32 engine)") if "ratio_bf16" in s else ""
             f32 = (f"float32: {ips['engine']:.0f} vs {ips['bare']:.0f} img/s = **{_f(s['ratio'])}** (augmentation off: "
                    f"{_f(s['ratio_no_augment'])})")
+        rounds = [(p, s[f"ratio{k}_no_augment_rounds"]) for p, k in (("float32", ""), ("bf16", "_bf16"))
+                  if f"ratio{k}_no_augment_rounds" in s]
+        if rounds:  # the like-for-like ratio of each interleaved round: how far it moves
+            bf += "; per round " + ", ".join(f"{p} {_f(q['min'])}-{_f(q['max'])}" for p, q in rounds)
         lines.append(
             f"| 4 | engine train images/s (Fashion-MNIST, {s['model']}, batch {s['batch_size']}) vs bare loop, like for like "
             f"| {f32}{bf} | >= {s['target']} in each | {'yes' if s['met'] else 'no'} |")
+        if "layout_speedup" in s:
+            lines.append(f"| 4 | float32 bare loop, channels-last vs PyTorch's default layout | {ips['bare']:.0f} vs "
+                         f"{ips['bare_nchw']:.0f} img/s = **x{_f(s['layout_speedup'])}** | - | - |")
         rr = s["run_rss"]
         lines.append(f"| 4 | peak RSS of a default transfer run (n_train={rr.get('n_train')}, epochs reduced to 1+1) "
                      f"| {rr['maxrss_mib']:.0f} MiB | - | - |")

@@ -31,6 +31,7 @@ from granularity.engine.train import (
     Normaliser,
     Streamed,
     bf16_active,
+    channels_last_active,
     epoch_generator,
     predict_levels,
     make_optimizer,
@@ -298,7 +299,8 @@ def _deterministic(on: bool):
 def _precision(cfg: TransferConfig, device: torch.device) -> dict[str, Any]:
     cuda = device.type == "cuda"
     bf16 = bf16_active(device, cfg.bf16)
-    rec: dict[str, Any] = {"bf16_autocast": bf16, "channels_last": bf16, "tf32": cfg.tf32 and cuda}
+    rec: dict[str, Any] = {"bf16_autocast": bf16, "channels_last": channels_last_active(device, cfg.bf16),
+                           "tf32": cfg.tf32 and cuda}
     if cfg.deterministic:
         rec["deterministic_algorithms"] = True
     notes = []
@@ -420,7 +422,7 @@ class _Run:
             torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
             model = create_model(cfg.model.name, tuple(data.x_tr.shape[1:]), data.src.num_classes, **cfg.model.options)
         self.model = dctx.convert_batchnorm(model.to(self.device))  # world_size > 1: statistics of the global batch
-        if bf16_active(self.device, cfg.bf16):  # with bf16 autocast, NHWC convolutions are the fast ones
+        if channels_last_active(self.device, cfg.bf16):  # NHWC: the CPU's fast convolutions, and CUDA's under bf16
             self.model = self.model.to(memory_format=torch.channels_last)
         self.sizes = {lv: int(data.ds.hierarchy.num_classes(lv)) for lv in data.lv_te}
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}

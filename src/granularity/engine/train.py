@@ -147,6 +147,14 @@ def bf16_active(device: torch.device, bf16: bool | str) -> bool:
     return bf16 is not False and bf16_fast(device)
 
 
+def channels_last_active(device: torch.device, bf16: bool | str) -> bool:
+    """Whether the engine trains and evaluates a channels-last (NHWC) model: on the CPU in every
+    precision, where oneDNN's convolutions are fastest in that layout (float32 too), and on CUDA
+    under bf16 autocast; float32 on CUDA keeps PyTorch's default layout. Models without 4-D
+    weights are unchanged by it. The layout changes only the order of the convolutions' sums."""
+    return device.type == "cpu" or bf16_active(device, bf16)
+
+
 def autocast(device: torch.device, bf16: bool | str):
     if bf16_active(device, bf16):
         return torch.autocast(device.type, dtype=torch.bfloat16)
