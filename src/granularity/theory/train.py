@@ -359,16 +359,23 @@ def _finetune_step_relu(model: PatchCNN, W: torch.Tensor, w: torch.Tensor, b: to
     features H), the first layer's forward and backward by hand in the model's reused
     (S, B*P, N) buffer, as in :meth:`PatchCNN.step`. The arithmetic is autograd's (the same
     bmm with the same operand layouts for dL/dW, the same ReLU mask, ``p -= lr * grad`` as
-    ``torch.optim.SGD``), so float32 results are bit-identical to the full-autograd loop."""
+    ``torch.optim.SGD``), so float32 results are bit-identical to the full-autograd loop. With
+    bf16 operands dL/dW is computed as the pretraining step computes it, (S, N, d) into a reused
+    buffer, which W takes in its own layout: no (S, d, N) tensor each step and no transposed
+    float32 update (the same products and float32 sums, one bf16 rounding per element)."""
     S, B, P, d = x.shape
     x = model.cast(x)
     pre = model._pre(x, W, out=model._workspace("pre", (S, B * P, model.N), x)).view(S, B, P, model.N)
     H = sum_patches(pre, relu=True).requires_grad_(True)  # (S, B, N); float32 ReLUs pre in place
     dH, dw, db = torch.autograd.grad(_head_loss(torch.baddbmm(b[:, None, :], H, w), y), [H, w, b])
     dpre = relu_backward_(pre, model.cast(dH)).view(S, B * P, model.N)
-    dWt = torch.bmm(x.reshape(S, B * P, d).transpose(1, 2), dpre)  # (S, d, N): autograd's bmm backward
+    x2 = x.reshape(S, B * P, d)
+    if x.dtype == torch.bfloat16:  # (S, N, d), as PatchCNN.step
+        dW = torch.bmm(dpre.transpose(1, 2), x2, out=model._workspace("dW", (S, model.N, d), x))
+    else:  # (S, d, N): autograd's bmm backward, bit for bit
+        dW = torch.bmm(x2.transpose(1, 2), dpre).transpose(1, 2)
     with torch.no_grad():
-        W.add_(dWt.transpose(1, 2), alpha=-lr)
+        W.add_(dW, alpha=-lr)
         w.add_(dw, alpha=-lr)
         b.add_(db, alpha=-lr)
 
