@@ -74,3 +74,29 @@ def test_a_float32_cpu_run_trains_channels_last_and_matches_the_nchw_run(tiny, t
         else:  # predicted classes: a rounding difference may flip a near-tie
             assert np.mean(pa[k] == pb[k]) >= 0.97, k
     assert abs(nhwc["target_acc"] - nchw["target_acc"]) <= 2 / 48
+
+
+def test_the_embedding_cnn_trains_channels_last_with_the_nchw_features(monkeypatch):
+    """``embedding: cnn`` (k-means labels from a CNN's features) trains in the engine's layout;
+    its features are those of the NCHW model up to float32 rounding."""
+    from granularity.engine.embeddings import compute_embeddings
+
+    seen: list[bool] = []
+    orig = engine_train.train_epoch
+
+    def spy(model, *a, **k):
+        seen.append(model.features[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+                    and not model.features[1][0].weight.is_contiguous())
+        return orig(model, *a, **k)
+
+    monkeypatch.setattr(engine_train, "train_epoch", spy)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = np.arange(64) % 2
+    nhwc = compute_embeddings("cnn", x, y, 2, seed=0)
+    assert seen == [True, True]  # both epochs
+    monkeypatch.setattr(engine_train, "channels_last_active", lambda device, bf16: False)
+    seen.clear()
+    nchw = compute_embeddings("cnn", x, y, 2, seed=0)
+    assert seen == [False, False]
+    np.testing.assert_allclose(nhwc, nchw, rtol=1e-3, atol=1e-4)
