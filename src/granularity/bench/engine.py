@@ -62,19 +62,10 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     batches = [(xf[perm[i : i + B]], y[perm[i : i + B]]) for i in range(0, n, B)]
     gen = torch.Generator().manual_seed(1)
 
-    def engine():
-        train_epoch(models["engine"], x, y, norm, stage, opts["engine"], scheds["engine"], gen, device)
-
-    def engine_no_aug():
-        train_epoch(models["engine_no_aug"], x, y, norm, no_aug, opts["engine_no_aug"], scheds["engine_no_aug"], gen, device)
-
-    def engine_bf16():
-        train_epoch(models["engine_bf16"], x, y, norm, stage, opts["engine_bf16"], scheds["engine_bf16"], gen, device,
-                    bf16=True)
-
-    def engine_bf16_no_aug():
-        train_epoch(models["engine_bf16_no_aug"], x, y, norm, no_aug, opts["engine_bf16_no_aug"],
-                    scheds["engine_bf16_no_aug"], gen, device, bf16=True)
+    def engine_side(key: str, st, low: bool):
+        def run():
+            train_epoch(models[key], x, y, norm, st, opts[key], scheds[key], gen, device, bf16=low)
+        return run
 
     def bare_loop(key: str, low: bool):
         def run():
@@ -88,10 +79,11 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
                 opt.step()
         return run
 
-    fns = {"engine": engine, "engine_no_aug": engine_no_aug, "bare": bare_loop("bare", False),
-           "bare_nchw": bare_loop("bare_nchw", False)}
+    fns = {"engine": engine_side("engine", stage, False), "engine_no_aug": engine_side("engine_no_aug", no_aug, False),
+           "bare": bare_loop("bare", False), "bare_nchw": bare_loop("bare_nchw", False)}
     if bf16:
-        fns.update(engine_bf16=engine_bf16, engine_bf16_no_aug=engine_bf16_no_aug, bare_bf16=bare_loop("bare_bf16", True))
+        fns.update(engine_bf16=engine_side("engine_bf16", stage, True),
+                   engine_bf16_no_aug=engine_side("engine_bf16_no_aug", no_aug, True), bare_bf16=bare_loop("bare_bf16", True))
     t = interleaved(fns, repeats, device, ceilings=ceilings)
     out = _ratios(t, n, {"model": cfg.model.name, "batch_size": B, "images": n, "optimizer": stage.optimizer,
                          "channels_last": {"float32": channels_last_active(device, False),
