@@ -454,8 +454,7 @@ run_transfer(cfg, out, dataset=load(root, image_size=8, hierarchy=parents, in_me
 def test_two_ranks_on_shards_match_two_ranks_on_the_folder(folder, tmp_path):
     """2 gloo ranks, each reading only its rows of every global batch from the shards (rows
     of one batch sit in several shards): the same losses as the same 2-rank run on the folder."""
-    import socket
-    import subprocess
+    from ddp_helpers import torchrun
 
     from granularity.utils.io import read_json, read_jsonl
 
@@ -465,17 +464,10 @@ def test_two_ranks_on_shards_match_two_ranks_on_the_folder(folder, tmp_path):
            "pretrain": {"epochs": 2, "batch_size": 6, "lr": 0.05}, "transfer": {"epochs": 1, "batch_size": 6, "lr": 0.02}}
     parents = {"cat": "pets", "dog": "pets", "eel": "fish", "pets": "root", "fish": "root"}
     (tmp_path / "drive.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     out = {}
     for kind, root in (("shards", tmp_path / "sh"), ("folder", folder)):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={port}", str(tmp_path / "drive.py"), json.dumps(cfg), kind, str(root),
-               str(tmp_path / kind), json.dumps(parents)]
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        proc = torchrun([str(tmp_path / "drive.py"), json.dumps(cfg), kind, str(root), str(tmp_path / kind),
+                         json.dumps(parents)], tmp_path, timeout=180)
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[kind] = (read_json(tmp_path / kind / "result.json"), [m["train_loss"] for m in read_jsonl(tmp_path / kind / "metrics.jsonl")])
     (a, la), (b, lb) = out["folder"], out["shards"]

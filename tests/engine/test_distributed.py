@@ -8,16 +8,15 @@ process, and a 1-process run resumed by two processes.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from ddp_helpers import torchrun
 
 from granularity.cli.main import main
 from granularity.data.idx import write_idx
@@ -71,18 +70,8 @@ def single(fm_root, tmp_path_factory):
     return out, result
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _torchrun(args: list[str], cwd: Path, timeout: int = 120, retry_exit_abort: bool = True) -> subprocess.CompletedProcess:
+    return torchrun(args, cwd, timeout, retry_exit_abort)
 
 
 DRIVER = textwrap.dedent(
@@ -233,3 +222,35 @@ def test_bf16_on_a_bf16_cpu_autocasts_channels_last(fm_root, single, tmp_path):
     r = run_transfer({**CFG, "data_root": str(fm_root), "bf16": True}, tmp_path / "bf16")
     assert r["precision"] == {"bf16_autocast": True, "channels_last": True, "tf32": False}
     assert abs(r["target_acc"] - ref_result["target_acc"]) <= 0.05, (r["target_acc"], ref_result["target_acc"])
+
+
+FLAKY = textwrap.dedent(
+    """
+    import os, pathlib, sys, time
+    folder, message = pathlib.Path(sys.argv[1]), sys.argv[2]
+    runs = folder / f"runs{os.environ['RANK']}"
+    n = int(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text(str(n))
+    if n == 1:  # the first launch fails on every rank, once both have counted it
+        other = folder / f"runs{1 - int(os.environ['RANK'])}"
+        for _ in range(200):
+            if other.exists():
+                break
+            time.sleep(0.05)
+        sys.stderr.write(message + "\\n")
+        sys.stderr.flush()
+        os._exit(134)
+    """
+)
+
+
+@pytest.mark.parametrize("message,retry,launches,ok", [
+    ("terminate called without an active exception", True, 2, True),  # gloo's exit-time abort: once more
+    ("terminate called without an active exception", False, 1, False),
+    ("RuntimeError: something else", True, 1, False),  # any other failure is returned as it is
+])
+def test_torchrun_runs_again_only_after_gloos_exit_abort(tmp_path, message, retry, launches, ok):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    proc = _torchrun([str(tmp_path / "flaky.py"), str(tmp_path), message], tmp_path, retry_exit_abort=retry)
+    assert (proc.returncode == 0) is ok, proc.stderr[-2000:]
+    assert (tmp_path / "runs0").read_text() == (tmp_path / "runs1").read_text() == str(launches)

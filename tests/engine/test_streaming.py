@@ -133,19 +133,12 @@ run_transfer(cfg, out, dataset=load_image_folder(root, image_size=8, hierarchy=p
 def test_streamed_two_processes_match_one_process(folder, tmp_path, in_memory_result):
     """2 gloo ranks, each decoding only its rows of every global batch (8/8 and a 6/6 tail)."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    from .test_distributed import _free_port
+    from ddp_helpers import torchrun
 
     (tmp_path / "drive.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(tmp_path / "drive.py"), json.dumps(config()), str(folder),
-           str(tmp_path / "ddp"), json.dumps(PARENTS)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = torchrun([str(tmp_path / "drive.py"), json.dumps(config()), str(folder), str(tmp_path / "ddp"),
+                     json.dumps(PARENTS)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = read_json(tmp_path / "ddp" / "result.json")
     assert r["world_size"] == 2
