@@ -30,19 +30,24 @@ def test_cuda_is_channels_last_only_under_bf16(monkeypatch, fast, bf16, expected
     assert channels_last_active(torch.device("cuda"), bf16) is expected
 
 
-def _layouts(monkeypatch) -> list[bool]:
-    """Spy on train_epoch: whether each stage's model had its convolution weights channels-last."""
+def _nhwc(model: torch.nn.Module) -> bool:
+    """Whether the model's convolution weights are channels-last (a weight with one input
+    channel is contiguous in both layouts; the others tell them apart)."""
+    convs = [p for p in model.parameters() if p.ndim == 4]
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in convs) and any(
+        not p.is_contiguous() for p in convs)
+
+
+def _layouts(monkeypatch, module=engine_run) -> list[bool]:
+    """Spy on ``module.train_epoch``: whether each epoch's model was channels-last."""
     seen: list[bool] = []
-    orig = engine_run.train_epoch
+    orig = module.train_epoch
 
     def spy(model, *a, **k):
-        convs = [p for p in model.parameters() if p.ndim == 4]
-        # (a weight with one input channel is contiguous in both layouts; the others tell them apart)
-        seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-                    and any(not p.is_contiguous() for p in convs))
+        seen.append(_nhwc(model))
         return orig(model, *a, **k)
 
-    monkeypatch.setattr(engine_run, "train_epoch", spy)
+    monkeypatch.setattr(module, "train_epoch", spy)
     return seen
 
 
@@ -57,7 +62,8 @@ def test_a_float32_cpu_run_trains_channels_last_and_matches_the_nchw_run(tiny, t
     assert nhwc["precision"] == {"bf16_autocast": False, "channels_last": True, "tf32": False}
     assert seen and all(seen), seen  # pretraining and fine-tuning epochs
     # the same run in PyTorch's default layout: the same numbers up to float32 rounding
-    monkeypatch.setattr(engine_run, "channels_last_active", lambda device, bf16: False)
+    for module in (engine_run, engine_train):  # the recorded layout and the applied one
+        monkeypatch.setattr(module, "channels_last_active", lambda device, bf16: False)
     seen.clear()
     nchw = run_transfer(cfg, tmp_path / "nchw", dataset=tiny)
     assert nchw["precision"]["channels_last"] is False and seen and not any(seen)
@@ -81,15 +87,7 @@ def test_the_embedding_cnn_trains_channels_last_with_the_nchw_features(monkeypat
     its features are those of the NCHW model up to float32 rounding."""
     from granularity.engine.embeddings import compute_embeddings
 
-    seen: list[bool] = []
-    orig = engine_train.train_epoch
-
-    def spy(model, *a, **k):
-        seen.append(model.features[1][0].weight.is_contiguous(memory_format=torch.channels_last)
-                    and not model.features[1][0].weight.is_contiguous())
-        return orig(model, *a, **k)
-
-    monkeypatch.setattr(engine_train, "train_epoch", spy)
+    seen = _layouts(monkeypatch, engine_train)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
     y = np.arange(64) % 2

@@ -32,8 +32,8 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     timed too, for reference (more work than the bare loop), and so is the float32 bare loop in
     PyTorch's default layout (``bare_nchw``), for the layout's own speed-up."""
     from granularity.engine.config import TransferConfig
-    from granularity.engine.train import (Normaliser, autocast, bf16_active, channels_last_active, make_optimizer,
-                                          make_scheduler, train_epoch)
+    from granularity.engine.train import (Normaliser, autocast, bf16_active, channels_last_active, engine_layout,
+                                          make_optimizer, make_scheduler, train_epoch)
     from granularity.models import create_model
 
     n = images or (512 if tiny else 2560)
@@ -48,10 +48,9 @@ def bench_engine(device: torch.device, tiny: bool = False, images: int | None = 
     bf16 = bf16_active(device, True)
     names = ("engine", "engine_no_aug", "bare", "bare_nchw") + (
         ("engine_bf16", "engine_bf16_no_aug", "bare_bf16") if bf16 else ())
-    models = {k: copy.deepcopy(base) for k in names}
-    for k in names:  # the layout engine.run picks for each precision; bare_nchw stays in the default one
-        if k != "bare_nchw" and channels_last_active(device, "bf16" in k):
-            models[k] = models[k].to(memory_format=torch.channels_last)
+    # every side in the layout engine.run picks for its precision; bare_nchw in PyTorch's default one
+    models = {k: copy.deepcopy(base) if k == "bare_nchw" else engine_layout(copy.deepcopy(base), device, "bf16" in k)
+              for k in names}
     opts = {k: make_optimizer(m.parameters(), stage) for k, m in models.items()}
     steps = -(-n // B)
     scheds = {k: make_scheduler(o, stage.model_copy(update={"epochs": 10**6}), steps) for k, o in opts.items()}

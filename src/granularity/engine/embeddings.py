@@ -78,15 +78,14 @@ def compute_embeddings(
 
 def _cnn_features(x, y_target, num_target, seed, device, norm=None) -> np.ndarray:
     from granularity.engine.config import StageConfig
-    from granularity.engine.train import (Normaliser, channels_last_active, epoch_generator, make_optimizer,
-                                          make_scheduler, predict, train_epoch)
+    from granularity.engine.train import (Normaliser, engine_layout, epoch_generator, make_optimizer, make_scheduler,
+                                          predict, train_epoch)
     from granularity.models import create_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model("cnn", tuple(x.shape[1:]), int(num_target)).to(device)
-    if channels_last_active(device, False):  # float32, in the layout the engine trains in
-        model = model.to(memory_format=torch.channels_last)
+    model = engine_layout(model, device, False)  # float32, in the layout the engine trains in
     stage = StageConfig(epochs=2)
     norm = norm if norm is not None else Normaliser(x)
     y = torch.as_tensor(y_target, dtype=torch.int64)

@@ -32,6 +32,7 @@ from granularity.engine.train import (
     Streamed,
     bf16_active,
     channels_last_active,
+    engine_layout,
     epoch_generator,
     predict_levels,
     make_optimizer,
@@ -421,9 +422,8 @@ class _Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # model init without touching the caller's global RNG
             model = create_model(cfg.model.name, tuple(data.x_tr.shape[1:]), data.src.num_classes, **cfg.model.options)
-        self.model = dctx.convert_batchnorm(model.to(self.device))  # world_size > 1: statistics of the global batch
-        if channels_last_active(self.device, cfg.bf16):  # NHWC: the CPU's fast convolutions, and CUDA's under bf16
-            self.model = self.model.to(memory_format=torch.channels_last)
+        model = dctx.convert_batchnorm(model.to(self.device))  # world_size > 1: statistics of the global batch
+        self.model = engine_layout(model, self.device, cfg.bf16)  # NHWC: the CPU's fast convolutions, CUDA's under bf16
         self.sizes = {lv: int(data.ds.hierarchy.num_classes(lv)) for lv in data.lv_te}
         self.state: dict[str, Any] = {"stage": "pretrain", "epoch": 0, "history": [], "pretrain_final": {}}
         self.resumed: dict[str, Any] | None = None

@@ -155,6 +155,12 @@ def channels_last_active(device: torch.device, bf16: bool | str) -> bool:
     return device.type == "cpu" or bf16_active(device, bf16)
 
 
+def engine_layout(model: nn.Module, device: torch.device, bf16: bool | str) -> nn.Module:
+    """``model`` in the memory layout the engine trains and evaluates it in
+    (:func:`channels_last_active`)."""
+    return model.to(memory_format=torch.channels_last) if channels_last_active(device, bf16) else model
+
+
 def autocast(device: torch.device, bf16: bool | str):
     if bf16_active(device, bf16):
         return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -99,10 +99,10 @@ class SeedBatch:
     def test_stream(self, n: int, hard: bool, chunk: int = 2048):
         """Chunks of test samples stacked over seeds; regenerated identically on every call."""
         gens = self.generators(_TEST, 1 if hard else 0)
+        cfg = self.dists[0].cfg
         done = 0
         while done < n:
             size = min(chunk, n - done)
-            cfg = self.dists[0].cfg
             x = torch.empty(len(gens), size, cfg.P, cfg.d)  # each seed's draw lands in its slot
             parts = per_seed(lambda dist, g, out: dist.sample(size, g, hard=hard, out=out), self.dists, gens, x)
             yield x.to(self.device), torch.stack([p.labels for p in parts]).to(self.device)
