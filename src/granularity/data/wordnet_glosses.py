@@ -59,7 +59,7 @@ from pydantic import Field, model_validator
 from granularity.data.base import RealDataset, Split
 from granularity.data.text import HashTokenizer
 from granularity.errors import DataError
-from granularity.hierarchy.tree import LabelHierarchy
+from granularity.hierarchy.structure import LabelHierarchy
 from granularity.utils.config import Config
 from granularity.utils.io import write_bytes_atomic
 

@@ -27,7 +27,7 @@ from granularity.hierarchy.builders import (
 )
 from granularity.hierarchy.files import load_hierarchy_file, match_classes
 from granularity.hierarchy.partial import LevelLabels, labels_at_level
-from granularity.hierarchy.tree import LabelHierarchy
+from granularity.hierarchy.structure import LabelHierarchy
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from granularity.errors import DataError, GranularityError, HierarchyError, param_error, suggest
-from granularity.hierarchy.tree import LabelHierarchy
+from granularity.hierarchy.structure import LabelHierarchy
 from granularity.utils.io import read_json
 
 # --------------------------------------------------------------------------- Fashion-MNIST

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from granularity.errors import HierarchyError
-from granularity.hierarchy.tree import LabelHierarchy, _show
+from granularity.hierarchy.io import show as _show
+from granularity.hierarchy.structure import LabelHierarchy
 
 FORMATS = ("json", "parent-map", "paths")
 _EXT = {".json": "json", ".csv": "parent-map", ".tsv": "parent-map", ".paths": "paths"}

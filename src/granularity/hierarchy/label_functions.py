@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from granularity.errors import GranularityError, param_error
-from granularity.hierarchy.tree import LabelHierarchy
+from granularity.hierarchy.structure import LabelHierarchy
 
 
 class LabelFunction:

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from granularity.errors import HierarchyError, suggest
-from granularity.hierarchy.tree import LabelHierarchy, _missing, _show
+from granularity.hierarchy.io import missing as _missing, show as _show
+from granularity.hierarchy.structure import LabelHierarchy
 
 POLICIES = ("fill", "drop", "own")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError, unknown_name
-from granularity.hierarchy.tree import LabelHierarchy
+from granularity.hierarchy.structure import LabelHierarchy
 
 #: name -> (what it needs, description)
 SOURCES: dict[str, tuple[str | None, str]] = {

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError, HierarchyError, param_error, suggest
-from granularity.hierarchy.tree import LabelHierarchy
+from granularity.hierarchy.structure import LabelHierarchy
 
 #: Where the Debian packages put the WordNet 3.0 database.
 DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
