@@ -195,6 +195,7 @@ def test_study_kmeans_sizes_below_target_classes(cli, fm_root):
 def test_too_big_refused_with_estimate_and_limit(cli, fm_root, tmp_path, monkeypatch):
     """Per-sample labels give a head with one class per training image; with a (simulated)
     small machine the run is refused before it starts, naming the estimate and the limit."""
+    import granularity.engine.inputs as inputs_mod  # check_plan reads available_memory there
     import granularity.engine.run as run_mod
 
     base = ["transfer", "--data-root", str(fm_root), "--set", "train_size=null", "--device", "cpu",
@@ -205,7 +206,7 @@ def test_too_big_refused_with_estimate_and_limit(cli, fm_root, tmp_path, monkeyp
                                       run_mod.prepare_data(TransferConfig(train_size=None, data_root=str(fm_root))), 60)
     assert need_ps > need_leaf  # the head (and its logits) grow with the number of classes
     limit = int((need_leaf + need_ps) / 2 / 0.8)  # leaf fits, per-sample does not
-    monkeypatch.setattr(run_mod, "available_memory", lambda device: limit)
+    monkeypatch.setattr(inputs_mod, "available_memory", lambda device: limit)
     code, out, err = cli(*base, "--source", "leaf", "--dry-run")
     assert code == 0, err
     for extra in (["--dry-run"], ["--out", str(tmp_path / "run")]):
@@ -220,6 +221,7 @@ def test_image_folder_beyond_memory_is_refused_before_decoding(tmp_path, monkeyp
     counts its decoded float32 size and refuses before any image is decoded."""
     from PIL import Image
 
+    import granularity.engine.inputs as inputs_mod  # check_plan reads available_memory there
     import granularity.engine.run as run_mod
     from granularity.errors import GranularityError
 
@@ -235,7 +237,7 @@ def test_image_folder_beyond_memory_is_refused_before_decoding(tmp_path, monkeyp
 
     ds = load_dataset("image-folder", root=str(tmp_path / "imgs"), in_memory=False)
     assert not ds.train.in_memory
-    monkeypatch.setattr(run_mod, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(inputs_mod, "available_memory", lambda device: 1000)
     called = []
     monkeypatch.setattr(type(ds.train), "materialize", lambda self, *a, **k: called.append(1))
     with pytest.raises(GranularityError, match="needs about .* GiB of memory .* is available"):

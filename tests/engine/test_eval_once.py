@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-import granularity.engine.run as engine_run
+import granularity.engine.stages as engine_stages
 from granularity.engine import run_transfer
 from granularity.utils.io import read_jsonl
 
@@ -14,8 +14,8 @@ from .conftest import tiny_config
 @pytest.mark.parametrize("protocol", ["finetune", "probe"])
 def test_one_test_pass_per_epoch_and_none_after(tiny, tmp_path, monkeypatch, protocol):
     calls = []
-    real = engine_run.predict_levels
-    monkeypatch.setattr(engine_run, "predict_levels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = engine_stages.predict_levels
+    monkeypatch.setattr(engine_stages, "predict_levels", lambda *a, **k: calls.append(1) or real(*a, **k))
     r = run_transfer(tiny_config(transfer={"protocol": protocol, "epochs": 2, "lr": 0.1}), tmp_path / protocol, dataset=tiny)
     epochs = [rec for rec in read_jsonl(tmp_path / protocol / "metrics.jsonl") if "epoch" in rec]
     assert len(epochs) == 4 and len(calls) == 4  # 2 pretraining + 2 transfer epochs, one pass each

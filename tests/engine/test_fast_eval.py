@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import granularity.engine.run as engine_run
+import granularity.engine.stages as engine_stages
 import granularity.engine.train as engine_train
 from granularity.engine import run_transfer
 from granularity.engine.train import group_logits, predict, predict_levels
@@ -70,8 +70,8 @@ def _result(folder):
 @pytest.mark.parametrize("mode", ["finetune", "linear", "map"])
 def test_last_epoch_evaluation_only_changes_nothing_but_the_intermediate_lines(tiny, tmp_path, monkeypatch, mode):
     calls = []
-    real = engine_run.predict_levels
-    monkeypatch.setattr(engine_run, "predict_levels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = engine_stages.predict_levels
+    monkeypatch.setattr(engine_stages, "predict_levels", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = tiny_config(pretrain={"epochs": 3, "batch_size": 16, "lr": 0.05}, transfer={"mode": mode, "epochs": 2, "lr": 0.1})
     run_transfer(cfg, tmp_path / "every", dataset=tiny)
     n_every = len(calls)

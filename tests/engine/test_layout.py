@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import granularity.engine.run as engine_run
+import granularity.engine.stages as engine_stages
 import granularity.engine.train as engine_train
 from granularity.engine import run_transfer
 from granularity.engine.train import channels_last_active
@@ -38,7 +38,7 @@ def _nhwc(model: torch.nn.Module) -> bool:
         not p.is_contiguous() for p in convs)
 
 
-def _layouts(monkeypatch, module=engine_run) -> list[bool]:
+def _layouts(monkeypatch, module=engine_stages) -> list[bool]:
     """Spy on ``module.train_epoch``: whether each epoch's model was channels-last."""
     seen: list[bool] = []
     orig = module.train_epoch
@@ -62,7 +62,7 @@ def test_a_float32_cpu_run_trains_channels_last_and_matches_the_nchw_run(tiny, t
     assert nhwc["precision"] == {"bf16_autocast": False, "channels_last": True, "tf32": False}
     assert seen and all(seen), seen  # pretraining and fine-tuning epochs
     # the same run in PyTorch's default layout: the same numbers up to float32 rounding
-    for module in (engine_run, engine_train):  # the recorded layout and the applied one
+    for module in (engine_stages, engine_train):  # the recorded layout and the applied one
         monkeypatch.setattr(module, "channels_last_active", lambda device, bf16: False)
     seen.clear()
     nchw = run_transfer(cfg, tmp_path / "nchw", dataset=tiny)

@@ -128,6 +128,8 @@ def build_source_labels(
     target_level: int,
     embeddings: Callable[[], np.ndarray],
     seed: int,
+    *,
+    check: bool = True,
 ) -> SourceLabels:
     """Pretraining labels for the training set.
 
@@ -145,12 +147,16 @@ def build_source_labels(
         Returns ``(N, d)`` embeddings of the training set; only called for k-means labels.
     seed : int
         Seed of k-means and of random labels.
+    check : bool
+        Run :func:`check_source` first; False where the caller has run it (a run's
+        :func:`~granularity.engine.inputs.check_plan`), so a source is checked once.
     """
     from granularity.hierarchy import label_functions as lfs
 
     src = SourceSpec(spec)
     leaf_labels = np.asarray(leaf_labels, dtype=np.int64)
-    check_source(src, hierarchy, target_level, len(leaf_labels))  # before the (possibly expensive) embeddings
+    if check:  # before the (possibly expensive) embeddings
+        check_source(src, hierarchy, target_level, len(leaf_labels))
     level = src.level(target_level, int(hierarchy.depth))
     if level is not None:
         labels = np.asarray(hierarchy.relabel(leaf_labels, level), dtype=np.int64)
