@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError
+from granularity.utils.config import flatten
 
 BACKENDS = ("tensorboard", "mlflow")
 STEP_KEYS = ("step", "epoch")
@@ -46,12 +47,6 @@ def parse_backends(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    from granularity.sweeps.store import flatten
-
-    return flatten(tree, prefix)
-
-
 def record_scalars(rec: Mapping[str, Any], group_seed: bool = False) -> tuple[int | None, dict[str, float]]:
     """One ``metrics.jsonl`` record -> ``(step, {tag: value})``: numbers become scalars, string
     fields (``source``, ``stage``) and, with ``group_seed``, the seed prefix the tags."""
@@ -61,7 +56,7 @@ def record_scalars(rec: Mapping[str, Any], group_seed: bool = False) -> tuple[in
         prefix.insert(0, f"seed_{rec['seed']}")
     skip = set(STEP_KEYS) | {"seed"}
     scalars = {}
-    for key, value in _flatten({k: v for k, v in rec.items() if k not in skip}).items():
+    for key, value in flatten({k: v for k, v in rec.items() if k not in skip}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         scalars["/".join([*prefix, key])] = float(value)
@@ -197,7 +192,7 @@ def finish_run(tracker: Tracker | None, folder: str | Path, status: str = "ok") 
     if (folder / "config.json").exists():
         from granularity.utils.io import read_json
 
-        tracker.log_params(_flatten(read_json(folder / "config.json")))
+        tracker.log_params(flatten(read_json(folder / "config.json")))
     for name in ("config.json", "result.json", "error.txt"):
         if (folder / name).exists():
             tracker.log_artifact(folder / name)

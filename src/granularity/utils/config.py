@@ -174,6 +174,18 @@ def undot(tree: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"k": 4}}`` -> ``{"data.k": 4}`` (lists stay values); the inverse of :func:`undot`."""
+    out: dict[str, Any] = {}
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def apply_overrides(base: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings (dotted keys) to a nested dict, returning a new dict."""
     out = copy.deepcopy(dict(base))
