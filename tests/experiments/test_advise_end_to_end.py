@@ -17,7 +17,7 @@ def _args(root, out, *extra):
             "--set", "run.test_size=60", "--set", "run.device=cpu", "--set", "run.model.options.width=4",
             "--set", "run.pretrain.batch_size=32", "--set", "run.transfer.batch_size=32",
             "--candidates", "target,level:3,random:10", "--min-seeds", 2, "--max-seeds", 3,
-            "--workers", 2, "--threads", 1, "--out", out, *extra]
+            "--confirm-seeds", 2, "--workers", 2, "--threads", 1, "--out", out, *extra]
 
 
 def test_advise_races_resumes_and_pins_its_figures(tmp_path, cli, make_fmnist):
@@ -43,7 +43,7 @@ def test_advise_races_resumes_and_pins_its_figures(tmp_path, cli, make_fmnist):
     assert len(runs) == adv["runs"]
     by_c = {row["candidate"]: row for row in adv["rows"]}
     for cand, row in by_c.items():
-        seeds = sorted(s for c, s in runs if c == cand)
+        seeds = sorted(s for c, s in runs if c == cand and s < 3)  # race seeds; 3, 4 are the confirmation's
         assert row["seeds"] == len(seeds) and seeds == list(range(len(seeds)))
         test = [runs[(cand, s)]["target_error"] for s in seeds]
         val = [runs[(cand, s)]["val"]["target_error"] for s in seeds]
@@ -52,6 +52,21 @@ def test_advise_races_resumes_and_pins_its_figures(tmp_path, cli, make_fmnist):
         if cand != "target":
             d = [runs[(cand, s)]["target_error"] - runs[("target", s)]["target_error"] for s in seeds]
             assert row["test_diff_vs_target"]["mean"] == pytest.approx(np.mean(d))
+    dec = adv["decision"]
+    if dec["selected_on_validation"] != "target":  # the confirmation: fresh seeds 3 and 4 only
+        sel = dec["selected_on_validation"]
+        d = [runs[(sel, s)]["target_error"] - runs[("target", s)]["target_error"] for s in (3, 4)]
+        assert dec["test_diff_vs_target"]["seeds"] == [3, 4] and dec["test_diff_vs_target"]["mean"] == pytest.approx(np.mean(d))
+    else:
+        assert not any(s >= 3 for _, s in runs)
+    # the headline recomputes from the folder's per-run figures (runs.json)
+    from granularity.experiments.advise import AdviseConfig, replay, results_from_runs, summarise
+
+    cfg = AdviseConfig.build(read_json(out / "advise.json")["config"])
+    res = results_from_runs(read_json(out / "runs.json"))
+    race = replay(cfg, adv["candidates"], {k: v["val_error"] for k, v in res.items()})
+    again = summarise(cfg, race, res, {r["candidate"]: r["classes"] for r in adv["rows"]})
+    assert again["rows"] == adv["rows"] and again["decision"] == adv["decision"]
     # a third call has nothing to do and changes nothing
     code, _, err = cli(*_args(root, out, "--max-runs", 30))
     assert code == 0 and read_json(out / "advice.json")["rows"] == adv["rows"]
@@ -89,7 +104,7 @@ def test_advise_killed_then_rerun_gives_the_uninterrupted_answer(tmp_path, make_
         args = _args(root, out, "--max-runs", 10)
         i = args.index("--candidates")
         args[i + 1] = "target,level:3"
-        args[args.index("--max-seeds") + 1] = 2
+        args[args.index("--max-seeds") + 1] = 2  # race 4 runs, confirmation (if level:3 leads) 4 more
         return [sys.executable, "-m", "granularity", *map(str, args)]
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), "") if p)}
@@ -108,6 +123,7 @@ def test_advise_killed_then_rerun_gives_the_uninterrupted_answer(tmp_path, make_
     assert again.returncode == 0, again.stderr
     a, b = read_json(tmp_path / "ref" / "advice.json"), read_json(out / "advice.json")
     assert a["rows"] == b["rows"] and a["answer"] == b["answer"]  # bit-identical on the CPU
+    assert a["decision"] == b["decision"] and read_json(tmp_path / "ref" / "runs.json") == read_json(out / "runs.json")
 
 
 def test_advise_on_a_table_with_its_own_hierarchy_file(tmp_path, cli):
@@ -122,7 +138,7 @@ def test_advise_on_a_table_with_its_own_hierarchy_file(tmp_path, cli):
         "advise", "--dataset", "table", "--data-root", tmp_path / "birds.csv", "--model", "mlp", "--target", 1,
         "--data-option", "label_columns=species_id", "--data-option", f"hierarchy_file={tmp_path / 'taxonomy.paths'}",
         "--train-size", 600, "--epochs", 2, "--transfer-epochs", 1, "--set", "run.test_size=200",
-        "--set", "run.device=cpu", "--min-seeds", 2, "--max-seeds", 2, "--remove", "kmeans-within:4",
+        "--set", "run.device=cpu", "--min-seeds", 2, "--max-seeds", 2, "--confirm-seeds", 2, "--remove", "kmeans-within:4",
         "--workers", 2, "--threads", 1, "--max-runs", 20, "--out", out)
     assert code == 0, err
     adv = read_json(out / "advice.json")

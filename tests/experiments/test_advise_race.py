@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from granularity.errors import GranularityError
 from granularity.experiments.advise import (
-    AdviseConfig, candidate_list, ci_of_difference, replay, sentence, summarise,
+    AdviseConfig, candidate_list, ci_of_difference, confirmation_runs, decide, replay, sentence, summarise,
 )
 from granularity.hierarchy import fashion_mnist_hierarchy
 
@@ -65,30 +65,44 @@ def test_config_refuses_per_run_fields_and_bad_seeds():
 
 def test_race_drops_clearly_worse_keeps_baseline_and_recommends_better():
     means = {"target": 0.10, "level:3": 0.08, "random:10": 0.20, "kmeans-within:8": 0.12}
-    table = fake_errors(means, 10)
+    table = fake_errors(means, 15)
     cfg = AdviseConfig(min_seeds=3, seeds_per_round=2, max_seeds=10)
     race, val = run_race(cfg, list(means), table)
     assert "random:10" in race.eliminated and race.eliminated["random:10"]["round"] == 0
+    assert set(race.eliminated) == {"random:10", "kmeans-within:8"}
     assert "target" in race.alive and race.best == "level:3"
     # early stop: baseline and one contender left, significantly different -> fewer than 10 seeds
     assert len(race.seeds["level:3"]) < 10
     # eliminated candidates got fewer runs than the survivors (the budget went to contenders)
     assert len(race.seeds["random:10"]) == 3
-    summ = summarise(race, table, {c: 4 for c in means})
+    summ = summarise(cfg, race, table, {c: 4 for c in means})
     assert summ["decision"]["recommendation"] == "level:3" and summ["decision"]["confirmed_on_test"]
     d = summ["decision"]["test_diff_vs_target"]
-    diffs = [table[("level:3", s)]["test_error"] - table[("target", s)]["test_error"] for s in race.seeds["level:3"]]
+    # the confirmation: fresh seeds 10-14, never raced on, paired by seed
+    assert d["seeds"] == list(range(10, 15)) and not set(d["seeds"]) & set(race.seeds["level:3"])
+    diffs = [table[("level:3", s)]["test_error"] - table[("target", s)]["test_error"] for s in d["seeds"]]
     assert d["mean"] == pytest.approx(np.mean(diffs)) and d["hi"] < 0
     text = sentence(summ, race.finished)
     assert text.startswith(f"Pretrain on level:3 (4 classes): target test error {100 * np.mean(diffs):+.1f} points ± ")
-    assert f"{len(diffs)} paired seeds" in text and "random:10: +" in text
+    assert "5 fresh paired seeds the race never saw" in text and "random:10: +" in text
+
+
+def test_decision_waits_for_its_fresh_seeds():
+    means = {"target": 0.10, "level:3": 0.08}
+    table = fake_errors(means, 15)
+    cfg = AdviseConfig(min_seeds=3, max_seeds=10)
+    race, _ = run_race(cfg, list(means), table)
+    need = confirmation_runs(cfg, race)
+    assert need == [(c, s) for s in range(10, 15) for c in ("target", "level:3")]
+    test = {k: v["test_error"] for k, v in table.items() if k[1] < 10}
+    assert decide(cfg, race, test)["confirmation"] == "pending" and decide(cfg, race, test)["recommendation"] == "target"
 
 
 def test_race_no_difference_says_so():
     means = {"target": 0.10, "level:3": 0.10}
-    table = fake_errors(means, 10, noise=0.01, seed=3)
+    table = fake_errors(means, 11, noise=0.01, seed=3)
     race, _ = run_race(AdviseConfig(min_seeds=3, max_seeds=6), list(means), table)
-    summ = summarise(race, table, {"target": 4, "level:3": 10})
+    summ = summarise(AdviseConfig(min_seeds=3, max_seeds=6), race, table, {"target": 4, "level:3": 10})
     if summ["decision"]["recommendation"] == "target":  # with equal means the CI almost always covers 0
         assert sentence(summ, race.finished).startswith("No candidate beats the target labels")
 
@@ -131,5 +145,5 @@ def test_race_invariants(means, min_seeds, step, max_seeds, seed):
         assert race.seeds[c] == list(range(len(race.seeds[c])))
         assert min_seeds <= len(race.seeds[c]) <= cfg.max_seeds
     for c, e in race.eliminated.items():  # a dropped candidate was significantly worse on validation
-        assert e["ci"][0] > 0 and c != "target"
+        assert e["ci"][0] > 0 and c != "target" and e["p"] <= e["threshold"]
     assert len(val) == sum(len(s) for s in race.seeds.values())

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from granularity.cli.options import apply_options
-from granularity.cli.transfer import _config_opts, _data_options, _nested, _resolve, old_mode_option
+from granularity.cli.transfer import _config_opts, _data_options, _nested, _resolve
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -26,6 +26,8 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None, help="Budget: wall minutes of this call.")
 @click.option("--min-seeds", type=click.IntRange(2), default=None, help="Seeds every candidate gets before elimination (default 3).")
 @click.option("--max-seeds", type=click.IntRange(2), default=None, help="Seeds at most per candidate (default 10).")
+@click.option("--confirm-seeds", type=click.IntRange(2), default=None,
+              help="Fresh seeds on which the winner and the target are retrained for the confirmation (default 5).")
 @click.option("--metric", type=click.Choice(["error", "hard", "easy"]), default=None,
               help="Select on and report: error (default), hard (cue-free images) or easy (cued images); "
                    "hard/easy need data that defines them, e.g. --data-option cue.rho=1 --data-option cue.level=2.")
@@ -35,15 +37,15 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/advise"), show_default=True,
               help="Advice folder; rerunning (with a larger budget) continues the same race.")
 @click.option("--dry-run", is_flag=True, help="Validate; print the candidates, the rule and the budget; train nothing.")
-@old_mode_option
 def advise(dataset, target, config, sets, data_root, data_options, model, epochs, transfer_epochs, protocol, train_size, device,
-           candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, metric, executor, workers, threads, out, dry_run):
+           candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, confirm_seeds, metric, executor, workers, threads, out, dry_run):
     """Race pretraining label granularities on your data and recommend one, with the evidence.
 
     Candidates: the target labels (baseline), every hierarchy level below the target, k-means
     inside target classes, random labels (a negative control). Seeds are paired; candidates
-    significantly worse on a validation split are dropped; the winner is confirmed on the test
-    split. --config takes an advise file (keys: run, candidates, add, remove, min_seeds, ...);
+    significantly worse than another on a validation split are dropped (Holm over candidates,
+    alpha spent over the looks); the winner and the target are retrained on fresh seeds and
+    compared once on the test split. --config takes an advise file (keys: run, candidates, add, remove, min_seeds, ...);
     --set edits it, e.g. --set run.pretrain.lr=0.1 --set alpha=0.1.
     """
     from granularity.experiments.advise import AdviseConfig, decision_rule, run_advice
@@ -54,7 +56,7 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
                      "transfer.protocol": protocol})
     flags = {"run": run, "candidates": _names(candidates), "add": _names(add_), "remove": _names(remove),
              "max_runs": max_runs, "max_minutes": max_minutes, "min_seeds": min_seeds, "max_seeds": max_seeds,
-             "metric": metric}
+             "confirm_seeds": confirm_seeds, "metric": metric}
     cfg = _resolve(AdviseConfig, config, flags, sets)
     if dry_run:
         import json
@@ -63,7 +65,7 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
 
         base, hierarchy, tgt = _base_run(cfg)
         click.echo(json.dumps({"base_run": base, "candidates": candidate_list(cfg, hierarchy, tgt),
-                               "metric": cfg.metric, "max_runs": cfg.max_runs, "max_minutes": cfg.max_minutes}, indent=2))
+                               "metric": cfg.metric, "confirm_seeds": cfg.confirm_seeds, "max_runs": cfg.max_runs, "max_minutes": cfg.max_minutes}, indent=2))
         click.echo(decision_rule(cfg))
         return
     advice = run_advice(cfg, out, executor=executor, workers=workers, threads=threads, log=click.echo)

@@ -7,15 +7,16 @@ Puts the project's pieces together on the user's data set, hierarchy and compute
    a few sizes, and random labels as a negative control; the user may add or remove any.
 2. **Paired seeds**: seed ``s`` gives every candidate the same initialisation and data subset
    (the transfer run's seed and ``data_seed``), so candidates are compared seed by seed.
-3. **Racing** (successive elimination): every candidate still in contention gets
-   ``min_seeds`` seeds, then ``seeds_per_round`` more per round, up to ``max_seeds``. After each
-   round a candidate whose paired difference in *validation* error to the current best has a
-   95% confidence interval entirely above 0 is dropped. The target baseline is never dropped (the
-   answer is relative to it). The rule is fixed before any run and recorded in ``advice.json``.
-4. **Honest figures**: selection uses the validation split (held out of the training images,
-   never trained on); the reported differences come from the test split, for the one selected
-   candidate against the baseline (a single confirmatory comparison), with every other
-   candidate's figures shown as exploratory; the page says how many comparisons were made.
+3. **Racing** (successive elimination with family-wise error control, :mod:`.advise_race`):
+   every candidate still in contention gets ``min_seeds`` seeds, then ``seeds_per_round`` more
+   per round, up to ``max_seeds``. At each look Holm's procedure, at that look's share of
+   ``alpha`` (linear alpha spending over the looks), tests every ordered pair of alive candidates
+   on their paired *validation* errors; a candidate significantly worse than another is dropped,
+   so a co-best candidate is dropped with probability at most ``alpha``. The target baseline is
+   never dropped (the answer is relative to it). The rule is fixed before any run and recorded.
+4. **Confirmation on fresh seeds**: the validation leader and the baseline are trained again on
+   ``confirm_seeds`` seeds the race never saw and compared once on the test split, paired by
+   those seeds (one-sided at ``confirm_alpha``); every other figure is exploratory.
 
 Every run is a ``transfer`` run in a results store (``<out>/store``), so a second call with a
 larger budget continues the same race: finished runs are reused, the race is replayed from their
@@ -24,10 +25,8 @@ results (it is a pure function of them) and goes on where the budget stopped it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,21 +34,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from granularity.errors import GranularityError
+from granularity.experiments.advise_page import markdown, write_page
+from granularity.experiments.advise_race import (  # noqa: F401  (re-exported: the advisor's public names)
+    BASELINE, METRICS, Race, _paired, ci_of_difference, confirmation_runs, decide, fresh_seeds, replay,
+)
 from granularity.utils.config import Config
 from granularity.utils.io import check_writable, read_json, write_json
 from granularity.utils.stats import mean_ci
-
-BASELINE = "target"
-
-#: What the race selects on and the advice reports: ``error`` is the target error on the images
-#: as the data set gives them; ``hard`` / ``easy`` the target error on the cue-free / cued
-#: versions of the same images, where the data defines them (a planted cue: ``cue`` data option).
-METRICS = {
-    "error": "target error",
-    "hard": "target error on the cue-free (hard) images",
-    "easy": "target error on the cued (easy) images",
-}
-
 
 class AdviseConfig(Config):
     """What to compare, how long, and the decision rule (validated before any run)."""
@@ -70,7 +61,10 @@ class AdviseConfig(Config):
     max_seeds: int = Field(10, ge=2)  # no candidate gets more
     max_runs: int | None = Field(40, ge=1)  # budget: runs in the advice store in total (a later call may raise it)
     max_minutes: float | None = Field(None, gt=0)  # budget: wall minutes of this call (estimated from measured runs)
-    alpha: float = Field(0.05, gt=0, lt=0.5)  # elimination: drop when the (1 - alpha) CI of the paired difference is > 0
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # racing: chance of ever dropping a co-best candidate, at most
+    drop_rule: Literal["holm-spending", "unadjusted"] = "holm-spending"  # "unadjusted": the old rule (see advise_race)
+    confirm_seeds: int = Field(5, ge=2)  # fresh seeds for the winner-vs-target confirmation (never raced on)
+    confirm_alpha: float = Field(0.025, gt=0, lt=0.5)  # the confirmation's one-sided level
     first_seed: int = 0  # seeds are first_seed, first_seed + 1, ...
     vary_subset: bool = True  # seed s also draws the training subset / validation split (data_seed = s)
     # the figure selected on (validation images) and reported (test images), fixed before any run;
@@ -127,95 +121,14 @@ def candidate_list(cfg: AdviseConfig, hierarchy: Any, target: int) -> list[str]:
     return out
 
 
-# ---- the race: a pure function of the finished runs' results ---------------------------------
-
-
-@dataclass
-class Race:
-    """State of the successive-elimination race after replaying the finished results."""
-
-    candidates: list[str]
-    alive: list[str]
-    seeds: dict[str, list[int]]  # seeds each candidate has been scheduled (all finished)
-    eliminated: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> round, reason
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    comparisons: int = 0  # paired tests made on the validation split
-    next_runs: list[tuple[str, int]] = field(default_factory=list)  # what the next round needs
-    finished: bool = False  # nothing left to do within max_seeds
-    best: str | None = None
-
-
-def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
-    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
-
-
-def ci_of_difference(diffs: list[float], level: float) -> tuple[float, float, float]:
-    """Mean and the Student-t ``level`` CI of paired differences: ``(mean, lo, hi)``."""
-    s = mean_ci(diffs, level)
-    half = s["ci"] if not math.isnan(s["ci"]) else float("inf")
-    return s["mean"], s["mean"] - half, s["mean"] + half
-
-
-def replay(cfg: AdviseConfig, candidates: list[str], val: Mapping[tuple[str, int], float]) -> Race:
-    """Replay the race over the finished validation errors ``val[(candidate, seed)]``.
-
-    Round 0 gives every candidate ``min_seeds`` seeds; each later round adds ``seeds_per_round``
-    to the candidates still alive. A round is evaluated only when all its runs are finished;
-    otherwise the race stops there and ``next_runs`` lists the missing runs.
-    """
-    seeds0 = list(range(cfg.first_seed, cfg.first_seed + cfg.min_seeds))
-    race = Race(candidates=list(candidates), alive=list(candidates), seeds={c: [] for c in candidates})
-    n = cfg.min_seeds
-    level = 1 - cfg.alpha
-    while True:
-        want = seeds0 if not race.rounds else list(range(cfg.first_seed, cfg.first_seed + n))
-        missing = [(c, s) for c in race.alive for s in want if (c, s) not in val]
-        if missing:
-            race.next_runs = missing
-            return race
-        for c in race.alive:
-            race.seeds[c] = list(want)
-        by_c = {c: {s: val[(c, s)] for s in want} for c in race.alive}
-        means = {c: float(np.mean(list(by_c[c].values()))) for c in race.alive}
-        best = min(race.alive, key=lambda c: (means[c], candidates.index(c)))
-        race.best = best
-        dropped = []
-        for c in race.alive:
-            if c == best or c == BASELINE:
-                continue
-            m, lo, hi = ci_of_difference(_paired(by_c[c], by_c[best]), level)
-            race.comparisons += 1
-            if lo > 0:
-                dropped.append(c)
-                race.eliminated[c] = {"round": len(race.rounds), "seeds": len(want), "vs": best,
-                                      "val_diff": m, "ci": [lo, hi]}
-        race.rounds.append({"round": len(race.rounds), "seeds": len(want), "alive": list(race.alive),
-                            "val_mean": means, "best": best, "dropped": dropped})
-        race.alive = [c for c in race.alive if c not in dropped]
-        contenders = [c for c in race.alive if c != BASELINE]
-        two_settled = len(race.alive) == 2 and BASELINE in race.alive and _settled(by_c, race.alive, level)
-        if n >= cfg.max_seeds or not contenders or two_settled:
-            race.finished = True
-            return race
-        n = min(cfg.max_seeds, n + cfg.seeds_per_round)
-
-
-def _settled(by_c: dict[str, dict[int, float]], pair: list[str], level: float) -> bool:
-    """With only the baseline and one contender left, stop early once their paired difference
-    is significant either way (more seeds would not change the decision)."""
-    a, b = pair
-    _, lo, hi = ci_of_difference(_paired(by_c[a], by_c[b]), level)
-    return lo > 0 or hi < 0
-
-
 # ---- figures from the finished runs ----------------------------------------------------------
 
 
-def summarise(race: Race, results: Mapping[tuple[str, int], dict[str, Any]], n_classes: Mapping[str, int],
-              level: float = 0.95) -> dict[str, Any]:
-    """Per candidate: validation and test error (mean ± CI), paired test difference to the
-    baseline, worst-subclass error; the recommendation from the validation race, confirmed on
-    the test split."""
+def summarise(cfg: AdviseConfig, race: Race, results: Mapping[tuple[str, int], dict[str, Any]],
+              n_classes: Mapping[str, int], level: float = 0.95) -> dict[str, Any]:
+    """Per candidate over its race seeds (exploratory): validation and test error (mean ± CI),
+    paired test difference to the baseline, worst-subclass error; and the decision
+    (:func:`.advise_race.decide`): the validation leader against the baseline on fresh seeds."""
     def metric(c: str, key: str) -> dict[int, float]:
         return {s: float(results[(c, s)][key]) for s in race.seeds[c] if (c, s) in results}
 
@@ -239,16 +152,7 @@ def summarise(race: Race, results: Mapping[tuple[str, int], dict[str, Any]], n_c
             row["worst_subclass_error"] = mean_ci(worst, level)
         row.update(_other_metrics(c, race, results, level))
         rows.append(row)
-    best = race.best if race.best is not None else BASELINE
-    decision: dict[str, Any] = {"selected_on_validation": best}
-    sel = next((r for r in rows if r["candidate"] == best), None)
-    if best != BASELINE and sel is not None and "test_diff_vs_target" in sel:
-        d = sel["test_diff_vs_target"]
-        decision["confirmed_on_test"] = bool(d["hi"] < 0)
-        decision["test_diff_vs_target"] = d
-    else:
-        decision["confirmed_on_test"] = False
-    decision["recommendation"] = best if decision["confirmed_on_test"] else BASELINE
+    decision = decide(cfg, race, {k: float(v["test_error"]) for k, v in results.items()})
     return {"rows": rows, "decision": decision}
 
 
@@ -270,29 +174,28 @@ def _other_metrics(c: str, race: Race, results: Mapping[tuple[str, int], dict[st
     return {"test_by_metric": by_m} if len(by_m) > 1 else {}
 
 
+def _diff_text(d: dict[str, Any]) -> str:
+    return f"{100 * d['mean']:+.1f} points ± {100 * (d['hi'] - d['lo']) / 2:.1f}"
+
+
 def sentence(summary: dict[str, Any], finished: bool, metric: str = "error") -> str:
     """The answer in one sentence, with its evidence (figures under ``metric``)."""
     rows = {r["candidate"]: r for r in summary["rows"]}
     dec = summary["decision"]
-
-    def diff_text(r: dict[str, Any]) -> str:
-        d = r["test_diff_vs_target"]
-        half = (d["hi"] - d["lo"]) / 2
-        return f"{100 * d['mean']:+.1f} points ± {100 * half:.1f}"
-
-    others = [f"{r['candidate']}: {diff_text(r)}" for r in summary["rows"]
-              if r["candidate"] not in (BASELINE, dec["selected_on_validation"]) and "test_diff_vs_target" in r]
-    tail = (f"; others (exploratory): {'; '.join(others)}" if others else "") + (
-        "" if finished else " (budget reached before the race finished; a larger budget continues it)")
+    others = [f"{r['candidate']}: {_diff_text(r['test_diff_vs_target'])}" for r in summary["rows"]
+              if r["candidate"] != BASELINE and "test_diff_vs_target" in r]
+    tail = (f"; race seeds (exploratory): {'; '.join(others)}" if others else "") + (
+        "" if finished else " (budget reached before the race and its confirmation finished; a larger budget continues it)")
+    sel, d = dec["selected_on_validation"], dec.get("test_diff_vs_target")
+    fresh = f"{d['n']} fresh paired seeds the race never saw" if d else ""
     if dec["recommendation"] != BASELINE:
-        r = rows[dec["recommendation"]]
         what = "target test error" if metric == "error" else f"test {METRICS[metric]}"
-        return (f"Pretrain on {r['candidate']} ({r['classes']} classes): {what} {diff_text(r)} "
-                f"vs the target labels, {r['test_diff_vs_target']['n']} paired seeds{tail}.")
-    sel = dec["selected_on_validation"]
-    if sel != BASELINE and sel in rows and "test_diff_vs_target" in rows[sel]:
+        return f"Pretrain on {sel} ({rows[sel]['classes']} classes): {what} {_diff_text(d)} vs the target labels, {fresh}{tail}."
+    if d:
         return (f"No candidate beats the target labels within the budget: the best on validation, {sel}, "
-                f"gives {diff_text(rows[sel])} on the test split (CI includes 0 or is worse){tail}.")
+                f"gives {_diff_text(d)} on the test split over {fresh} (not below 0 at the confirmation's level){tail}.")
+    if sel != BASELINE:
+        return f"No answer yet: the best on validation, {sel}, awaits its confirmation on fresh seeds{tail}."
     return f"No candidate beats the target labels within the budget: the target labels were best on validation{tail}."
 
 
@@ -300,7 +203,11 @@ def sentence(summary: dict[str, Any], finished: bool, metric: str = "error") -> 
 
 # Fields that define the race; a later call on the same folder must keep them (budgets may grow).
 RACE_FIELDS = ("run", "val_fraction", "candidates", "add", "remove", "kmeans_factors", "random_control",
-               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed", "vary_subset", "metric")
+               "min_seeds", "seeds_per_round", "max_seeds", "alpha", "first_seed", "vary_subset", "metric",
+               "drop_rule", "confirm_seeds", "confirm_alpha")
+# What a folder written before a field existed ran with: metric 'error'; the old unadjusted rule
+# and no fresh-seed confirmation (so such a race is not continued under the new rule).
+LEGACY = {"metric": "error", "drop_rule": "unadjusted", "confirm_seeds": None, "confirm_alpha": None}
 
 
 def _base_run(cfg: AdviseConfig) -> tuple[dict[str, Any], Any, int]:
@@ -365,7 +272,8 @@ def _read_results(store: Any, grid: dict[tuple[str, int], Any], metric: str = "e
         test, val, per_fine = figs
         out[key] = {"test_error": test, "val_error": val,
                     "worst_subclass_error": (1 - min(per_fine.values())) if per_fine else None,
-                    "seconds": max(res.get("seconds") or 0, res.get("train_seconds") or 0) or None,  # wall: training + data + evaluation "num_source_classes": res.get("num_source_classes"),
+                    "seconds": max(res.get("seconds") or 0, res.get("train_seconds") or 0) or None,  # wall: training + data + evaluation
+                    "num_source_classes": res.get("num_source_classes"),
                     "test_by_metric": {m: f[0] for m in METRICS if (f := metric_figures(res, m)) is not None}}
     return out
 
@@ -376,8 +284,7 @@ def _check_same_race(out: Path, cfg: AdviseConfig) -> None:
         return
     old = read_json(path).get("config", {})
     new = cfg.to_dict()
-    # a field added after folders existed counts as its default there (metric: "error")
-    changed = [k for k in RACE_FIELDS if old.get(k, AdviseConfig.model_fields[k].default) != new.get(k)]
+    changed = [k for k in RACE_FIELDS if old.get(k, LEGACY.get(k)) != new.get(k)]
     if changed:
         raise GranularityError(
             f"The advice folder {str(out)!r} holds a race with other settings ({', '.join(changed)} differ); "
@@ -406,30 +313,25 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
     t0 = time.perf_counter()
     base, hierarchy, target = _base_run(cfg)
     candidates = candidate_list(cfg, hierarchy, target)
-    grid = _grid(base, candidates, list(range(cfg.first_seed, cfg.first_seed + cfg.max_seeds)), cfg.vary_subset)
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.max_seeds)) + fresh_seeds(cfg)
+    grid = _grid(base, candidates, seeds, cfg.vary_subset)
     write_json(out / "advise.json", {"config": cfg.to_dict(), "candidates": candidates, "base_run": base,
                                      "rule": decision_rule(cfg)})
     say(f"advise: {len(candidates)} candidates ({', '.join(candidates)}); store {out / 'store'}")
-    stop = "race finished"
+    stop = "race and confirmation finished"
     while True:
         with ResultsStore(out / "store") as store:
             results = _read_results(store, grid, cfg.metric)
         race = replay(cfg, candidates, {k: v["val_error"] for k, v in results.items()})
-        if race.finished:
+        todo = race.next_runs if not race.finished else [k for k in confirmation_runs(cfg, race) if k not in results]
+        if not todo:
             break
-        todo = race.next_runs
-        if cfg.max_runs is not None and len(results) + len(todo) > cfg.max_runs:
-            stop = f"run budget reached ({len(results)} runs done, the next round needs {len(todo)} more; max_runs={cfg.max_runs})"
+        stage = "confirmation on fresh seeds" if race.finished else f"round {len(race.rounds)}"
+        why = _over_budget(cfg, results, todo, workers, time.perf_counter() - t0)
+        if why:
+            stop = f"{why} before the {stage}"
             break
-        secs = [v["seconds"] for v in results.values() if v.get("seconds")]
-        if cfg.max_minutes is not None and secs:
-            par = max(1, workers or 1)
-            need = float(np.mean(secs)) * len(todo) / par
-            left = cfg.max_minutes * 60 - (time.perf_counter() - t0)
-            if need > left:
-                stop = f"time budget reached (the next round needs ~{need / 60:.1f} min, {max(left, 0) / 60:.1f} min left)"
-                break
-        say(f"advise: round {len(race.rounds)}: {len(todo)} runs ({len(race.alive)} candidates in contention)")
+        say(f"advise: {stage}: {len(todo)} runs ({len(race.alive)} candidates in contention)")
         specs = [grid[k] for k in todo]
         sweep = Sweep(name="advise", kind="transfer", axes=[["source"]], seeds=sorted({s for _, s in todo}), runs=specs)
         res = run_sweep(sweep, out / "store", executor=executor, workers=workers, threads=threads, address=address, log=say)
@@ -440,19 +342,48 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
                 "the same command: finished runs are kept."
             )
     n_classes = {c: _num_classes(c, hierarchy, target, results) for c in candidates}
-    summary = summarise(race, results, n_classes)
-    answer = sentence(summary, race.finished, cfg.metric) if summary["rows"] else f"No answer yet: {stop}; raise the budget and rerun."
-    advice = {"answer": answer, "finished": race.finished, "stopped_because": stop,
+    summary = summarise(cfg, race, results, n_classes)
+    complete = race.finished and summary["decision"]["confirmation"] != "pending"
+    answer = sentence(summary, complete, cfg.metric) if summary["rows"] else f"No answer yet: {stop}; raise the budget and rerun."
+    advice = {"answer": answer, "finished": complete, "stopped_because": stop,
               "metric": cfg.metric, "metric_description": METRICS[cfg.metric], "rule": decision_rule(cfg), "candidates": candidates, "rounds": race.rounds,
               "eliminated": race.eliminated, "comparisons_on_validation": race.comparisons,
               "runs": len(results), "wall_time_s": time.perf_counter() - t0, **summary}
     write_json(out / "advice.json", advice)
+    write_json(out / "runs.json", per_run_figures(cfg, results))
     (out / "advice.md").write_text(markdown(advice))
-    from granularity.experiments.advise_page import write_page
-
     write_page(advice, out)
     say(advice["answer"])
     return advice
+
+
+def _over_budget(cfg: AdviseConfig, results: Mapping[Any, dict[str, Any]], todo: list, workers: int | None,
+                 elapsed: float) -> str | None:
+    """Why the next ``todo`` runs do not fit the budget (runs in the folder, confirmation runs
+    included; minutes of this call, estimated from the measured runs), or None."""
+    if cfg.max_runs is not None and len(results) + len(todo) > cfg.max_runs:
+        return f"run budget reached ({len(results)} runs done, {len(todo)} more needed; max_runs={cfg.max_runs})"
+    secs = [v["seconds"] for v in results.values() if v.get("seconds")]
+    if cfg.max_minutes is not None and secs:
+        need = float(np.mean(secs)) * len(todo) / max(1, workers or 1)
+        left = cfg.max_minutes * 60 - elapsed
+        if need > left:
+            return f"time budget reached (~{need / 60:.1f} min needed, {max(left, 0) / 60:.1f} min left)"
+    return None
+
+
+def per_run_figures(cfg: AdviseConfig, results: Mapping[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """Every finished run's figures (what the advice is computed from; ``runs.json``)."""
+    fresh = set(fresh_seeds(cfg))
+    runs = [{"candidate": c, "seed": s, "role": "confirmation" if s in fresh else "race",
+             **{k: v for k, v in results[(c, s)].items() if k != "seconds"}} for c, s in sorted(results, key=lambda k: (k[1], k[0]))]
+    return {"metric": cfg.metric, "runs": runs}
+
+
+def results_from_runs(doc: Mapping[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The ``results`` mapping of :func:`summarise` from a ``runs.json`` document."""
+    return {(r["candidate"], int(r["seed"])): {k: v for k, v in r.items() if k not in ("candidate", "seed", "role")}
+            for r in doc["runs"]}
 
 
 def _num_classes(c: str, hierarchy: Any, target: int, results: Mapping[tuple[str, int], dict[str, Any]]) -> int:
@@ -470,60 +401,28 @@ def _num_classes(c: str, hierarchy: Any, target: int, results: Mapping[tuple[str
 
 
 def decision_rule(cfg: AdviseConfig) -> str:
+    """The race's and the confirmation's rule in words (recorded before any run)."""
+    from granularity.experiments.advise_race import looks, spending
+
     figure = "" if cfg.metric == "error" else f" Error means the {METRICS[cfg.metric]} (metric {cfg.metric!r}), on validation and test alike."
+    ns = looks(cfg)
+    if cfg.drop_rule == "unadjusted":
+        drop = (f"any other candidate (never the target baseline) whose paired validation-error difference to the leader "
+                f"has an unadjusted {100 * (1 - cfg.alpha):.0f}% t confidence interval entirely above 0 is dropped "
+                "(the old rule: no control of the error over candidates and looks)")
+    else:
+        drop = (f"every ordered pair of candidates in contention is tested (one-sided paired t-test of the validation "
+                f"error) with Holm's step-down procedure at that look's share of alpha = {cfg.alpha:g} (linear spending "
+                f"over the looks at {', '.join(map(str, ns))} seeds: " + ", ".join(f"{a:.4g}" for a in spending(cfg))
+                + "); a candidate significantly worse than another is dropped (never the target baseline), so a co-best "
+                f"candidate is dropped with probability at most {cfg.alpha:g}")
     return (
         f"Seeds are paired across candidates. Every candidate gets {cfg.min_seeds} seeds, then "
-        f"{cfg.seeds_per_round} more per round while in contention, up to {cfg.max_seeds}. After each round the "
-        f"candidate with the lowest mean validation error is the leader; any other candidate (never the target "
-        f"baseline) whose paired validation-error difference to the leader has a {100 * (1 - cfg.alpha):.0f}% t "
-        f"confidence interval entirely above 0 is dropped. The race ends at {cfg.max_seeds} seeds, when only the "
-        f"baseline is left, or when the baseline and one contender remain with a significant difference. The "
-        f"leader on validation is then compared once with the target baseline on the test split (95% t CI of the "
-        f"paired difference); it is recommended only if that interval lies below 0.{figure}"
+        f"{cfg.seeds_per_round} more per round while in contention, up to {cfg.max_seeds}. At each look the candidate "
+        f"with the lowest mean validation error is the leader; {drop}. The race ends at {cfg.max_seeds} seeds, when "
+        f"only the baseline is left, or when the baseline and one contender remain with a significant difference. "
+        f"The leader (if not the target) and the target are then trained on {cfg.confirm_seeds} fresh seeds the race "
+        f"never saw and compared once on the test split, paired by those seeds; the leader is recommended only if "
+        f"the one-sided paired t-test rejects at {cfg.confirm_alpha:g} (the {100 * (1 - 2 * cfg.confirm_alpha):.0f}% "
+        f"t interval of the difference lies below 0).{figure}"
     )
-
-
-def markdown(advice: dict[str, Any]) -> str:
-    metric = advice.get("metric", "error")
-    lines = [f"# Advice\n\n**{advice['answer']}**\n", f"Metric (selected on validation, reported on test): "
-             f"{metric} = {METRICS[metric]}.\n", f"Stopped: {advice['stopped_because']}; {advice['runs']} runs; "
-             f"{advice['comparisons_on_validation']} paired comparisons on the validation split, 1 confirmatory "
-             "comparison on the test split.\n", f"Decision rule (fixed before any run): {advice['rule']}\n",
-             "| candidate | classes | seeds | status | validation error | test error | test diff vs target (95% CI) | worst subclass error |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in advice["rows"]:
-        d = r.get("test_diff_vs_target")
-        dtxt = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else "(baseline)"
-        w = r.get("worst_subclass_error")
-        lines.append(f"| {r['candidate']} | {r['classes']} | {r['seeds']} | {r['status']} | {_fmt(r['val_error'])} | "
-                     f"{_fmt(r['test_error'])} | {dtxt} | {_fmt(w) if w else '-'} |")
-    return "\n".join(lines + metric_table_lines(advice["rows"])) + "\n"
-
-
-def metric_table(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Exploratory: every candidate's test error under every metric its runs report (when the
-    data defines more than one, e.g. a planted cue), with the paired difference to the target."""
-    metrics = [m for m in METRICS if any(m in r.get("test_by_metric", {}) for r in rows)]
-    if not metrics:
-        return []
-    table = [["candidate", *[f"test {m} (diff vs target [95% CI])" for m in metrics]]]
-    for r in rows:
-        cells = []
-        for m in metrics:
-            f = r.get("test_by_metric", {}).get(m)
-            d = f.get("test_diff_vs_target") if f else None
-            cells.append("-" if f is None else _fmt(f["test_error"]) + (f" ({d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}])" if d else ""))
-        table.append([r["candidate"], *cells])
-    return table
-
-
-def metric_table_lines(rows: list[dict[str, Any]]) -> list[str]:
-    table = metric_table(rows)
-    if not table:
-        return []
-    return ["", "Test error under every metric (exploratory; " + "; ".join(f"{m} = {d}" for m, d in METRICS.items()) + "):", "",
-            "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])] + ["| " + " | ".join(t) + " |" for t in table[1:]]
-
-
-def _fmt(s: dict[str, float]) -> str:
-    return f"{s['mean']:.4f}" + ("" if math.isnan(s["ci"]) else f" ± {s['ci']:.4f}")
