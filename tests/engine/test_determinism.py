@@ -18,10 +18,10 @@ BF16_CPU = bf16_fast(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.skipif(not BF16_CPU, reason="no AVX512-BF16/AMX"))])
-@pytest.mark.parametrize("source,mode", [("leaf", "finetune"), ("kmeans-within:4", "linear")])
+@pytest.mark.parametrize("source,mode", [("leaf", "finetune"), ("kmeans-within:4", "probe")])
 def test_same_config_and_seed_identical_on_cpu(tiny, tmp_path, source, mode, bf16):
     """In each precision (channels-last on the CPU in both): float32, and bf16 autocast (the default where the CPU has it)."""
-    cfg = tiny_config(source=source, transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "mode": mode}, bf16=bf16)
+    cfg = tiny_config(source=source, transfer={"epochs": 1, "batch_size": 16, "lr": 0.02, "protocol": mode}, bf16=bf16)
     a, b = tmp_path / "a", tmp_path / "b"
     run_transfer(cfg, a, dataset=tiny)
     run_transfer({**cfg, "deterministic": True}, b, dataset=tiny)

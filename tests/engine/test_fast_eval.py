@@ -67,12 +67,12 @@ def _result(folder):
     return res, dict(np.load(folder / "predictions.npz"))
 
 
-@pytest.mark.parametrize("mode", ["finetune", "linear", "map"])
+@pytest.mark.parametrize("mode", ["finetune", "probe", "map"])
 def test_last_epoch_evaluation_only_changes_nothing_but_the_intermediate_lines(tiny, tmp_path, monkeypatch, mode):
     calls = []
     real = engine_stages.predict_levels
     monkeypatch.setattr(engine_stages, "predict_levels", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cfg = tiny_config(pretrain={"epochs": 3, "batch_size": 16, "lr": 0.05}, transfer={"mode": mode, "epochs": 2, "lr": 0.1})
+    cfg = tiny_config(pretrain={"epochs": 3, "batch_size": 16, "lr": 0.05}, transfer={"protocol": mode, "epochs": 2, "lr": 0.1})
     run_transfer(cfg, tmp_path / "every", dataset=tiny)
     n_every = len(calls)
     calls.clear()
@@ -94,7 +94,7 @@ def test_last_epoch_evaluation_only_changes_nothing_but_the_intermediate_lines(t
 
 def test_map_after_a_resume_evaluates_again(tiny, tmp_path):
     """A run resumed after pretraining has no pretraining pass in memory: it evaluates."""
-    cfg = tiny_config(transfer={"mode": "map"})
+    cfg = tiny_config(transfer={"protocol": "map"})
     whole = run_transfer(cfg, tmp_path / "whole", dataset=tiny)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(cfg, tmp_path / "cut", dataset=tiny, stop_after_steps=12)  # 6 steps per epoch: after pretraining

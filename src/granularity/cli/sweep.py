@@ -116,11 +116,22 @@ def _key_values(items: tuple[str, ...], option: str) -> dict[str, object]:
 @click.option("--sweep", "sweep_name", default=None, help="Only the runs of this sweep of the store.")
 @click.option("--export", type=click.Path(path_type=Path), default=None,
               help="Write the table to a .csv or .parquet file instead of printing it.")
-def results(store, filters, columns, sweep_name, export):
+@click.option("--migrate", is_flag=True,
+              help="Rewrite the result folders under STORE (stores, run, phase, study folders) made by a release "
+                   "before the one vocabulary in today's spelling, with run ids from it; once.")
+def results(store, filters, columns, sweep_name, export, migrate):
     """List, filter and export the index of the results store STORE (config fields and metrics
     flattened into columns)."""
     import pandas as pd
 
+    if migrate:
+        from granularity.sweeps.migrate import migrate as migrate_folder
+
+        changed = migrate_folder(store)
+        for line in changed:
+            click.echo(line)
+        click.echo(f"{len(changed)} files or folders rewritten in today's spelling under {store}", err=True)
+        return
     from granularity.sweeps.query import query_store
 
     df = query_store(store, filters=filters, columns=columns, sweep=sweep_name, export=export)

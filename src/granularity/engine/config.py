@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer
 
 from granularity.engine.labels import SourceSpec
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.deprecation import Renamed, upgrade
-from granularity.vocabulary import STAGE_RENAMES, TRANSFER_RENAMES
 
 
 def _check_embedding(v: str) -> str:
@@ -54,7 +52,7 @@ class StageConfig(Config):
     augment: bool = True  # random crop (pad 2 for 28 px, 4 for 32 px) + horizontal flip; images only
 
 
-# the simulator's protocols (granularity.vocabulary): the old `mode: linear` is read as `protocol: probe`
+# the simulator's protocols (granularity.vocabulary.PROTOCOLS)
 Protocol = Literal["finetune", "probe", "map"]
 
 
@@ -67,11 +65,6 @@ class TransferStageConfig(StageConfig):
     # with lr 0.003 / 0.01 / 0.03 / 0.05 + 0.2 warm-up epochs.
     lr: float = Field(0.05, gt=0)
     warmup_epochs: float = Field(0.2, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return upgrade(data, STAGE_RENAMES, prefix="transfer.")
 
 
 class RareConfig(Config):
@@ -87,8 +80,6 @@ class TransferConfig(Config):
     k-means of the embeddings inside each target class, so labels nest in the target),
     ``kmeans-global:K`` (k-means over the whole training set), ``random:K``, ``per-sample``.
     """
-
-    RENAMES: ClassVar[tuple[Renamed, ...]] = TRANSFER_RENAMES  # old spellings, read at the boundary
 
     dataset: str = "fashion-mnist"
     data_root: str | None = None  # None: the data package's default location
@@ -141,11 +132,6 @@ class TransferConfig(Config):
     # seconds between progress lines inside an epoch (steps/s, images/s, ETA) when progress is
     # shown and stderr is not a terminal; a terminal gets a tqdm bar
     progress_every_s: float = Field(30.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return upgrade(data, cls.RENAMES)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from granularity.errors import GranularityError
-from granularity.vocabulary import read_transfer_config
 from granularity.utils.io import (
     append_jsonl,
     check_writable,
@@ -52,7 +51,7 @@ class RunFolder:
         check_writable(out)
         started = self.ckpt_path.exists() or (out / "result.json").exists()
         if started and (out / "config.json").exists():
-            old = read_transfer_config(read_json(out / "config.json"))  # written by any release: new spelling
+            old = read_json(out / "config.json")
             diff = sorted(k for k in set(old) | set(self.cfg_d) if old.get(k) != self.cfg_d.get(k))
             if set(diff) - set(CADENCE_FIELDS):  # a new cadence resumes the run (config.json updated)
                 raise GranularityError(

@@ -16,9 +16,7 @@ from typing import Any
 
 from granularity.errors import GranularityError, unknown_name
 from granularity.utils.config import Config
-from granularity.utils.deprecation import Renamed, downgrade, upgrade
 from granularity.utils.io import read_json
-from granularity.vocabulary import SIM_RENAMES, TRANSFER_RENAMES
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,6 @@ class ExperimentKind:
     # top-level config fields that do not change a run's numbers (a name, where it runs, worker
     # processes, checkpoint and output options), given the config: left out of the run id
     run_only: Callable[[Mapping[str, Any]], tuple[str, ...]] = lambda cfg: ()
-    # renamed config keys and values (granularity.vocabulary): stored configs are read in the new
-    # spelling, run ids hash the old one (so that runs made before a rename keep their ids)
-    renames: tuple[Renamed, ...] = ()
 
     def build(self, raw: Mapping[str, Any], where: str = "") -> Config:
         return self.config_class().build(raw, where=where)
@@ -53,15 +48,7 @@ class ExperimentKind:
         """The resolved config (a dict) without its run-only fields: what determines the result,
         hence what a run id hashes."""
         drop = set(self.run_only(cfg))
-        return {k: v for k, v in self.read_config(cfg).items() if k not in drop}
-
-    def read_config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """A stored config of any release in today's spelling (no deprecation lines)."""
-        return upgrade(dict(cfg), self.renames, warn=False)
-
-    def id_form(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """The resolved config in the spelling its run id hashes: the first one."""
-        return downgrade(cfg, self.renames)
+        return {k: v for k, v in cfg.items() if k not in drop}
 
 
 KINDS: dict[str, ExperimentKind] = {}
@@ -147,7 +134,6 @@ register(
         metrics=_sim_metrics,
         is_complete=_sim_complete,
         run_only=lambda cfg: SIM_RUN_ONLY,
-        renames=SIM_RENAMES,
         # torch._dynamo: torch.optim imports it on the first optimiser (~4 s); matplotlib: the figures
         preload=("torch", "torch._dynamo", "granularity.theory.experiment", "granularity.theory.plots", "matplotlib.pyplot"),
     )
@@ -192,7 +178,7 @@ def _tr_run(cfg: Config, out: Path) -> dict[str, Any]:
     except GranularityError:
         old = None
     kind = KINDS["transfer"]
-    if isinstance(old, dict) and old != new and kind.result_config(old) == kind.result_config(new):  # old spellings read as new
+    if isinstance(old, dict) and old != new and kind.result_config(old) == kind.result_config(new):
         write_json(path, new)
     return run_transfer(cfg, out)
 
@@ -257,6 +243,5 @@ register(
         run_only=_tr_run_only,
         hierarchy_hash=lambda result: result.get("hierarchy_hash"),
         preload=("torch", "torch._dynamo", "granularity.engine.run", "granularity.models"),
-        renames=TRANSFER_RENAMES,
     )
 )

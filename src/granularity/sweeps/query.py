@@ -49,17 +49,6 @@ def _compare(op: str, a, b) -> bool:
     return {"<": a < b and not equal, "<=": a < b or equal, ">": a > b and not equal, ">=": a > b or equal}[op]
 
 
-def current_key(key: str, values: bool = False):
-    """A column name in today's spelling (the store shows every run's config in it: see
-    :meth:`ResultsStore.frame`), and with ``values`` its renamed values."""
-    from granularity.sweeps.kinds import KINDS
-    from granularity.utils.deprecation import rename_key
-
-    renames = [r for k in KINDS.values() for r in k.renames]
-    new, vals = rename_key(key, renames)
-    return (new, vals) if values else new
-
-
 def apply_filters(df, filters: tuple[str, ...]):
     """Keep the rows matching every ``key<op>value``.
 
@@ -70,13 +59,7 @@ def apply_filters(df, filters: tuple[str, ...]):
     ``>=`` need a number. A value of another type than the column holds is an error. Lists in
     ``df`` must be Python lists (``ResultsStore.frame(encode_lists=False)``).
     """
-    for old_key, op, old_text in parse_filters(filters):
-        key, values = current_key(old_key, values=True)
-        text = str(values.get(old_text, old_text))
-        if (key, text) != (old_key, old_text):
-            from granularity.utils.deprecation import warn_key_value
-
-            warn_key_value(old_key, old_text, key, text, stacklevel=3)
+    for key, op, text in parse_filters(filters):
         if key not in df.columns:
             raise GranularityError(
                 f"The '--filter' key {key!r}{suggest(key, df.columns)} is not a column of the store; "
@@ -139,7 +122,7 @@ def query_store(store: str | Path, *, filters: Sequence[str] = (), columns: str 
         sweeps = [s for s in sweeps if s["name"] == sweep]
     if df.empty:
         return None
-    axis_keys = [current_key(k) for s in sweeps for group in s["axes"] for k in group]
+    axis_keys = [k for s in sweeps for group in s["axes"] for k in group]
     df = apply_filters(df, tuple(filters))
     df = encode_lists(df[select_columns(df, columns, axis_keys)])
     if export is not None:

@@ -81,11 +81,8 @@ class Sweep:
 def run_id(kind: str, config: Mapping[str, Any]) -> str:
     """Stable id: sha256 of the kind and the canonical JSON of the validated config without the
     fields that do not change the result (the kind's ``run_only``: name, device, worker processes,
-    checkpoint options), so that the same computation has one id however it is launched. The
-    config is hashed in the kind's :attr:`~ExperimentKind.id_form`: renamed keys and values in
-    their first spelling, so both spellings, and runs made before a rename, share one id."""
-    k = get_kind(kind)
-    canon = json.dumps({"kind": kind, "config": k.id_form(k.result_config(config))}, sort_keys=True,
+    checkpoint options), so that the same computation has one id however it is launched."""
+    canon = json.dumps({"kind": kind, "config": get_kind(kind).result_config(config)}, sort_keys=True,
                        separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
@@ -217,26 +214,6 @@ def parse_axes(axes_spec: Any, zip_spec: Any, where: str) -> list[Axis]:
     return axes
 
 
-def renamed_axes(axes: list[Axis], renames) -> list[Axis]:
-    """Axes on old spellings of a key or its values (e.g. ``transfer.mode: [finetune, linear]``)
-    on the new ones (``transfer.protocol: [finetune, probe]``), one deprecation line per axis key."""
-    from granularity.utils.deprecation import rename_key, warn_renamed
-
-    out: list[Axis] = []
-    for keys, points in axes:
-        new_keys, maps = [], []
-        for i, key in enumerate(keys):
-            new, values = rename_key(key, renames)
-            old_vals = [pt[i] for pt in points]
-            new_vals = [values.get(v, v) if isinstance(v, str) else v for v in old_vals]
-            if new != key or new_vals != old_vals:
-                warn_renamed(f"the axis '{key}: {old_vals}'", f"'{new}: {new_vals}'")
-            new_keys.append(new)
-            maps.append(values)
-        out.append((new_keys, [tuple(m.get(v, v) if isinstance(v, str) else v for v, m in zip(pt, maps)) for pt in points]))
-    return out
-
-
 def check_axes(axes: list[Axis], where: str) -> None:
     """A config key may vary on one axis only."""
     seen: set[str] = set()
@@ -294,8 +271,7 @@ def expand(spec: Mapping[str, Any], source: str | None = None, name: str | None 
             )
     raw = deep_merge(raw, base)
 
-    axes = renamed_axes(parse_axes(spec.get("axes") or {}, spec.get("zip") or [], where),
-                        kind.renames)
+    axes = parse_axes(spec.get("axes") or {}, spec.get("zip") or [], where)
     for key in axis_order(axes):
         if key.split(".")[0] in kind.seed_keys:
             raise GranularityError(

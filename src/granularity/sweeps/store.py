@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError
+from granularity.utils.config import flatten
 
 INDEX = "index.sqlite"
 LOCK = "index.lock"
@@ -353,7 +354,6 @@ class ResultsStore:
             d = dict(row)
             for key in ("spec", "axes", "seeds"):
                 d[key] = json.loads(d[key])
-            d["axes"] = _current_axes(d["kind"], d["axes"])
             d["run_ids"] = [r[0] for r in self._db.execute(
                 "SELECT run_id FROM sweep_runs WHERE sweep=? ORDER BY position", (d["name"],))]
             out.append(d)
@@ -442,22 +442,19 @@ class ResultsStore:
                 continue
             for key in JSON_COLUMNS:
                 d[key] = json.loads(d[key]) if d[key] else None
-            d["config"] = _current_spelling(d["kind"], d["config"])  # written by any release
             if sweep is not None:
                 member = d.pop("member_params")
                 d["params"] = json.loads(member) if member else sweep_params(d["config"], axes, d["params"])
-            if isinstance(d["params"], dict):  # a sweep's axis values, keyed as its axes
-                d["params"] = dict(zip(_current_axes(d["kind"], [list(d["params"])])[0], d["params"].values()))
             out.append(d)
         return out
 
     def _sweep_axes(self, sweep: str) -> list[list[str]]:
-        row = self._db.execute("SELECT kind, axes FROM sweeps WHERE name=?", (sweep,)).fetchone()
+        row = self._db.execute("SELECT axes FROM sweeps WHERE name=?", (sweep,)).fetchone()
         if row is None:
             from granularity.errors import unknown_name
 
             raise unknown_name("sweep", sweep, [s["name"] for s in self.sweeps()])
-        return _current_axes(row["kind"], json.loads(row["axes"]))
+        return json.loads(row["axes"])
 
     def status_counts(self, run_ids: Iterable[str] | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -479,8 +476,7 @@ class ResultsStore:
                 "seed": (r["params"] or {}).get("seed"), "wall_time": r["wall_time"], "attempts": r["attempts"],
                 "hierarchy_hash": r["hierarchy_hash"],
             }
-            config = _current_spelling(r["kind"], r["config"])
-            rec.update({f"{k}": _scalar(v) if encode_lists else v for k, v in flatten(config).items()})
+            rec.update({f"{k}": _scalar(v) if encode_lists else v for k, v in flatten(r["config"]).items()})
             rec.update({f"{k}": v for k, v in (r["metrics"] or {}).items()})
             versions = r["versions"] or {}
             for key in ("granularity", "torch", "python", "git_revision", "device"):
@@ -488,23 +484,6 @@ class ResultsStore:
                     rec[f"env.{key}"] = versions[key]
             records.append(rec)
         return pd.DataFrame.from_records(records)
-
-
-def _current_spelling(kind: str, config: Any) -> Any:
-    """A stored config (written by any release) with renamed keys and values in today's spelling."""
-    from granularity.sweeps.kinds import KINDS
-
-    k = KINDS.get(kind)
-    return k.read_config(dict(config)) if k is not None and isinstance(config, Mapping) else config
-
-
-def _current_axes(kind: str, axes: list[list[str]]) -> list[list[str]]:
-    """A stored sweep's axis keys (written by any release) in today's spelling, as its configs."""
-    from granularity.sweeps.kinds import KINDS
-    from granularity.utils.deprecation import rename_key
-
-    renames = KINDS[kind].renames if kind in KINDS else ()
-    return [[rename_key(key, renames)[0] for key in group] for group in axes]
 
 
 def sweep_params(config: Mapping[str, Any] | None, axes: list[list[str]], params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -529,18 +508,6 @@ def _scalar(v: Any) -> Any:
 def encode_lists(df: Any) -> Any:
     """A frame of :meth:`ResultsStore.frame` with ``encode_lists=False`` as the default frame."""
     return df.apply(lambda col: col.map(_scalar) if col.dtype == object else col)
-
-
-def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """``{"data": {"k": 4}}`` -> ``{"data.k": 4}`` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in (tree or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def export_table(df: Any, path: str | Path) -> Path:

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from granularity.utils.config import Config
-from granularity.utils.deprecation import Renamed, upgrade
-from granularity.vocabulary import SIM_RENAMES, SIM_TRANSFER_RENAMES
 
 Range = tuple[float, float]
 
@@ -176,18 +174,13 @@ class SimTransferConfig(Config):
     sources: list[int | Literal["coarse", "fine"]] = Field(
         default_factory=lambda: ["coarse", "fine"], description="pretraining levels to compare"
     )
-    # the engine's word (TransferConfig.target, --target); `target_level` before it, still read
+    # the engine's word (TransferConfig.target, --target)
     target: int = Field(1, ge=1, description="level of the target task (1 = superclasses)")
     probe_steps: int = Field(300, ge=1, description="full-batch Adam steps for the linear probe")
     probe_lr: float = Field(0.05, gt=0)
     finetune_steps: int = Field(500, ge=1, description="SGD steps of full fine-tuning on target labels")
     finetune_lr: float = Field(0.1, gt=0)
     n_test: int = Field(2000, ge=1, description="easy and hard test samples each, per seed")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return upgrade(data, SIM_TRANSFER_RENAMES, prefix="transfer.")
 
 
 # The names of before the engine's configs took them (kept: public API of granularity.theory);
@@ -198,8 +191,6 @@ TransferConfig = SimTransferConfig
 
 class SimConfig(Config):
     """One simulator experiment: data, model, training, transfer, seeds."""
-
-    RENAMES: ClassVar[tuple[Renamed, ...]] = SIM_RENAMES  # old spellings, read at the boundary
 
     name: str = "custom"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -213,11 +204,6 @@ class SimConfig(Config):
     checkpoint_every: int = Field(
         0, ge=0, description="SGD steps between mid-training checkpoints; 0 = one every 30 s of training"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return upgrade(data, cls.RENAMES)
 
     @model_validator(mode="after")
     def _check_levels(self) -> SimConfig:

@@ -46,16 +46,14 @@ from granularity.theory.train import (
 from granularity.utils.device import available_memory, bf16_fast, resolve_device
 from granularity.utils.io import check_writable, environment, read_json, write_json, write_npz
 from granularity.utils.stats import mean_ci
-from granularity.vocabulary import read_sim_config, sim_id_form
 
 # fields that do not change any seed's result: a run may be resumed or extended with other values
 _RUN_ONLY = ("seeds", "seed_batch", "device", "name", "checkpoint_every")
 
 
 def config_hash(cfg: SimConfig) -> str:
-    """Hash of everything that determines one seed's result, in the spelling of before the
-    renames (:func:`~granularity.vocabulary.sim_id_form`): folders made before them resume."""
-    d = {k: v for k, v in sim_id_form(cfg.to_dict()).items() if k not in _RUN_ONLY}
+    """Hash of everything that determines one seed's result."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -231,7 +229,7 @@ def check_run_folder(out: Path, cfg: SimConfig) -> None:
     if cfg_path.exists():
         old = read_json(cfg_path)
         try:
-            old_cfg = SimConfig.model_validate(read_sim_config(old))  # any release's spelling, silently
+            old_cfg = SimConfig.model_validate(old)
         except Exception:  # noqa: BLE001 - an older/foreign config: refuse, never overwrite
             old_cfg = None
         if old_cfg is None or config_hash(old_cfg) != config_hash(cfg):
@@ -355,7 +353,7 @@ def summarise_run(out: str | Path) -> dict[str, Any]:
     None when absent; records: the per-seed files present)."""
     out = Path(out)
     result = load_result(out)
-    config = read_sim_config(read_json(out / "config.json")) if (out / "config.json").exists() else None
+    config = read_json(out / "config.json") if (out / "config.json").exists() else None
     return {"result": result, "config": config, "records": load_records(out, result.get("seeds", []))}
 
 

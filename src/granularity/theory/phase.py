@@ -13,19 +13,16 @@ from typing import Any
 
 from granularity.errors import GranularityError
 from granularity.sweeps.kinds import get_kind
-from granularity.sweeps.spec import axis_values, check_axes, grid, renamed_axes
+from granularity.sweeps.spec import axis_values, check_axes, grid
 from granularity.theory.experiment import load_result, simulate
 from granularity.theory.plots import plot_phase
 from granularity.utils.config import Config, parse_value
-from granularity.utils.deprecation import rename_key
 from granularity.utils.io import check_writable, read_json, write_json
-from granularity.vocabulary import read_sim_config
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
     """``"data.k=4,8,16"`` -> ``("data.k", [4, 8, 16])``; each value parsed once, like ``--set``
-    values (``null`` -> None, ``1e-1`` -> 0.1), an old key spelling read in the new one (one
-    deprecation line: ``transfer.target_level`` -> ``transfer.target``)."""
+    values (``null`` -> None, ``1e-1`` -> 0.1)."""
     if "=" not in text:
         raise GranularityError(f"A phase axis must look like key=v1,v2,... (for example data.k=4,8,16). Got {text!r} instead.")
     key, values = text.split("=", 1)
@@ -35,8 +32,7 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
         raise GranularityError(f"A phase axis needs a key and at least one value. Got {text!r} instead.")
     if any(not p for p in key.split(".")):
         raise GranularityError(f"A phase axis has an empty key part in {text!r}; use dotted names like data.k.")
-    [([key], points)] = renamed_axes([([key], [(v,) for v in items])], get_kind("simulate").renames)
-    return key, [v for (v,) in points]
+    return key, items
 
 
 def _cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
@@ -45,15 +41,8 @@ def _cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
 
 
 def _cell_dir(out: Path, xk: str, xv: Any, yk: str, yv: Any) -> Path:
-    """A cell's folder, named by its axis keys; a folder named by their spelling of before a
-    rename (``target_level=2__...``), made by an older release, is that cell: read, resumed."""
-    cell = out / "cells" / _cell_name(xk, xv, yk, yv)
-    if not cell.exists():
-        first = {r.new: r.old for r in get_kind("simulate").renames if r.new is not None}
-        old = out / "cells" / _cell_name(first.get(xk, xk), xv, first.get(yk, yk), yv)
-        if old.exists():
-            return old
-    return cell
+    """A cell's folder, named by its axis keys."""
+    return out / "cells" / _cell_name(xk, xv, yk, yv)
 
 
 def cell_configs(base: dict[str, Any], x: tuple[str, list], y: tuple[str, list]) -> list[tuple[str, Any, Any, Config]]:
@@ -98,9 +87,7 @@ def build_phase(out: str | Path) -> dict[str, Any]:
     spec = read_json(spec_path)
     try:
         (xk, xs), (yk, ys), protocol = spec["x"], spec["y"], spec["protocol"]
-        xs, ys, protocol = list(xs), list(ys), str(protocol)
-        renames = get_kind("simulate").renames  # keys of any release in today's spelling, silently
-        xk, yk = rename_key(str(xk), renames)[0], rename_key(str(yk), renames)[0]
+        xk, yk, xs, ys, protocol = str(xk), str(yk), list(xs), list(ys), str(protocol)
     except (KeyError, TypeError, ValueError):
         raise GranularityError(
             f"{str(spec_path)!r} is malformed (needs x: [key, values], y: [key, values], protocol); "
@@ -139,16 +126,14 @@ def summarise_phase(out: str | Path) -> dict[str, Any]:
     values, seeds and config) and the ``"key=v, key=v"`` labels of cells without a result."""
     out = Path(out)
     phase = read_json(out / "phase.json") if (out / "phase.json").exists() else build_phase(out)
-    renames = get_kind("simulate").renames  # a phase.json of any release: keys in today's spelling
-    xk, yk = rename_key(phase["x_key"], renames)[0], rename_key(phase["y_key"], renames)[0]
-    phase = {**phase, "x_key": xk, "y_key": yk}
+    xk, yk = phase["x_key"], phase["y_key"]
     cells, missing = [], []
     for r, yv in enumerate(phase["y_values"]):
         for c, xv in enumerate(phase["x_values"]):
             cell = _cell_dir(out, xk, xv, yk, yv)
             if (cell / "result.json").exists():
                 cells.append({xk: xv, yk: yv, "seeds": load_result(cell).get("seeds"),
-                              "config": read_sim_config(read_json(cell / "config.json")) if (cell / "config.json").exists() else None})
+                              "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
             if all(g[r][c] is None or g[r][c] != g[r][c] for g in phase["grids"].values()):
                 missing.append(f"{xk}={xv}, {yk}={yv}")
     return {"phase": phase, "spec": read_json(out / "phase_spec.json"), "cells": cells, "missing": missing}

@@ -11,7 +11,6 @@ from typing import Any
 from granularity.errors import GranularityError, unknown_name
 from granularity.theory.config import SimConfig
 from granularity.utils.config import apply_overrides, deep_merge, load_config_file
-from granularity.utils.deprecation import upgrade, upgrade_overrides
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,6 @@ def get_preset(name: str) -> Preset:
 def resolve_config(preset: str, config: str | Path | None = None, sets: Iterable[str] = (),
                    seeds: int | list[int] | None = None) -> tuple[SimConfig, dict[str, Any]]:
     """defaults < preset < config file < ``key=value`` overrides < ``seeds``, validated once.
-    Old spellings (:data:`SimConfig.RENAMES`) in the file and the overrides are read in the new
-    one layer by layer, with one deprecation line each, so that a new key overrides an old one.
     ``seeds``: a count (seeds 0..n-1) or a list of consecutive seeds (``seed0`` = its first).
     Returns the config and the raw data it was built from (for phase cells to vary).
 
@@ -83,8 +80,8 @@ def resolve_config(preset: str, config: str | Path | None = None, sets: Iterable
     """
     raw = get_preset(preset).raw()
     if config is not None:
-        raw = deep_merge(raw, upgrade(load_config_file(config), SimConfig.RENAMES))
-    raw = apply_overrides(raw, upgrade_overrides(list(sets), SimConfig.RENAMES))
+        raw = deep_merge(raw, load_config_file(config))
+    raw = apply_overrides(raw, sets)
     if isinstance(seeds, list):
         raw.update(seed_range(seeds))
     elif seeds is not None:
