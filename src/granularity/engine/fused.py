@@ -191,3 +191,70 @@ def predict_fused(fn: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[Any],
                 if r:
                     outs[k].append(z[k, :r, : widths[k] if widths is not None else z.shape[-1]].cpu())
     return [torch.cat(o) if o else torch.empty(0) for o in outs]
+
+
+def train_runs(models: Sequence[torch.nn.Module], members: Sequence[Member], stage: StageConfig | Sequence[StageConfig],
+               seeds: Sequence[int], what: str, device: torch.device, bf16: bool | str = False, fuse: bool = True
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``stage.epochs`` epochs of every run k (``models[k]`` on ``members[k]``, epoch generators
+    from ``seeds[k]`` and stage name ``what``), fused when the models allow it (and ``fuse``),
+    else one after the other with :func:`~granularity.engine.train.train_epoch`. ``stage``: one
+    for all, or one per run (its own optimiser settings and learning rate; fused only when they
+    agree on epochs, batch size, augmentation and label smoothing). Returns each run's
+    last-epoch metrics (a diverged run: ``{"failed": message}``; the others go on unchanged)
+    and ``{"fused": bool, "fused_with": K, "reason": why not}``."""
+    from granularity.engine.train import epoch_generator, make_optimizer, make_scheduler, train_epoch
+    from granularity.models.fused import fuse as fuse_models, fuse_reason
+
+    stages = list(stage) if isinstance(stage, Sequence) else [stage] * len(models)
+    stage = stages[0]
+    opts = [make_optimizer(m.parameters(), st) for m, st in zip(models, stages)]
+    scheds = [make_scheduler(o, st, -(-len(mem.y) // st.batch_size)) for o, st, mem in zip(opts, stages, members)]
+    why = "turned off" if not fuse else fuse_reason(models) or _members_reason(members) or _stages_reason(stages)
+    out: list[dict[str, Any]] = [{} for _ in models]
+    if why is not None or len(models) == 1:
+        for k, (m, mem, st) in enumerate(zip(models, members, stages)):
+            for epoch in range(1, st.epochs + 1):
+                try:
+                    out[k] = train_epoch(m, mem.x, mem.y, mem.norm, st, opts[k], scheds[k],
+                                         epoch_generator(seeds[k], what, epoch), device, bf16, label=f"{what} epoch {epoch}")
+                except FloatingPointError as exc:
+                    out[k] = {"failed": str(exc)}
+                    break
+        return out, {"fused": False, "fused_with": 1, "reason": why or "a single run"}
+    alive = list(range(len(models)))
+    for epoch in range(1, stage.epochs + 1):
+        starts = None
+        while alive:
+            group = fuse_models([models[k] for k in alive])
+            try:
+                ms = train_epoch_fused(group, [members[k] for k in alive], stage, [opts[k] for k in alive],
+                                       [scheds[k] for k in alive], [epoch_generator(seeds[k], what, epoch) for k in alive],
+                                       device, bf16, label=f"{what} epoch {epoch}", starts=starts)
+                group.release()
+                for k, m in zip(alive, ms):
+                    out[k] = m
+                break
+            except MembersDiverged as exc:
+                group.release()
+                for i in exc.failed:
+                    out[alive[i]] = {"failed": str(exc)}
+                starts = [exc.starts[i] for i in range(len(alive)) if i not in exc.failed]
+                alive = [k for i, k in enumerate(alive) if i not in exc.failed]
+    return out, {"fused": True, "fused_with": len(models), "reason": None}
+
+
+def _members_reason(members: Sequence[Member]) -> str | None:
+    """Why these runs' data cannot share one fused loop (None: they can)."""
+    if len({len(m.y) for m in members}) != 1:
+        return "the runs have different numbers of training inputs"
+    if len({(tuple(m.x.shape[1:]), m.x.dtype) for m in members}) != 1:
+        return "the runs' inputs differ in shape or dtype"
+    return None
+
+
+def _stages_reason(stages: Sequence[StageConfig]) -> str | None:
+    """Why these runs' stages cannot share one fused loop (None: they can)."""
+    if len({(st.epochs, st.batch_size, st.augment, st.label_smoothing) for st in stages}) != 1:
+        return "the runs' stages differ in epochs, batch size, augmentation or label smoothing"
+    return None
