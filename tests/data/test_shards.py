@@ -26,7 +26,8 @@ from data_writers import write_image_folder, write_inat  # noqa: E402
 from granularity.data import load_dataset  # noqa: E402
 from granularity.data import shards as sh  # noqa: E402
 from granularity.data.image_folder import load_image_folder  # noqa: E402
-from granularity.data.shards import iter_rank_shards, load_shards, write_shards  # noqa: E402
+from granularity.data.shard_writer import write_shards  # noqa: E402
+from granularity.data.shards import iter_rank_shards, load_shards  # noqa: E402
 from granularity.errors import DataError, GranularityError  # noqa: E402
 
 WORDNET_OK = all(Path("/usr/share/wordnet", f).is_file() for f in ("data.noun", "index.noun"))
@@ -203,7 +204,7 @@ def test_foreign_shards_with_json_and_a_hierarchy_file(tmp_path):
     write_foreign(d, [("t0", png(5), {"cls": b"sula_sula\n"})], name="test-0.tar")
     hfile = tmp_path / "tree.csv"
     hfile.write_text("child,parent\nMorus alba,Moraceae\nSula sula,Sulidae\nMoraceae,root\nSulidae,root\n")
-    ds = load_shards(d, image_size=4, hierarchy_file=hfile, in_memory=True)
+    ds = load_dataset("shards", d, image_size=4, hierarchy_file=str(hfile), in_memory=True)
     assert ds.leaf_names == ["Morus alba", "sula_sula"]  # sorted class texts when there is no manifest
     assert ds.train.y.tolist() == [0, 1, 0, 1] and ds.test.y.tolist() == [1]
     assert int(ds.train.x[2].float().mean()) == 20
@@ -371,9 +372,14 @@ def test_unknown_test_class_is_one_line_error(tmp_path):
     d = tmp_path / "f"
     write_foreign(d, [("a", png(1), {"cls": b"cat"})])
     write_foreign(d, [("t", png(1), {"cls": b"dgo"})], name="test-0.tar")
-    with pytest.raises(DataError) as exc:
-        load_shards(d, image_size=4)
-    one_line(exc, "test-0.tar:t.png", "'dgo'", "1 classes")
+    with pytest.raises(DataError) as exc:  # a class only in the test shards: the 'unseen' policy
+        load_dataset("shards", d, image_size=4)
+    one_line(exc, "Class 'dgo'", "1 row(s) in the test split", "unseen=score")
+    (d / "manifest.json").write_text(json.dumps({"classes": ["cat"], "splits": {
+        s: {"shards": [{"name": f"{s}-0.tar", "count": 1, "bytes": (d / f"{s}-0.tar").stat().st_size}]} for s in ("train", "test")}}))
+    with pytest.raises(DataError) as exc:  # a manifest lists the classes: one outside it is an error
+        load_shards(d, image_size=4, cache_index=False)
+    one_line(exc, "test-0.tar:t.png", "'dgo'", "1 classes listed in manifest.json")
 
 
 def test_folder_and_option_errors(folder, tmp_path):
@@ -392,7 +398,7 @@ def test_folder_and_option_errors(folder, tmp_path):
         load_shards(gz)
     one_line(exc, "train-0.tar", "uncompressed tar")
     with pytest.raises(GranularityError, match="'hierarchy_file' parameter"):
-        load_shards(gz, hierarchy_file=tmp_path / "missing.csv")
+        load_dataset("shards", gz, hierarchy_file=str(tmp_path / "missing.csv"))
     with pytest.raises(GranularityError, match="'shard_size' parameter"):
         write_shards(folder, tmp_path / "x", shard_size=0)
     with pytest.raises(GranularityError, match="'format' parameter"):

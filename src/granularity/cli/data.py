@@ -1,5 +1,5 @@
 """``granularity data shard SRC --out DIR``: write WebDataset tar shards from an image folder
-or the iNat2021 layout (see :mod:`granularity.data.shards` and ``docs/data.md``)."""
+or the iNat2021 layout (see :mod:`granularity.data.shard_writer` and ``docs/data.md``)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def shard(src: Path, out: Path, shard_size: int, fmt: str, train_dir: str, test_
     """Write SRC as tar shards OUT/{train,test}-NNNNNN.tar (<index>.<ext> image bytes unchanged,
     <index>.cls class name) in the loader's order, plus OUT/manifest.json (classes, counts,
     sha256 per shard). Load them with the 'shards' data set."""
-    from granularity.data.shards import write_shards
+    from granularity.data.shard_writer import write_shards
 
     if test_fraction is not None and fmt != "image-folder":
         raise click.UsageError("--test-fraction applies to --format image-folder only.")

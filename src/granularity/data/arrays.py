@@ -142,13 +142,19 @@ def read_table(path: Path):
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     except FileNotFoundError:
         raise DataError(f"Table file {path} not found.") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"Table file {path} is empty: no header and no rows.") from None
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"Cannot read table file {path}: {msg}.") from None
+    if len(df) == 0:
+        raise DataError(f"Table file {path} is empty: it has a header ({len(df.columns)} columns) but no rows.")
+    return df
 
 
 def _table_files(root: Path) -> tuple[Path, Path | None]:
@@ -197,12 +203,14 @@ def _numeric_part(df, cols: list[str], labels: list[str], where: str) -> tuple[n
 
 def load_table(
     root: str | Path | None = None,
+    *,
     label_columns: Sequence[str] = ("label",),
     feature_columns: Sequence[str] | None = None,
     split_column: str | None = "split",
     test_fraction: float = 0.2,
     seed: int = 0,
     hierarchy_file: str | None = None,
+    labels_from: str | None = None,
     label_policy: str | None = None,
 ) -> RealDataset:
     """Load a CSV/Parquet table: numeric feature columns and one label column per level.
@@ -222,7 +230,10 @@ def load_table(
         Stratified random test split when the table has no split.
     hierarchy_file : path, optional
         A hierarchy file (:func:`~granularity.hierarchy.load_hierarchy_file`) replacing the tree
-        the label columns imply; the finest labels are matched to its leaves by name.
+        the label columns imply; the finest labels are matched to its leaves by name. With two
+        or more label columns the file must agree with them (the first class placed under
+        another parent is an error), unless ``labels_from`` is ``"data"`` (the columns win) or
+        ``"hierarchy"`` (the file wins).
     label_policy : {"fill", "drop", "own"}, optional
         Partial labels (needs ``hierarchy_file``): a row's labels may stop at an internal node
         (a genus, no species) or leave blanks (a missing ancestor); see :func:`_partial_dataset`.
@@ -261,13 +272,15 @@ def load_table(
         raise DataError(f"Table {where} has no feature columns besides the labels {labels}.")
     parts = {key: _numeric_part(df, cols, labels, where) for key, df in frames.items()}
     info = {"root": str(root), "features": cols}
+    if len(labels) > 1:  # parents the hierarchy file must agree with
+        info["label_source"] = "the label columns"
     if label_policy is not None:
         return _partial_dataset(frames, labels, cols, where, hierarchy_file, label_policy, info)
     ds = _build("table", "table-1", parts, labels, where, info)
     if hierarchy_file is not None:
         from granularity.data.registry import with_hierarchy_file
 
-        ds = with_hierarchy_file(ds, hierarchy_file)
+        ds = with_hierarchy_file(ds, hierarchy_file, labels_from)
     return ds
 
 
@@ -338,6 +351,7 @@ def _partial_dataset(frames: dict, labels: list[str], cols: list[str], where: st
 # --------------------------------------------------------------------------------------------
 def load_npz(
     root: str | Path | None = None,
+    *,
     feature_key: str = "x",
     label_keys: Sequence[str] = ("y",),
     test_fraction: float = 0.2,
@@ -395,4 +409,5 @@ def load_npz(
         else:
             is_test = _random_split(ys[-1], test_fraction, seed, f"npz file {path}", labels[-1])
         parts = {"train": (x[~is_test], [y[~is_test] for y in ys]), "test": (x[is_test], [y[is_test] for y in ys])}
-    return _build("npz", "npz-1", parts, labels, str(path), {"root": str(path)})
+    info = {"root": str(path), **({"label_source": "the label arrays"} if len(labels) > 1 else {})}
+    return _build("npz", "npz-1", parts, labels, str(path), info)

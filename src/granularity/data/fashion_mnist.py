@@ -227,6 +227,7 @@ def _hierarchy():
 
 def load_fashion_mnist(
     root: str | Path | None = None,
+    *,
     download: bool = True,
     verify: bool = False,
     timeout: float = 10.0,

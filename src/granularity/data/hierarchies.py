@@ -67,7 +67,9 @@ def parent_map_factory(
         )
     roots = sorted({p for p in parents.values() if p not in parents})
     if not roots:
-        raise HierarchyError(f"Parent map {where} has no root: every parent is also a child (a cycle).")
+        from granularity.hierarchy.io import find_cycle
+
+        raise HierarchyError(f"Parent map {where} has no root: it has the cycle {' -> '.join(find_cycle(parents))}.")
     if len(roots) != 1:
         raise HierarchyError(
             f"Parent map {where} must have exactly one root; found {len(roots)}: {', '.join(roots[:5])}."

@@ -94,6 +94,16 @@ def check_hierarchy_option(hierarchy: Any) -> None:
         raise _hierarchy_error(hierarchy)
 
 
+def parent_map_source(hierarchy: Any) -> str | None:
+    """How messages name a ``hierarchy`` option that is a parent map (the data's own parents,
+    which a ``hierarchy_file`` must agree with); None for the named trees."""
+    if isinstance(hierarchy, dict):
+        return "the parent map given as 'hierarchy'"
+    if isinstance(hierarchy, (str, Path)) and str(hierarchy) not in HIERARCHY_NAMES:
+        return f"the parent map {str(hierarchy)!r}"
+    return None
+
+
 def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Callable[[], Any]:
     """``"auto"`` (WordNet when all classes are wnids, else flat), ``"wordnet"``, ``"flat"``,
     or a parent map (dict or JSON file ``{child: parent}``)."""
@@ -120,6 +130,7 @@ def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Calla
 
 def load_image_folder(
     root: str | Path | None = None,
+    *,
     image_size: int = 32,
     channels: int = 3,
     train_dir: str = "train",
@@ -163,12 +174,10 @@ def load_image_folder(
     train_classes = list_class_folders(tr_folder, extensions)
     if not train_classes:
         raise DataError(f"Image folder {tr_folder} has no class sub-folders.")
-    leaf_names = list(train_classes)
-    index = {c: i for i, c in enumerate(leaf_names)}
     test_classes = list_class_folders(te_folder, extensions)
-    extra = [c for c in test_classes if c not in index]
-    if extra:
-        raise DataError(f"Class folder {te_folder / extra[0]} has no counterpart in {tr_folder}.")
+    # a test-only class is a leaf with no training images: load_dataset's 'unseen' policy decides
+    leaf_names = sorted(set(train_classes) | set(test_classes))
+    index = {c: i for i, c in enumerate(leaf_names)}
     parts = {}
     for key, classes, folder in (("train", train_classes, tr_folder), ("test", test_classes, te_folder)):
         paths = [p for c in classes for p in classes[c]]
@@ -184,5 +193,6 @@ def load_image_folder(
         test=splits["test"],
         leaf_names=leaf_names,
         hierarchy_factory=hierarchy_factory(leaf_names, hierarchy, NAME),
-        info={"root": str(root), "image_size": image_size, "in_memory": splits["train"].in_memory},
+        info={"root": str(root), "image_size": image_size, "in_memory": splits["train"].in_memory,
+              **({"label_source": source} if (source := parent_map_source(hierarchy)) else {})},
     )

@@ -96,6 +96,7 @@ def leaf_names_of(categories: list[dict[str, Any]]) -> list[str]:
 
 def load_inat2021(
     root: str | Path | None = None,
+    *,
     train_json: str = "train.json",
     test_json: str = "val.json",
     ranks: Sequence[str] = RANKS,
@@ -147,5 +148,6 @@ def load_inat2021(
         test=splits["test"],
         leaf_names=leaf_names,
         hierarchy_factory=taxonomy_factory(cats, ranks, str(tr_path)),
-        info={"root": str(root), "image_size": image_size, "in_memory": splits["train"].in_memory},
+        info={"root": str(root), "image_size": image_size, "in_memory": splits["train"].in_memory,
+              **({"label_source": "the iNat ranks"} if ranks else {})},
     )

@@ -12,12 +12,12 @@ import inspect
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from granularity.data.base import RealDataset
-from granularity.errors import GranularityError, param_error, suggest, unknown_name
+from granularity.errors import DataError, GranularityError, param_error, suggest, unknown_name
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ COMMON_OPTIONS: dict[str, Any] = {
     # a hierarchy file (JSON export, child,parent CSV/TSV, or one path per class) replacing the
     # data set's own tree; its leaves are matched to the class names (granularity.hierarchy.match_classes)
     "hierarchy_file": str | None,
+    # which source wins when the data carry their own parents (a table's label columns, iNat
+    # ranks, a `hierarchy` parent map) and a hierarchy_file contradicts them: None (default)
+    # makes any contradiction an error, "data" keeps the data's tree, "hierarchy" the file's
+    "labels_from": Literal["data", "hierarchy"] | None,
+    # a class with test rows but no training rows: None (default) is an error naming it,
+    # "score" keeps it and the engine scores it as a separate "unseen" group
+    "unseen": Literal["score"] | None,
     # a planted cue per class of one hierarchy level (granularity.data.cues.CueOption: rho,
     # strength, size, leak, corner, level, seed), for in-memory images; stored fully resolved
     "cue": dict | None,
@@ -202,18 +209,21 @@ def load_dataset(
         key = "seed" if "seed" in options else "root"
         raise GranularityError(f"The data option {key!r} is set by load_dataset's own {key!r} argument (data_root / data_seed in a config).")
     options = check_options(name, options)
-    # a loader with its own hierarchy_file parameter applies it itself (e.g. to partial labels)
-    hierarchy_file = options.pop("hierarchy_file", None) if "hierarchy_file" not in params else None
-    cue = options.pop("cue", None)
-    if "seed" in params:
-        options["seed"] = seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise param_error("seed", "an integer", seed)
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise param_error("root", "a path (str or pathlib.Path) or None", root)
+    # a loader with its own hierarchy_file parameter applies it itself (e.g. to partial labels)
+    own = {k: options.pop(k, None) for k in ("hierarchy_file", "labels_from") if k not in params}
+    _check_hierarchy_options(options.get("hierarchy_file", own.get("hierarchy_file")),
+                             options.get("labels_from", own.get("labels_from")))
+    cue, unseen = options.pop("cue", None), options.pop("unseen", None)
+    if "seed" in params:
+        options["seed"] = seed
     ds = fn(root=root, **options)
-    if hierarchy_file is not None:
-        ds = with_hierarchy_file(ds, hierarchy_file)
+    if own.get("hierarchy_file") is not None:
+        ds = with_hierarchy_file(ds, own["hierarchy_file"], own["labels_from"])
+    ds = check_unseen(ds, unseen)
     if cue is not None:  # planted on the whole data set (after its hierarchy is final), then subsetted
         from granularity.data.cues import cue_dataset
 
@@ -225,14 +235,75 @@ def load_dataset(
     return ds
 
 
-def with_hierarchy_file(ds: RealDataset, path: str | os.PathLike) -> RealDataset:
+def _check_hierarchy_options(hierarchy_file: Any, labels_from: str | None) -> None:
+    """Before any data file is read: the hierarchy file exists, and ``labels_from`` comes with one."""
+    if hierarchy_file is not None and not os.path.isfile(os.path.expanduser(str(hierarchy_file))):
+        raise param_error("hierarchy_file", "an existing hierarchy file (JSON, child,parent CSV/TSV or paths)", str(hierarchy_file))
+    if labels_from is not None and hierarchy_file is None:
+        raise param_error("labels_from", "set only with a hierarchy_file (it says which of the data and the file wins)", labels_from)
+
+
+def check_unseen(ds: RealDataset, unseen: str | None = None) -> RealDataset:
+    """Classes with test rows but no training rows: an error naming the first (``unseen``
+    None), or kept and listed in ``ds.info["unseen_classes"]`` (``"score"``: the engine scores
+    them as a separate group)."""
+    counts = torch.bincount(ds.train.y.cpu(), minlength=ds.num_leaves)
+    test_counts = torch.bincount(ds.test.y.cpu(), minlength=ds.num_leaves)
+    missing = [i for i in range(ds.num_leaves) if counts[i] == 0 and test_counts[i] > 0]
+    if not missing:
+        return ds
+    if unseen is None:
+        i = missing[0]
+        more = f" ({len(missing)} such classes in all)" if len(missing) > 1 else ""
+        raise DataError(
+            f"Class {ds.leaf_names[i]!r} has {int(test_counts[i])} row(s) in the test split but none in the "
+            f"training split{more}; give it training rows, or score such classes as a separate group with "
+            "--data-option unseen=score."
+        )
+    ds.info = {**ds.info, "unseen_classes": [ds.leaf_names[i] for i in missing]}
+    return ds
+
+
+def with_hierarchy_file(ds: RealDataset, path: str | os.PathLike, labels_from: str | None = None) -> RealDataset:
     """``ds`` with the hierarchy read from ``path`` (:func:`~granularity.hierarchy.load_hierarchy_file`),
     its leaves matched to ``ds.leaf_names``; built now, so a class outside the file is an error
-    at load time. The file's content hash is the hierarchy hash every run records."""
+    at load time. The file's content hash is the hierarchy hash every run records.
+
+    When the data carry their own parents (``ds.info["label_source"]``: a table's label
+    columns, iNat ranks, a parent map), both must agree: the first class placed differently is a
+    one-line error, unless ``labels_from`` says which wins (``"data"`` keeps ``ds``'s tree,
+    ``"hierarchy"`` takes the file's)."""
     from granularity.hierarchy import load_hierarchy_file, match_classes
 
     tree = match_classes(load_hierarchy_file(path), ds.leaf_names)
+    source = ds.info.get("label_source")
+    if source is not None and labels_from is None:
+        _check_agreement(ds, tree, source, path)
+    if labels_from == "data":
+        ds.info = {**ds.info, "hierarchy_file": str(path), "labels_from": "data"}
+        return ds
     ds.hierarchy_factory = lambda: tree
     ds.hierarchy = tree
-    ds.info = {**ds.info, "hierarchy_file": str(path)}
+    ds.info = {**ds.info, "hierarchy_file": str(path), **({"labels_from": labels_from} if labels_from else {})}
     return ds
+
+
+def _check_agreement(ds: RealDataset, tree: Any, source: str, path: Any) -> None:
+    """One-line error at the first class ``tree`` places under another parent than the data's
+    own tree: both parents, the rows of that class and how many classes disagree."""
+    from granularity.hierarchy.files import disagreements
+
+    own = ds.hierarchy
+    found = disagreements(own, tree)
+    if not found:
+        return
+    leaf, mine, theirs = found[0]
+    i = ds.leaf_names.index(leaf)
+    rows = int((ds.train.y == i).sum()) + int((ds.test.y == i).sum())
+    more = f"; {len(found)} classes disagree in all" if len(found) > 1 else ""
+    level = f" ({own.level_names[own.node_depth(mine)]})" if own.level_names else ""
+    raise DataError(
+        f"Labels disagree: class {leaf!r} is under {own.titles.get(mine, mine)!r} in {source}{level} but under "
+        f"{tree.titles.get(theirs, theirs)!r} in hierarchy file {str(path)!r} ({rows} rows of that class{more}); "
+        "fix one, or choose the winner with --data-option labels_from=data or labels_from=hierarchy."
+    )

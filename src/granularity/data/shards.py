@@ -12,9 +12,8 @@ they were written from. Splitting the global permutation over ranks, rather than
 is what keeps a ``world_size`` run equal to a one-process run; :func:`iter_rank_shards` offers
 the whole-shard split (sequential reads, no global shuffle) for throughput-bound uses.
 
-:func:`write_shards` writes shards from an image folder or the iNat2021 layout (the bytes of
-each image file unchanged, in the loader's order, deterministic tar headers) and a
-``manifest.json`` (classes, counts, sha256 per shard).
+:func:`granularity.data.shard_writer.write_shards` writes them from an image folder or the
+iNat2021 layout.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import glob
 import hashlib
 import io
 import json
-import math
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -34,11 +32,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from granularity.data.base import RealDataset, StreamSplit, decode_image, stratified_indices
-from granularity.data.image_folder import EXTENSIONS, check_hierarchy_option, check_image_options, fits_in_memory, hierarchy_factory
+from granularity.data.base import RealDataset, StreamSplit, decode_image
+from granularity.data.image_folder import (
+    EXTENSIONS, check_hierarchy_option, check_image_options, fits_in_memory, hierarchy_factory, parent_map_source,
+)
 from granularity.data.inat import taxonomy_factory
 from granularity.errors import DataError, param_error
-from granularity.utils.io import read_json, write_bytes_atomic, write_json
+from granularity.utils.io import read_json, write_json
 
 NAME = "shards"
 VERSION = "webdataset-1"
@@ -299,34 +299,27 @@ def _labels(classes: list[str], index: dict[str, int], shards: list[str], cols: 
     for i, c in enumerate(classes):
         if c not in index:
             where = f"{shards[cols['shard'][i]]}:{cols['names'][i]}"
-            raise DataError(f"Sample {where} has class {c!r}, which is not one of the {len(index)} classes of the training shards.")
+            raise DataError(f"Sample {where} has class {c!r}, which is not one of the {len(index)} classes listed in {MANIFEST}.")
         out.append(index[c])
     return torch.as_tensor(out, dtype=torch.int64)
 
 
-def _make_hierarchy(leaf_names: list[str], hierarchy: Any, hierarchy_file: Any, manifest: dict | None):
-    if hierarchy_file is not None:
-
-        def from_file():
-            from granularity.hierarchy import load_hierarchy_file, match_classes
-
-            return match_classes(load_hierarchy_file(hierarchy_file), leaf_names)
-
-        return from_file
+def _make_hierarchy(leaf_names: list[str], hierarchy: Any, manifest: dict | None) -> tuple[Any, str | None]:
+    """The tree factory and, when the data carry their own parents, where they come from."""
     cats = (manifest or {}).get("inat_categories")
     if hierarchy == "auto" and cats:
-        return taxonomy_factory(cats, manifest.get("inat_ranks"), MANIFEST)
-    return hierarchy_factory(leaf_names, hierarchy, NAME)
+        return taxonomy_factory(cats, manifest.get("inat_ranks"), MANIFEST), "the iNat ranks of the shard manifest"
+    return hierarchy_factory(leaf_names, hierarchy, NAME), parent_map_source(hierarchy)
 
 
 def load_shards(
     root: str | Path | None = None,
+    *,
     image_size: int = 32,
     channels: int = 3,
     train_shards: str = "train-*.tar",
     test_shards: str = "test-*.tar",
     hierarchy: Any = "auto",
-    hierarchy_file: str | Path | None = None,
     in_memory: bool | None = None,
     max_memory_mb: float = 2048,
     workers: int = 0,
@@ -346,10 +339,7 @@ def load_shards(
         Glob patterns (relative to ``root``) of the shards when there is no manifest.
     hierarchy : "auto", "wordnet", "flat", dict or JSON parent map
         As for ``image-folder``; "auto" uses the iNat2021 taxonomy of a manifest written from
-        the iNat2021 layout.
-    hierarchy_file : path, optional
-        A hierarchy file (see :func:`granularity.hierarchy.load_hierarchy_file`) whose leaves
-        are matched to the class names.
+        the iNat2021 layout. (A ``hierarchy_file`` is the data option every data set has.)
     cache_index : bool
         Keep each shard's member index in ``<shard>.index.json`` (rebuilt when the shard changes).
     verify : bool
@@ -357,8 +347,6 @@ def load_shards(
     """
     check_image_options(image_size, channels, in_memory, max_memory_mb, workers)
     check_hierarchy_option(hierarchy)
-    if hierarchy_file is not None and not Path(hierarchy_file).is_file():  # before any shard is read
-        raise param_error("hierarchy_file", "an existing hierarchy file (JSON, CSV/TSV or paths)", str(hierarchy_file))
     if root is None:
         raise param_error("root", "a folder holding WebDataset tar shards", None)
     root = Path(root).expanduser()
@@ -370,7 +358,8 @@ def load_shards(
         raise DataError(f"Shard manifest {root / MANIFEST} has no 'classes' list or 'splits' object.")
     tr_shards, tr = _read_split(root, manifest, "train", train_shards, cache_index, verify)
     te_shards, te = _read_split(root, manifest, "test", test_shards, cache_index, verify)
-    leaf_names = [str(c) for c in manifest["classes"]] if manifest else sorted(set(tr["classes"]))
+    # a class only in the test shards is a leaf without training images ('unseen' in load_dataset)
+    leaf_names = [str(c) for c in manifest["classes"]] if manifest else sorted(set(tr["classes"]) | set(te["classes"]))
     index = {c: i for i, c in enumerate(leaf_names)}
     splits = {}
     for key, shards, cols in (("train", tr_shards, tr), ("test", te_shards, te)):
@@ -380,19 +369,17 @@ def load_shards(
         in_memory = fits_in_memory(len(splits["train"]) + len(splits["test"]), image_size, channels, max_memory_mb)
     if in_memory:
         splits = {k: s.materialize(num_workers=workers) for k, s in splits.items()}
+    factory, source = _make_hierarchy(leaf_names, hierarchy, manifest)
     return RealDataset(
-        name=NAME,
-        version=VERSION,
-        train=splits["train"],
-        test=splits["test"],
-        leaf_names=leaf_names,
-        hierarchy_factory=_make_hierarchy(leaf_names, hierarchy, hierarchy_file, manifest),
-        info={"root": str(root), "image_size": image_size, "in_memory": bool(in_memory)},
+        name=NAME, version=VERSION, train=splits["train"], test=splits["test"], leaf_names=leaf_names,
+        hierarchy_factory=factory,
+        info={"root": str(root), "image_size": image_size, "in_memory": bool(in_memory),
+              **({"label_source": source} if source else {})},
     )
 
 
 # --------------------------------------------------------------------------------------------
-# Writing
+# Hashes and index caches (shared with the writer, granularity.data.shard_writer)
 # --------------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -402,15 +389,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)  # fixed metadata: the same images give the same bytes
-    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
-    tf.addfile(info, io.BytesIO(data))
-    # addfile does not set offset_data: the data are the last 512-byte blocks written
-    info.offset_data = tf.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    return info
-
-
 def _write_index(path: Path, samples: list[list[Any]]) -> None:
     """The index cache of a shard just written (what a scan would find), so the first load
     need not scan it."""
@@ -418,111 +396,3 @@ def _write_index(path: Path, samples: list[list[Any]]) -> None:
         write_json(path.with_name(path.name + INDEX_SUFFIX), {"version": INDEX_VERSION, "shard": _fingerprint(path), "samples": samples})
     except OSError:
         pass
-
-
-def _write_split(out: Path, split: str, paths: list[str], classes: list[str], shard_size: int) -> list[dict[str, Any]]:
-    entries = []
-    width = max(6, len(str(max(0, math.ceil(len(paths) / shard_size) - 1))))
-    for k, start in enumerate(range(0, len(paths), shard_size)):
-        name = f"{split}-{k:0{width}d}.tar"
-        samples: list[list[Any]] = []
-
-        def write(fh, start=start, samples=samples):
-            samples.clear()  # [key, ext, offset, size, class] as _scan lists them
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-                for i in range(start, min(start + shard_size, len(paths))):
-                    ext = Path(paths[i]).suffix.lower().lstrip(".")
-                    try:
-                        data = Path(paths[i]).read_bytes()
-                    except OSError as exc:
-                        raise DataError(f"Image file {paths[i]} cannot be read ({exc.strerror or exc}).") from None
-                    info = _add(tf, f"{i:09d}.{ext}", data)
-                    _add(tf, f"{i:09d}.cls", classes[i].encode("utf-8"))
-                    samples.append([f"{i:09d}", ext, info.offset_data, info.size, classes[i]])
-
-        write_bytes_atomic(out / name, write)
-        _write_index(out / name, samples)
-        count = min(shard_size, len(paths) - start)
-        entries.append({"name": name, "count": count, "bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)})
-    return entries
-
-
-def _source_parts(src: Path, fmt: str, train_dir: str, test_dir: str, test_fraction: float | None, seed: int):
-    """``(leaf names, {split: (paths, labels)}, manifest extras)`` from the source's own loader."""
-    if fmt == "inat":
-        from granularity.data.inat import RANKS, categories_of, load_inat2021, read_annotation_file
-
-        ds = load_inat2021(src, in_memory=False)
-        cats = categories_of(read_annotation_file(src / "train.json"), src / "train.json")
-        extra = {"inat_categories": cats, "inat_ranks": list(RANKS)}
-    elif fmt == "image-folder":
-        from granularity.data.image_folder import load_image_folder
-
-        if test_fraction is None:
-            ds = load_image_folder(src, train_dir=train_dir, test_dir=test_dir, hierarchy="flat", in_memory=False)
-        else:
-            ds = _one_folder(src, test_fraction, seed)
-        extra = {}
-    else:
-        raise param_error("format", "'image-folder' or 'inat'", fmt)
-    parts = {k: (s.paths, s.y.tolist()) for k, s in (("train", ds.train), ("test", ds.test))}
-    return ds.leaf_names, parts, extra
-
-
-def _one_folder(src: Path, test_fraction: float, seed: int) -> RealDataset:
-    """One folder of class sub-folders split by a seeded stratified draw of the test images."""
-    from granularity.data.image_folder import list_class_folders
-
-    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise param_error("test_fraction", "a number in (0, 1)", test_fraction)
-    if not src.is_dir():
-        raise DataError(f"Image folder {src} not found.")
-    classes = list_class_folders(src, EXTENSIONS)
-    paths = [p for c in classes for p in classes[c]]
-    y = torch.as_tensor([i for i, c in enumerate(classes) for _ in classes[c]], dtype=torch.int64)
-    if not paths:
-        raise DataError(f"No image files ({', '.join(EXTENSIONS)}) in class sub-folders of {src}.")
-    n_test = int(round(test_fraction * len(paths)))
-    if not 0 < n_test < len(paths):
-        raise param_error("test_fraction", f"a fraction that leaves both splits non-empty for {len(paths)} images", test_fraction)
-    test = stratified_indices(y, n_test, seed)
-    is_test = np.zeros(len(paths), dtype=bool)
-    is_test[test.numpy()] = True
-    full = StreamSplit(paths, y, 1)
-    return RealDataset(NAME, VERSION, full.take(np.flatnonzero(~is_test)), full.take(np.flatnonzero(is_test)), list(classes))
-
-
-def write_shards(
-    src: str | Path,
-    out: str | Path,
-    shard_size: int = 1000,
-    format: str = "image-folder",  # noqa: A002 - the CLI option's name
-    train_dir: str = "train",
-    test_dir: str = "val",
-    test_fraction: float | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Write ``src`` as WebDataset shards ``out/{train,test}-NNNNNN.tar`` plus ``manifest.json``.
-
-    Samples keep the source loader's order (classes sorted, files sorted; iNat by image id), so
-    ``load_shards(out)`` gives the same rows, labels and pixels as loading ``src``. Each image
-    file's bytes are stored unchanged as ``<index>.<ext>``, its class name as ``<index>.cls``.
-    ``test_fraction`` splits one image folder of class sub-folders (seeded, stratified).
-    Returns the manifest.
-    """
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise param_error("shard_size", "a positive integer (samples per shard)", shard_size)
-    src, out = Path(src).expanduser(), Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"Output folder {out} exists and is not empty; give a new or empty folder.")
-    leaf_names, parts, extra = _source_parts(src, format, train_dir, test_dir, test_fraction, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"format": VERSION, "source": str(src), "source_format": format,
-                                "shard_size": shard_size, "classes": leaf_names, "splits": {}, **extra}
-    for split, (paths, labels) in parts.items():
-        classes = [leaf_names[c] for c in labels]
-        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(leaf_names))
-        manifest["splits"][split] = {"count": len(paths), "class_counts": dict(zip(leaf_names, counts.tolist())),
-                                     "shards": _write_split(out, split, list(paths), classes, shard_size)}
-    write_json(out / MANIFEST, manifest)
-    return manifest

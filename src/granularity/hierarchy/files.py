@@ -197,3 +197,35 @@ def match_classes(hierarchy: LabelHierarchy, class_names: Sequence[str]) -> Labe
     if chosen == h.leaves:
         return h
     return h.subset(chosen)
+
+
+def _key(h: LabelHierarchy, node: str) -> set[str]:
+    """How a node may be spelt in another source: its name and title, each without a
+    ``"<level name>:"`` prefix (iNat and label-column trees prefix internal nodes with their
+    level), up to case, spaces, ``_`` and ``-``."""
+    out = set()
+    for text in {node, h.titles.get(node, node)}:
+        for level in h.level_names or ():
+            if text.startswith(f"{level}:"):
+                text = text[len(level) + 1:]
+        out.add(_norm(text))
+    return out
+
+
+def disagreements(own: LabelHierarchy, other: LabelHierarchy) -> list[tuple[str, str, str]]:
+    """Leaves that two trees over the same leaves (in the same order) place differently:
+    ``(leaf, ancestor in own, the node of other k steps above the leaf)`` per leaf whose
+    ancestor ``k`` steps up in ``own`` is no ancestor in ``other`` (by name or title, see
+    :func:`_key`), in leaf order. ``other`` may have more levels (a family above the genus
+    the columns name): only what ``own`` says must be found in ``other``."""
+    out = []
+    for leaf, oleaf in zip(own.leaves, other.leaves):
+        mine = own.ancestors(leaf)[:-1]  # without the root
+        theirs = other.ancestors(oleaf)[:-1]
+        known = set().union(*(_key(other, n) for n in theirs)) if theirs else set()
+        for k, node in enumerate(mine):
+            if not _key(own, node) & known:
+                there = theirs[min(k, len(theirs) - 1)] if theirs else other.root
+                out.append((leaf, node, there))
+                break
+    return out

@@ -61,6 +61,22 @@ def _path_level(rows: list[list[Any]], j: int, lname: str, prefix: str, prev: li
 
 
 
+def find_cycle(parent: Mapping[str, str]) -> list[str]:
+    """A cycle of a ``{child: parent}`` map, closed (``["a", "b", "a"]``), or ``[]`` when every
+    walk up ends at a node without a parent."""
+    done: set[str] = set()
+    for start in parent:
+        path: list[str] = []
+        node: str | None = start
+        while node in parent and node not in done:
+            if node in path:
+                return path[path.index(node):] + [node]
+            path.append(node)
+            node = parent[node]
+        done.update(path)
+    return []
+
+
 class Serialisation:
     """JSON form and builders (methods of ``LabelHierarchy``)."""
 
@@ -182,6 +198,11 @@ class Serialisation:
             parent[str(child)] = str(par)
         if root is None:
             tops = sorted({p for p in parent.values() if p not in parent})
+            if not tops:
+                raise HierarchyError(
+                    f"Cycle in the hierarchy: {' -> '.join(find_cycle(parent))}; every node must "
+                    "lead up to one root (a name that has no parent)."
+                )
             if len(tops) != 1:
                 raise HierarchyError(
                     f"The parent map has {len(tops)} top nodes ({show(tops, 3)}); a tree has "
