@@ -53,6 +53,7 @@ def sweep(file, out, executor, workers, threads, address, cpus_per_run, gpus_per
         data.sigma: {geom: [0.03, 0.12, 3]}
       seeds: 3
     """
+    import granularity.experiments  # noqa: F401 (registers the transfer kind's presets study, study-quick)
     from granularity.sweeps.runner import run_sweep
     from granularity.sweeps.spec import load_sweep
 

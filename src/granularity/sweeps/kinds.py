@@ -147,22 +147,23 @@ def _tr_config() -> type[Config]:
     return TransferConfig
 
 
-TRANSFER_PRESETS = ("study", "study-quick")
+# The transfer kind's presets, name -> its overrides: filled by the layer above (importing
+# granularity.experiments registers the study's run settings, "study" and "study-quick"), so that
+# sweeps never imports experiments; the CLI imports it before reading a sweep file.
+TRANSFER_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def register_transfer_preset(name: str, overrides: Callable[[], dict[str, Any]]) -> None:
+    TRANSFER_PRESETS[name] = overrides
 
 
 def _tr_preset(name: str) -> dict[str, Any]:
-    """The real-data study's run settings (granularity.experiments.study): ``study`` = its
-    defaults, ``study-quick`` = its QUICK sizes; a sweep then varies e.g. ``source`` and seeds."""
-    from granularity.experiments.study import QUICK, StudyConfig, run_config
-
+    if not TRANSFER_PRESETS:
+        raise GranularityError(f"Unknown transfer preset {name!r}: none is registered; import granularity.experiments "
+                               f"first (it registers study and study-quick).")
     if name not in TRANSFER_PRESETS:
         raise unknown_name("transfer preset", name, TRANSFER_PRESETS)
-    study = StudyConfig.build(QUICK if name == "study-quick" else {})
-    # the arm-independent settings of every study run (source, seed and rare are per arm)
-    d = run_config(study, "target", 0, None).to_dict()
-    for key in ("source", "seed", "rare"):
-        d.pop(key)
-    return d
+    return TRANSFER_PRESETS[name]()
 
 
 def _tr_run(cfg: Config, out: Path) -> dict[str, Any]:
