@@ -9,7 +9,7 @@ import pytest
 from fakes import write_fake_fmnist
 from granularity.data import fashion_mnist as F
 from granularity.hierarchy import wordnet as W
-from granularity.utils import doctor as D
+import granularity.cli.doctor as D
 
 
 @pytest.fixture()
