@@ -79,7 +79,7 @@ def test_phase_cli_and_plot_only(cli, tmp_path):
 def test_phase_axis_value_null_is_parsed_once(cli, tmp_path):
     """``--x data.sigma=null,0.1``: null is None (the model's default noise), not the text 'None'
     (before: the value was written back as 'None' and parsed again, a config error)."""
-    from granularity.theory.phase import cell_configs, parse_axis
+    from granularity.sweeps.phase import cell_configs, parse_axis
     from granularity.theory.presets import get_preset
 
     x = parse_axis("data.sigma=null,0.1")

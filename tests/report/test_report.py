@@ -14,7 +14,7 @@ from granularity.report import build_report
 from granularity.sweeps.spec import expand
 from granularity.sweeps.store import ResultsStore
 from granularity.sweeps.worker import execute_run
-from granularity.theory.phase import run_phase
+from granularity.sweeps.phase import run_phase
 
 TINY = {
     "name": "tiny",

@@ -8,7 +8,8 @@ import pytest
 from granularity.errors import GranularityError
 from granularity.theory.config import SimConfig
 from granularity.theory.experiment import estimate_memory, check_memory, simulate
-from granularity.theory.phase import build_phase, run_phase
+from granularity.sweeps.phase import run_phase
+from granularity.theory.phase import build_phase
 
 from fakes import TINY_SIM  # tests/ is on sys.path
 

@@ -63,7 +63,8 @@ def simulate(preset, config, sets, seeds, one_seed, quiet, out, dry_run):
 def phase(preset, config, sets, seeds, one_seed, quiet, x_axis, y_axis, protocol, out, plot_only):
     """Phase diagram: hard-sample error of coarse vs fine pretraining over a grid of two
     config fields, drawn as heatmaps from the stored per-cell results."""
-    from granularity.theory.phase import build_phase, format_phase, run_phase
+    from granularity.sweeps.phase import run_phase
+    from granularity.theory.phase import build_phase, format_phase
 
     out = out or Path("runs") / "phase" / preset
     if plot_only:

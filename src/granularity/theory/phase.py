@@ -1,81 +1,29 @@
 """Phase diagrams: hard-sample error of coarse vs fine pretraining over a grid of two config
-fields, a two-axis sweep expanded by the sweep machinery (:func:`granularity.sweeps.spec.grid`).
-Each cell is an ordinary ``simulate`` run folder under ``<out>/cells/`` holding all the seeds;
-the diagram (``phase.json`` and ``phase.png``) is always rebuilt from those stored results, so an
-interrupted grid resumes cell by cell and seed by seed."""
+fields. The grid is run by :func:`granularity.sweeps.phase.run_phase` (a two-axis sweep); each
+cell is an ordinary ``simulate`` run folder under ``<out>/cells/`` holding all the seeds. This
+module reads them: the diagram (``phase.json`` and ``phase.png``) is always rebuilt from those
+stored results, so an interrupted grid resumes cell by cell and seed by seed."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from granularity.errors import GranularityError
-from granularity.sweeps.kinds import get_kind
-from granularity.sweeps.spec import axis_values, check_axes, grid
-from granularity.theory.experiment import load_result, simulate
+from granularity.theory.experiment import load_result
 from granularity.theory.plots import plot_phase
-from granularity.utils.config import Config, parse_value
-from granularity.utils.io import check_writable, read_json, write_json
+from granularity.utils.io import read_json, write_json
 
 
-def parse_axis(text: str) -> tuple[str, list[Any]]:
-    """``"data.k=4,8,16"`` -> ``("data.k", [4, 8, 16])``; each value parsed once, like ``--set``
-    values (``null`` -> None, ``1e-1`` -> 0.1)."""
-    if "=" not in text:
-        raise GranularityError(f"A phase axis must look like key=v1,v2,... (for example data.k=4,8,16). Got {text!r} instead.")
-    key, values = text.split("=", 1)
-    key = key.strip()
-    items = [parse_value(v) for v in values.split(",") if v.strip()]
-    if not key or not items:
-        raise GranularityError(f"A phase axis needs a key and at least one value. Got {text!r} instead.")
-    if any(not p for p in key.split(".")):
-        raise GranularityError(f"A phase axis has an empty key part in {text!r}; use dotted names like data.k.")
-    return key, items
-
-
-def _cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
+def cell_name(xk: str, xv: Any, yk: str, yv: Any) -> str:
     safe = lambda s: re.sub(r"[^A-Za-z0-9.+-]", "_", str(s))  # noqa: E731
     return f"{safe(xk.split('.')[-1])}={safe(xv)}__{safe(yk.split('.')[-1])}={safe(yv)}"
 
 
-def _cell_dir(out: Path, xk: str, xv: Any, yk: str, yv: Any) -> Path:
+def cell_dir(out: Path, xk: str, xv: Any, yk: str, yv: Any) -> Path:
     """A cell's folder, named by its axis keys."""
-    return out / "cells" / _cell_name(xk, xv, yk, yv)
-
-
-def cell_configs(base: dict[str, Any], x: tuple[str, list], y: tuple[str, list]) -> list[tuple[str, Any, Any, Config]]:
-    """The grid of a sweep with the two axes ``y`` (rows) and ``x`` (columns, fastest), expanded
-    by the sweep machinery; every cell's config is validated before any training starts. A cell
-    keeps all of the run's seeds (one ``simulate`` folder), unlike a sweep run (one seed)."""
-    where = "the phase diagram"
-    axes = [([key], [(v,) for v in axis_values(key, values, where)]) for key, values in (y, x)]
-    check_axes(axes, where)
-    kind = get_kind("simulate")
-    cells = []
-    for values, raw in grid(base, axes):
-        xv, yv = values[x[0]], values[y[0]]
-        cfg = kind.build(raw, where=f"phase cell {x[0]}={xv}, {y[0]}={yv}")
-        cells.append((_cell_name(x[0], xv, y[0], yv), xv, yv, cfg))
-    return cells
-
-
-def run_phase(base: dict[str, Any], x_axis: str, y_axis: str, out: str | Path, protocol: str = "map",
-              progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    out = check_writable(out)
-    x, y = parse_axis(x_axis), parse_axis(y_axis)
-    cells = cell_configs(base, x, y)
-    if protocol not in cells[0][3].transfer.protocols:
-        raise GranularityError(
-            f"The 'protocol' parameter must be one of the run's protocols {cells[0][3].transfer.protocols}. Got {protocol!r} instead."
-        )
-    write_json(out / "phase_spec.json", {"x": [x[0], x[1]], "y": [y[0], y[1]], "protocol": protocol, "base": base})
-    for i, (_, xv, yv, cfg) in enumerate(cells):
-        if log:
-            log(f"[{i + 1}/{len(cells)}] {x[0]}={xv}, {y[0]}={yv}")
-        simulate(cfg, _cell_dir(out, x[0], xv, y[0], yv), progress=progress)
-    return build_phase(out)
+    return out / "cells" / cell_name(xk, xv, yk, yv)
 
 
 def build_phase(out: str | Path) -> dict[str, Any]:
@@ -98,7 +46,7 @@ def build_phase(out: str | Path) -> dict[str, Any]:
     seeds = None
     for r, yv in enumerate(ys):
         for c, xv in enumerate(xs):
-            cell = _cell_dir(out, xk, xv, yk, yv)
+            cell = cell_dir(out, xk, xv, yk, yv)
             if not (cell / "result.json").exists():
                 continue
             res = load_result(cell)
@@ -130,7 +78,7 @@ def summarise_phase(out: str | Path) -> dict[str, Any]:
     cells, missing = [], []
     for r, yv in enumerate(phase["y_values"]):
         for c, xv in enumerate(phase["x_values"]):
-            cell = _cell_dir(out, xk, xv, yk, yv)
+            cell = cell_dir(out, xk, xv, yk, yv)
             if (cell / "result.json").exists():
                 cells.append({xk: xv, yk: yv, "seeds": load_result(cell).get("seeds"),
                               "config": read_json(cell / "config.json") if (cell / "config.json").exists() else None})
