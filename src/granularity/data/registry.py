@@ -27,6 +27,9 @@ class DatasetSpec:
     name: str
     loader: str
     description: str
+    # training rows a run uses when its config sets no train_size: a documented subset for the
+    # built-in data sets, None (all of them) for your own data (tables, folders, shards, iNat)
+    default_train_size: int | None = None
 
     def load_function(self) -> Callable[..., RealDataset]:
         module, attr = self.loader.split(":")
@@ -125,11 +128,13 @@ DATASETS: dict[str, DatasetSpec] = {
             "fashion-mnist",
             "granularity.data.fashion_mnist:load_fashion_mnist",
             "Fashion-MNIST, 70k 28x28 greyscale product images, 10 classes (IDX files).",
+            default_train_size=10000,
         ),
         DatasetSpec(
             "cifar100",
             "granularity.data.cifar:load_cifar100",
             "CIFAR-100 python pickles (cifar-100-python/{meta,train,test}); 20 superclasses.",
+            default_train_size=10000,
         ),
         DatasetSpec(
             "image-folder",
@@ -155,6 +160,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "wordnet-glosses",
             "granularity.data.wordnet_glosses:load_wordnet_glosses",
             "WordNet 3.0 noun glosses (offline, Debian wordnet-base): text in, hypernym path as labels, every depth a level.",
+            default_train_size=10000,
         ),
         DatasetSpec(
             "npz",
@@ -291,7 +297,7 @@ def with_hierarchy_file(ds: RealDataset, path: str | os.PathLike, labels_from: s
 def _check_agreement(ds: RealDataset, tree: Any, source: str, path: Any) -> None:
     """One-line error at the first class ``tree`` places under another parent than the data's
     own tree: both parents, the rows of that class and how many classes disagree."""
-    from granularity.hierarchy.files import disagreements
+    from granularity.hierarchy.files import disagreements, display_name
 
     own = ds.hierarchy
     found = disagreements(own, tree)
@@ -303,7 +309,7 @@ def _check_agreement(ds: RealDataset, tree: Any, source: str, path: Any) -> None
     more = f"; {len(found)} classes disagree in all" if len(found) > 1 else ""
     level = f" ({own.level_names[own.node_depth(mine)]})" if own.level_names else ""
     raise DataError(
-        f"Labels disagree: class {leaf!r} is under {own.titles.get(mine, mine)!r} in {source}{level} but under "
-        f"{tree.titles.get(theirs, theirs)!r} in hierarchy file {str(path)!r} ({rows} rows of that class{more}); "
+        f"Labels disagree: class {leaf!r} is under {display_name(own, mine)!r} in {source}{level} but under "
+        f"{display_name(tree, theirs)!r} in hierarchy file {str(path)!r} ({rows} rows of that class{more}); "
         "fix one, or choose the winner with --data-option labels_from=data or labels_from=hierarchy."
     )

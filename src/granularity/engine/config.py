@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer
+from pydantic import AfterValidator, Field, PlainSerializer, ValidationInfo, field_validator, model_serializer, model_validator
 
 from granularity.engine.labels import SourceSpec
 from granularity.errors import GranularityError
@@ -87,7 +87,9 @@ class TransferConfig(Config):
     # for a table or {"image_size": 64, "in_memory": false} for an image folder, plus
     # hierarchy_file for any data set; checked against the loader of `dataset`
     data_options: dict[str, Any] = Field(default_factory=dict)
-    train_size: int | None = Field(10000, ge=1)  # training images (stratified subset); None = all
+    # training images (stratified subset); None = all. Unset: the data set's default_train_size
+    # (10,000 for the built-in fashion-mnist, cifar100, wordnet-glosses; all rows of your own data)
+    train_size: int | None = Field(10000, ge=1)
     test_size: int | None = Field(None, ge=1)  # test images; None = all
     data_seed: int = 0  # which subset
     # Training images held out as a validation split (stratified by leaf, drawn with data_seed
@@ -142,6 +144,15 @@ class TransferConfig(Config):
             if key in out and out[key] == default:
                 out.pop(key)
         return out
+
+    @model_validator(mode="after")
+    def _default_train_size(self) -> TransferConfig:
+        if "train_size" not in self.model_fields_set:
+            from granularity.data.registry import DATASETS
+
+            spec = DATASETS.get(self.dataset)
+            self.__dict__["train_size"] = spec.default_train_size if spec else 10000
+        return self
 
     @field_validator("data_options")
     @classmethod

@@ -29,6 +29,7 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
         from granularity.data import load_dataset
 
         dataset = load_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
+    dataset.info = {**dataset.info, "loaded": {"train": len(dataset.train), "test": len(dataset.test)}}
     if cfg.train_size is not None and cfg.train_size > len(dataset.train):
         raise GranularityError(
             f"The 'train_size' parameter must be at most the training set size {len(dataset.train)} (set it with --train-size). Got {cfg.train_size} instead."
@@ -47,6 +48,20 @@ def prepare_data(cfg: TransferConfig, dataset: Any | None = None) -> Any:
         idx = make_rare(dataset, cfg.rare.classes, cfg.rare.keep_fraction, seed=cfg.data_seed)
         dataset = dataset.select(train=idx, rare=cfg.rare.to_dict())
     return dataset
+
+
+def data_sizes(ds: Any, n_val: int) -> dict[str, int]:
+    """Rows a run uses per split, and how many the data set had (before ``train_size`` /
+    ``test_size`` / ``rare``): recorded in result.json's ``dataset`` and printed at the start."""
+    loaded = ds.info.get("loaded", {})
+    return {"n_train": len(ds.train), "n_test": len(ds.test), "n_val": n_val,
+            "n_train_loaded": int(loaded.get("train", len(ds.train) + n_val)), "n_test_loaded": int(loaded.get("test", len(ds.test)))}
+
+
+def sizes_line(sizes: dict[str, int]) -> str:
+    """``data: train 800 of 24541 rows, test 6135 of 6135, validation 0`` (the run's first line)."""
+    return (f"data: train {sizes['n_train']} of {sizes['n_train_loaded']} rows, test {sizes['n_test']} of "
+            f"{sizes['n_test_loaded']}, validation {sizes['n_val']}")
 
 
 def holdout_validation(cfg: TransferConfig, ds: Any) -> tuple[Any, Any]:

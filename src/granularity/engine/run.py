@@ -29,10 +29,12 @@ from granularity.engine.folder import RunFolder
 from granularity.engine.inputs import (  # noqa: F401 (estimate_memory, num_source_classes: API)
     RunData,
     check_plan,
+    data_sizes,
     estimate_memory,
     holdout_validation,
     num_source_classes,
     prepare_data,
+    sizes_line,
 )
 from granularity.engine.stages import Run
 from granularity.errors import RunFailedError
@@ -169,6 +171,8 @@ def _run_transfer(cfg: TransferConfig, out: Path, dctx: DistContext, dataset, em
     if kind == "done":
         return resumed
     data = RunData.build(cfg, prepared, dctx, embeddings_cache)
+    if progress and dctx.is_main:  # what the run uses, before any training (issue 30)
+        print(f"[{out.name}] {sizes_line(data_sizes(data.ds, 0 if data.y_val is None else len(data.y_val)))}", flush=True)
     run = Run(cfg, data, dctx, folder, progress, stop_after_steps)
     run.restore(resumed)
     run.pretrain()

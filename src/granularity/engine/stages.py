@@ -15,7 +15,7 @@ import torch
 from granularity.engine.config import StageConfig, TransferConfig
 from granularity.engine.distributed import DistContext
 from granularity.engine.folder import RunFolder
-from granularity.engine.inputs import RunData
+from granularity.engine.inputs import RunData, data_sizes
 from granularity.engine.train import (
     EpochProgress,
     bf16_active,
@@ -279,7 +279,8 @@ class Run:
     def result(self, final: dict[int, torch.Tensor], logits: torch.Tensor) -> dict[str, Any]:
         cfg, d, ds = self.cfg, self.d, self.d.ds
         names = list(ds.leaf_names)
-        result = summarise(logits, d.lv_te[cfg.target], d.leaf_te, names, rare_leaf_ids(cfg, names))
+        unseen = [names.index(c) for c in ds.info.get("unseen_classes", ())]  # data option unseen=score
+        result = summarise(logits, d.lv_te[cfg.target], d.leaf_te, names, rare_leaf_ids(cfg, names), unseen)
         result.update({
             "levels": self.accuracies(final),
             "pretrain_levels": self.state["pretrain_final"],
@@ -292,8 +293,8 @@ class Run:
             "protocol": cfg.transfer.protocol,  # "transfer_mode" in results of before the rename
             "hierarchy_hash": getattr(ds.hierarchy, "content_hash", None),
             "data": self.folder.data,  # the data fingerprint (granularity.data.fingerprint)
-            "dataset": {"name": ds.name, "version": getattr(ds, "version", None), "n_train": len(d.leaf_tr),
-                        "n_test": len(d.leaf_te)},
+            "dataset": {"name": ds.name, "version": getattr(ds, "version", None),
+                        **data_sizes(ds, 0 if d.y_val is None else len(d.y_val))},
             "model": {"name": cfg.model.name, "params": int(sum(p.numel() for p in self.model.parameters()))},
             "seed": cfg.seed,
             "device": str(self.device),
@@ -318,8 +319,9 @@ def _margins(logits: torch.Tensor, y_target: np.ndarray) -> np.ndarray:
     return (p_true - other.max(1).values).numpy()
 
 def summarise(logits: torch.Tensor, y_target: np.ndarray, y_leaf: np.ndarray, leaf_names: list[str],
-              rare: list[int]) -> dict[str, Any]:
-    """Target error overall, per fine (leaf) class, and on rare subclasses versus the rest."""
+              rare: list[int], unseen: list[int] = ()) -> dict[str, Any]:
+    """Target error overall, per fine (leaf) class, on rare subclasses versus the rest, and on
+    classes without training rows (``unseen``) versus the seen ones."""
     correct = logits.argmax(1).numpy() == y_target
     per_fine = {}
     for c, name in enumerate(leaf_names):
@@ -333,4 +335,9 @@ def summarise(logits: torch.Tensor, y_target: np.ndarray, y_leaf: np.ndarray, le
         out["rare_classes"] = [leaf_names[c] for c in rare]
         out["rare_error"] = float(1 - correct[is_rare].mean()) if is_rare.any() else float("nan")
         out["common_error"] = float(1 - correct[~is_rare].mean()) if (~is_rare).any() else float("nan")
+    if unseen:
+        new = np.isin(y_leaf, unseen)
+        out["unseen_classes"] = [leaf_names[c] for c in unseen]
+        out["unseen_error"] = float(1 - correct[new].mean()) if new.any() else float("nan")
+        out["seen_error"] = float(1 - correct[~new].mean()) if (~new).any() else float("nan")
     return out

@@ -199,17 +199,20 @@ def match_classes(hierarchy: LabelHierarchy, class_names: Sequence[str]) -> Labe
     return h.subset(chosen)
 
 
+def display_name(h: LabelHierarchy, node: str) -> str:
+    """A node as a source spells it: its title, else its name without a ``"<level name>:"``
+    prefix (iNat and label-column trees prefix internal nodes with their level)."""
+    text = h.titles.get(node, node)
+    for level in h.level_names or ():
+        if text.startswith(f"{level}:"):
+            return text[len(level) + 1:]
+    return text
+
+
 def _key(h: LabelHierarchy, node: str) -> set[str]:
-    """How a node may be spelt in another source: its name and title, each without a
-    ``"<level name>:"`` prefix (iNat and label-column trees prefix internal nodes with their
-    level), up to case, spaces, ``_`` and ``-``."""
-    out = set()
-    for text in {node, h.titles.get(node, node)}:
-        for level in h.level_names or ():
-            if text.startswith(f"{level}:"):
-                text = text[len(level) + 1:]
-        out.add(_norm(text))
-    return out
+    """How a node may be spelt in another source: its name and :func:`display_name`, without
+    a homonym's ``" (<parent>)"`` suffix, up to case, spaces, ``_`` and ``-``."""
+    return {_norm(re.sub(r"\s*\([^()]*\)$", "", text)) for text in (node, display_name(h, node))}
 
 
 def disagreements(own: LabelHierarchy, other: LabelHierarchy) -> list[tuple[str, str, str]]:
