@@ -290,7 +290,7 @@ class Run:
             "label_function_meta": d.src.meta,
             "target_level": cfg.target,
             "num_target_classes": d.n_target,
-            "protocol": cfg.transfer.protocol,  # "transfer_mode" in results of before the rename
+            "protocol": cfg.transfer.protocol,
             "hierarchy_hash": getattr(ds.hierarchy, "content_hash", None),
             "data": self.folder.data,  # the data fingerprint (granularity.data.fingerprint)
             "dataset": {"name": ds.name, "version": getattr(ds, "version", None),
