@@ -8,6 +8,11 @@
 #   - figure 3 runs simulate in float32 and bf16 against the peer-style float32 implementation.
 #   - --full: the full-size comparison 3 (paper preset, 5 seeds, 3000 steps) and paper-size
 #     generator memory; both fit in a few minutes on a GPU.
+#   - figure 6 (fused runs): K = 1, 2, 4, 8, 16 and 64 runs of the default CNN (and of the MLP)
+#     trained as one fused model vs one after the other, bf16 autocast + channels-last (the
+#     engine's default on a card with bf16); images/s, fraction of the bf16 ceiling, peak RSS;
+#     target: 16 fused runs >= 10x the throughput of one run at a time. Unmeasured until a
+#     session with a GPU runs this script (`--only fused` runs it alone).
 #   - batched seeds: `simulate` of the paper preset with SEEDS seeds as one batch (default 40),
 #     each precision twice, alternating; wall seconds and every error table are kept.
 # Usage: benchmarks/run_gpu.sh [extra `granularity bench` options, e.g. --only step,seeds]

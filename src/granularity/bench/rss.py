@@ -36,6 +36,10 @@ def main(argv: list[str]) -> None:
         from granularity.bench.engine import engine_run
 
         res = engine_run(**args)
+    elif kind == "fused_group":
+        from granularity.bench.fused import fused_group
+
+        res = fused_group(**args)
     elif kind == "idle":
         res = {}
     else:

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[int, str]] = {
     "whole": (3, "simulate(paper, 5 seeds) vs a peer-style nn.Module/DataLoader implementation (speed-up)"),
     "engine": (4, "real-data engine images/s / bare training loop images/s; peak RSS of a run"),
     "generator": (5, "generator samples/s; peak RSS of streamed evaluation vs number of samples"),
+    "fused": (6, "K runs as one fused model vs one by one, K = 1..16 (64 on CUDA), CNN and MLP; peak RSS"),
 }
 
 
@@ -90,6 +91,10 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
             from granularity.bench.engine import bench_engine
 
             res = bench_engine(device, tiny, ceilings=ceilings)
+        elif n == "fused":
+            from granularity.bench.fused import bench_fused
+
+            res = bench_fused(device, tiny, ceilings=ceilings)
         else:
             from granularity.bench.simulator import bench_generator
 
@@ -106,6 +111,10 @@ def run_benchmarks(device: str | torch.device = "auto", only: str | list[str] | 
 
         step_ratios(record["results"]["step"], ceilings)
         log(f"bench step: {summary_line('step', record['results']['step'])}")
+    if "fused" in record["results"]:  # fractions of the run's final ceiling
+        from granularity.bench.fused import fused_ratios
+
+        fused_ratios(record["results"]["fused"], ceilings)
     record["seconds"] = time.perf_counter() - t_all
     record["load_average_after"] = load_average()
     record["summary"] = {n: {"figure": r["figure"], "value": r["value"], "target": r["target"], "met": r["met"]}
@@ -136,6 +145,10 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
                 f"(no augmentation {r['ratio_no_augment']:.2f}); run peak RSS {r['run_rss']['maxrss_mib']:.0f} MiB"
                 + (f"; bf16 engine {ips['engine_bf16']:.0f} vs bare {ips['bare_bf16']:.0f} img/s: {r['ratio_bf16']:.2f}"
                    if "ratio_bf16" in r else "") + f"; target >= {r['target']} {ok}")
+    if name == "fused":
+        from granularity.bench.fused import summary
+
+        return summary(r)
     rss = r["eval_rss"]
     return (f"{r['samples_per_s']:.0f} samples/s; eval peak RSS "
             + ", ".join(f"{k}: {v['maxrss_mib']:.0f} MiB" for k, v in rss.items())

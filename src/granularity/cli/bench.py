@@ -11,7 +11,7 @@ import click
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True,
               help="Folder of the JSON result (one file per machine/device).")
 @click.option("--only", default=None, metavar="NAMES",
-              help="Comma-separated subset of: step, seeds, whole, engine, generator.")
+              help="Comma-separated subset of: step, seeds, whole, engine, generator, fused.")
 @click.option("--tiny", is_flag=True, help="Smoke-test sizes (seconds; figures not meaningful).")
 @click.option("--full", is_flag=True, help="Full-size comparison 3 (minutes) and paper-size generator memory.")
 @click.option("--scale", type=click.FloatRange(0.001, 10), default=None,

@@ -1,0 +1,168 @@
+"""Figure 6: K runs trained as one fused model vs the same K runs one after the other.
+
+For the default CNN and the MLP and K = 1, 2, 4, 8, 16 (and 64 on CUDA): one epoch of K
+independent runs (own seeds, permutations, augmentation, head sizes 2/4/10 in turn, own
+optimisers) through :func:`~granularity.engine.fused.train_epoch_fused` against K calls of the
+engine's :func:`~granularity.engine.train.train_epoch`, in the engine's default precision (bf16
+autocast where the hardware has a fast path) and layout; every side interleaved with the others
+and with the run's ceilings, repeated. Images/s count every run's images; the FLOP rate uses 3x
+the forward pass's multiply-adds (the usual estimate of forward + backward) and is reported as a
+fraction of the run's best bf16 matmul rate (float32 without bf16). Peak RSS of the largest
+group, fused and sequential, each in a fresh process. Synthetic uint8 images of Fashion-MNIST's
+shape (throughput does not depend on the pixels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from granularity.bench.common import Ceilings, interleaved, median, peak_rss, spread
+
+SHAPE = (1, 28, 28)
+HEADS = (10, 4, 2)  # head sizes of the runs, in turn (the fused heads are padded to the largest)
+
+
+def _ks(device: torch.device, tiny: bool) -> tuple[int, ...]:
+    if tiny:
+        return (1, 2)
+    return (1, 2, 4, 8, 16, 64) if device.type == "cuda" else (1, 2, 4, 8, 16)
+
+
+def train_flops_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """3x the multiply-adds x 2 of one image's forward pass through the convolutions and linear
+    layers of ``model`` (forward + backward, the usual estimate)."""
+    flops = [0.0]
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            flops[0] += 2.0 * out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, torch.nn.Linear):
+            flops[0] += 2.0 * m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    was = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    model.train(was)
+    for h in hooks:
+        h.remove()
+    return 3.0 * flops[0]
+
+
+def _sides(name: str, k: int, n: int, device: torch.device, bf16: bool):
+    """The fused and the sequential side of K runs of model ``name`` (one epoch of ``n`` images
+    per run each call), built from the same K solo initialisations."""
+    import copy
+
+    from granularity.engine.fused import Member, train_epoch_fused
+    from granularity.engine.train import (Normaliser, engine_layout, epoch_generator, make_optimizer, make_scheduler,
+                                          train_epoch)
+    from granularity.engine.config import TransferConfig
+    from granularity.models import create_model
+    from granularity.models.fused import fuse
+
+    stage = TransferConfig().pretrain.model_copy(update={"epochs": 10**6})  # default SGD, cosine ~ constant
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=g).to(device)
+    y10 = torch.randint(0, 10, (n,), generator=g).to(device)
+    norm = Normaliser(x)
+    solos = []
+    for r in range(k):
+        torch.manual_seed(r)
+        solos.append(engine_layout(create_model(name, SHAPE, HEADS[r % len(HEADS)]).to(device), device, bf16))
+    seq = copy.deepcopy(solos)
+    members = [Member(x, y10 % HEADS[r % len(HEADS)], norm) for r in range(k)]
+    steps = -(-n // stage.batch_size)
+
+    def opt_sched(models):
+        opts = [make_optimizer(m.parameters(), stage) for m in models]
+        return opts, [make_scheduler(o, stage, steps) for o in opts]
+
+    f_opts, f_scheds = opt_sched(solos)
+    s_opts, s_scheds = opt_sched(seq)
+    fused = fuse(solos)
+
+    def fused_side():
+        gens = [epoch_generator(r, "pretrain", 1) for r in range(k)]
+        train_epoch_fused(fused, members, stage, f_opts, f_scheds, gens, device, bf16)
+
+    def sequential_side():
+        for r, m in enumerate(seq):
+            train_epoch(m, x, members[r].y, norm, stage, s_opts[r], s_scheds[r], epoch_generator(r, "pretrain", 1),
+                        device, bf16)
+
+    return fused_side, sequential_side, train_flops_per_image(create_model(name, SHAPE, 10), SHAPE)
+
+
+def bench_fused(device: torch.device, tiny: bool = False, repeats: int = 5, ceilings: Ceilings | None = None,
+                ks: tuple[int, ...] | None = None, models: tuple[str, ...] = ("cnn", "mlp"),
+                images: int | None = None) -> dict[str, Any]:
+    """Fused vs sequential images/s for every model and K (see the module docstring)."""
+    from granularity.engine.train import bf16_active
+
+    ks = ks or _ks(device, tiny)
+    n = images or (64 if tiny else 512)  # images per run and call
+    repeats = 1 if tiny else repeats
+    bf16 = bf16_active(device, "auto")
+    out: dict[str, Any] = {"ks": list(ks), "images_per_run": n, "precision": "bfloat16" if bf16 else "float32",
+                           "head_sizes": list(HEADS), "models": {}}
+    for name in models:
+        fns, flops = {}, 0.0
+        for k in ks:
+            fns[f"fused_{k}"], fns[f"sequential_{k}"], flops = _sides(name, k, n, device, bf16)
+        t = interleaved(fns, repeats, device, ceilings=ceilings)
+        rows = {}
+        for k in ks:
+            f, s = median(t[f"fused_{k}"]), median(t[f"sequential_{k}"])
+            rows[str(k)] = {"fused_images_per_s": k * n / f, "sequential_images_per_s": k * n / s, "speedup": s / f,
+                            "fused_gflops": k * n * flops / f / 1e9, "sequential_gflops": k * n * flops / s / 1e9,
+                            "spread": {"fused": spread(t[f"fused_{k}"]), "sequential": spread(t[f"sequential_{k}"])}}
+        out["models"][name] = {"train_flops_per_image": flops, "by_k": rows}
+    big = max(ks)
+    args = {"device": str(device), "model": models[0], "k": big, "images": n}
+    out["rss"] = {"k": big, "model": models[0], "fused": peak_rss("fused_group", {**args, "fused": True})}
+    if not tiny:
+        out["rss"]["sequential"] = peak_rss("fused_group", {**args, "fused": False})
+    value = out["models"][models[0]]["by_k"][str(big)]["speedup"]
+    target = 10.0 if device.type == "cuda" else 2.0
+    out.update({"value": value, "target": target, "met": bool(value >= target), "value_is": f"{models[0]} speed-up at K={big}"})
+    if ceilings is not None:
+        fused_ratios(out, ceilings)
+    return out
+
+
+def fused_ratios(res: dict[str, Any], ceilings: Ceilings) -> None:
+    """Each side's FLOP rate as a fraction of the run's best bf16 matmul rate (float32 where the
+    hardware has no bf16 path); called again at the end of a run, when the ceilings are final."""
+    dt = "bfloat16" if "bfloat16" in ceilings.dtypes else "float32"
+    best = ceilings.best_gflops(dt)
+    res["ceiling"] = {"dtype": dt, "best_gflops": best}
+    for m in res["models"].values():
+        for row in m["by_k"].values():
+            row["fused_fraction_of_ceiling"] = row["fused_gflops"] / best
+            row["sequential_fraction_of_ceiling"] = row["sequential_gflops"] / best
+
+
+def fused_group(device: str, model: str, k: int, images: int, fused: bool) -> dict[str, Any]:
+    """One epoch of K runs, fused or one by one, for the peak-RSS subprocess."""
+    from granularity.engine.train import bf16_active
+
+    dev = torch.device(device)
+    fused_side, sequential_side, _ = _sides(model, k, images, dev, bf16_active(dev, "auto"))
+    (fused_side if fused else sequential_side)()
+    return {"model": model, "k": k, "images_per_run": images, "fused": fused}
+
+
+def summary(r: dict[str, Any]) -> str:
+    """One line per model: fused vs sequential images/s and speed-up at each K."""
+    parts = []
+    for name, m in r["models"].items():
+        ks = ", ".join(f"K={k} x{row['speedup']:.2f} ({row['fused_images_per_s']:.0f} vs "
+                       f"{row['sequential_images_per_s']:.0f} img/s)" for k, row in m["by_k"].items())
+        parts.append(f"{name}: {ks}")
+    rss = r["rss"]
+    mem = f"; peak RSS K={rss['k']} fused {rss['fused']['maxrss_mib']:.0f} MiB" + (
+        f" vs sequential {rss['sequential']['maxrss_mib']:.0f} MiB" if "sequential" in rss else "")
+    return "; ".join(parts) + mem + f"; target >= {r['target']} {'met' if r['met'] else 'MISSED'}"

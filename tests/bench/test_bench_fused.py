@@ -1,0 +1,38 @@
+"""Smoke test of the fused-runs benchmark (figure 6) at tiny size; figures are not meaningful."""
+
+import pytest
+import torch
+
+from granularity.bench.common import Ceilings
+from granularity.bench.fused import bench_fused, summary, train_flops_per_image
+from granularity.models import create_model
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_fused_bench_tiny(one_thread):
+    cpu = torch.device("cpu")
+    ceilings = Ceilings(cpu, 256)
+    r = bench_fused(cpu, tiny=True, ceilings=ceilings)
+    assert r["ks"] == [1, 2] and set(r["models"]) == {"cnn", "mlp"}
+    for m in r["models"].values():
+        for k, row in m["by_k"].items():
+            assert row["fused_images_per_s"] > 0 and row["sequential_images_per_s"] > 0, k
+            assert row["speedup"] == pytest.approx(row["fused_images_per_s"] / row["sequential_images_per_s"])
+            assert 0 < row["fused_fraction_of_ceiling"] == pytest.approx(row["fused_gflops"] / r["ceiling"]["best_gflops"])
+            assert row["spread"]["fused"]["n"] == 1
+    assert r["rss"]["fused"]["maxrss_mib"] > 0 and r["rss"]["fused"]["k"] == 2
+    assert r["value"] == r["models"]["cnn"]["by_k"]["2"]["speedup"] and isinstance(r["met"], bool)
+    assert "cnn: K=1" in summary(r)
+
+
+def test_train_flops_of_the_default_cnn():
+    # by hand: 3 x 2 x (1*32*9*28^2 + 32*64*9*14^2 + 64*128*9*7^2 + 128*10) multiply-adds
+    want = 3 * 2 * (1 * 32 * 9 * 784 + 32 * 64 * 9 * 196 + 64 * 128 * 9 * 49 + 128 * 10)
+    assert train_flops_per_image(create_model("cnn", (1, 28, 28), 10), (1, 28, 28)) == want
