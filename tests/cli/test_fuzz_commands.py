@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "sweeps"))
 from sweep_helpers import TINY_BASE, write_sweep  # noqa: E402
 
 TRIED: Counter = Counter()
-DEPRECATION = re.compile(r"granularity: warning: .+ is deprecated; use .+ \(same meaning\)\.")
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -43,9 +41,7 @@ def check_outcome(code, out, err, allow_1=False):
         assert "runs failed" in err, err
         return
     assert code == 2, (code, err[-2000:])
-    # an old spelling (e.g. `study simulate` for `study --dataset simulate`) still gets its one
-    # deprecation line; the bad input itself is one error line
-    lines = [ln for ln in err.strip().splitlines() if not DEPRECATION.fullmatch(ln)]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("granularity: error:"), err
 
 
@@ -217,14 +213,12 @@ def test_phase_random_axes(cli, tmp_path_factory, x, y, protocol, plot_only, set
     check_outcome(*cli(*args))
 
 
-def test_an_old_spelling_with_bad_input_is_its_warning_and_one_error(cli, tmp_path, monkeypatch):
-    """Found by the argv fuzzer: `study simulate` (the positional data set) with a bad --set key."""
+def test_an_old_spelling_with_bad_input_is_one_error(cli, tmp_path, monkeypatch):
+    """Found by the argv fuzzer: `study simulate` (the removed positional data set) with a bad
+    --set key, once a deprecation line and an error; now the one error line."""
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("study", "simulate", "--set", "nope.nope=1")
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 2, err
-    assert DEPRECATION.fullmatch(lines[0]) and "'granularity study --dataset simulate'" in lines[0], lines[0]
-    assert lines[1].startswith("granularity: error: Unknown config key 'nope'"), lines[1]
+    assert code == 2 and err.strip() == "granularity: error: Got unexpected extra argument (simulate)", err
     check_outcome(code, out, err)
 
 

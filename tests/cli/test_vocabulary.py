@@ -1,6 +1,6 @@
-"""One vocabulary (granularity.vocabulary): every old spelling gives the new behaviour and
-exactly one deprecation line on stderr, exit 0; old and new spellings give one config and one
-run id; files written in the old spelling are read (resumed, reported) as before."""
+"""One vocabulary: every removed old spelling (--mode, linear, transfer.mode, transfer.target_level,
+`study DATASET`) is one `granularity: error:` line naming what is wrong, exit 2, no traceback;
+`granularity results PATH --migrate` rewrites folders written in the old spelling."""
 
 from __future__ import annotations
 
@@ -31,74 +31,84 @@ def dry(cli, *args):
     return json.loads(text), err.strip().splitlines()
 
 
-def one_warning(lines, old, new):
-    assert len(lines) == 1, lines
-    line = lines[0]
-    assert line.startswith("granularity: warning:") and old in line and new in line, line
+def one_error(cli, *args, says: str) -> None:
+    code, out, err = cli(*args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("granularity: error:"), (code, err)
+    assert says in lines[0] and "Traceback" not in out, lines[0]
 
 
 TRANSFER = ("transfer", "--device", "cpu", "--set", "train_size=null")
-
-
-@pytest.mark.parametrize("old,new,shown", [
-    (["--mode", "linear"], ["--protocol", "probe"], ("'--mode linear'", "'--protocol probe'")),
-    (["--mode", "map"], ["--protocol", "map"], ("'--mode'", "'--protocol'")),
-    (["--set", "transfer.mode=linear"], ["--set", "transfer.protocol=probe"], ("'transfer.mode=linear'", "'transfer.protocol=probe'")),
-    (["--set", "transfer.protocol=linear"], ["--set", "transfer.protocol=probe"], ("'transfer.protocol=linear'", "'transfer.protocol=probe'")),
-])
-def test_transfer_old_spellings(cli, fm, old, new, shown):
-    new_cfg, new_err = dry(cli, *TRANSFER, "--data-root", fm, *new)
-    old_cfg, old_err = dry(cli, *TRANSFER, "--data-root", fm, *old)
-    assert new_err == [] and old_cfg == new_cfg
-    one_warning(old_err, *shown)
-
-
-def test_transfer_old_config_file_and_new_flag(cli, fm, tmp_path):
-    """A file in the old spelling is read in the new one, so a new flag still overrides it."""
-    path = tmp_path / "c.yaml"
-    path.write_text("transfer:\n  mode: linear\n  epochs: 2\n")
-    cfg, err = dry(cli, *TRANSFER, "--data-root", fm, "--config", path)
-    assert cfg["transfer"]["protocol"] == "probe" and cfg["transfer"]["epochs"] == 2 and "mode" not in cfg["transfer"]
-    one_warning(err, "'transfer.mode=linear'", "'transfer.protocol=probe'")
-    cfg, _ = dry(cli, *TRANSFER, "--data-root", fm, "--config", path, "--protocol", "map")
-    assert cfg["transfer"]["protocol"] == "map"
-
-
-def test_both_spellings_at_once_is_an_error(cli, fm):
-    code, _, err = cli(*TRANSFER, "--data-root", fm, "--mode", "linear", "--protocol", "probe", "--dry-run")
-    assert code == 2 and err.strip().count("\n") == 0 and "--mode is the old spelling of --protocol" in err
-
-
 STUDY = ("study", "--quick", "--device", "cpu", "--set", "run.train_size=null", "--set", "run.test_size=null")
 
 
-def test_study_positional_dataset(cli, fm):
-    new_cfg, new_err = dry(cli, *STUDY, "--data-root", fm, "--dataset", "fashion-mnist")
-    old_cfg, old_err = dry(cli, "study", "fashion-mnist", *STUDY[1:], "--data-root", fm)
-    assert new_err == [] and old_cfg == new_cfg
-    one_warning(old_err, "'granularity study fashion-mnist'", "'granularity study --dataset fashion-mnist'")
-
-
-def test_study_help_hides_the_positional_dataset(cli):
-    """The old positional is accepted (test above) but no longer advertised: not in the usage line
-    nor in the help (before: 'Usage: granularity study [OPTIONS] [DATASET]')."""
-    code, out, err = cli("study", "--help")
-    usage = out.splitlines()[0]
-    assert code == 0 and usage == "Usage: granularity study [OPTIONS]", usage
-    assert "DATASET" not in out.replace("--dataset", "") and "dataset_arg" not in out.lower()
-    assert "--dataset" in out
-
-
-@pytest.mark.parametrize("old,new,shown", [
-    (["--set", "pretrain.epochs=2"], ["--set", "run.pretrain.epochs=2"], ("'pretrain.epochs'", "'run.pretrain.epochs'")),
-    (["--set", "data_seed=3"], ["--set", "run.data_seed=3"], ("'data_seed'", "'run.data_seed'")),
-    (["--mode", "linear"], ["--protocol", "probe"], ("'--mode linear'", "'--protocol probe'")),
+@pytest.mark.parametrize("old,says", [
+    (["--mode", "linear"], "No such option '--mode'"),
+    (["--protocol", "linear"], "'linear' is not one of"),
+    (["--set", "transfer.mode=linear"], "Unknown config key 'transfer.mode'"),
+    (["--set", "transfer.protocol=linear"], "Invalid value for 'transfer.protocol'"),
 ])
-def test_study_old_spellings(cli, fm, old, new, shown):
-    new_cfg, new_err = dry(cli, *STUDY, "--data-root", fm, *new)
-    old_cfg, old_err = dry(cli, *STUDY, "--data-root", fm, *old)
-    assert new_err == [] and old_cfg == new_cfg
-    one_warning(old_err, *shown)
+def test_transfer_old_spellings_are_one_error(cli, fm, old, says):
+    one_error(cli, *TRANSFER, "--data-root", fm, *old, "--dry-run", says=says)
+
+
+def test_transfer_old_config_file_is_one_error(cli, fm, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("transfer:\n  mode: linear\n  epochs: 2\n")
+    one_error(cli, *TRANSFER, "--data-root", fm, "--config", path, "--dry-run", says="Unknown config key 'transfer.mode'")
+
+
+@pytest.mark.parametrize("old,says", [
+    (["fashion-mnist"], "unexpected extra argument (fashion-mnist)"),
+    (["--mode", "linear"], "No such option '--mode'"),
+    (["--set", "pretrain.epochs=2"], "Unknown config key 'pretrain'"),
+])
+def test_study_old_spellings_are_one_error(cli, fm, old, says):
+    one_error(cli, *STUDY, "--data-root", fm, *old, "--dry-run", says=says)
+
+
+def test_study_help_has_no_positional_dataset(cli):
+    code, out, err = cli("study", "--help")
+    assert code == 0 and out.splitlines()[0] == "Usage: granularity study [OPTIONS]"
+    assert "dataset_arg" not in out.lower() and "--dataset" in out
+
+
+def test_advise_simulate_phase_old_spellings_are_one_error(cli, tmp_path):
+    one_error(cli, "advise", "--mode", "linear", "--dry-run", says="No such option '--mode'")
+    one_error(cli, "simulate", "--preset", "quick", "--set", "transfer.target_level=2", "--dry-run",
+              says="Unknown config key 'transfer.target_level'")
+    one_error(cli, "phase", "--preset", "quick", "--x", "transfer.target_level=1,2", "--y", "data.k=2,4",
+              "--out", tmp_path / "p", says="Unknown config key 'transfer.target_level'")
+
+
+def test_sweep_and_results_old_spellings_are_one_error(cli, tmp_path):
+    from granularity.sweeps.spec import expand
+    from granularity.sweeps.store import ResultsStore
+
+    path = tmp_path / "s.yaml"
+    path.write_text("kind: transfer\naxes:\n  transfer.mode: [finetune, linear]\nseeds: 1\n")
+    one_error(cli, "sweep", path, "--dry-run", says="Unknown config key 'transfer.mode'")
+    with ResultsStore(tmp_path / "store") as store:
+        store.register_sweep(expand({"kind": "transfer", "axes": {"transfer.protocol": ["probe"]}, "seeds": 1}))
+    one_error(cli, "results", tmp_path / "store", "--filter", "transfer.mode=linear",
+              says="The '--filter' key 'transfer.mode'")
+    code, out, err = cli("results", tmp_path / "store", "--filter", "transfer.protocol=probe")
+    assert code == 0 and "probe" in out, err
+
+
+def test_results_migrate_rewrites_an_old_folder(cli, tmp_path):
+    """The committed simulate folder, as the release before the renames wrote it, migrated by the
+    command: its files are the committed ones again."""
+    src = ROOT / "docs/results/simulate-paper"
+    folder = shutil.copytree(src, tmp_path / "paper")
+    config = json.loads((folder / "config.json").read_text())
+    config["transfer"]["target_level"] = config["transfer"].pop("target")
+    (folder / "config.json").write_text(json.dumps(config))
+    code, out, err = cli("results", folder, "--migrate")
+    assert code == 0 and out.strip() == str(folder / "config.json"), (out, err)
+    assert (folder / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    code, out, err = cli("results", folder, "--migrate")
+    assert code == 0 and out == "" and "0 files" in err
 
 
 def test_study_seed_and_seeds(cli, fm):
@@ -121,32 +131,3 @@ def test_simulate_seed_and_seeds(cli):
     assert (cfg["seed0"], cfg["seeds"]) == (9, 1)
     code, err = sim("--seeds", "1,5")
     assert code == 2 and "consecutive" in err and err.count("\n") == 1
-
-
-def test_old_study_json_resumes_and_reports(tmp_path):
-    """A study folder whose study.json is in the flat spelling of before the study held a
-    transfer config (the committed study folder, rewritten that way: it is now in the new
-    spelling) is the same study as its new spelling, and `granularity report` reads it."""
-    from granularity.experiments.study import StudyConfig, _same_study, read_study_config
-    from granularity.report.build import build_report
-
-    src = ROOT / "docs/results/study-fashion-mnist"
-    new = json.loads((src / "study.json").read_text())
-    if "run" in new:  # flatten: the run settings at the top, as the release before wrote them
-        from granularity.experiments.study import RUN_KEYS  # the run keys the flat spelling had
-
-        run = {k: v for k, v in new["run"].items() if k in RUN_KEYS}
-        old = {k: v for k, v in new.items() if k != "run"} | run
-    else:
-        old = new
-    assert "dataset" in old and "run" not in old
-    cfg = read_study_config(old)
-    assert cfg.run.dataset == old["dataset"] and cfg.run.target == old["target"]
-    assert _same_study(old, cfg) and not _same_study(old, cfg.model_copy(update={"seeds": [7]}))
-    assert _same_study(cfg.to_dict(), StudyConfig.build(cfg.to_dict()))
-    folder = tmp_path / "study-fashion-mnist"
-    shutil.copytree(src, folder)
-    (folder / "study.json").write_text(json.dumps(old))
-    page = build_report([folder], tmp_path / "report")
-    html = Path(page).read_text() if Path(page).is_file() else (Path(page) / "index.html").read_text()
-    assert f"target level {old['target']}" in html and old["dataset"] in html

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
-from typing import Any
-
 import click
 
 from granularity.vocabulary import PROTOCOLS  # noqa: F401 - the --protocol choices of every command
@@ -18,33 +14,6 @@ def apply_options(options):
         for opt in reversed(options):
             f = opt(f)
         return f
-
-    return deco
-
-
-def renamed_option(old: str, new: str, param: str, values: Mapping[str, str] | None = None, **option: Any):
-    """A hidden option ``old`` (e.g. ``--mode``) that still works: its value goes to the
-    parameter ``param`` of the option ``new`` (old values renamed by ``values``), with one
-    deprecation line naming the new spelling; giving both is a usage error. Put it below the
-    command's other options (nearest the function)."""
-    from granularity.utils.deprecation import warn_renamed
-
-    values = dict(values or {})
-    dest = "renamed_" + old.lstrip("-").replace("-", "_")
-
-    def deco(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            value = kwargs.pop(dest, None)
-            if value is not None:
-                if kwargs.get(param) not in (None, (), []):
-                    raise click.UsageError(f"{old} is the old spelling of {new}; give only {new}.")
-                kwargs[param] = values.get(value, value)
-                shown = f" {value}" if value in values else ""
-                warn_renamed(f"'{old}{shown}'", f"'{new}{' ' + values[value] if value in values else ''}'")
-            return f(*args, **kwargs)
-
-        return click.option(old, dest, hidden=True, default=None, **option)(wrapper)
 
     return deco
 
@@ -84,14 +53,3 @@ def seed_list(seeds: str | None, one_seed: int | None, *, counts: bool = False) 
         return [one_seed]
     value = parse_seeds(seeds)
     return list(range(value)) if isinstance(value, int) and not counts else value
-
-
-class HiddenArgument(click.Argument):
-    """A positional argument left out of the usage line and the help (click hides options only):
-    an old spelling that still works but is no longer advertised."""
-
-    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
-        return []
-
-    def get_help_record(self, ctx: click.Context) -> None:
-        return None
