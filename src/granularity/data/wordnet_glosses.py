@@ -108,16 +108,11 @@ class GlossOptions(Config):
 # WordNet records (NLTK pass, cached on disk)
 # --------------------------------------------------------------------------------------------
 def read_records(policy: str = "longest", root: Path | str | None = None) -> list[list[Any]]:
-    """``[name, parent name or None, lemma names, definition, examples]`` of every noun synset,
-    in WordNet file order; the parent by the project's rule ``policy``. Cached on disk."""
-    from granularity.hierarchy.wordnet import cache_dir, ensure_wordnet
+    """:func:`granularity.hierarchy.wordnet.noun_records` (every noun synset: name, parent by
+    ``policy``, lemmas, definition, examples), cached on disk by the hash of ``data.noun``."""
+    from granularity.hierarchy.wordnet import cache_dir, noun_records, wordnet_database
 
-    if root is not None and not (Path(root).expanduser() / "data.noun").is_file():
-        raise DataError(
-            f"WordNet folder {str(root)!r} has no data.noun; give the folder of the WordNet 3.0 "
-            "database (Debian: /usr/share/wordnet) or leave root unset."
-        )
-    folder = ensure_wordnet(source=Path(root).expanduser() if root is not None else None)
+    folder = wordnet_database(root)
     digest = hashlib.sha256((folder / "data.noun").read_bytes()).hexdigest()[:16]
     path = cache_dir() / "wordnet-glosses" / f"records-v{_RECORDS_FORMAT}-{policy}-{digest}.json.gz"
     if path.is_file():
@@ -125,23 +120,11 @@ def read_records(policy: str = "longest", root: Path | str | None = None) -> lis
             return json.loads(gzip.decompress(path.read_bytes()))
         except (OSError, ValueError, EOFError):
             pass  # a damaged cache file is rebuilt
-    records = _extract_records(policy)
+    records = noun_records(policy)
     data = gzip.compress(json.dumps(records).encode("utf-8"), mtime=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, lambda fh: fh.write(data))
     return records
-
-
-def _extract_records(policy: str) -> list[list[Any]]:
-    from granularity.hierarchy.wordnet import _parent, wordnet_reader  # the project's parent rule
-
-    wn = wordnet_reader()
-    out = []
-    for s in wn.all_synsets("n"):
-        par = _parent(s, policy)
-        out.append([s.name(), None if par is None else par.name(), list(s.lemma_names()),
-                    s.definition() or "", list(s.examples())])
-    return out
 
 
 # --------------------------------------------------------------------------------------------

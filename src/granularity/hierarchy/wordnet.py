@@ -57,7 +57,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from granularity.errors import GranularityError, HierarchyError, param_error, suggest
+from granularity.errors import DataError, GranularityError, HierarchyError, param_error, suggest
 from granularity.hierarchy.structure import LabelHierarchy
 
 #: Where the Debian packages put the WordNet 3.0 database.
@@ -66,20 +66,14 @@ DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
 #: The standard WordNet lexicographer files: (number, name, syntactic category number).
 LEXNAMES: tuple[tuple[int, str, int], ...] = tuple(
     (i, name, {"adj": 3, "adv": 4, "noun": 1, "verb": 2}[name.split(".")[0]])
-    for i, name in enumerate(
-        [
-            "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal",
-            "noun.artifact", "noun.attribute", "noun.body", "noun.cognition",
-            "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-            "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon",
-            "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation",
-            "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body",
-            "verb.change", "verb.cognition", "verb.communication", "verb.competition",
-            "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-            "verb.perception", "verb.possession", "verb.social", "verb.stative",
-            "verb.weather", "adj.ppl",
-        ]
-    )
+    for i, name in enumerate((
+        "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+        "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+        "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+        "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+        "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+        "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+    ).split())
 )
 
 _POS = ("noun", "verb", "adj", "adv")
@@ -92,7 +86,6 @@ WORDNET_FIX = (
     "`python -m nltk.downloader wordnet` (NLTK's data package, into ~/nltk_data), or set "
     "GRANULARITY_WORDNET to a folder holding data.noun, index.noun, ... or NLTK's wordnet.zip"
 )
-_INSTALL_HINT = WORDNET_FIX  # older name
 #: Environment variables naming the WordNet folder (the second is the older name).
 WORDNET_ENV = ("GRANULARITY_WORDNET", "GRANULARITY_WORDNET_DIR")
 POLICIES = ("longest", "shortest", "alphabetical")
@@ -332,6 +325,31 @@ def _policy_error(policy: Any) -> GranularityError:
         f"The 'policy' parameter must be one of {', '.join(POLICIES)}. Got {policy!r} instead"
         f"{suggest(policy, POLICIES)}."
     )
+
+
+def wordnet_database(source: Path | str | None = None) -> Path:
+    """The cached WordNet 3.0 database folder, copied from ``source`` (a folder holding
+    ``data.noun``; default: :func:`find_wordnet_source`) when the cache has no copy yet."""
+    if source is not None and not (Path(source).expanduser() / "data.noun").is_file():
+        raise DataError(
+            f"WordNet folder {str(source)!r} has no data.noun; give the folder of the WordNet 3.0 "
+            "database (Debian: /usr/share/wordnet) or leave root unset."
+        )
+    return ensure_wordnet(source=Path(source).expanduser() if source is not None else None)
+
+
+def noun_records(policy: str = "longest") -> list[list[Any]]:
+    """``[name, parent name or None, lemma names, definition, examples]`` of every noun synset,
+    in WordNet file order, the parent by the project's rule ``policy`` (as in :func:`ancestors`):
+    the one pass over the noun database the gloss data set reads."""
+    if policy not in POLICIES:
+        raise _policy_error(policy)
+    out = []
+    for s in wordnet_reader().all_synsets("n"):
+        par = _parent(s, policy)
+        out.append([s.name(), None if par is None else par.name(), list(s.lemma_names()),
+                    s.definition() or "", list(s.examples())])
+    return out
 
 
 def ancestors(wnid: str, policy: str = "longest", wn=None) -> list[str]:
