@@ -67,7 +67,7 @@ def _ci(s: dict[str, float]) -> float:
 
 
 def write_page(advice: dict[str, Any], out: Path) -> Path:
-    from granularity.report.build import Figure, Section, render
+    from granularity.utils.html import Figure, Section, render
 
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)

@@ -165,6 +165,11 @@ def _folder(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def arm_run_folder(arm: str, seed: int) -> str:
+    """Where a study keeps one arm's run at one seed, relative to the study folder."""
+    return f"runs/{_folder(arm)}/seed{seed}"
+
+
 def run_config(cfg: StudyConfig, source: str, seed: int, rare: RareConfig | None) -> TransferConfig:
     """The study's run settings with one arm's source, seed and rare classes (validated)."""
     return TransferConfig.build({**cfg.run.model_dump(), "source": source, "seed": seed,
