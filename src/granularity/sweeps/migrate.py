@@ -9,6 +9,8 @@ old spelling               today                   where it was stored
 ``transfer_mode``          ``protocol``            a transfer run's ``result.json``
 top-level run keys         ``run.<key>``           a default study's ``study.json``
 ``transfer.target_level``  ``transfer.target``     simulator configs, phase and sweep axes, cells
+``mode``, ``modes``        ``protocol(s)``         a design's config, rows, transfer results, csv
+``linear[-n<k>]``          ``probe[-n<k>]``        a design's transfer names and folders
 =========================  ======================  ==============================================
 
 Run ids and the simulator's config hash are hashed from today's spelling, so a migrated simulate
@@ -29,6 +31,7 @@ from granularity.errors import GranularityError
 from granularity.utils.io import read_json, write_json
 
 PROTOCOL = {"linear": "probe"}
+MODES = ("map", "linear", "finetune")
 KEYS = {"transfer.mode": "transfer.protocol", "transfer.target_level": "transfer.target"}
 # the default study's run settings, top-level study keys before the study held a `run`
 STUDY_RUN_KEYS = ("dataset", "data_root", "data_options", "target", "train_size", "test_size", "data_seed",
@@ -58,7 +61,39 @@ def current(tree: Any) -> Any:
         out["transfer"] = _renamed(_renamed(out["transfer"], "mode", "protocol", PROTOCOL), "target_level", "target")
     if "transfer_mode" in out:
         out = _renamed(out, "transfer_mode", "protocol", PROTOCOL)
+    if out.get("mode") in MODES:  # a design's primary contrast, table row or transfer result
+        out = _renamed(out, "mode", "protocol", PROTOCOL)
+    if isinstance(out.get("modes"), list) and set(out["modes"]) <= set(MODES):
+        out = _renamed(out, "modes", "protocols")
+        out["protocols"] = [PROTOCOL.get(m, m) for m in out["protocols"]]
+    if isinstance(out.get("transfer"), str):
+        out["transfer"] = _transfer_name(out["transfer"])
     return out
+
+
+def _transfer_name(name: str) -> str:
+    """A design's transfer (and its folder): ``linear-n100`` -> ``probe-n100``."""
+    head, dash, tail = name.partition("-n")
+    return PROTOCOL.get(head, head) + dash + tail if head in MODES and (not dash or tail.isdigit()) else name
+
+
+def _csv(path: Path, changed: list[str]) -> None:
+    """A design's ``results.csv``: the ``mode`` column as ``protocol``, its values renamed."""
+    import csv
+    import io
+
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or "mode" not in rows[0]:
+        return
+    i = rows[0].index("mode")
+    rows[0][i] = "protocol"
+    for row in rows[1:]:
+        row[i] = PROTOCOL.get(row[i], row[i])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n" if "\r\n" in text else "\n").writerows(rows)
+    path.write_text(buf.getvalue())
+    changed.append(str(path))
 
 
 def current_key(key: str, value: Any = None) -> tuple[str, Any]:
@@ -163,6 +198,12 @@ def migrate(path: str | Path) -> list[str]:
     changed: list[str] = []
     for path in sorted(root.rglob("*.json")):
         _rewrite(path, current, changed)
+    for path in sorted(root.rglob("results.csv")):
+        _csv(path, changed)
+    for res in sorted(root.rglob("result.json"), reverse=True):  # a design's transfer folders
+        if _transfer_name(res.parent.name) != res.parent.name and read_json(res).get("protocol"):
+            res.parent.rename(res.parent.with_name(_transfer_name(res.parent.name)))
+            changed.append(f"{res.parent} -> {_transfer_name(res.parent.name)}")
     for spec in sorted(root.rglob("phase_spec.json")):
         _phase(spec.parent, changed)
     for res in sorted(root.rglob("result.json")):
