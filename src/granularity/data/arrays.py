@@ -239,13 +239,7 @@ def load_table(
         (a genus, no species) or leave blanks (a missing ancestor); see :func:`_partial_dataset`.
     """
     labels = _check_common(label_columns, test_fraction, "label_columns")
-    if label_policy is not None:
-        from granularity.hierarchy.partial import POLICIES
-
-        if label_policy not in POLICIES:
-            raise param_error("label_policy", f"one of {', '.join(POLICIES)} (or None)", label_policy)
-        if hierarchy_file is None:
-            raise param_error("hierarchy_file", "a hierarchy file when label_policy is set (partial labels are placed in it)", None)
+    _check_policy(label_policy, hierarchy_file)
     if root is None:
         raise param_error("root", "a table file or a folder with train/test tables", None)
     train_path, test_path = _table_files(Path(root).expanduser())
@@ -271,9 +265,8 @@ def load_table(
     if not cols:
         raise DataError(f"Table {where} has no feature columns besides the labels {labels}.")
     parts = {key: _numeric_part(df, cols, labels, where) for key, df in frames.items()}
-    info = {"root": str(root), "features": cols}
-    if len(labels) > 1:  # parents the hierarchy file must agree with
-        info["label_source"] = "the label columns"
+    # two or more label columns: parents a hierarchy file must agree with
+    info = {"root": str(root), "features": cols, **({"label_source": "the label columns"} if len(labels) > 1 else {})}
     if label_policy is not None:
         return _partial_dataset(frames, labels, cols, where, hierarchy_file, label_policy, info)
     ds = _build("table", "table-1", parts, labels, where, info)
@@ -282,6 +275,16 @@ def load_table(
 
         ds = with_hierarchy_file(ds, hierarchy_file, labels_from)
     return ds
+
+
+def _check_policy(label_policy: str | None, hierarchy_file: Any) -> None:
+    if label_policy is not None:
+        from granularity.hierarchy.partial import POLICIES
+
+        if label_policy not in POLICIES:
+            raise param_error("label_policy", f"one of {', '.join(POLICIES)} (or None)", label_policy)
+        if hierarchy_file is None:
+            raise param_error("hierarchy_file", "a hierarchy file when label_policy is set (partial labels are placed in it)", None)
 
 
 def _deepest(df, labels: list[str]) -> np.ndarray:
