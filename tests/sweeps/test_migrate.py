@@ -60,8 +60,23 @@ def test_current_maps_each_old_spelling_and_nothing_else():
             "transfer": {"mode": "map"}}
     assert current(flat) == {"kmeans_sizes": [8], "rare_sources": ["leaf"], "seeds": [0],
                              "run": {"dataset": "fashion-mnist", "target": 2, "transfer": {"protocol": "map"}}}
-    design = {"modes": ["map", "linear"], "table": [{"mode": "linear", "transfer": "linear-n100"}]}
-    assert current(design) == design  # a design's own vocabulary is not a renamed one
+    design = {"modes": ["map", "linear"], "primary": {"mode": "linear"}, "table": [{"mode": "map", "transfer": "linear-n100"}]}
+    assert current(design) == {"protocols": ["map", "probe"], "primary": {"protocol": "probe"},
+                               "table": [{"protocol": "map", "transfer": "probe-n100"}]}
+    other = {"mode": "wal", "modes": ["a"], "transfer": "linear-nx"}  # not a protocol: left as it is
+    assert current(other) == other
+
+
+def test_migrate_a_design_folder(tmp_path):
+    """A design's transfer folder and results.csv: renamed folder and column, values as they were."""
+    run = tmp_path / "target-seed0" / "linear-n500"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"mode": "linear", "errors": {"test_hard": 0.052}}))
+    (tmp_path / "results.csv").write_text("cell,mode,p_t\nconfusable,linear,1.7171249169983364e-59\nconfusable,map,0.5\n")
+    migrate(tmp_path)
+    assert not run.exists()
+    assert json.loads((run.parent / "probe-n500" / "result.json").read_text()) == {"protocol": "probe", "errors": {"test_hard": 0.052}}
+    assert (tmp_path / "results.csv").read_text() == "cell,protocol,p_t\nconfusable,probe,1.7171249169983364e-59\nconfusable,map,0.5\n"
 
 
 def _old_store(tmp_path: Path):
