@@ -46,7 +46,7 @@ class MembersDiverged(FloatingPointError):
     of the epoch; ``starts[k]`` continues the epoch there for every other run k."""
 
     def __init__(self, failed: list[int], step: int, losses: list[float], starts: dict[int, dict], label: str):
-        self.failed, self.step, self.starts = failed, step, starts
+        self.failed, self.step, self.starts, self.losses = failed, step, starts, losses
         what = ", ".join(f"run {k}: {losses[k]}" for k in failed)
         super().__init__(f"non-finite training loss ({what}) at step {step + 1} of {label}")
 

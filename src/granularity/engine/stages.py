@@ -16,6 +16,7 @@ from granularity.engine.config import StageConfig, TransferConfig
 from granularity.engine.distributed import DistContext
 from granularity.engine.folder import RunFolder
 from granularity.engine.inputs import RunData, data_sizes
+from granularity.engine.fused_group import current_fused_with as fused_with, epoch_fn
 from granularity.engine.train import (
     EpochProgress,
     bf16_active,
@@ -172,8 +173,9 @@ class Run:
                 self.meter = EpochProgress(f"[{self.folder.out.name}] {label}", n_steps, start["step"] if start else 0,
                                            start["totals"][2] if start else 0, self.cfg.progress_every_s, self.dctx.world_size)
             t0 = time.perf_counter()
-            tm = train_epoch(net, x, y, norm, stage, opt, sched, epoch_generator(self.cfg.seed, name, epoch), self.device,
-                             bf16, self._on_step, dist=self.dctx, label=label, start=start)
+            train = epoch_fn(train_epoch)  # inside a fused group (engine.fused_group): trained with the others
+            tm = train(net, x, y, norm, stage, opt, sched, epoch_generator(self.cfg.seed, name, epoch), self.device,
+                       bf16, self._on_step, dist=self.dctx, label=label, start=start)
             dt = time.perf_counter() - t0
             self.meter = None
             # the last epoch's evaluation is the stage's result; earlier ones only fill metrics.jsonl
@@ -299,6 +301,7 @@ class Run:
             "seed": cfg.seed,
             "device": str(self.device),
             "world_size": self.dctx.world_size,
+            **({"fused_with": fused_with()} if fused_with() is not None else {}),  # trained in a fused group of K
             "precision": _precision(cfg, self.device),
         })
         if d.y_val is not None:  # selection figures: the validation split held out of training

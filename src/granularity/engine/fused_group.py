@@ -1,0 +1,267 @@
+"""Whole runs trained as fused groups: K ``run_transfer`` calls in K threads, their training
+epochs met and run as one fused epoch (:func:`granularity.engine.fused.train_epoch_fused`).
+
+Each run keeps everything of its own: its run folder, config, data, labels, model, optimiser,
+scheduler, checkpoints (written by its own :class:`~granularity.engine.stages.Run` after its own
+steps), evaluation and ``result.json``. Only the epoch's training steps are shared: every
+member's thread asks :func:`epoch_fn` for the function that trains an epoch; inside a group it
+is a rendezvous that waits until every live member of the group has arrived at a training epoch
+(or finished), then trains the compatible ones (same number of steps, batch size, augmentation,
+label smoothing, input shape, resume step and a model with a fused form, see
+:func:`granularity.models.fused.fuse_reason`) as one fused model and each other one alone, and
+hands every member its own metrics. A member whose step callback raises (an interrupted run)
+or whose loss is not finite leaves the group at that step; the others continue from it exactly.
+
+A SIGKILL of the process loses no finished run (its result.json is written) and each unfinished
+run resumes from its own last checkpoint, fused again or alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_LOCAL = threading.local()
+
+
+@dataclass
+class _Call:
+    """One member's ``train_epoch`` call (its arguments) and, once run, its outcome."""
+
+    args: dict[str, Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    fused_with: int = 1
+
+
+@dataclass
+class FusedGroup:
+    """The rendezvous of ``size`` member threads (see the module docstring).
+
+    The threads take turns: exactly one runs at a time (``running``), in member order, until it
+    asks for a training epoch or finishes; the last one to get there trains every waiting
+    epoch, then the members go on again in order. So the members' own code never runs
+    concurrently (torch's global RNG, which a run seeds around its model's initialisation,
+    is never shared between two runs at once) and every run sees what it would see alone."""
+
+    size: int
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    ready: list[int] = field(default_factory=list)  # members that may run, in turn order
+    running: int | None = None
+    waiting: dict[int, _Call] = field(default_factory=dict)
+    fused_with: dict[int, int] = field(default_factory=dict)  # member -> the largest group it trained in
+    reasons: dict[int, str] = field(default_factory=dict)  # member -> why an epoch of it ran alone
+
+    def __post_init__(self) -> None:
+        self.ready = list(range(self.size))
+        self.running = 0 if self.size else None
+
+    def _wait_turn(self, i: int) -> None:  # with the lock held
+        while self.running != i:
+            self.cond.wait()
+
+    def _pass_turn(self) -> None:  # with the lock held; trains the waiting epochs when no one else can run
+        if not self.ready and self.waiting:
+            calls, self.waiting = self.waiting, {}
+            self.cond.release()
+            try:
+                _execute(calls, self)
+            finally:
+                self.cond.acquire()
+                for c in calls.values():
+                    if not c.done:  # _execute itself failed: nobody may wait forever
+                        c.error, c.done = c.error or RuntimeError("the fused group failed"), True
+            self.ready = sorted(calls)
+        self.running = self.ready[0] if self.ready else None
+        self.cond.notify_all()
+
+    def enter(self, i: int) -> None:
+        _LOCAL.member = (self, i)
+        with self.cond:
+            self._wait_turn(i)
+
+    def leave(self, i: int) -> None:
+        _LOCAL.member = None
+        with self.cond:
+            if i in self.ready:
+                self.ready.remove(i)
+            self._pass_turn()
+
+    def submit(self, i: int, args: dict[str, Any]) -> Any:
+        """Member ``i``'s epoch: wait for the others, train (possibly in this thread), return
+        its metrics or raise its error."""
+        call = _Call(args)
+        with self.cond:
+            self.waiting[i] = call
+            self.ready.remove(i)
+            self._pass_turn()
+            self._wait_turn(i)
+        self.fused_with[i] = max(self.fused_with.get(i, 1), call.fused_with)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+
+def current_fused_with() -> int | None:
+    """The largest fused group the calling member thread has trained in (None outside a group)."""
+    member = getattr(_LOCAL, "member", None)
+    return None if member is None else member[0].fused_with.get(member[1], 1)
+
+
+def epoch_fn(solo: Callable[..., Any]) -> Callable[..., Any]:
+    """What trains one epoch for the calling thread: ``solo`` (``train_epoch``) outside a group,
+    else the group's rendezvous with the same signature."""
+    member = getattr(_LOCAL, "member", None)
+    if member is None:
+        return solo
+    group, i = member
+
+    def fused_epoch(net, x, y, norm, stage, opt, sched, gen, device, bf16=False, on_step=None, dist=None,
+                    label="training", start=None):
+        args = dict(net=net, x=x, y=y, norm=norm, stage=stage, opt=opt, sched=sched, gen=gen, device=device, bf16=bf16,
+                    on_step=on_step, dist=dist, label=label, start=start, solo=solo)
+        return group.submit(i, args)
+
+    return fused_epoch
+
+
+def _key(a: dict[str, Any]) -> tuple | None:
+    """What members must share to train as one fused epoch (None: this one trains alone)."""
+    from granularity.engine.train import bf16_active
+
+    x, dist = a["x"], a["dist"]
+    if not isinstance(x, torch.Tensor) or (dist is not None and dist.enabled) or not isinstance(a["y"], torch.Tensor):
+        return None
+    st, start = a["stage"], a["start"]
+    return (str(a["device"]), bf16_active(a["device"], a["bf16"]), st.batch_size, st.augment, st.label_smoothing,
+            len(a["y"]), tuple(x.shape[1:]), x.dtype, None if start is None else int(start["step"]))
+
+
+def _solo(call: _Call) -> None:
+    a = call.args
+    try:
+        call.result = a["solo"](a["net"], a["x"], a["y"], a["norm"], a["stage"], a["opt"], a["sched"], a["gen"], a["device"],
+                                a["bf16"], a["on_step"], dist=a["dist"], label=a["label"], start=a["start"])
+    except BaseException as exc:  # noqa: BLE001 - handed to the member's own thread
+        call.error = exc
+
+
+def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
+    """Train every waiting member's epoch: fused where they share a key and a fused form."""
+    from granularity.models.fused import fuse_reason
+
+    parts: dict[Any, list[int]] = {}
+    for i, c in sorted(calls.items()):
+        k = _key(c.args)
+        parts.setdefault(k if k is not None else ("alone", i), []).append(i)
+    for key, idx in parts.items():
+        why = fuse_reason([calls[i].args["net"] for i in idx]) if len(idx) > 1 and key[0] != "alone" else "alone"
+        if why is not None:
+            for i in idx:
+                if why != "alone":
+                    group.reasons[i] = why
+                _solo(calls[i])
+        else:
+            _fused(calls, idx)
+        for i in idx:
+            calls[i].done = True
+
+
+class _Left(Exception):
+    """Members' step callbacks raised after step ``step`` (their errors are in their calls)."""
+
+    def __init__(self, left: list[int], step: int) -> None:
+        super().__init__(f"members {left} left after step {step}")
+        self.left, self.step = left, step
+
+
+def _fused(calls: dict[int, _Call], idx: Sequence[int]) -> None:
+    """Members ``idx`` as one fused epoch; a member that diverges or whose callback raises
+    leaves, and the others go on from that step."""
+    from granularity.engine.fused import Member, MembersDiverged, train_epoch_fused
+    from granularity.models.fused import fuse
+
+    alive = list(idx)
+    starts = [calls[i].args["start"] for i in alive] if calls[alive[0]].args["start"] is not None else None
+    while len(alive) > 1:
+        a = [calls[i].args for i in alive]
+        for i in alive:
+            calls[i].fused_with = max(calls[i].fused_with, len(alive))
+        model = fuse([x["net"] for x in a])
+        try:
+            ms = train_epoch_fused(model, [Member(x["x"], x["y"], x["norm"]) for x in a], a[0]["stage"],
+                                   [x["opt"] for x in a], [x["sched"] for x in a], [x["gen"] for x in a], a[0]["device"],
+                                   a[0]["bf16"], _callbacks(calls, alive), a[0]["label"], starts)
+            for i, m in zip(alive, ms):
+                calls[i].result = m
+            return
+        except MembersDiverged as exc:
+            gone, starts = [alive[k] for k in exc.failed], [exc.starts[k] for k in range(len(alive)) if k not in exc.failed]
+            for k, i in zip(exc.failed, gone):  # the message a run alone gives
+                calls[i].error = FloatingPointError(f"non-finite training loss ({exc.losses[k]}) at step {exc.step + 1} "
+                                                    f"of {calls[i].args['label']}")
+        except _Left as exc:
+            gone = exc.left
+            starts = [{"step": exc.step, "totals": calls[i].args["_totals"], "gen_state": calls[i].args["gen"].get_state()}
+                      for i in alive if i not in gone]
+        finally:
+            model.release()
+        alive = [i for i in alive if i not in gone]
+        for i in alive:  # the permutation is drawn again from the epoch generator's seed, then its state set
+            calls[i].args["gen"].manual_seed(calls[i].args["gen"].initial_seed())
+    if alive:  # one member left: it goes on alone from the same step
+        call = calls[alive[0]]
+        call.args["start"] = starts[0] if starts is not None else None
+        _solo(call)
+
+
+def _callbacks(calls: dict[int, _Call], alive: list[int]) -> Callable[[dict], None]:
+    """One ``on_step`` for the fused epoch that calls each member's own with its own position;
+    members whose callback raises leave after this step (:class:`_Left`)."""
+
+    def on_step(pos: dict) -> None:
+        left = []
+        for k, i in enumerate(alive):
+            a = calls[i].args
+            a["_totals"] = list(pos["totals"][k])
+            if a["on_step"] is None:
+                continue
+            try:
+                a["on_step"]({"step": pos["step"], "n_steps": pos["n_steps"], "images": pos["images"],
+                              "totals": list(pos["totals"][k]), "gen": pos["gens"][k]})
+            except BaseException as exc:  # noqa: BLE001 - raised in the member's own thread
+                calls[i].error = exc
+                left.append(i)
+        if left:
+            raise _Left(left, pos["step"])
+
+    return on_step
+
+
+def run_group(tasks: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None, dict[str, Any]]]:
+    """Run ``tasks`` (each one run, e.g. a ``run_transfer`` call) as one fused group, one thread
+    each. Returns per task ``(result, error, {"fused_with": K, "reason": why an epoch ran alone})``."""
+    group = FusedGroup(len(tasks))
+    out: list[list[Any]] = [[None, None] for _ in tasks]
+
+    def work(i: int) -> None:
+        group.enter(i)
+        try:
+            out[i][0] = tasks[i]()
+        except BaseException as exc:  # noqa: BLE001 - returned to the caller
+            out[i][1] = exc
+        finally:
+            group.leave(i)
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"fused-member-{i}", daemon=True) for i in range(len(tasks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [(r, e, {"fused_with": group.fused_with.get(i, 1), "reason": group.reasons.get(i)})
+            for i, (r, e) in enumerate(out)]

@@ -1,0 +1,116 @@
+"""Whole runs trained as a fused group (granularity.engine.fused_group): each run's folder,
+result, checkpoints and resume are its own, and its numbers are those it gets alone (float32:
+predictions equal, per-epoch training losses within rel 1e-4; see tests/engine/test_fused.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from granularity.engine.fused_group import run_group
+from granularity.engine.run import run_transfer
+from granularity.errors import RunFailedError
+
+from .conftest import run_files, tiny_config
+
+
+def _cfgs(**kw):
+    """Three runs that differ in seed, label function (head size 4 or 2) and transfer lr."""
+    return [tiny_config(seed=s, source=src, bf16=False, transfer={"epochs": 1, "batch_size": 16, "lr": lr}, **kw)
+            for s, src, lr in ((0, "leaf", 0.02), (1, "target", 0.05), (2, "leaf", 0.01))]
+
+
+def _same(a, b) -> None:
+    """Two run folders' results agree as a run alone and fused may (float32)."""
+    (ra, ma, pa), (rb, mb, pb) = run_files(a), run_files(b)
+    assert np.mean(np.array(pa["pred"]) == np.array(pb["pred"])) >= 0.99
+    assert abs(ra["target_acc"] - rb["target_acc"]) * ra["dataset"]["n_test"] <= 2
+    assert [m["stage"] for m in ma] == [m["stage"] for m in mb]
+    np.testing.assert_allclose([m["train_loss"] for m in ma], [m["train_loss"] for m in mb], rtol=1e-4)
+
+
+def test_runs_fused_in_a_group_equal_the_runs_alone(tiny, tmp_path):
+    cfgs = _cfgs()
+    for k, c in enumerate(cfgs):
+        run_transfer(c, tmp_path / f"alone{k}", dataset=tiny)
+    out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"fused{k}", dataset=tiny) for k, c in enumerate(cfgs)])
+    for k, (res, err, info) in enumerate(out):
+        assert err is None and info == {"fused_with": 3, "reason": None}
+        assert res["fused_with"] == 3 == json.loads((tmp_path / f"fused{k}" / "result.json").read_text())["fused_with"]
+        _same(tmp_path / f"alone{k}", tmp_path / f"fused{k}")
+    assert "fused_with" not in json.loads((tmp_path / "alone0" / "result.json").read_text())
+
+
+def test_runs_without_a_common_fused_form_train_alone_with_the_reason(tiny, tmp_path):
+    cfgs = [tiny_config(bf16=False), tiny_config(bf16=False, model={"name": "mlp", "options": {"hidden": 8}})]
+    out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"r{k}", dataset=tiny) for k, c in enumerate(cfgs)])
+    for res, err, info in out:
+        assert err is None and info["fused_with"] == 1 and "differ" in info["reason"]
+        assert res["fused_with"] == 1
+    run_transfer(cfgs[1], tmp_path / "mlp_alone", dataset=tiny)
+    _same(tmp_path / "r1", tmp_path / "mlp_alone")
+
+
+def test_an_interrupted_or_diverged_member_leaves_and_the_others_go_on(tiny, tmp_path):
+    cfgs = _cfgs(checkpoint_every_steps=2)
+    cfgs.append(tiny_config(seed=3, bf16=False, pretrain={"epochs": 2, "batch_size": 16, "lr": 1e9}))  # diverges
+    stops = [None, 4, None, None]  # member 1 is "killed" after 4 steps (pretraining epoch 1, step 4)
+    out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"fused{k}", dataset=tiny, stop_after_steps=stops[k])
+                     for k, c in enumerate(cfgs)])
+    assert isinstance(out[1][1], KeyboardInterrupt) and not (tmp_path / "fused1" / "result.json").exists()
+    assert isinstance(out[3][1], RunFailedError) and "non-finite" in str(out[3][1])
+    with pytest.raises(RunFailedError, match="non-finite"):  # the same failure as alone
+        run_transfer(cfgs[3], tmp_path / "alone3", dataset=tiny)
+    for k in (0, 2):
+        assert out[k][1] is None
+        run_transfer(cfgs[k], tmp_path / f"alone{k}", dataset=tiny)
+        _same(tmp_path / f"alone{k}", tmp_path / f"fused{k}")
+    run_transfer(cfgs[1], tmp_path / "fused1", dataset=tiny)  # resumed alone from its own step checkpoint
+    run_transfer(cfgs[1], tmp_path / "alone1", dataset=tiny)
+    _same(tmp_path / "alone1", tmp_path / "fused1")
+
+
+_KILLED = """
+import sys, torch
+sys.path[:0] = [{engine!r}, {tests!r}]
+torch.set_num_threads(1)
+from conftest import tiny_dataset
+from granularity.engine.fused_group import run_group
+from granularity.engine.run import run_transfer
+import json
+cfgs = json.loads({cfgs!r})
+tiny = tiny_dataset()
+run_group([lambda c=c, k=k: run_transfer(c, {root!r} + f"/r{{k}}", dataset=tiny) for k, c in enumerate(cfgs)])
+"""
+
+
+def test_sigkill_of_a_fused_group_loses_no_finished_run_and_resumes_the_others(tiny, tmp_path):
+    base = dict(checkpoint_every_steps=2, eval_every_epoch=False)
+    cfgs = [tiny_config(seed=k, bf16=False, pretrain={"epochs": e, "batch_size": 16, "lr": 0.05}, **base)
+            for k, e in enumerate((1, 3, 40))]
+    tests = os.path.dirname(os.path.dirname(__file__))
+    script = _KILLED.format(tests=tests, engine=os.path.join(tests, "engine"), cfgs=json.dumps(cfgs), root=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "r1" / "result.json").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert (tmp_path / "r0" / "result.json").exists() and (tmp_path / "r1" / "result.json").exists()
+    assert not (tmp_path / "r2" / "result.json").exists() and (tmp_path / "r2" / "checkpoint.pt").exists()
+    finished = [(tmp_path / f"r{k}" / "result.json").read_text() for k in (0, 1)]
+    out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"r{k}", dataset=tiny) for k, c in enumerate(cfgs)])
+    assert all(err is None for _, err, _ in out)
+    assert [(tmp_path / f"r{k}" / "result.json").read_text() for k in (0, 1)] == finished  # returned, not redone
+    run_transfer(cfgs[2], tmp_path / "alone2", dataset=tiny)
+    _same(tmp_path / "alone2", tmp_path / "r2")
