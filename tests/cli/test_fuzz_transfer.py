@@ -60,8 +60,8 @@ def check_outcome(code, out, err, ok_marker="memory estimate"):
         assert ok_marker in out
     else:
         assert code == 2, (code, err)
-        # one error line, after the deprecation lines of old spellings (one each) if any
-        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("granularity: warning:")]
+        # one error line (an old spelling too: an unknown option or key, no deprecation line)
+        lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("granularity: error:"), err
 
 
@@ -123,17 +123,19 @@ def test_random_config_files(cli, fm_root, tmp_path_factory, doc, raw, use_raw, 
 @given(pairs=st.lists(st.tuples(st.one_of(st.sampled_from(S_KEYS), st.text(min_size=1, max_size=10)), values), max_size=3),
        seeds=st.one_of(st.none(), st.sampled_from(["1", "2", "0,1", "0,x", "", ",", "-1", "99999999999"])),
        quick=st.sampled_from([True, True, False]), full=st.sampled_from([False, False, True]),
-       dataset=st.sampled_from(["fashion-mnist"] * 4 + ["cifar100", "nope"]))
-def test_study_dry_run_random_options(cli, fm_root, pairs, seeds, quick, full, dataset):
+       dataset=st.sampled_from(["fashion-mnist"] * 4 + ["cifar100", "nope"]),
+       design=st.sampled_from([None] * 6 + ["levels", "bridge", "bridge-phase", "groupings", "fewshot", "nope"]))
+def test_study_dry_run_random_options(cli, fm_root, pairs, seeds, quick, full, dataset, design):
     TRIED["study --dry-run options"] += 1
-    args = ["study", "--dataset", dataset, "--dry-run", "--data-root", str(fm_root), "--device", "cpu",
-            "--set", "run.train_size=null", "--set", "run.test_size=null"]
+    args = ["study", "--dataset", dataset, "--dry-run", "--data-root", str(fm_root), "--device", "cpu"]
+    args += ["--set", "run.train_size=null", "--set", "run.test_size=null"] if design in (None, "levels") else ["--design", design]
     args += ["--quick"] * quick + ["--full"] * full
     if seeds is not None:
         args += ["--seeds", seeds]
     for k, v in pairs:
         args += ["--set", override(k, v)]
-    check_outcome(*cli(*args))
+    code, out, err = cli(*args)
+    check_outcome(code, out, err, ok_marker="memory estimate" if design in (None, "levels") else "pretraining runs")
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -60,6 +60,17 @@ def test_study_quick(fmnist_root, tmp_path, capsys):
         (["study", "--quick", "--full"], "cannot be used together"),
         (["study", "--dataset", "cifar1000"], "Unknown data set 'cifar1000'"),
         (["transfer", "--config", "missing.yaml"], "does not exist"),
+        # the spellings before the one vocabulary are gone: unknown options and keys, one line
+        (["study", "fashion-mnist"], "unexpected extra argument (fashion-mnist)"),
+        (["study", "--mode", "linear"], "No such option '--mode'"),
+        (["transfer", "--mode", "linear"], "No such option '--mode'"),
+        (["study", "--protocol", "linear"], "'linear' is not one of 'map', 'probe', 'finetune'"),
+        (["study", "--set", "dataset=fashion-mnist"], "Unknown config key 'dataset'"),
+        (["study", "--set", "target_level=1"], "Unknown config key 'target_level'"),
+        (["study", "--set", "run.transfer.mode=linear"], "Unknown config key 'run.transfer.mode'"),
+        (["study", "--design", "bridge", "--set", "modes=[linear]"], "Unknown config key 'modes'"),
+        (["study", "--design", "bridge", "--set", "primary.mode=linear"], "Unknown config key 'primary.mode'"),
+        (["study", "--design", "brige"], "'brige' is not one of 'levels', 'bridge', 'bridge-phase', 'groupings', 'fewshot', 'wordnet-glosses'"),
     ],
 )
 def test_cli_errors(args, match, capsys, fmnist_root, tmp_path, monkeypatch):

@@ -10,9 +10,12 @@ import torch
 
 from granularity.data.cues import NO_CUE, cue_patterns, cue_present
 from granularity.errors import GranularityError
-from granularity.experiments.designs import (
-    ARMS, _fresh_model, build_cell_data, cells, design_config, run_design, transfers, unit_dir,
-)
+from granularity.experiments.designs import _fresh_model, build_cell_data, cells, design_config, transfers, unit_dir
+from granularity.experiments.registry import run_study
+
+
+def run_design(cfg, out, **kw):
+    return run_study(cfg, out, design=cfg.design, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def test_arms_share_backbone_initialisation():
 @pytest.mark.parametrize("design", ["bridge", "bridge-phase", "groupings", "fewshot"])
 def test_design_end_to_end_and_resume(design, fm, tmp_path, monkeypatch):
     cfg = tiny(design)
-    res = run_design(cfg, tmp_path, dataset=fm, progress=False, simulator=False)
+    res = run_design(cfg, tmp_path, dataset=fm, progress=False, simulate=False)
     rows = res["table"]
     assert rows[0]["primary"] and sum(r["primary"] for r in rows) == 1
     assert json.loads((tmp_path / "study.json").read_text())["primary"] == cfg.primary.model_dump(mode="json")
@@ -87,24 +90,29 @@ def test_design_end_to_end_and_resume(design, fm, tmp_path, monkeypatch):
     import granularity.experiments.designs as dz
 
     monkeypatch.setattr(dz, "_train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    again = run_design(cfg, tmp_path, dataset=fm, progress=False, simulator=False)
+    again = run_design(cfg, tmp_path, dataset=fm, progress=False, simulate=False)
     assert [r["leaf_minus_target"]["mean"] for r in again["table"]] == [r["leaf_minus_target"]["mean"] for r in rows]
 
 
 def test_interrupted_unit_is_redone_identically(fm, tmp_path):
-    cfg = tiny("bridge", modes=["linear"], primary={"mode": "linear"})
+    cfg = tiny("bridge", protocols=["probe"], primary={"protocol": "probe"})
     first = run_design(cfg, tmp_path, dataset=fm, progress=False)
     cell = cells(cfg)[0]
     d = unit_dir(tmp_path, cell, 1, "leaf")
-    (d / "linear-n20" / "result.json").unlink()  # as if killed before the transfer finished
+    (d / "probe-n20" / "result.json").unlink()  # as if killed before the transfer finished
     (d / "pretrain.pt").unlink()
     again = run_design(cfg, tmp_path, dataset=fm, progress=False)
     assert again["table"][0]["per_seed"] == first["table"][0]["per_seed"]
 
 
 def test_design_config_errors(fm, tmp_path):
-    with pytest.raises(GranularityError, match="primary.mode 'map' must be one of the run modes"):
-        design_config("fewshot", {"primary": {"mode": "map"}})
+    with pytest.raises(GranularityError, match="primary.protocol 'map' must be one of the run protocols"):
+        design_config("fewshot", {"primary": {"protocol": "map"}})
+    for old in ({"modes": ["linear"]}, {"primary": {"mode": "linear"}}):  # the spelling before `protocol`: unknown
+        with pytest.raises(GranularityError, match="Unknown config key '(modes|primary.mode)'"):
+            design_config("bridge", old)
+    with pytest.raises(GranularityError, match="'linear'"):
+        design_config("bridge", {"protocols": ["linear"]})
     with pytest.raises(GranularityError, match="Unknown design 'brige'"):
         design_config("brige")
     with pytest.raises(GranularityError, match="primary.metric 'hard_error' needs a cue"):
@@ -113,7 +121,7 @@ def test_design_config_errors(fm, tmp_path):
         design_config("groupings", {"primary": {"cell": "nope"}})
     with pytest.raises(GranularityError, match="not_a_key"):
         design_config("bridge", {"not_a_key": 1})
-    run_design(tiny("fewshot", modes=["linear"], transfer_per_class=[2], primary={"transfer_per_class": 2}), tmp_path,
+    run_design(tiny("fewshot", protocols=["probe"], transfer_per_class=[2], primary={"transfer_per_class": 2}), tmp_path,
                dataset=fm, progress=False)
     with pytest.raises(GranularityError, match="holds a study with another config"):
         run_design(tiny("fewshot"), tmp_path, dataset=fm, progress=False)
@@ -132,11 +140,15 @@ def test_cli_design_quick_and_errors(cli, make_fmnist, tmp_path):
     code, out, err = cli("study", "--design", "bridge", "--quick", "--dry-run", "--grouping", "natural2", "--data-root", root)
     assert code == 0 and "4 pretraining runs (1 cells x 2 seeds x 2 arms)" in out
     code, out, err = cli("study", "--grouping", "natural2", "--quick")
-    assert code == 2 and "--grouping applies to the designs" in err
+    assert code == 2 and "--grouping applies to the designs bridge, bridge-phase, groupings, fewshot, not to levels" in err
+    code, out, err = cli("study", "--design", "fewshot", "--quick", "--protocol", "probe", "--dry-run", "--data-root", root)
+    assert code == 0 and '"protocols": [\n    "probe"\n  ]' in out and "8 transfers" in out  # 4 runs x probe-n2, probe-n20
+    code, out, err = cli("study", "--design", "bridge", "--data-option", "cue.rho=1")
+    assert code == 2 and "--data-option applies to the designs levels, not to bridge" in err
 
 
 def test_shards_split_the_jobs_and_the_last_one_summarises(fm, tmp_path):
-    cfg = tiny("bridge", modes=["map"], primary={"mode": "map"})
+    cfg = tiny("bridge", protocols=["map"], primary={"protocol": "map"})
     assert run_design(cfg, tmp_path, dataset=fm, progress=False, shard=(0, 2)) is None  # seed 1 missing
     assert (unit_dir(tmp_path, cells(cfg)[0], 0, "leaf") / "map" / "result.json").exists()
     assert not (unit_dir(tmp_path, cells(cfg)[0], 1, "leaf") / "map").exists()
@@ -171,9 +183,9 @@ def test_simulator_axes_match_the_real_grid(tmp_path, monkeypatch):
     assert len(ran) == 4 and sim["probe"]["grids"]["coarse"] == [[0.35, 0.35], [1.1, 1.1]]  # rows strength, columns rho
     again = simulator_phase([0.5, 1.0], [0.25, 1.0], tmp_path)  # resumed: nothing simulated again
     assert len(ran) == 4 and again == sim
-    rows = [{"metric": "hard_error", "mode": m, "rho": r, "strength": s, "leaf_minus_target": {"mean": r - s, "p_t": 0.01}}
-            for m in ("map", "linear") for r in (0.5, 1.0) for s in (0.25, 1.0)]
-    rhos, sts, mean, _ = real_grid({"table": rows}, "linear")
+    rows = [{"metric": "hard_error", "protocol": m, "rho": r, "strength": s, "leaf_minus_target": {"mean": r - s, "p_t": 0.01}}
+            for m in ("map", "probe") for r in (0.5, 1.0) for s in (0.25, 1.0)]
+    rhos, sts, mean, _ = real_grid({"table": rows}, "probe")
     assert rhos == [0.5, 1.0] and sts == [0.25, 1.0] and mean[1, 0] == pytest.approx(0.5 - 1.0)
     assert plot_bridge_phase({"table": rows}, tmp_path, sim) == ["phase_real_vs_simulator.png"]
     assert (tmp_path / "phase_real_vs_simulator.png").exists()

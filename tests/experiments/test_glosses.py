@@ -14,6 +14,12 @@ import torch
 
 from granularity.errors import GranularityError
 
+
+def run_glosses_study(config, out, **kw):
+    from granularity.experiments.registry import run_study
+
+    return run_study(config, out, design="wordnet-glosses", **kw)
+
 WORDNET_OK = all(Path("/usr/share/wordnet", f).is_file() for f in ("data.noun", "index.noun"))
 needs_wordnet = pytest.mark.skipif(not WORDNET_OK and not os.environ.get("GRANULARITY_WORDNET_DIR"), reason="WordNet 3.0 not installed")
 
@@ -40,8 +46,6 @@ def glosses():
 @needs_wordnet
 @pytest.mark.slow  # the first build of the data set (~20 s); the study itself takes seconds
 def test_tiny_study_end_to_end(glosses, tmp_path):
-    from granularity.experiments.glosses import run_glosses_study
-
     res = run_glosses_study(TINY, tmp_path, dataset=glosses, progress=False)
     arms = [r["arm"] for r in res["table"]]
     assert arms == ["target", "level:1", "level:4", "kmeans-within:12", "random:12", "per-sample"]
@@ -81,8 +85,6 @@ def test_tiny_study_end_to_end(glosses, tmp_path):
 @needs_wordnet
 @pytest.mark.slow
 def test_study_errors(glosses, tmp_path):
-    from granularity.experiments.glosses import run_glosses_study
-
     with pytest.raises(GranularityError, match="'target' parameter must be a level coarser than the leaves, in \\[1, 6\\]"):
         run_glosses_study({**TINY, "target": 7}, tmp_path / "a", dataset=glosses, progress=False)
     with pytest.raises(GranularityError, match="'kmeans_sizes' parameter must hold sizes >= the 11 classes"):
@@ -92,8 +94,6 @@ def test_study_errors(glosses, tmp_path):
 
 
 def test_sparse_model_needs_plain_sgd(tmp_path):
-    from granularity.experiments.glosses import run_glosses_study
-
     with pytest.raises(GranularityError, match="'sparse' .* needs plain SGD in every stage, but 'pretrain' has optimizer='adamw'"):
         run_glosses_study({"pretrain": {"optimizer": "adamw"}}, tmp_path, progress=False)
     with pytest.raises(GranularityError, match="but 'transfer' has optimizer='sgd', momentum=0.9"):
@@ -102,7 +102,12 @@ def test_sparse_model_needs_plain_sgd(tmp_path):
 
 def test_cli_refuses_options_that_do_not_apply(cli):
     code, _, err = cli("study", "--dataset", "wordnet-glosses", "--protocol", "map")
-    assert code == 2 and err.count("\n") == 1 and "--protocol does not apply to the wordnet-glosses study" in err
+    assert code == 2 and err.count("\n") == 1 and "--protocol applies to the designs levels, bridge" in err
+    assert "not to wordnet-glosses" in err
+    code, _, err = cli("study", "--dataset", "wordnet-glosses", "--data-root", "x")
+    assert code == 2 and "--data-root applies to the designs" in err
+    code, _, err = cli("study", "--design", "wordnet-glosses", "--dataset", "fashion-mnist")
+    assert code == 2 and "runs on the data set wordnet-glosses, not on 'fashion-mnist'" in err
     code, _, err = cli("study", "--dataset", "wordnet-glosses", "--set", "pretrain.optimizer=adamw")
     assert code == 2 and "needs plain SGD" in err
     code, _, err = cli("study", "--dataset", "wordnet-glosses", "--set", "data.min_cout=3")

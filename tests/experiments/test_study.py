@@ -95,19 +95,14 @@ def test_reference_models_train_on_images_disjoint_from_the_study():
     assert reference_dataset(StudyConfig.build(tiny_study()), ds) is None  # train_size null: nothing left, no hard set
 
 
-def test_study_holds_a_transfer_config_and_reads_the_old_flat_keys():
-    """The old flat spelling (13 run keys at the top) is the same study, one warning per key;
-    every run config is what the old field-by-field copy built, plus the run keys the study
-    used to lack (workers, tf32, deterministic, eval_batch_size) now settable."""
+def test_study_holds_a_transfer_config_and_the_old_flat_keys_are_unknown():
+    """Every run config is what the old field-by-field copy built, plus the run keys the study
+    used to lack (workers, tf32, deterministic, eval_batch_size) now settable; the flat
+    spelling of before ``run`` (run keys at the top) is an unknown key, no longer an alias."""
     from granularity.engine.config import TransferConfig
     from granularity.experiments.study import run_config
-    from granularity.utils.deprecation import GranularityDeprecationWarning
 
     new = tiny_study(train_size=96)
-    old = {k: v for k, v in new.items() if k != "run"} | new["run"]
-    with pytest.warns(GranularityDeprecationWarning) as rec:
-        old_cfg = StudyConfig.build(old)
-    assert len(rec) == len(new["run"]) and old_cfg.to_dict() == StudyConfig.build(new).to_dict()
     cfg = StudyConfig.build(new)
     by_copy = TransferConfig(  # the field-by-field copy of before
         dataset="tiny", data_root=None, data_options={}, train_size=96, test_size=None, data_seed=0, target=1,
@@ -119,19 +114,19 @@ def test_study_holds_a_transfer_config_and_reads_the_old_flat_keys():
     assert (rc.workers, rc.tf32, rc.eval_batch_size) == (2, True, 7)
     with pytest.raises(GranularityError, match="'run.source' for each arm"):
         StudyConfig.build({"run": {"source": "leaf"}})
-    with pytest.raises(GranularityError, match="'train_size' .deprecated. and 'run.train_size' are both set"):
-        StudyConfig.build({"train_size": 5, "run": {"train_size": 6}})
+    for old in ({"train_size": 5}, {"dataset": "tiny"}, {"target_level": 1}):
+        with pytest.raises(GranularityError, match=f"Unknown config key '{next(iter(old))}'"):
+            StudyConfig.build(old)
+    with pytest.raises(GranularityError, match="Unknown config key 'run.transfer.mode'"):
+        StudyConfig.build({"run": {"transfer": {"mode": "linear"}}})
     assert StudyConfig().run.test_size == 5000 and StudyConfig.build({"run": {"train_size": 5}}).run.test_size == 5000
 
 
 def test_presets_and_table_text():
-    from granularity.experiments.study import FULL, QUICK, format_table, study_preset
+    from granularity.experiments.registry import REGISTRY
+    from granularity.experiments.study import FULL, QUICK, format_table
 
-    assert study_preset() == {} and study_preset(quick=True) == QUICK and study_preset(full=True) == FULL
-    study_preset(quick=True)["run"]["train_size"] = 1  # a copy: the preset stays as it is
-    assert QUICK["run"]["train_size"] == 600
-    with pytest.raises(GranularityError, match="cannot be used together"):
-        study_preset(quick=True, full=True)
+    assert REGISTRY["levels"].presets == {"quick": QUICK, "full": FULL} and QUICK["run"]["train_size"] == 600
     assert StudyConfig.build(FULL).run.train_size is None and StudyConfig.build(FULL).seeds == [0, 1, 2, 3, 4]
     ci = {"mean": 0.25, "ci": 0.05, "n": 3}
     text = format_table({"table": [{"arm": "target", "num_source_classes": 4, "target_error": ci},

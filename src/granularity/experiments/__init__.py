@@ -1,6 +1,7 @@
-"""Experiments built on the engine: the paper's granularity study on real data."""
+"""Real-data studies: every study is a registered design (:mod:`.registry`) run by one runner (:mod:`.runner`)."""
 
-from granularity.experiments.study import QUICK, StudyConfig, run_study
+from granularity.experiments.registry import REGISTRY, run_study
+from granularity.experiments.study import QUICK, StudyConfig
 from granularity.experiments import sweep_presets  # noqa: F401 (registers the transfer sweep presets)
 
-__all__ = ["QUICK", "StudyConfig", "run_study"]
+__all__ = ["QUICK", "REGISTRY", "StudyConfig", "run_study"]

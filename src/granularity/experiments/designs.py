@@ -3,11 +3,11 @@
 Every design compares two pretraining arms, paired by seed: ``target`` (the coarse target
 labels) and ``leaf`` (the 10 fine labels). Both arms of a seed share the model initialisation
 (the backbone is drawn before the head), the data splits and the cue draw; only the labels
-differ. Each pretrained network is then transferred to the target task in every asked mode:
-``map`` (the pretraining head read out directly, fine -> coarse by logsumexp), ``linear`` (a fresh
+differ. Each pretrained network is then transferred to the target task by every asked protocol:
+``map`` (the pretraining head read out directly, fine -> coarse by logsumexp), ``probe`` (a fresh
 head on frozen features) and ``finetune`` (fresh head, all weights), the last two on a
 *transfer split disjoint from the pretraining split*, at each asked size (images per target
-class). Designs (``DESIGNS``):
+class). Designs (``DESIGNS``, registered in :mod:`granularity.experiments.registry`):
 
 - ``bridge``: a planted cue per coarse class (:mod:`granularity.data.cues`) in a fraction
   ``rho`` of the training images; error on easy (cued) and hard (cue-free) test images.
@@ -15,15 +15,17 @@ class). Designs (``DESIGNS``):
 - ``groupings``: target groupings natural4 (control), natural2, random, confusable.
 - ``fewshot``: transfer split of 10 / 100 / 1000 images per target class.
 
-The primary contrast (metric, mode, size, cell) is part of the config, so it is written to
+The primary contrast (metric, protocol, size, cell) is part of the config, so it is written to
 ``study.json`` before the first run and reported first. Anything chosen on data must be
 chosen on the validation split (its errors are recorded next to the test errors).
 
 Folder layout: ``study.json``; ``runs/<cell>/seed<s>/<arm>/pretrain.pt`` (+ ``pretrain.json``);
-``runs/<cell>/seed<s>/<arm>/<mode>[-n<k>]/result.json`` and ``predictions.npz``; then
+``runs/<cell>/seed<s>/<arm>/<protocol>[-n<k>]/result.json`` and ``predictions.npz``; then
 ``results.json``, ``results.csv``, ``report.md`` and figures (see
-:mod:`granularity.experiments.design_report`). Finished units are skipped when the design is
-run again; an interrupted unit restarts from its beginning.
+:mod:`granularity.experiments.design_report`). One unit of the runner
+(:mod:`granularity.experiments.runner`) is one arm of one (cell, seed): its pretraining and
+every transfer; finished units are skipped when the design is run again, and an interrupted
+unit restarts its unfinished transfers (the finished pretraining is reloaded).
 """
 
 from __future__ import annotations
@@ -44,19 +46,20 @@ from granularity.data.cues import CueConfig
 from granularity.engine.config import ModelConfig, StageConfig
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.io import check_writable, read_json, write_json
+from granularity.experiments.runner import Plan, Unit
+from granularity.utils.io import write_json
 
 ARMS = ("target", "leaf")
-Mode = Literal["map", "linear", "finetune"]
+Protocol = Literal["map", "probe", "finetune"]
 METRICS = ("hard_error", "easy_error", "target_error", "worst_subclass_error")
 
 
 class PrimaryConfig(Config):
     """The one contrast a design is judged by, fixed before it runs: leaf minus target
-    pretraining, paired by seed, on ``metric`` after transfer ``mode``."""
+    pretraining, paired by seed, on ``metric`` after transfer ``protocol``."""
 
     metric: Literal["hard_error", "easy_error", "target_error", "worst_subclass_error"] = "hard_error"
-    mode: Mode = "linear"
+    protocol: Protocol = "probe"
     transfer_per_class: int | None = None  # None: the largest swept size
     cell: str | None = None  # None: the first cell
 
@@ -87,7 +90,7 @@ class DesignConfig(Config):
     test_size: int | None = Field(2000, ge=1)  # a fixed stratified subset of the test file (None: all)
     transfer_per_class: list[int] = Field(default_factory=lambda: [100], min_length=1)
     transfer_cue: bool = True  # the transfer split carries the cue like the pretraining split
-    modes: list[Mode] = Field(default_factory=lambda: ["map", "linear", "finetune"], min_length=1)
+    protocols: list[Protocol] = Field(default_factory=lambda: ["map", "probe", "finetune"], min_length=1)
     transfer_min_steps: int = Field(10, ge=1)  # small transfer splits get more epochs, up to this many steps
     primary: PrimaryConfig = Field(default_factory=PrimaryConfig)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(**STAGE_DEFAULTS["model"]))
@@ -120,8 +123,8 @@ class DesignConfig(Config):
             raise ValueError("transfer_per_class must hold sizes >= 1")
         if self.primary.transfer_per_class is not None and self.primary.transfer_per_class not in self.transfer_per_class:
             raise ValueError(f"primary.transfer_per_class {self.primary.transfer_per_class} must be one of {self.transfer_per_class}")
-        if self.primary.mode not in self.modes:
-            raise ValueError(f"primary.mode {self.primary.mode!r} must be one of the run modes {self.modes}")
+        if self.primary.protocol not in self.protocols:
+            raise ValueError(f"primary.protocol {self.primary.protocol!r} must be one of the run protocols {self.protocols}")
         if self.primary.metric in ("hard_error", "easy_error") and self.cue is None:
             raise ValueError(f"primary.metric {self.primary.metric!r} needs a cue; use target_error or worst_subclass_error")
         if self.primary.metric == "target_error" and self.cue is not None:
@@ -138,14 +141,14 @@ DESIGNS: dict[str, dict[str, Any]] = {
     # much easier than the object features, the theory's regime; rho 1 = the paper's setting
     # (every training image has the common feature, hard samples only at test)
     "bridge": {"groupings": ["confusable"], "cue": {"rho": 1.0, "strength": 1.0, "size": 4, "leak": 0.0},
-               "primary": {"metric": "hard_error", "mode": "linear"}},
+               "primary": {"metric": "hard_error", "protocol": "probe"}},
     "bridge-phase": {"groupings": ["confusable"], "cue": {"size": 4, "leak": 0.0}, "cue_rho": [0.5, 1.0],
-                     "cue_strength": [0.25, 1.0], "modes": ["map", "linear"],
-                     "primary": {"metric": "hard_error", "mode": "linear", "cell": "confusable/rho1-s1"}},
+                     "cue_strength": [0.25, 1.0], "protocols": ["map", "probe"],
+                     "primary": {"metric": "hard_error", "protocol": "probe", "cell": "confusable/rho1-s1"}},
     "groupings": {"groupings": ["natural4", "natural2", "random", "confusable"], "transfer_per_class": [100],
-                  "primary": {"metric": "target_error", "mode": "linear", "cell": "confusable"}},
-    "fewshot": {"groupings": ["confusable"], "transfer_per_class": [10, 100, 1000], "modes": ["linear", "finetune"],
-                "primary": {"metric": "target_error", "mode": "linear", "transfer_per_class": 10}},
+                  "primary": {"metric": "target_error", "protocol": "probe", "cell": "confusable"}},
+    "fewshot": {"groupings": ["confusable"], "transfer_per_class": [10, 100, 1000], "protocols": ["probe", "finetune"],
+                "primary": {"metric": "target_error", "protocol": "probe", "transfer_per_class": 10}},
 }
 QUICK_DESIGN = {  # seconds: for tests and smoke runs, not for conclusions
     "seeds": [0, 1], "pretrain_size": 400, "val_size": 100, "test_size": 200,
@@ -165,10 +168,10 @@ def design_config(design: str, overrides: Mapping[str, Any] | None = None, *, qu
     if design not in DESIGNS:
         from granularity.errors import unknown_name
 
-        raise unknown_name("design", design, ["levels", *DESIGNS])
+        raise unknown_name("design", design, DESIGNS)
     raw = deep_merge({"design": design}, DESIGNS[design])
     if quick:
-        raw = deep_merge(deep_merge(raw, QUICK_DESIGN), QUICK_SIZES[design])
+        raw = deep_merge(raw, quick_preset(design))
     return DesignConfig.build(deep_merge(raw, dict(overrides or {})))
 
 
@@ -200,13 +203,13 @@ def cell_names(cfg: DesignConfig) -> list[str]:
 
 
 def transfers(cfg: DesignConfig) -> list[tuple[str, str, int | None]]:
-    """``(folder, mode, images per target class)`` of every transfer of one pretrained net."""
+    """``(folder, protocol, images per target class)`` of every transfer of one pretrained net."""
     out: list[tuple[str, str, int | None]] = []
-    for mode in cfg.modes:
-        if mode == "map":
+    for protocol in cfg.protocols:
+        if protocol == "map":
             out.append(("map", "map", None))
         else:
-            out += [(f"{mode}-n{k}", mode, k) for k in sorted(cfg.transfer_per_class)]
+            out += [(f"{protocol}-n{k}", protocol, k) for k in sorted(cfg.transfer_per_class)]
     return out
 
 
@@ -220,58 +223,67 @@ def unit_dir(out: Path, cell: Cell, seed: int, arm: str) -> Path:
     return out / "runs" / _folder_name(cell.name) / f"seed{seed}" / arm
 
 
-def run_design(config: DesignConfig | Mapping[str, Any], out: str | Path, *, dataset: Any | None = None,
-               progress: bool = True, shard: tuple[int, int] | None = None, simulator: bool = True) -> dict[str, Any] | None:
-    """Run (or resume) a design in folder ``out``; returns the content of ``results.json``.
+def load(cfg: DesignConfig) -> Any:
+    from granularity.data import load_dataset
 
-    ``shard=(i, n)``: run only every n-th (cell, seed) job starting at i, so n processes can share
-    one folder (their units never overlap); the summary is written by whichever call finds every
-    unit finished (a last call without ``shard`` writes it at once). Returns None while units
-    are missing. ``simulator``: for ``bridge-phase``, run the simulator's phase diagram on the
-    matching axes and draw it beside the real one (:mod:`.phase_bridge`).
+    return load_dataset(cfg.dataset, root=cfg.data_root)
 
-    Examples
-    --------
-    >>> run_design(design_config("bridge", {"seeds": list(range(10))}), "runs/bridge")  # doctest: +SKIP
-    """
-    from granularity.experiments.design_report import summarise_design, write_design_outputs
 
-    cfg = config if isinstance(config, DesignConfig) else DesignConfig.build(config)
-    out = check_writable(out)
-    if (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
-        raise GranularityError(
-            f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it."
-        )
-    write_json(out / "study.json", cfg.to_dict())  # the primary contrast is recorded before any run
-    t0 = time.perf_counter()
-    if dataset is None:
-        from granularity.data import load_dataset
-
-        dataset = load_dataset(cfg.dataset, root=cfg.data_root)
+def plan(cfg: DesignConfig, dataset: Any) -> Plan:
+    """One unit per (cell, seed, arm): its pretraining and every transfer; both arms of a
+    (cell, seed) share its data (one group)."""
     check_design(cfg, dataset)
+    done = tuple(f"{t}/result.json" for t, _, _ in transfers(cfg))
+    units = [Unit(arm, s, c, str(unit_dir(Path(), c, s, arm)), group=f"{c.name}/seed{s}", done=done)
+             for c in cells(cfg) for s in cfg.seeds for arm in ARMS]
+    return Plan(cells(cfg), units, {"main": dataset})
+
+
+def trainer(cfg: DesignConfig, plan: Plan):
+    """Train one unit (:func:`run_unit`); the data of its (cell, seed) is built once for both arms."""
     from granularity.engine.run import resolve_device
-    from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device)
-    jobs = [(c, s) for c in cells(cfg) for s in cfg.seeds]
-    if shard is not None:
-        i, n = shard
-        if not 0 <= i < n:
-            raise GranularityError(f"The 'shard' parameter must be i/n with 0 <= i < n. Got {i}/{n} instead.")
-        jobs = jobs[i::n]
-    for cell, seed in tqdm(jobs, desc=f"{cfg.design} (cell x seed)", disable=not progress):
-        if all((unit_dir(out, cell, seed, arm) / t / "result.json").exists() for arm in ARMS for t, _, _ in transfers(cfg)):
-            continue
-        data = build_cell_data(cfg, cell, seed, dataset)
-        for arm in ARMS:
-            run_unit(cfg, data, arm, seed, unit_dir(out, cell, seed, arm), device)
-    if not all((unit_dir(out, c, s, arm) / t / "result.json").exists()
-               for c in cells(cfg) for s in cfg.seeds for arm in ARMS for t, _, _ in transfers(cfg)):
-        return None  # another shard is still running
-    summary = summarise_design(cfg, out)
-    summary["seconds_this_invocation"] = time.perf_counter() - t0
-    write_design_outputs(summary, out, simulator=simulator)
-    return summary
+    built: dict[str, CellData] = {}
+
+    def train(unit: Unit, folder: Path) -> None:
+        if unit.group not in built:
+            built.clear()
+            built[unit.group] = build_cell_data(cfg, unit.config, unit.seed, plan.data["main"])
+        run_unit(cfg, built[unit.group], unit.arm, unit.seed, folder, device)
+
+    return train
+
+
+def dry_run(cfg: DesignConfig) -> str:
+    n = len(cells(cfg)) * len(cfg.seeds) * len(ARMS)
+    return (f"{n} pretraining runs ({len(cells(cfg))} cells x {len(cfg.seeds)} seeds x {len(ARMS)} arms), "
+            f"{n * len(transfers(cfg))} transfers")
+
+
+OPTIONS = frozenset({"dataset", "seeds", "data_root", "train_size", "device", "groupings", "protocol", "model", "epochs",
+                     "transfer_epochs"})
+
+
+def cli_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config overrides of ``granularity study --design <paired design>``'s options."""
+    from granularity.utils.config import undot
+
+    names = {"dataset": "dataset", "seeds": "seeds", "data_root": "data_root", "train_size": "pretrain_size",
+             "device": "device", "model": "model.name", "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs"}
+    out = undot({names[k]: v for k, v in given.items() if k in names})
+    if "protocol" in given:  # the one protocol run, and so the primary one
+        out.update(protocols=[given["protocol"]], primary={"protocol": given["protocol"]})
+    if "groupings" in given:  # the default primary cell may not be among them: the first cell then
+        out["groupings"] = list(given["groupings"])
+        out.setdefault("primary", {})["cell"] = None
+    return out
+
+
+def quick_preset(design: str) -> dict[str, Any]:
+    from granularity.utils.config import deep_merge
+
+    return deep_merge(QUICK_DESIGN, QUICK_SIZES[design])
 
 
 def check_design(cfg: DesignConfig, dataset: Any) -> None:
@@ -283,7 +295,7 @@ def check_design(cfg: DesignConfig, dataset: Any) -> None:
     for g in cfg.groupings:
         garr, _ = parse_grouping(g, leaves, seed=cfg.seeds[0])
         smallest = np.bincount(garr[y]).min()
-        k = max(cfg.transfer_per_class) if set(cfg.modes) - {"map"} else 0
+        k = max(cfg.transfer_per_class) if set(cfg.protocols) - {"map"} else 0
         if k + cfg.val_size + cfg.pretrain_size > len(y) or k > smallest:
             raise GranularityError(
                 f"The splits do not fit the {len(y)} training images (grouping {g!r}, smallest target class {smallest}): "
@@ -324,7 +336,7 @@ def build_cell_data(cfg: DesignConfig, cell: Cell, seed: int, dataset: Any) -> C
     group, names = parse_grouping(cell.grouping, list(dataset.leaf_names), seed=seed)
     g = len(names)
     x_all, y_all = dataset.train.x.cpu(), dataset.train.y.cpu().numpy()
-    k = max(cfg.transfer_per_class) if set(cfg.modes) - {"map"} else 0
+    k = max(cfg.transfer_per_class) if set(cfg.protocols) - {"map"} else 0
     sp = disjoint_splits(group[y_all], y_all, transfer_per_class=k, val=cfg.val_size, pretrain=cfg.pretrain_size, seed=seed)
     te = np.arange(len(dataset.test)) if cfg.test_size is None else np.asarray(stratified_indices(dataset.test.y, cfg.test_size, 0))
     x_te, y_te = dataset.test.x.cpu()[te], dataset.test.y.cpu().numpy()[te]
@@ -352,7 +364,7 @@ def build_cell_data(cfg: DesignConfig, cell: Cell, seed: int, dataset: Any) -> C
 
 
 # ---------------------------------------------------------------------------------------------
-# One unit: pretrain one arm, transfer in every mode and size
+# One unit: pretrain one arm, transfer by every protocol and size
 # ---------------------------------------------------------------------------------------------
 def _stage_for(stage: StageConfig, n: int, min_steps: int) -> StageConfig:
     """``stage`` with enough epochs for ``min_steps`` optimiser steps on ``n`` images."""
@@ -411,10 +423,10 @@ def run_unit(cfg: DesignConfig, data: CellData, arm: str, seed: int, folder: Pat
                                               "num_classes": n_src, "cue_counts": data.cue_counts})
     state = {k: v.clone() for k, v in model.state_dict().items()}
     gmap = np.arange(data.n_groups) if arm == "target" else data.group
-    for name, mode, k in todo:
+    for name, protocol, k in todo:
         t0 = time.perf_counter()
-        preds, extra = _transfer(cfg, data, model, state, gmap, norm, mode, k, seed, device)
-        _write_transfer(folder / name, data, preds, {"mode": mode, "transfer_per_class": k, "arm": arm, "seed": seed,
+        preds, extra = _transfer(cfg, data, model, state, gmap, norm, protocol, k, seed, device)
+        _write_transfer(folder / name, data, preds, {"protocol": protocol, "transfer_per_class": k, "arm": arm, "seed": seed,
                                                      "seconds": time.perf_counter() - t0, **extra})
 
 
@@ -427,14 +439,14 @@ def _restore(model, state: dict, device) -> None:
     model.to(device)
 
 
-def _transfer(cfg, data: CellData, model, state, gmap, norm, mode: str, k: int | None, seed: int, device):
+def _transfer(cfg, data: CellData, model, state, gmap, norm, protocol: str, k: int | None, seed: int, device):
     """Target predictions on every evaluation set after one transfer."""
     from granularity.data.splits import per_class_prefix
     from granularity.engine.train import group_logits, predict
 
     extra: dict[str, Any] = {}
     _restore(model, state, device)
-    if mode == "map":
+    if protocol == "map":
         model.eval()
         fn = lambda xs: group_logits(model(xs).float().cpu(), gmap, data.n_groups)  # noqa: E731
         return {n: predict(fn, x, norm, 1000, device).argmax(1).numpy() for n, (x, _) in data.evals.items()}, extra
@@ -447,7 +459,7 @@ def _transfer(cfg, data: CellData, model, state, gmap, norm, mode: str, k: int |
         torch.manual_seed(seed + 2)  # the same fresh head for both arms
         model.reset_head(data.n_groups)
     model.to(device)
-    if mode == "finetune":
+    if protocol == "finetune":
         extra.update(_train(model, x_t, y_t, norm, stage, seed, "transfer", device))
         model.eval()
         return {n: predict(model, x, norm, 1000, device).argmax(1).numpy() for n, (x, _) in data.evals.items()}, extra

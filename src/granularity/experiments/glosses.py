@@ -19,9 +19,7 @@ are skipped when the study is run again; a folder holding another config is refu
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,10 +28,10 @@ from pydantic import Field
 
 from granularity.data.wordnet_glosses import NAME, GlossOptions, load_wordnet_glosses
 from granularity.engine.config import ModelConfig, StageConfig, TransferConfig, TransferStageConfig
-from granularity.engine.run import run_transfer
+from granularity.experiments.runner import Plan, Unit, unit_results
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.io import check_writable, read_json, write_csv_table, write_json
+from granularity.utils.io import write_json
 from granularity.utils.stats import mean_ci
 
 
@@ -93,12 +91,15 @@ QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
 
 def study_config(config: GlossStudyConfig | Mapping[str, Any] | None = None) -> GlossStudyConfig:
     """A validated config: a mapping is merged into the defaults key by key, so
-    ``{"pretrain": {"epochs": 1}}`` keeps the default optimiser of that stage."""
+    ``{"pretrain": {"epochs": 1}}`` keeps the default optimiser of that stage (and sparse
+    gradients need plain SGD: :func:`check_sparse`)."""
     if isinstance(config, GlossStudyConfig):
         return config
     from granularity.utils.config import deep_merge
 
-    return GlossStudyConfig.build(deep_merge(GlossStudyConfig().to_dict(), dict(config or {})))
+    cfg = GlossStudyConfig.build(deep_merge(GlossStudyConfig().to_dict(), dict(config or {})))
+    check_sparse(cfg)
+    return cfg
 
 
 def _sizes(sizes: list[int] | None, n_leaves: int) -> list[int]:
@@ -128,9 +129,9 @@ def run_config(cfg: GlossStudyConfig, source: str, seed: int) -> TransferConfig:
     )
 
 
-def study_jobs(cfg: GlossStudyConfig, dataset: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str, int, TransferConfig]]]:
-    """The arms, and every run as ``(folder, arm, seed, config)``, after the checks that need
-    the data set (target level, k-means and random sizes)."""
+def study_jobs(cfg: GlossStudyConfig, dataset: Any) -> tuple[list[tuple[str, str]], list[Unit]]:
+    """The arms and every run, after the checks that need the data set (target level, k-means
+    and random sizes)."""
     hier = dataset.hierarchy
     depth = int(hier.depth)
     if cfg.target >= depth:
@@ -150,46 +151,51 @@ def study_jobs(cfg: GlossStudyConfig, dataset: Any) -> tuple[list[tuple[str, str
         if big:
             raise GranularityError(f"The {param!r} parameter must hold sizes <= the {n_train} training glosses. Got {big} instead.")
     arms = study_arms(cfg, depth, n_leaves)
-    jobs = [(f"runs/{arm.replace(':', '')}/seed{s}", arm, s, run_config(cfg, src, s)) for s in cfg.seeds for arm, src in arms]
-    return arms, jobs
+    units = [Unit(arm, s, run_config(cfg, src, s), f"runs/{arm.replace(':', '')}/seed{s}") for s in cfg.seeds for arm, src in arms]
+    return arms, units
 
 
-def run_glosses_study(
-    config: GlossStudyConfig | Mapping[str, Any], out: str | Path, *, dataset: Any | None = None,
-    progress: bool = True, command: str | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) the study in folder ``out``; returns the content of ``results.json``.
+def load(cfg: GlossStudyConfig) -> Any:
+    return load_wordnet_glosses(**cfg.data.model_dump())
 
-    Examples
-    --------
-    >>> run_glosses_study({"seeds": [0, 1, 2, 3, 4]}, "runs/study/wordnet-glosses")  # doctest: +SKIP
-    """
-    from tqdm.auto import tqdm
 
-    cfg = study_config(config)
-    check_sparse(cfg)
-    out = check_writable(out)
-    if (out / "runs").exists() and (out / "study.json").exists() and read_json(out / "study.json") != cfg.to_dict():
-        raise GranularityError(f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it.")
-    write_json(out / "study.json", cfg.to_dict())
-    t0 = time.perf_counter()
-    ds = dataset if dataset is not None else load_wordnet_glosses(**cfg.data.model_dump())
-    arms, jobs = study_jobs(cfg, ds)
-    write_json(out / "dataset.json", dataset_summary(ds, cfg))
-    cache: dict = {}
-    results: dict[str, dict] = {}
-    bar = tqdm(jobs, desc="glosses study", unit="run", disable=not progress)
-    with _threads(cfg.threads):
-        for rel, _, _, rc in bar:
-            bar.set_postfix_str(rel)
-            results[rel] = run_transfer(rc, out / rel, dataset=ds, embeddings_cache=cache)
-    summary = summarise(cfg, arms, jobs, results)
-    summary.update({"seconds_this_invocation": time.perf_counter() - t0, "command": command,
-                    "dataset": read_json(out / "dataset.json")})
-    write_csv(out / "results.csv", summary["table"])
-    summary["figures"] = plot_u_curve(summary, out)
-    write_json(out / "results.json", summary)
-    return summary
+def plan(cfg: GlossStudyConfig, dataset: Any) -> Plan:
+    return Plan(*study_jobs(cfg, dataset), {"main": dataset})
+
+
+def summarise_folder(cfg: GlossStudyConfig, out: Path, plan: Plan) -> dict[str, Any]:
+    """The summary, with the data set's statistics (also written to ``dataset.json``)."""
+    data = dataset_summary(plan.data["main"], cfg)
+    write_json(out / "dataset.json", data)
+    return {**summarise(cfg, plan.arms, plan.units, unit_results(out, plan.units)), "dataset": data}
+
+
+def dry_run(cfg: GlossStudyConfig) -> str:
+    p = plan(cfg, load(cfg))
+    return f"{len(p.units)} runs ({len(p.arms)} arms x {len(cfg.seeds)} seeds): {', '.join(a for a, _ in p.arms)}"
+
+
+def describe(summary: dict[str, Any], out: Path) -> str:
+    from granularity.utils.stats import fmt_ci
+
+    lines = [f"{'arm':<22} {'classes':>7}  {'target error':<16} {'minus baseline':<16}"]
+    for r in summary["table"]:
+        diff = fmt_ci(r["target_error_minus_baseline"]) if "target_error_minus_baseline" in r else "-"
+        lines.append(f"{r['arm']:<22} {r['num_source_classes']:>7}  {fmt_ci(r['target_error']):<16} {diff:<16}")
+    return "\n".join([*lines, f"{summary['seconds_this_invocation']:.0f} s; results in {out}/results.json, "
+                                f"figure {', '.join(summary['figures'])}"])
+
+
+OPTIONS = frozenset({"dataset", "seeds", "train_size", "device", "model", "epochs", "transfer_epochs"})
+
+
+def cli_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config overrides of ``granularity study --dataset wordnet-glosses``'s options."""
+    from granularity.utils.config import undot
+
+    names = {"seeds": "seeds", "train_size": "train_size", "device": "device", "model": "model.name",
+             "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs"}
+    return undot({names[k]: v for k, v in given.items() if k in names})
 
 
 def check_sparse(cfg: GlossStudyConfig) -> None:
@@ -203,19 +209,6 @@ def check_sparse(cfg: GlossStudyConfig) -> None:
                 f"optimizer={st.optimizer!r}, momentum={st.momentum}, weight_decay={st.weight_decay}; set "
                 f"{name}.optimizer=sgd {name}.momentum=0 {name}.weight_decay=0, or model.options.sparse=false."
             )
-
-
-@contextmanager
-def _threads(n: int | None):
-    import torch
-
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def dataset_summary(ds: Any, cfg: GlossStudyConfig) -> dict[str, Any]:
@@ -238,17 +231,17 @@ def dataset_summary(ds: Any, cfg: GlossStudyConfig) -> dict[str, Any]:
             "levels": levels, **{k: ds.info[k] for k in keep if k in ds.info}}
 
 
-def summarise(cfg: GlossStudyConfig, arms, jobs, results: dict[str, dict]) -> dict[str, Any]:
+def summarise(cfg: GlossStudyConfig, arms, units: list[Unit], results: dict[str, dict]) -> dict[str, Any]:
     """Per arm: classes, mean ± 95% CI of the target error over seeds, and the paired
     difference to the baseline (same seed, same data, same test glosses)."""
     err: dict[str, dict[int, float]] = {a: {} for a, _ in arms}
     secs: dict[str, list[float]] = {a: [] for a, _ in arms}
     info: dict[str, dict] = {}
-    for rel, arm, seed, _ in jobs:
-        r = results[rel]
-        err[arm][seed] = r["target_error"]
-        secs[arm].append(r.get("train_seconds", math.nan))
-        info[arm] = {"source": r["source"], "family": r["source_family"], "num_source_classes": r["num_source_classes"]}
+    for u in units:
+        r = results[u.folder]
+        err[u.arm][u.seed] = r["target_error"]
+        secs[u.arm].append(r.get("train_seconds", math.nan))
+        info[u.arm] = {"source": r["source"], "family": r["source_family"], "num_source_classes": r["num_source_classes"]}
     base = err["target"]
     table = []
     for arm, src in arms:
@@ -261,15 +254,9 @@ def summarise(cfg: GlossStudyConfig, arms, jobs, results: dict[str, dict]) -> di
     return {"config": cfg.to_dict(), "table": table}
 
 
-def write_csv(path: Path, table: list[dict]) -> None:
-    cols = ["arm", "family", "level", "num_source_classes", "n_seeds", "target_error_mean", "target_error_ci",
-            "minus_baseline_mean", "minus_baseline_ci", "train_seconds_mean"]
-    rows = []
-    for r in table:
-        d = r.get("target_error_minus_baseline", {"mean": "", "ci": ""})
-        rows.append([r["arm"], r["family"], "" if r["level"] is None else r["level"], r["num_source_classes"], r["n_seeds"],
-                     r["target_error"]["mean"], r["target_error"]["ci"], d["mean"], d["ci"], r["train_seconds_mean"]])
-    write_csv_table(path, cols, rows, lineterminator="\n")
+CSV_COLUMNS = ("arm", "family", "level", "num_source_classes", "n_seeds", "target_error.mean", "target_error.ci",
+               "minus_baseline_mean=target_error_minus_baseline.mean", "minus_baseline_ci=target_error_minus_baseline.ci",
+               "train_seconds_mean")
 
 
 def plot_u_curve(summary: dict[str, Any], out: Path) -> list[str]:

@@ -18,12 +18,9 @@ import numpy as np
 
 from granularity.utils.io import write_json
 
-PROTOCOL = {"map": "map", "linear": "probe", "finetune": "finetune"}
-
-
-def real_grid(summary: dict[str, Any], mode: str) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
-    """(rhos, strengths, mean, p) of the leaf - target hard-error difference for ``mode``."""
-    rows = [r for r in summary["table"] if r["metric"] == "hard_error" and r["mode"] == mode]
+def real_grid(summary: dict[str, Any], protocol: str) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
+    """(rhos, strengths, mean, p) of the leaf - target hard-error difference for ``protocol``."""
+    rows = [r for r in summary["table"] if r["metric"] == "hard_error" and r["protocol"] == protocol]
     rhos = sorted({r["rho"] for r in rows})
     sts = sorted({r["strength"] for r in rows})
     mean = np.full((len(sts), len(rhos)), np.nan)
@@ -74,21 +71,21 @@ def simulator_phase(rhos: list[float], strengths: list[float], out: Path, seeds:
 
 
 def plot_bridge_phase(summary: dict[str, Any], out: Path, sim: dict[str, Any] | None) -> list[str]:
-    """Heatmaps: real leaf - target hard error per mode, and the simulator's fine - coarse."""
+    """Heatmaps: real leaf - target hard error per protocol, and the simulator's fine - coarse."""
     from granularity.utils.figures import pyplot, save_figure
 
     plt = pyplot()
 
-    modes = [m for m in ("map", "linear") if any(r["mode"] == m for r in summary["table"])]
+    protocols = [m for m in ("map", "probe") if any(r["protocol"] == m for r in summary["table"])]
     panels = []
-    for m in modes:
+    for m in protocols:
         rhos, sts, mean, p = real_grid(summary, m)
         panels.append((f"real: leaf - target, {m}", [f"{r:g}" for r in rhos], [f"{s:g}" for s in sts], mean, p, "rho", "cue strength"))
-        if sim is not None and PROTOCOL[m] in sim:
-            ph = sim[PROTOCOL[m]]
+        if sim is not None and m in sim:
+            ph = sim[m]
             g = ph["grids"]
             diff = np.asarray(g["fine"], dtype=float) - np.asarray(g["coarse"], dtype=float)
-            panels.append((f"simulator: fine - coarse, {PROTOCOL[m]}", [f"{float(v):g}" for v in ph["x_values"]],
+            panels.append((f"simulator: fine - coarse, {m}", [f"{float(v):g}" for v in ph["x_values"]],
                            [f"{float(v):g}" for v in ph["y_values"]], diff, None, "1 - train_hard_fraction", "common_strength"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, xs, ys, arr, p, xl, yl) in zip(axes[0], panels, strict=True):
@@ -111,8 +108,9 @@ def plot_bridge_phase(summary: dict[str, Any], out: Path, sim: dict[str, Any] | 
 
 def add_simulator(summary: dict[str, Any], out: Path, run_simulator: bool) -> list[str]:
     """Run (or reload) the simulator grid and draw the side-by-side figure; records the
-    simulator's grids in ``summary['simulator']``."""
-    sim = None
+    simulator's grids in ``summary['simulator']``. Without ``run_simulator``, the grids the
+    summary holds already (none in a run without the simulator; a finished run's in a replot)."""
+    sim = summary.get("simulator")
     if run_simulator:
         rows = [r for r in summary["table"] if r["metric"] == "hard_error"]
         rhos, sts = sorted({r["rho"] for r in rows}), sorted({r["strength"] for r in rows})

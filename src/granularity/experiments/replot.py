@@ -20,8 +20,10 @@ def replot(out: Path | str) -> list[str]:
     >>> replot("docs/results/bridge")  # doctest: +SKIP
     ['paired_difference.png']
     """
+    from granularity.sweeps.migrate import current  # the one reader of files in an older spelling
+
     out = Path(out)
-    summary = read_json(out / "results.json")
+    summary = current(read_json(out / "results.json"))
     if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) \
             or not all(isinstance(r, dict) for r in summary["table"]):
         raise GranularityError(f"{str(out / 'results.json')!r} is not the results file of a study (no 'table' list of rows).")
@@ -33,23 +35,11 @@ def replot(out: Path | str) -> list[str]:
 
 
 def _draw(summary: dict, out: Path) -> list[str]:
-    """The producer's own plotting function(s) on the summary it wrote."""
-    if "design" in summary:  # a design (bridge, bridge-phase, groupings, fewshot)
-        from granularity.experiments.design_report import plot_design
+    """The producer's own figures on the summary it wrote (no simulator run)."""
+    from granularity.experiments.registry import design_of, get_design
 
-        files = plot_design(summary, out)
-        if summary["design"] == "bridge-phase":
-            from granularity.experiments.phase_bridge import plot_bridge_phase
-
-            files += plot_bridge_phase(summary, out, summary.get("simulator"))  # the grids the run stored
-        return files
-    if "hard_samples" in summary:  # the levels study
-        from granularity.experiments.study import plot_study
-
-        return plot_study(summary, out)
-    if summary["table"] and all("level" in r for r in summary["table"]):  # the WordNet-gloss study
-        from granularity.experiments.glosses import plot_u_curve
-
-        return plot_u_curve(summary, out)
-    raise GranularityError(f"{str(out / 'results.json')!r} is not the results file of a study "
-                           "(expected a design, the levels study or the WordNet-gloss study).")
+    name = design_of(summary)
+    if name is None:
+        raise GranularityError(f"{str(out / 'results.json')!r} is not the results file of a study "
+                               "(expected one written by a registered design: levels, a paired design or wordnet-glosses).")
+    return get_design(name).figures(summary, out, False)

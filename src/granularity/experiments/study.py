@@ -37,38 +37,27 @@ training images of Dress and Sandal, the members that look least like the rest o
 
 from __future__ import annotations
 
-import copy
 import math
 import re
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field, model_serializer, model_validator
 
 from granularity.engine.config import RareConfig, TransferConfig
-from granularity.engine.run import run_transfer
+from granularity.experiments.runner import Plan, Unit, unit_results
 from granularity.errors import GranularityError
 from granularity.utils.config import Config
-from granularity.utils.deprecation import Renamed, upgrade
 from granularity.utils.figures import clipped_yerr
-from granularity.utils.io import check_writable, read_json, write_csv_table, write_json, write_npz
-from granularity.vocabulary import TRANSFER_RENAMES
+from granularity.utils.io import write_npz
 from granularity.utils.stats import mean_ci
 
 
-# The run settings every arm shares live in ``run`` (a TransferConfig); these keys were study
-# fields of their own before and are still read at the top level, with a deprecation line.
-RUN_KEYS = ("dataset", "data_root", "data_options", "target", "train_size", "test_size", "data_seed", "embedding",
-            "model", "pretrain", "transfer", "device", "bf16")
 RUN_DEFAULTS = {"test_size": 5000}  # the study's defaults where they differ from a single run's
 PER_ARM = ("source", "seed", "rare")  # set by the study for each run (arms, seeds, rare arms)
-# renamed inside a run's config (at the top, the spelling before `run`, and under `run`), then moved
-STUDY_RENAMES = (*TRANSFER_RENAMES, *(Renamed(f"run.{r.old}", f"run.{r.new}", r.values) for r in TRANSFER_RENAMES),
-                 *(Renamed(k, f"run.{k}") for k in RUN_KEYS))
 
 
 def _default_run() -> TransferConfig:
@@ -76,7 +65,6 @@ def _default_run() -> TransferConfig:
 
 
 class StudyConfig(Config):
-    RENAMES: ClassVar[tuple[Renamed, ...]] = STUDY_RENAMES  # old spellings, read at the boundary
     # the base of every run (source, seed and rare are set per arm); defaults as for `transfer`,
     # but test_size 5000. Fashion-MNIST level 2 = 4 groups (see the module docstring); train_size
     # 10000 = 1/6 of Fashion-MNIST: ~3.5 s per CNN epoch on 2 cores
@@ -93,7 +81,7 @@ class StudyConfig(Config):
     @model_validator(mode="before")
     @classmethod
     def _nest_run(cls, data: Any) -> Any:
-        return nest_run(data, warn=True)
+        return nest_run(data)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
@@ -103,11 +91,9 @@ class StudyConfig(Config):
         return out
 
 
-def nest_run(data: Any, *, warn: bool) -> Any:
-    """A study mapping in the current spelling (:data:`STUDY_RENAMES`: top-level run keys of
-    before the study held a transfer config moved into ``run``), the study's run defaults
-    under ``run``; per-arm keys in ``run`` are an error."""
-    data = upgrade(data, STUDY_RENAMES, warn=warn)
+def nest_run(data: Any) -> Any:
+    """A study mapping with the study's run defaults under ``run``; per-arm keys in ``run``
+    are an error."""
     if not isinstance(data, dict) or not isinstance(data.get("run", {}), Mapping):
         return data
     run = dict(data.get("run") or {})
@@ -115,13 +101,7 @@ def nest_run(data: Any, *, warn: bool) -> Any:
     if given:
         raise GranularityError(f"The study sets 'run.{given[0]}' for each arm itself (arms: kmeans_sizes, random_classes, "
                                f"per_sample; seeds; rare); remove it.")
-    data["run"] = {**RUN_DEFAULTS, **run}
-    return data
-
-
-def read_study_config(raw: Mapping[str, Any]) -> StudyConfig:
-    """A stored ``study.json`` of any release, validated without deprecation lines."""
-    return StudyConfig.build(nest_run(raw, warn=False), where="study.json")
+    return {**data, "run": {**RUN_DEFAULTS, **run}}
 
 
 QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
@@ -133,13 +113,18 @@ QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
             "pretrain": {"epochs": 1}, "transfer": {"epochs": 1}},
 }
 FULL = {"run": {"train_size": None, "test_size": None}, "seeds": [0, 1, 2, 3, 4]}  # the whole data set, 5 seeds
+OPTIONS = frozenset({"dataset", "data_root", "data_options", "seeds", "train_size", "device", "model", "epochs",
+                     "transfer_epochs", "protocol"})  # the `granularity study` options of this design
 
 
-def study_preset(quick: bool = False, full: bool = False) -> dict[str, Any]:
-    """The overrides of ``study --quick`` / ``--full`` (none: the defaults)."""
-    if quick and full:
-        raise GranularityError("The 'quick' and 'full' sizes cannot be used together.")
-    return copy.deepcopy(QUICK if quick else FULL if full else {})
+def cli_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config overrides of ``granularity study``'s options (all but the seeds go to ``run``)."""
+    from granularity.utils.config import undot
+
+    names = {"model": "model.name", "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs",
+             "protocol": "transfer.protocol"}
+    run = undot({names.get(k, k): v for k, v in given.items() if k != "seeds"})
+    return {**({"seeds": given["seeds"]} if "seeds" in given else {}), **({"run": run} if run else {})}
 
 
 def arms(cfg: StudyConfig, depth: int) -> list[tuple[str, str, RareConfig | None]]:
@@ -177,57 +162,21 @@ def run_config(cfg: StudyConfig, source: str, seed: int, rare: RareConfig | None
                                  "eval_every_epoch": False})  # the study reads each stage's last evaluation only
 
 
-def run_study(
-    config: StudyConfig | Mapping[str, Any], out: str | Path, *, dataset: Any | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Run (or resume) the study in folder ``out`` and write its tables and figures.
+def load(cfg: StudyConfig) -> Any:
+    from granularity.data import load_dataset
 
-    Returns the content of ``results.json``.
+    return load_dataset(cfg.run.dataset, root=cfg.run.data_root)
 
-    Examples
-    --------
-    >>> run_study({"seeds": [0, 1, 2, 3, 4]}, "runs/study")  # doctest: +SKIP
-    """
-    from tqdm.auto import tqdm
 
-    cfg = config if isinstance(config, StudyConfig) else StudyConfig.build(config)
+def plan(cfg: StudyConfig, dataset: Any) -> Plan:
+    """Every unit of the study: the reference models (on the training images outside the
+    study's subset), then each arm at each seed."""
     _check_sources(cfg)
-    out = check_writable(out)
-    started = (out / "runs").exists() or (out / "refs").exists()
-    if started and (out / "study.json").exists() and not _same_study(read_json(out / "study.json"), cfg):
-        raise GranularityError(
-            f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it."
-        )
-    write_json(out / "study.json", cfg.to_dict())
-    t0 = time.perf_counter()
-    if dataset is None:
-        from granularity.data import load_dataset
-
-        dataset = load_dataset(cfg.run.dataset, root=cfg.run.data_root)
-    arm_list, jobs = study_jobs(cfg, dataset)
-    cache: dict = {}
-    results: dict[str, dict] = {}
-    bar = tqdm(jobs, desc="study runs", unit="run", disable=not progress)
-    ref_data = reference_dataset(cfg, dataset)
-    for rel, rc in bar:
-        bar.set_postfix_str(rel)
-        ds = ref_data if rel.startswith("refs/") else dataset
-        results[rel] = run_transfer(rc, out / rel, dataset=ds, embeddings_cache=None if ds is ref_data else cache)
-    summary = summarise_study(cfg, out, arm_list, results)
-    summary["seconds"] = time.perf_counter() - t0
-    write_json(out / "results.json", summary)
-    write_csv(out / "results.csv", summary["table"])
-    summary["figures"] = plot_study(summary, out)
-    write_json(out / "results.json", summary)
-    return summary
+    return Plan(*study_jobs(cfg, dataset), {"main": dataset, "refs": reference_dataset(cfg, dataset)})
 
 
-def _same_study(stored: Any, cfg: StudyConfig) -> bool:
-    """Whether a folder's ``study.json`` (written by any release) is the study ``cfg``."""
-    try:
-        return read_study_config(stored).to_dict() == cfg.to_dict()
-    except GranularityError:
-        return False
+def summarise(cfg: StudyConfig, out: Path, plan: Plan) -> dict[str, Any]:
+    return summarise_study(cfg, out, plan.arms, unit_results(out, plan.units))
 
 
 def _check_sources(cfg: StudyConfig) -> None:
@@ -236,9 +185,9 @@ def _check_sources(cfg: StudyConfig) -> None:
             TransferConfig.build({"source": s}, where="rare_sources")
 
 
-def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[tuple[str, TransferConfig]]]:
-    """The arms and every run (folder, config) of the study, after the checks that need the
-    data set (target level, k-means sizes, rare class names)."""
+def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[Unit]]:
+    """The arms and every run of the study (reference models first), after the checks that
+    need the data set (target level, k-means sizes, rare class names)."""
     depth = int(dataset.hierarchy.depth)
     if cfg.run.target >= depth:
         raise GranularityError(
@@ -269,10 +218,10 @@ def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[tuple[str, Tr
             from granularity.errors import unknown_name
 
             raise unknown_name("rare class", c, dataset.leaf_names)
-    jobs = reference_jobs(cfg, dataset)
+    units = [Unit(f"reference:{rc.source}", rc.seed, rc, rel, data="refs") for rel, rc in reference_jobs(cfg, dataset)]
     arm_list = arms(cfg, depth)
-    jobs += [(f"runs/{_folder(a)}/seed{s}", run_config(cfg, src, s, rare)) for s in cfg.seeds for a, src, rare in arm_list]
-    return arm_list, jobs
+    units += [Unit(a, s, run_config(cfg, src, s, rare), f"runs/{_folder(a)}/seed{s}") for s in cfg.seeds for a, src, rare in arm_list]
+    return arm_list, units
 
 
 def reference_dataset(cfg: StudyConfig, dataset: Any) -> Any | None:
@@ -300,23 +249,18 @@ def reference_jobs(cfg: StudyConfig, dataset: Any) -> list[tuple[str, TransferCo
             for src in ("target", "leaf") for i in range(cfg.reference_seeds)]
 
 
-def plan_study(config: StudyConfig | Mapping[str, Any], *, dataset: Any | None = None) -> dict[str, Any]:
-    """Validate a study and every run it would start (see
+def dry_run(cfg: StudyConfig) -> str:
+    """Validate the study and every run it would start (see
     :func:`granularity.engine.run.plan_transfer`) without training; nothing is written."""
     from granularity.engine.run import check_plan, prepare_data, resolve_device
 
-    cfg = config if isinstance(config, StudyConfig) else StudyConfig.build(config)
-    _check_sources(cfg)
     device = resolve_device(cfg.run.device)
-    if dataset is None:
-        from granularity.data import load_dataset
-
-        dataset = load_dataset(cfg.run.dataset, root=cfg.run.data_root)
-    arm_list, jobs = study_jobs(cfg, dataset)
-    need = 0
-    for _, rc in jobs:
-        need = max(need, check_plan(rc, prepare_data(rc, dataset), device=device)["memory_estimate_bytes"])
-    return {"arms": [a for a, _, _ in arm_list], "runs": [rel for rel, _ in jobs], "memory_estimate_bytes": need}
+    dataset = load(cfg)
+    p = plan(cfg, dataset)
+    need = max(check_plan(u.config, prepare_data(u.config, dataset), device=device)["memory_estimate_bytes"] for u in p.units)
+    refs = sum(u.data == "refs" for u in p.units)
+    return (f"{len(p.units)} runs ({len(p.arms)} arms x {len(cfg.seeds)} seeds + {refs} references); "
+            f"largest memory estimate: {need / 2**20:.1f} MiB")
 
 
 def hard_mask(out: Path, rels: list[str], margin: float) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
@@ -400,18 +344,16 @@ def format_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path: Path, table: list[dict]) -> None:
-    keys = ["target_error", "hard_error", "easy_error", "rare_error", "common_error",
-            "target_error_minus_baseline", "hard_error_minus_baseline"]
-    cols = ["arm", "family", "num_source_classes", "n_seeds"] + [f"{k}_{p}" for k in keys for p in ("mean", "ci")]
-    rows = []
-    for r in table:
-        row = {c: r.get(c, "") for c in cols[:4]}
-        for k in keys:
-            if k in r:
-                row[f"{k}_mean"], row[f"{k}_ci"] = r[k]["mean"], r[k]["ci"]
-        rows.append(row)
-    write_csv_table(path, cols, rows)
+def describe(summary: Mapping[str, Any], out: Path) -> str:
+    """What ``granularity study`` prints at the end: the table, the hard set, where the files are."""
+    hs = summary["hard_samples"]
+    return (f"{format_table(summary)}\nhard samples: {hs['n']} ({hs['rule']}); {summary['seconds']:.0f} s; "
+            f"results in {out}/results.json, figures {', '.join(summary['figures'])}")
+
+
+CSV_COLUMNS = ("arm", "family", "num_source_classes", "n_seeds",
+               *(f"{k}.{p}" for k in ("target_error", "hard_error", "easy_error", "rare_error", "common_error",
+                                      "target_error_minus_baseline", "hard_error_minus_baseline") for p in ("mean", "ci")))
 
 
 def _yerr(rows: list[dict], key: str) -> np.ndarray:

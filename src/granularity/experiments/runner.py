@@ -1,0 +1,200 @@
+"""The one study runner: a study is a registered :class:`Design` (see
+:mod:`granularity.experiments.registry`), and every design is run by :func:`run_design`.
+
+A design turns its validated config and data set into a :class:`Plan`: the arms (or cells)
+it compares and a list of independent training :class:`Unit` s (arm, seed, config, folder).
+The runner claims the study folder (``study.json``; a folder holding another config is
+refused), leaves out the finished units (a unit is finished when its ``done`` files exist),
+trains the others with :func:`execute_units`, and, once every unit is finished, writes the
+design's summary: ``results.json``, ``results.csv``, the figures and, for the paired designs,
+``report.md``. Rerunning a study recomputes nothing that is finished; an interrupted unit is
+resumed or redone by its trainer.
+
+``shard=(i, n)`` runs only the i-th of every n groups of units (a group: the units that share
+prepared inputs, e.g. both arms of one cell and seed), so n processes can share one folder;
+whichever call finds every unit finished writes the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from granularity.errors import GranularityError
+from granularity.utils.config import get_dotted
+from granularity.utils.io import check_writable, read_json, write_csv_table, write_json
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of training of a study: an arm at a seed, its config, its folder
+    (relative to the study folder). ``data``: the key of the prepared data it trains on in
+    :attr:`Plan.data`; ``group``: units that share prepared inputs ("" = the unit alone);
+    ``done``: the files (relative to its folder) whose presence marks it finished."""
+
+    arm: str
+    seed: int
+    config: Any
+    folder: str
+    data: str = "main"
+    group: str = ""
+    done: tuple[str, ...] = ("result.json",)
+
+
+@dataclass
+class Plan:
+    """What one study runs: the arms (or cells) it compares, every unit, the prepared data."""
+
+    arms: list
+    units: list[Unit]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Trainer = Callable[[Unit, Path], Any]
+
+
+@dataclass(frozen=True)
+class Design:
+    """A registered study design: how to build its config, plan it, train a unit, summarise
+    and report it. ``options``: the ``granularity study`` options it takes; ``overrides``
+    turns the given ones into config overrides. ``datasets``: the data sets it runs on (empty:
+    any). ``contrast``: its primary contrast, in words."""
+
+    name: str
+    help: str
+    contrast: str
+    config: Callable[[Mapping[str, Any]], Any]
+    presets: Mapping[str, Mapping[str, Any]]
+    options: frozenset[str]
+    overrides: Callable[[Mapping[str, Any]], dict[str, Any]]
+    data_name: Callable[[Any], str]
+    load: Callable[[Any], Any]
+    plan: Callable[[Any, Any], Plan]
+    summarise: Callable[[Any, Path, Plan], dict[str, Any]]
+    csv_columns: tuple[str, ...]
+    figures: Callable[[dict[str, Any], Path, bool], list[str]]
+    describe: Callable[[dict[str, Any], Path], str]
+    dry_run: Callable[[Any], str]
+    train: Callable[[Any, Plan], Trainer] | None = None  # None: engine runs (:func:`engine_trainer`)
+    report: Callable[[dict[str, Any]], str] | None = None  # report.md
+    datasets: tuple[str, ...] = ()
+    seconds_key: str = "seconds_this_invocation"
+
+    def build(self, config: Any) -> Any:
+        """The validated config (a mapping gets the design's defaults under it)."""
+        return self.config(config) if config is None or isinstance(config, Mapping) else config
+
+
+def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | None = None, progress: bool = True,
+               shard: tuple[int, int] | None = None, simulate: bool = True, command: str | None = None) -> dict[str, Any] | None:
+    """Run (or resume) ``design`` in folder ``out``; returns the content of ``results.json``,
+    or None while units of other shards are missing. ``simulate``: let the design run its
+    extra simulator work (the bridge phase diagram's simulator grid)."""
+    cfg = design.build(config)
+    out = check_writable(out)
+    _claim(design, cfg, out)
+    t0 = time.perf_counter()
+    plan = design.plan(cfg, dataset if dataset is not None else design.load(cfg))
+    todo = [u for u in shard_units(plan.units, shard) if not is_done(out, u)]
+    trainer = design.train(cfg, plan) if design.train is not None else engine_trainer(cfg, plan)
+    with torch_threads(getattr(cfg, "threads", None)):
+        execute_units(todo, out, trainer, progress=progress, desc=f"{design.name} study")
+    if not all(is_done(out, u) for u in plan.units):
+        return None
+    summary = design.summarise(cfg, out, plan)
+    summary[design.seconds_key] = time.perf_counter() - t0
+    if command is not None:
+        summary["command"] = command
+    write_json(out / "results.json", summary)
+    write_table_csv(out / "results.csv", summary["table"], design.csv_columns)
+    summary["figures"] = design.figures(summary, out, simulate)
+    write_json(out / "results.json", summary)
+    if design.report is not None:
+        (out / "report.md").write_text(design.report(summary))
+    return summary
+
+
+def execute_units(units: Sequence[Unit], out: Path, train: Trainer, *, progress: bool = True, desc: str = "study") -> None:
+    """Train every unit, in order, into its folder under ``out`` (the one place units are
+    executed: a fused trainer of several units at once replaces this function)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(units, desc=desc, unit="run", disable=not progress)
+    for unit in bar:
+        bar.set_postfix_str(unit.folder)
+        train(unit, out / unit.folder)
+
+
+def engine_trainer(cfg: Any, plan: Plan) -> Trainer:
+    """Units whose config is a transfer config: one engine run each
+    (:func:`granularity.engine.run.run_transfer`), k-means embeddings shared per data key."""
+    from granularity.engine.run import run_transfer
+
+    caches: dict[str, dict] = {}
+
+    def train(unit: Unit, folder: Path) -> dict[str, Any]:
+        return run_transfer(unit.config, folder, dataset=plan.data[unit.data], embeddings_cache=caches.setdefault(unit.data, {}))
+
+    return train
+
+
+def unit_results(out: Path, units: Sequence[Unit]) -> dict[str, dict[str, Any]]:
+    """``result.json`` of every (finished) engine unit, by folder."""
+    return {u.folder: read_json(out / u.folder / "result.json") for u in units}
+
+
+def is_done(out: Path, unit: Unit) -> bool:
+    return all((out / unit.folder / f).exists() for f in unit.done)
+
+
+def shard_units(units: Sequence[Unit], shard: tuple[int, int] | None) -> list[Unit]:
+    """The units of shard ``(i, n)``: every n-th group of units from the i-th (all: None)."""
+    if shard is None:
+        return list(units)
+    i, n = shard
+    if not 0 <= i < n:
+        raise GranularityError(f"The 'shard' parameter must be i/n with 0 <= i < n. Got {i}/{n} instead.")
+    groups = list(dict.fromkeys(u.group or u.folder for u in units))
+    mine = set(groups[i::n])
+    return [u for u in units if (u.group or u.folder) in mine]
+
+
+def _claim(design: Design, cfg: Any, out: Path) -> None:
+    """Write ``study.json``; a started folder holding another config is refused."""
+    path = out / "study.json"
+    started = (out / "runs").exists() or (out / "refs").exists()
+    if started and path.exists() and not _same_config(design, read_json(path), cfg):
+        raise GranularityError(f"Study folder {str(out)!r} holds a study with another config; choose another --out or delete it.")
+    write_json(path, cfg.to_dict())
+
+
+def _same_config(design: Design, stored: Any, cfg: Any) -> bool:
+    try:
+        return isinstance(stored, Mapping) and design.config(stored).to_dict() == cfg.to_dict()
+    except GranularityError:
+        return False
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Intra-op torch threads set to ``n`` while the study runs (None: left as they are)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def write_table_csv(path: Path, table: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """``results.csv`` of a summary's table: a column ``a.b`` is the value at that dotted path
+    (header ``a_b``), ``name=a.b`` the same under the header ``name``; absent values empty."""
+    heads, paths = zip(*((c.split("=", 1) if "=" in c else (c.replace(".", "_"), c)) for c in columns), strict=True)
+    write_csv_table(path, heads, [[get_dotted(r, p) for p in paths] for r in table])
