@@ -1,7 +1,6 @@
 """granularity: why fine-grained labels in pretraining benefit generalization.
 
-Layers, one way: ``utils`` -> ``theory`` (simulator) / ``hierarchy`` / ``data`` -> ``models``
--> ``engine`` -> ``experiments`` / ``sweeps`` -> ``cli``.
+The packages form one-way layers (docs/CONTRIBUTING-internal.md, checked by tests/test_layers.py).
 """
 
 from granularity.errors import GranularityError
