@@ -102,7 +102,7 @@ def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | N
     todo = [u for u in shard_units(plan.units, shard) if not is_done(out, u)]
     trainer = design.train(cfg, plan) if design.train is not None else engine_trainer(cfg, plan)
     with torch_threads(getattr(cfg, "threads", None)):
-        execute_units(todo, out, trainer, progress=progress, desc=f"{design.name} study")
+        execute_units(todo, out, trainer, data=plan.data, progress=progress, desc=f"{design.name} study")
     if not all(is_done(out, u) for u in plan.units):
         return None
     summary = design.summarise(cfg, out, plan)
@@ -118,9 +118,14 @@ def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | N
     return summary
 
 
-def execute_units(units: Sequence[Unit], out: Path, train: Trainer, *, progress: bool = True, desc: str = "study") -> None:
-    """Train every unit, in order, into its folder under ``out`` (the one place units are
-    executed: a fused trainer of several units at once replaces this function)."""
+def execute_units(units: Sequence[Unit], out: Path, train: Trainer, *, data: Mapping[str, Any] | None = None,
+                  progress: bool = True, desc: str = "study") -> None:
+    """Train every unit, in order, into its folder under ``out`` with ``train(unit, folder)``.
+
+    The one place units are executed: the units are independent (any order, any grouping);
+    ``data`` is the plan's prepared data by :attr:`Unit.data` key, for a trainer of several
+    units at once (e.g. engine units, whose config is a transfer config, fused), which may
+    replace this function and hand the units it cannot fuse to ``train``."""
     from tqdm.auto import tqdm
 
     bar = tqdm(units, desc=desc, unit="run", disable=not progress)
