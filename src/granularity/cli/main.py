@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import warnings
 
 import click
 
@@ -23,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "phase": "granularity.cli.simulate:phase",
     "hierarchy": "granularity.cli.hierarchy:hierarchy",
     "transfer": "granularity.cli.transfer:transfer",
-    "study": "granularity.cli.transfer:study",
+    "study": "granularity.cli.study:study",
     "sweep": "granularity.cli.sweep:sweep",
     "results": "granularity.cli.sweep:results",
     "report": "granularity.cli.report:report",
@@ -98,31 +97,8 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _one_line_warnings() -> None:
-    """Show an old spelling's deprecation warning as one line on stderr (each text once per
-    command), other warnings as Python shows them."""
-    from granularity.utils.deprecation import GranularityDeprecationWarning
-
-    shown = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, GranularityDeprecationWarning):
-            click.echo(f"granularity: warning: {_one_line(message)}", err=True)
-        else:
-            shown(message, category, filename, lineno, file, line)
-
-    warnings.simplefilter("default", GranularityDeprecationWarning)  # once per text, even if filtered out
-    warnings.showwarning = show
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 internal error, 2 user error, 130 Ctrl-C)."""
-    with warnings.catch_warnings():
-        _one_line_warnings()
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # --device mps: operations MPS lacks run on the CPU (read by torch when it is first imported,
     # which the lazily loaded commands do after this line); no effect on other devices.
