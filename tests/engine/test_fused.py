@@ -200,3 +200,17 @@ def test_train_runs_falls_back_for_models_without_a_fused_form():
     assert all(np.isfinite(m["train_loss"]) for m in out)
     _, off = train_runs(models[:1] * 2, members, stage, [0, 1], "pretrain", CPU, fuse=False)
     assert off["reason"] == "turned off"
+
+
+def test_predict_fused_with_unequal_row_counts_and_a_reduction():
+    models = [_run("mlp", s, n, False)[0].eval() for s, n in ((0, 3), (1, 6))]
+    fused = fuse(models)
+    xs = [_data(0, 3, 300)[0], _data(1, 6, 130)[0]]  # 3 and 2 chunks of 128 rows
+    norms = [Normaliser(x) for x in xs]
+    got = predict_fused(fused, xs, norms, CPU, widths=fused.num_classes)
+    halves = predict_fused(fused, xs, norms, CPU, widths=fused.num_classes, reduce=lambda k, z: {"max": z.max(1).values})
+    for k, m in enumerate(models):
+        want = predict(m, xs[k], norms[k], 1000, CPU)
+        assert got[k].shape == want.shape
+        torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(halves[k]["max"], want.max(1).values, rtol=1e-5, atol=1e-5)

@@ -37,16 +37,24 @@ def _same(a, b) -> None:
     np.testing.assert_allclose([m["train_loss"] for m in ma], [m["train_loss"] for m in mb], rtol=1e-4)
 
 
-def test_runs_fused_in_a_group_equal_the_runs_alone(tiny, tmp_path):
+def test_runs_fused_in_a_group_equal_the_runs_alone(tiny, tmp_path, monkeypatch):
+    import granularity.engine.fused as fused_mod
+
     cfgs = _cfgs()
     for k, c in enumerate(cfgs):
         run_transfer(c, tmp_path / f"alone{k}", dataset=tiny)
+    evaluated, real = [], fused_mod.predict_fused
+    monkeypatch.setattr(fused_mod, "predict_fused", lambda fn, xs, *a, **kw: evaluated.append(len(xs)) or real(fn, xs, *a, **kw))
     out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"fused{k}", dataset=tiny) for k, c in enumerate(cfgs)])
     for k, (res, err, info) in enumerate(out):
         assert err is None and info == {"fused_with": 3, "reason": None}
         assert res["fused_with"] == 3 == json.loads((tmp_path / f"fused{k}" / "result.json").read_text())["fused_with"]
         _same(tmp_path / f"alone{k}", tmp_path / f"fused{k}")
     assert "fused_with" not in json.loads((tmp_path / "alone0" / "result.json").read_text())
+    assert evaluated == [3] * 3  # every epoch's test evaluation ran fused too (2 pretraining + 1 transfer)
+    for k in range(3):
+        a, b = (json.loads((tmp_path / f"{w}{k}" / "result.json").read_text()) for w in ("alone", "fused"))
+        assert a["levels"] == b["levels"] and a["pretrain_levels"] == b["pretrain_levels"]
 
 
 def test_runs_without_a_common_fused_form_train_alone_with_the_reason(tiny, tmp_path):

@@ -166,12 +166,14 @@ def train_epoch_fused(model: FusedModel, members: Sequence[Member], stage: Stage
 @torch.no_grad()
 def predict_fused(fn: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[Any], norms: Sequence[Callable | None],
                   device: torch.device, bf16: bool | str = False, widths: Sequence[int] | None = None,
-                  chunk: int | None = None) -> list[torch.Tensor]:
+                  chunk: int | None = None, reduce: Callable[[int, torch.Tensor], Any] | None = None) -> list[Any]:
     """``fn`` (a fused model in eval mode, or its ``forward_features``) over each run's inputs
     ``xs[k]`` normalised by ``norms[k]``, in chunks of ``chunk`` rows per run (the CPU's
     cache-sized :data:`~granularity.engine.train.CPU_EVAL_CHUNK` by default); returns run k's
     float32 CPU outputs ``(len(xs[k]), widths[k])`` (all columns when ``widths`` is None). Runs
-    with fewer rows are padded with their first rows (eval mode: rows do not interact)."""
+    with fewer rows are padded with their first rows (eval mode: rows do not interact).
+    ``reduce(k, chunk_outputs)``: applied to each chunk of run k as it comes (a tensor or a
+    dict of tensors, concatenated over the chunks), so wide outputs are never held whole."""
     chunk = chunk or (CPU_EVAL_CHUNK if device.type == "cpu" else 1024)
     n_max = max(len(x) for x in xs)
     outs: list[list[torch.Tensor]] = [[] for _ in xs]
@@ -189,8 +191,17 @@ def predict_fused(fn: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[Any],
             z = fn(torch.stack(parts)).float()  # (K, chunk, width)
             for k, r in enumerate(rows):
                 if r:
-                    outs[k].append(z[k, :r, : widths[k] if widths is not None else z.shape[-1]].cpu())
-    return [torch.cat(o) if o else torch.empty(0) for o in outs]
+                    zk = z[k, :r, : widths[k] if widths is not None else z.shape[-1]].cpu()
+                    outs[k].append(zk if reduce is None else reduce(k, zk))
+    return [_concat(o) for o in outs]
+
+
+def _concat(parts: list[Any]) -> Any:
+    if not parts:
+        return torch.empty(0)
+    if isinstance(parts[0], dict):
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return torch.cat(parts)
 
 
 def train_runs(models: Sequence[torch.nn.Module], members: Sequence[Member], stage: StageConfig | Sequence[StageConfig],

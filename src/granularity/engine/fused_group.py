@@ -123,32 +123,82 @@ def epoch_fn(solo: Callable[..., Any]) -> Callable[..., Any]:
 
     def fused_epoch(net, x, y, norm, stage, opt, sched, gen, device, bf16=False, on_step=None, dist=None,
                     label="training", start=None):
-        args = dict(net=net, x=x, y=y, norm=norm, stage=stage, opt=opt, sched=sched, gen=gen, device=device, bf16=bf16,
-                    on_step=on_step, dist=dist, label=label, start=start, solo=solo)
+        args = dict(kind="train", net=net, x=x, y=y, norm=norm, stage=stage, opt=opt, sched=sched, gen=gen, device=device,
+                    bf16=bf16, on_step=on_step, dist=dist, label=label, start=start, solo=solo)
         return group.submit(i, args)
 
     return fused_epoch
+
+
+def levels_fn(solo: Callable[..., Any]) -> Callable[..., Any]:
+    """What evaluates at every level for the calling thread: ``solo`` (``predict_levels``)
+    outside a group, else the group's rendezvous (the members' models evaluated as one)."""
+    member = getattr(_LOCAL, "member", None)
+    if member is None:
+        return solo
+    group, i = member
+
+    def fused_levels(fn, x, norm, batch, device, maps, sizes, bf16=False):
+        args = dict(kind="predict", net=fn, x=x, norm=norm, batch=batch, device=device, maps=maps, sizes=sizes, bf16=bf16,
+                    solo=solo)
+        return group.submit(i, args)
+
+    return fused_levels
 
 
 def _key(a: dict[str, Any]) -> tuple | None:
     """What members must share to train as one fused epoch (None: this one trains alone)."""
     from granularity.engine.train import bf16_active
 
-    x, dist = a["x"], a["dist"]
-    if not isinstance(x, torch.Tensor) or (dist is not None and dist.enabled) or not isinstance(a["y"], torch.Tensor):
+    x = a["x"]
+    if not isinstance(x, torch.Tensor) or not isinstance(a["net"], torch.nn.Module):
         return None
-    st, start = a["stage"], a["start"]
-    return (str(a["device"]), bf16_active(a["device"], a["bf16"]), st.batch_size, st.augment, st.label_smoothing,
-            len(a["y"]), tuple(x.shape[1:]), x.dtype, None if start is None else int(start["step"]))
+    head = (a["kind"], str(a["device"]), bf16_active(a["device"], a["bf16"]), tuple(x.shape[1:]), x.dtype)
+    if a["kind"] == "predict":
+        return head
+    st, start, dist = a["stage"], a["start"], a["dist"]
+    if (dist is not None and dist.enabled) or not isinstance(a["y"], torch.Tensor):
+        return None
+    return (*head, st.batch_size, st.augment, st.label_smoothing, len(a["y"]), None if start is None else int(start["step"]))
 
 
 def _solo(call: _Call) -> None:
     a = call.args
     try:
-        call.result = a["solo"](a["net"], a["x"], a["y"], a["norm"], a["stage"], a["opt"], a["sched"], a["gen"], a["device"],
-                                a["bf16"], a["on_step"], dist=a["dist"], label=a["label"], start=a["start"])
+        if a["kind"] == "predict":
+            call.result = a["solo"](a["net"], a["x"], a["norm"], a["batch"], a["device"], a["maps"], a["sizes"], a["bf16"])
+        else:
+            call.result = a["solo"](a["net"], a["x"], a["y"], a["norm"], a["stage"], a["opt"], a["sched"], a["gen"],
+                                    a["device"], a["bf16"], a["on_step"], dist=a["dist"], label=a["label"], start=a["start"])
     except BaseException as exc:  # noqa: BLE001 - handed to the member's own thread
         call.error = exc
+
+
+def _fused_predict(calls: dict[int, _Call], idx: Sequence[int]) -> None:
+    """Members ``idx``'s evaluations (``predict_levels``) through one fused model in eval mode."""
+    from granularity.engine.fused import predict_fused
+    from granularity.engine.train import group_logits
+    from granularity.models.fused import fuse
+
+    a = [calls[i].args for i in idx]
+    model = fuse([x["net"] for x in a])
+
+    def levels(k: int, z: torch.Tensor) -> dict[int, torch.Tensor]:  # as predict_levels does per batch
+        maps, sizes = a[k]["maps"], a[k]["sizes"]
+        m = z.max(dim=1, keepdim=True).values
+        shared = ((z - m).exp(), m)
+        return {lv: group_logits(z, gm, sizes[lv], shared) for lv, gm in maps.items() if gm is not None}
+
+    try:
+        outs = predict_fused(model, [x["x"] for x in a], [x["norm"] for x in a], a[0]["device"], a[0]["bf16"],
+                             widths=model.num_classes, reduce=levels)
+        for i, o in zip(idx, outs):
+            calls[i].result = o
+    except BaseException as exc:  # noqa: BLE001 - handed to the members' own threads
+        for i in idx:
+            calls[i].error = exc
+    finally:
+        model.release()
 
 
 def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
@@ -166,6 +216,8 @@ def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
                 if why != "alone":
                     group.reasons[i] = why
                 _solo(calls[i])
+        elif key[0] == "predict":
+            _fused_predict(calls, idx)
         else:
             _fused(calls, idx)
         for i in idx:

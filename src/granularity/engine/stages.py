@@ -16,7 +16,7 @@ from granularity.engine.config import StageConfig, TransferConfig
 from granularity.engine.distributed import DistContext
 from granularity.engine.folder import RunFolder
 from granularity.engine.inputs import RunData, data_sizes
-from granularity.engine.fused_group import current_fused_with as fused_with, epoch_fn
+from granularity.engine.fused_group import current_fused_with as fused_with, epoch_fn, levels_fn
 from granularity.engine.train import (
     EpochProgress,
     bf16_active,
@@ -133,8 +133,9 @@ class Run:
         self.model.eval()
         norm = self.d.norm if normalise else None
         # world_size > 1: each rank predicts its slice of the test set, the rows are gathered
-        return self.dctx.map_rows(lambda xs: predict_levels(fn or self.model, xs, norm, self.cfg.eval_batch_size,
-                                                            self.device, maps, self.sizes, self.cfg.bf16),
+        levels = levels_fn(predict_levels)  # inside a fused group: evaluated with the others
+        return self.dctx.map_rows(lambda xs: levels(fn or self.model, xs, norm, self.cfg.eval_batch_size,
+                                                    self.device, maps, self.sizes, self.cfg.bf16),
                                   self.d.x_te if x is None else x)
 
     def log_epoch(self, stage: str, epoch: int, train_m: dict, level_logits: dict, seconds: float, n_imgs: int) -> None:
