@@ -213,3 +213,33 @@ def test_a_run_prints_and_records_the_rows_it_used_and_scores_unseen_classes(tmp
     assert res["unseen_classes"] == ["NL"] and 0 <= res["unseen_error"] <= 1 and 0 <= res["seen_error"] <= 1
     n_nl = int((sp == "NL").sum())
     assert res["target_error"] == pytest.approx((res["unseen_error"] * n_nl + res["seen_error"] * (n_test - n_nl)) / n_test)
+
+
+def test_table_messages_name_the_row_and_value(tmp_path):
+    base = pd.read_csv(survey(tmp_path / "t.csv"))
+    nan = base.copy()
+    nan.loc[[3, 7], "species"] = np.nan
+    nan.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(DataError, match=r"label 'species' has 2 missing value\(s\) \(first in row 3\)"):
+        load_dataset("table", tmp_path / "nan.csv", label_columns=["genus", "species"])
+    odd = base.copy()
+    odd["weight"] = odd["weight"].astype(object)
+    odd.loc[12, "weight"] = "12,5"  # a row of the test split: the message still shows it
+    odd.to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(DataError, match=r"feature column 'weight' is not numeric \(\w+, e.g. '12,5' in row 12\)"):
+        load_dataset("table", tmp_path / "odd.csv", label_columns=["genus", "species"])
+    inf = base.copy()
+    inf.loc[13, "hfl"] = np.inf
+    inf.to_csv(tmp_path / "inf.csv", index=False)
+    with pytest.raises(DataError, match=r"NaN or infinity \(first in row 13\)"):  # before: row 4 of the test split
+        load_dataset("table", tmp_path / "inf.csv", label_columns=["genus", "species"])
+    two = base.copy()
+    two.loc[0, "genus"] = "Neotoma"
+    two.to_csv(tmp_path / "two.csv", index=False)
+    with pytest.raises(HierarchyError, match=r"'DM' has two parents in 'genus' \('Dipodomys' in 5 rows and 'Neotoma' in 1\)"):
+        load_dataset("table", tmp_path / "two.csv", label_columns=["genus", "species"])
+    (tmp_path / "tt").mkdir()
+    base.drop(columns="split").to_csv(tmp_path / "tt" / "train.csv", index=False)
+    base.drop(columns=["split", "hfl"]).to_csv(tmp_path / "tt" / "test.csv", index=False)
+    with pytest.raises(DataError, match="test.csv has no feature column 'hfl', which the training table has"):
+        load_dataset("table", tmp_path / "tt", label_columns=["genus", "species"])  # before: a KeyError traceback

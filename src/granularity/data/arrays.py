@@ -49,10 +49,10 @@ def _check_labels(where: str, lname: str, lab: np.ndarray, n_rows: int, part: st
         raise DataError(f"{where}: label {lname!r} must be 1-D (one label per row); got shape {lab.shape}{split}.")
     if len(lab) != n_rows:
         raise DataError(f"{where}: label {lname!r} has {len(lab)} values for {n_rows} rows{split}.")
-    if lab.dtype.kind == "f" and np.isnan(lab).any():
-        raise DataError(f"{where}: label {lname!r} has missing values{split}.")
-    if lab.dtype.kind == "O" and any(v is None or (isinstance(v, float) and np.isnan(v)) for v in lab):
-        raise DataError(f"{where}: label {lname!r} has missing values{split}.")
+    if lab.dtype.kind in "fO":
+        bad = np.flatnonzero([v is None or (isinstance(v, float) and np.isnan(v)) for v in lab.tolist()])
+        if len(bad):
+            raise DataError(f"{where}: label {lname!r} has {len(bad)} missing value(s){split} (first in row {bad[0]}).")
 
 
 def split_is_test(values: np.ndarray, where: str, name: str) -> np.ndarray:
@@ -190,15 +190,31 @@ def _check_columns(df, path: Path, labels: list[str], feature_columns: Sequence[
         _check_labels(f"Table {path}", col, df[col].to_numpy(), len(df))
 
 
-def _numeric_part(df, cols: list[str], labels: list[str], where: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``(features, [labels per level])`` of one split; every feature column must be numeric."""
+def _check_numeric(df, cols: list[str], where: Any) -> None:
+    """Every feature column of a table file is numeric (else: the column and its first odd value)."""
+    import pandas as pd
+
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"Table {where} has no feature column {missing[0]!r}, which the training table has.")
     non_numeric = [c for c in cols if df[c].dtype.kind not in "biuf"]
     if non_numeric:
+        col = df[non_numeric[0]]
+        odd = col[pd.to_numeric(col, errors="coerce").isna() & col.notna()]
+        first = f", e.g. {odd.iloc[0]!r} in row {odd.index[0]}" if len(odd) else ""
         raise DataError(
-            f"Table {where}: feature column {non_numeric[0]!r} is not numeric ({df[non_numeric[0]].dtype}); "
+            f"Table {where}: feature column {non_numeric[0]!r} is not numeric ({col.dtype}{first}); "
             "list the features with feature_columns= or make it a label."
         )
-    return df[cols].to_numpy(), [df[c].to_numpy() for c in labels]
+
+
+def _numeric_part(df, cols: list[str], labels: list[str], where: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(features, [labels per level])`` of one split (numeric features, checked finite)."""
+    x = df[cols].to_numpy()
+    if x.dtype.kind == "f" and not np.isfinite(x).all():  # rows of the table, not of the split
+        row = df.index[int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])]
+        raise DataError(f"Table {where}: the features contain NaN or infinity (first in row {row}).")
+    return x, [df[c].to_numpy() for c in labels]
 
 
 def load_table(
@@ -247,10 +263,14 @@ def load_table(
     if test_path is not None:
         frames["test"] = read_table(test_path)
     where = str(train_path if test_path is None else train_path.parent)
+    cols = list(feature_columns) if feature_columns is not None else [
+        c for c in frames["train"].columns if c not in labels and c != split_column
+    ]
     for key, df in frames.items():
         # partial labels may be blank: their checks come with the hierarchy
-        _check_columns(df, train_path if key == "train" else test_path, labels, feature_columns,
-                       check_labels=label_policy is None)
+        path = train_path if key == "train" else test_path
+        _check_columns(df, path, labels, feature_columns, check_labels=label_policy is None)
+        _check_numeric(df, cols, where if test_path is None else path)
     if test_path is None:
         df = frames.pop("train")
         if split_column and split_column in df.columns:
@@ -259,9 +279,6 @@ def load_table(
             strat = df[labels[-1]].to_numpy() if label_policy is None else _deepest(df, labels)
             is_test = _random_split(strat, test_fraction, seed, f"Table {train_path}", labels[-1])
         frames = {"train": df[~is_test], "test": df[is_test]}
-    cols = list(feature_columns) if feature_columns is not None else [
-        c for c in frames["train"].columns if c not in labels and c != split_column
-    ]
     if not cols:
         raise DataError(f"Table {where} has no feature columns besides the labels {labels}.")
     parts = {key: _numeric_part(df, cols, labels, where) for key, df in frames.items()}

@@ -136,10 +136,11 @@ def encode_levels(
         seen: dict[str, str] = {}
         for child, par in sorted(pairs):
             if child in seen and seen[child] != par:
+                counts = _pair_rows(cols[l], cols[l - 1], titles.get(child, child), (seen[child], par), titles)
                 raise HierarchyError(
                     f"Label {level_names[l]!r} value {titles.get(child, child)!r} has two parents in "
-                    f"{parent_name!r} ({titles.get(seen[child], seen[child])!r} and "
-                    f"{titles.get(par, par)!r}); each finer label must sit under exactly one coarser label."
+                    f"{parent_name!r} ({titles.get(seen[child], seen[child])!r} in {counts[0]} rows and "
+                    f"{titles.get(par, par)!r} in {counts[1]}); each finer label must sit under exactly one coarser label."
                 )
             seen[child] = par
         clash = set(seen) & set(parent) if l < n_levels - 1 else set(seen) & set(titles)
@@ -150,6 +151,13 @@ def encode_levels(
     return leaf_ids, leaf_names, lambda: tree(
         parent, ROOT, leaf_names, name, titles, meta, level_names=[ROOT, *level_names]
     )
+
+
+def _pair_rows(child_col: np.ndarray, parent_col: np.ndarray, child: str, parents: tuple[str, str],
+               titles: dict[str, str]) -> list[int]:
+    """Rows holding ``child`` under each of two parent nodes (so a message shows the odd one out)."""
+    is_child = np.array([str(v) == child for v in child_col])
+    return [int(sum(str(v) == titles.get(p, p) for v in parent_col[is_child])) for p in parents]
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,7 +117,10 @@ def hierarchy_factory(leaf_names: list[str], hierarchy: Any, name: str) -> Calla
     if hierarchy == "wordnet":
         bad = [c for c in leaf_names if not WNID.match(c)]
         if bad:
-            raise param_error("hierarchy", "'wordnet' only for wnid class folders like n01440764", f"wordnet with class {bad[0]!r}")
+            raise GranularityError(
+                f"The 'hierarchy' parameter 'wordnet' needs wnid class folders like n01440764; {bad[0]!r} is "
+                "not one (use 'flat', a parent map or a hierarchy_file)."
+            )
 
         def factory():
             from granularity.hierarchy.wordnet import wordnet_hierarchy
