@@ -411,7 +411,12 @@ class RealDataset:
         """
         tr = self.train if train is None else self.train.take(stratified_indices(self.train.y, train, seed))
         te = self.test if test is None else self.test.take(stratified_indices(self.test.y, test, seed + 1))
-        return self._derive(tr, te, subset={"train": train, "test": test, "seed": seed})
+        out = self._derive(tr, te, subset={"train": train, "test": test, "seed": seed})
+        if self.info.get("cue"):  # a planted cue: planned again on the subset's rows, so its rho is exact there
+            from granularity.data.cues import replant
+
+            out = replant(out)
+        return out
 
     def to(self, device: torch.device | str) -> RealDataset:
         """A copy with in-memory splits on ``device`` (streamed splits stay on the CPU)."""

@@ -15,7 +15,8 @@ the model; this is the theory's hard sample (the common feature is missing).
 Two users share :func:`plant`: the study designs (:mod:`granularity.experiments.designs`, which
 plant per split of one seed) and the ``cue`` data option of every in-memory image data set
 (:func:`cue_dataset`, applied by :func:`granularity.data.load_dataset`; ``--data-option
-cue.rho=0.9``), which plants once per data set: the training and test images carry cues as
+cue.rho=0.9``), which plants once per data set, and again on a subset's own rows (:func:`replant`,
+so ``train_size`` subsets carry rho exactly): the training and test images carry cues as
 planned (rho, leak), and each split keeps its ``easy`` and ``hard`` versions row for row
 (:attr:`granularity.data.base.Split.variants`), so the engine reports both errors.
 """
@@ -109,8 +110,6 @@ def cue_dataset(ds: Any, cue: CueOption | Mapping[str, Any]) -> Any:
     training and test images (:func:`plant`; the training split drawn with ``[seed, 1]``, the
     test split with ``[seed, 2]``), each split keeping ``variants`` ``easy`` (every image its
     own class's cue) and ``hard`` (the original images, cue-free). Needs in-memory uint8 images."""
-    from granularity.data.base import Split
-
     cue = cue if isinstance(cue, CueOption) else CueOption.build(cue, where="data option 'cue'")
     for split in (ds.train, ds.test):
         if not getattr(split, "in_memory", True) or split.x.dtype != torch.uint8 or split.x.dim() != 4:
@@ -121,13 +120,32 @@ def cue_dataset(ds: Any, cue: CueOption | Mapping[str, Any]) -> Any:
     depth = int(ds.hierarchy.depth)
     if cue.level > depth:
         raise GranularityError(f"The data option 'cue.level' must be a hierarchy level in [1, {depth}]. Got {cue.level} instead.")
+    return _plant_splits(ds, cue, lambda split: split.x.cpu())
+
+
+def replant(ds: Any) -> Any:
+    """``ds`` (a subset of a data set with a planted cue) with its cues planned again on its own
+    rows, from their cue-free versions: each coarse class of the subset then carries exactly
+    ``round(rho * n_g)`` cues (a subset of the full split's plan carries ``rho`` only roughly).
+    A data set without a cue is returned as it is."""
+    if not ds.info.get("cue"):
+        return ds
+    cue = CueOption.build({k: v for k, v in ds.info["cue"].items() if k != "counts"}, where="data option 'cue'")
+    return _plant_splits(ds, cue, lambda split: split.variants["hard"].cpu())
+
+
+def _plant_splits(ds: Any, cue: CueOption, original: Any) -> Any:
+    """The cue planted on ``original(split)`` of the training and test splits (seeded streams
+    ``[seed, 1]`` and ``[seed, 2]``), with the ``easy`` / ``hard`` versions."""
+    from granularity.data.base import Split
+
     n_groups = int(ds.hierarchy.num_classes(cue.level))
     patterns = cue_patterns(n_groups, cue.size, cue.seed)
     splits, counts = {}, {}
     for name, split, salt in (("train", ds.train, 1), ("test", ds.test, 2)):
         y = split.y.cpu().numpy()
         coarse = np.asarray(ds.hierarchy.relabel(y, cue.level), dtype=np.int64)
-        x = split.x.cpu()
+        x = original(split)
         planted, _, counts[name] = plant(x, coarse, n_groups, cue, patterns, np.random.default_rng([cue.seed, salt]))
         easy = apply_cues(x, coarse, patterns, cue.strength, cue.corner)
         splits[name] = Split(planted, split.y.cpu(), variants={"easy": easy, "hard": x})
