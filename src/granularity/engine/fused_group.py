@@ -317,3 +317,44 @@ def run_group(tasks: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseExcepti
         t.join()
     return [(r, e, {"fused_with": group.fused_with.get(i, 1), "reason": group.reasons.get(i)})
             for i, (r, e) in enumerate(out)]
+
+
+def activation_bytes(model: torch.nn.Module, input_shape: Sequence[int], batch: int) -> int:
+    """Bytes one training step of ``model`` holds for its activations at ``batch`` (every leaf
+    module's float32 output, kept for the backward pass, and as much again for its gradient),
+    measured with one eval-mode image; plus weights, gradients and two optimiser buffers."""
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(out, torch.Tensor) and not list(m.children()):
+            total[0] += out[0].numel()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()]
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return int(2 * 4 * total[0] * batch + 4 * 4 * sum(p.numel() for p in model.parameters()))
+
+
+def group_sizes(n: int, per_run: int, budget: int, cap: int) -> list[int]:
+    """Sizes of the fused groups for ``n`` runs of ``per_run`` bytes each within ``budget``
+    bytes and at most ``cap`` runs a group, as equal as they can be."""
+    k = max(1, min(cap, budget // max(per_run, 1), n))
+    groups = -(-n // k)
+    return [n // groups + (1 if i < n % groups else 0) for i in range(groups)] if n else []
+
+
+def default_budget(device: torch.device | None = None) -> int:
+    """The memory fused training may use by default: a quarter of what is available (at most
+    4 GiB on the CPU), 2 GiB when that cannot be read."""
+    from granularity.utils.device import available_memory
+
+    free = available_memory(device or torch.device("cpu"))
+    if free is None:
+        return 2 * 2**30
+    return int(free // 4 if device is not None and device.type == "cuda" else min(free // 4, 4 * 2**30))

@@ -384,6 +384,7 @@ def _fresh_model(cfg: DesignConfig, shape, n_classes: int, seed: int, device):
 
 
 def _train(model, x, y, norm, stage: StageConfig, seed: int, what: str, device) -> dict[str, float]:
+    from granularity.engine.fused_group import epoch_fn
     from granularity.engine.train import epoch_generator, make_optimizer, make_scheduler, train_epoch
 
     params = model.parameters()
@@ -391,12 +392,14 @@ def _train(model, x, y, norm, stage: StageConfig, seed: int, what: str, device) 
     sched = make_scheduler(opt, stage, -(-len(y) // stage.batch_size))
     m: dict[str, float] = {}
     for epoch in range(1, stage.epochs + 1):
-        m = train_epoch(model, x, torch.as_tensor(y), norm, stage, opt, sched, epoch_generator(seed, what, epoch), device)
+        train = epoch_fn(train_epoch)  # in a fused group (runner.execute_units): trained with the other units
+        m = train(model, x, torch.as_tensor(y), norm, stage, opt, sched, epoch_generator(seed, what, epoch), device)
     return m
 
 
 def run_unit(cfg: DesignConfig, data: CellData, arm: str, seed: int, folder: Path, device) -> None:
     """Pretrain ``arm`` (or load its finished pretraining) and run every missing transfer."""
+    from granularity.engine.fused_group import current_fused_with
     from granularity.engine.train import Normaliser
     from granularity.utils.io import write_bytes_atomic
 
@@ -426,8 +429,10 @@ def run_unit(cfg: DesignConfig, data: CellData, arm: str, seed: int, folder: Pat
     for name, protocol, k in todo:
         t0 = time.perf_counter()
         preds, extra = _transfer(cfg, data, model, state, gmap, norm, protocol, k, seed, device)
+        fused = current_fused_with()  # trained in a fused group of K (runner.execute_units), else absent
         _write_transfer(folder / name, data, preds, {"protocol": protocol, "transfer_per_class": k, "arm": arm, "seed": seed,
-                                                     "seconds": time.perf_counter() - t0, **extra})
+                                                     "seconds": time.perf_counter() - t0, **extra,
+                                                     **({"fused_with": fused} if fused is not None else {})})
 
 
 def _restore(model, state: dict, device) -> None:

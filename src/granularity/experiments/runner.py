@@ -90,10 +90,12 @@ class Design:
 
 
 def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | None = None, progress: bool = True,
-               shard: tuple[int, int] | None = None, simulate: bool = True, command: str | None = None) -> dict[str, Any] | None:
+               shard: tuple[int, int] | None = None, simulate: bool = True, command: str | None = None,
+               fuse: bool = True, fuse_memory: int | None = None) -> dict[str, Any] | None:
     """Run (or resume) ``design`` in folder ``out``; returns the content of ``results.json``,
     or None while units of other shards are missing. ``simulate``: let the design run its
-    extra simulator work (the bridge phase diagram's simulator grid)."""
+    extra simulator work (the bridge phase diagram's simulator grid). ``fuse``/``fuse_memory``:
+    see :func:`execute_units`."""
     cfg = design.build(config)
     out = check_writable(out)
     _claim(design, cfg, out)
@@ -102,7 +104,8 @@ def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | N
     todo = [u for u in shard_units(plan.units, shard) if not is_done(out, u)]
     trainer = design.train(cfg, plan) if design.train is not None else engine_trainer(cfg, plan)
     with torch_threads(getattr(cfg, "threads", None)):
-        execute_units(todo, out, trainer, data=plan.data, progress=progress, desc=f"{design.name} study")
+        execute_units(todo, out, trainer, data=plan.data, progress=progress, desc=f"{design.name} study", fuse=fuse,
+                      fuse_memory=fuse_memory)
     if not all(is_done(out, u) for u in plan.units):
         return None
     summary = design.summarise(cfg, out, plan)
@@ -119,19 +122,68 @@ def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | N
 
 
 def execute_units(units: Sequence[Unit], out: Path, train: Trainer, *, data: Mapping[str, Any] | None = None,
-                  progress: bool = True, desc: str = "study") -> None:
-    """Train every unit, in order, into its folder under ``out`` with ``train(unit, folder)``.
+                  progress: bool = True, desc: str = "study", fuse: bool = True, fuse_memory: int | None = None) -> None:
+    """Train every unit into its folder under ``out`` with ``train(unit, folder)``.
 
     The one place units are executed: the units are independent (any order, any grouping);
-    ``data`` is the plan's prepared data by :attr:`Unit.data` key, for a trainer of several
-    units at once (e.g. engine units, whose config is a transfer config, fused), which may
-    replace this function and hand the units it cannot fuse to ``train``."""
+    ``data`` is the plan's prepared data by :attr:`Unit.data` key. ``fuse``: units of one data
+    key and model train as fused groups (:mod:`granularity.engine.fused_group`: each keeps its
+    folder, result and checkpoints; what cannot be fused trains alone), as many per group as
+    ``fuse_memory`` bytes hold (default :func:`~granularity.engine.fused_group.default_budget`).
+    An error of a unit is raised once the other units of its group have finished."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(units, desc=desc, unit="run", disable=not progress)
-    for unit in bar:
-        bar.set_postfix_str(unit.folder)
-        train(unit, out / unit.folder)
+    bar = tqdm(total=len(units), desc=desc, unit="run", disable=not progress)
+    for group in (_fused_groups(units, data or {}, fuse_memory) if fuse else [[u] for u in units]):
+        bar.set_postfix_str(group[0].folder + (f" +{len(group) - 1} fused" if len(group) > 1 else ""))
+        if len(group) == 1:
+            train(group[0], out / group[0].folder)
+        else:
+            from granularity.engine.fused_group import run_group
+
+            errors = [e for _, e, _ in run_group([lambda u=u: train(u, out / u.folder) for u in group]) if e is not None]
+            if errors:
+                raise errors[0]
+        bar.update(len(group))
+    bar.close()
+
+
+def _fused_groups(units: Sequence[Unit], data: Mapping[str, Any], budget: int | None) -> list[list[Unit]]:
+    """Units in fused groups: by data key and model, sized to the memory budget."""
+    import torch
+
+    from granularity.engine.fused_group import default_budget, group_sizes
+
+    buckets: dict[tuple, list[Unit]] = {}
+    for u in units:
+        m = getattr(u.config, "model", None)
+        buckets.setdefault((u.data, type(u.config).__name__, None if m is None else repr(m)), []).append(u)
+    groups: list[list[Unit]] = []
+    for us in buckets.values():
+        per_run = _run_bytes(us[0].config, getattr(data.get(us[0].data), "input_shape", None))
+        sizes = group_sizes(len(us), per_run, budget or default_budget(), 64 if torch.cuda.is_available() else 16)
+        for n in sizes:
+            groups.append(us[:n])
+            us = us[n:]
+    return groups
+
+
+def _run_bytes(c: Any, shape: Any) -> int:
+    """A unit's training memory (its model's activations at its batch size); 256 MiB when the
+    unit does not name its model (a design's own trainer) or it cannot be probed (token ids)."""
+    import torch
+
+    from granularity.engine.fused_group import activation_bytes
+    from granularity.models import create_model
+
+    if getattr(c, "model", None) is None or shape is None or not hasattr(c, "pretrain"):
+        return 256 * 2**20
+    try:
+        with torch.random.fork_rng(devices=[]):
+            solo = create_model(c.model.name, tuple(shape), 1, **c.model.options)
+        return activation_bytes(solo, tuple(shape), c.pretrain.batch_size)
+    except (GranularityError, RuntimeError, TypeError, ValueError):  # e.g. a text model probed with pixels
+        return 256 * 2**20
 
 
 def engine_trainer(cfg: Any, plan: Plan) -> Trainer:
