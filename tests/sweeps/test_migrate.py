@@ -56,6 +56,7 @@ def test_current_maps_each_old_spelling_and_nothing_else():
     assert current({"transfer_mode": "linear", "target_error": 0.25}) == {"protocol": "probe", "target_error": 0.25}
     assert current({"transfer": {"target_level": 2, "sources": ["coarse"]}}) == {"transfer": {"target": 2, "sources": ["coarse"]}}
     assert current({"transfer.mode": "linear", "data.k": 4}) == {"transfer.protocol": "probe", "data.k": 4}
+    assert current({"axes": {"transfer.mode": ["finetune", "linear"]}}) == {"axes": {"transfer.protocol": ["finetune", "probe"]}}
     flat = {"kmeans_sizes": [8], "rare_sources": ["leaf"], "dataset": "fashion-mnist", "target": 2, "seeds": [0],
             "transfer": {"mode": "map"}}
     assert current(flat) == {"kmeans_sizes": [8], "rare_sources": ["leaf"], "seeds": [0],

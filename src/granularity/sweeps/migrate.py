@@ -1,4 +1,4 @@
-"""``granularity results migrate PATH``: result folders of a release before the one vocabulary,
+"""``granularity results PATH --migrate``: result folders of a release before the one vocabulary,
 rewritten once in today's spelling. The only code that knows the old spellings:
 
 =========================  ======================  ==============================================
@@ -39,9 +39,12 @@ STUDY_RUN_KEYS = ("dataset", "data_root", "data_options", "target", "train_size"
 
 
 def _renamed(d: dict, old: str, new: str, values: dict | None = None) -> dict:
-    """``d`` (a copy, order kept) with the key ``old`` spelled ``new``, its value renamed by ``values``."""
-    return {new if k == old else k: (values or {}).get(v, v) if k == old and isinstance(v, str) else v
-            for k, v in d.items()}
+    """``d`` (a copy, order kept) with the key ``old`` spelled ``new``, its value (a string or a
+    list of them: a sweep axis) renamed by ``values``."""
+    def value(v):
+        return [value(x) for x in v] if isinstance(v, list) else (values or {}).get(v, v) if isinstance(v, str) else v
+
+    return {new if k == old else k: value(v) if k == old else v for k, v in d.items()}
 
 
 def current(tree: Any) -> Any:
@@ -51,7 +54,7 @@ def current(tree: Any) -> Any:
     if not isinstance(tree, dict):
         return tree
     out = {k: current(v) for k, v in tree.items()}
-    for old, new in KEYS.items():  # dotted keys (a sweep file's base)
+    for old, new in KEYS.items():  # dotted keys (a sweep's base, axes and params)
         if old in out:
             out = _renamed(out, old, new, PROTOCOL if new == "transfer.protocol" else None)
     if "kmeans_sizes" in out and "rare_sources" in out and "run" not in out:  # a default study of before `run`
@@ -64,8 +67,7 @@ def current(tree: Any) -> Any:
     if out.get("mode") in MODES:  # a design's primary contrast, table row or transfer result
         out = _renamed(out, "mode", "protocol", PROTOCOL)
     if isinstance(out.get("modes"), list) and set(out["modes"]) <= set(MODES):
-        out = _renamed(out, "modes", "protocols")
-        out["protocols"] = [PROTOCOL.get(m, m) for m in out["protocols"]]
+        out = _renamed(out, "modes", "protocols", PROTOCOL)
     if isinstance(out.get("transfer"), str):
         out["transfer"] = _transfer_name(out["transfer"])
     return out
@@ -96,23 +98,6 @@ def _csv(path: Path, changed: list[str]) -> None:
     changed.append(str(path))
 
 
-def current_key(key: str, value: Any = None) -> tuple[str, Any]:
-    """A dotted config key (a sweep or phase axis) and a value of it in today's spelling."""
-    new = KEYS.get(key, key)
-    return new, PROTOCOL.get(value, value) if new == "transfer.protocol" and isinstance(value, str) else value
-
-
-def _axes(axes: Any) -> Any:
-    """A sweep file's ``axes`` (or one ``zip`` group): ``{key: values}`` in today's spelling."""
-    if not isinstance(axes, dict):
-        return axes
-    return {current_key(k)[0]: [current_key(k, v)[1] for v in vs] if isinstance(vs, list) else vs for k, vs in axes.items()}
-
-
-def _params(params: Any) -> Any:
-    return dict(current_key(k, v) for k, v in params.items()) if isinstance(params, dict) else params
-
-
 def _rewrite(path: Path, fn: Callable[[Any], Any], changed: list[str]) -> Any:
     data = read_json(path)
     new = fn(data)
@@ -125,11 +110,11 @@ def _rewrite(path: Path, fn: Callable[[Any], Any], changed: list[str]) -> Any:
 def _phase(folder: Path, changed: list[str]) -> None:
     """Axis keys of ``phase_spec.json``/``phase.json`` and the ``cells/<key>=...`` folder names."""
     def spec(d):
-        return {**d, **{a: [current_key(d[a][0])[0], d[a][1]] for a in ("x", "y") if isinstance(d.get(a), list)}}
+        return {**d, **{a: [KEYS.get(d[a][0], d[a][0]), d[a][1]] for a in ("x", "y") if isinstance(d.get(a), list)}}
 
     _rewrite(folder / "phase_spec.json", spec, changed)
     if (folder / "phase.json").exists():
-        _rewrite(folder / "phase.json", lambda d: {**d, **{a: current_key(d[a])[0] for a in ("x_key", "y_key") if a in d}},
+        _rewrite(folder / "phase.json", lambda d: {**d, **{a: KEYS.get(d[a], d[a]) for a in ("x_key", "y_key") if a in d}},
                  changed)
     for cell in sorted((folder / "cells").glob("*=*")):
         name = "__".join("target=" + p.removeprefix("target_level=") if p.startswith("target_level=") else p
@@ -167,18 +152,13 @@ def _store(root: Path, changed: list[str]) -> None:
             new = run_id(kind, cfg)
             ids[rid] = new
             db.execute("UPDATE runs SET run_id=?, config=?, params=? WHERE run_id=?",
-                       (new, json.dumps(cfg, sort_keys=True), json.dumps(_params(json.loads(params))), rid))
+                       (new, json.dumps(cfg, sort_keys=True), json.dumps(current(json.loads(params))), rid))
         for sweep, rid, params in db.execute("SELECT sweep, run_id, params FROM sweep_runs").fetchall():
             db.execute("UPDATE sweep_runs SET run_id=?, params=? WHERE sweep=? AND run_id=?",
-                       (ids.get(rid, rid), json.dumps(_params(json.loads(params))) if params else params, sweep, rid))
+                       (ids.get(rid, rid), json.dumps(current(json.loads(params))) if params else params, sweep, rid))
         for name, spec, axes in db.execute("SELECT name, spec, axes FROM sweeps").fetchall():
-            spec = current(json.loads(spec))
-            if "axes" in spec:
-                spec["axes"] = _axes(spec["axes"])
-            if isinstance(spec.get("zip"), list):
-                spec["zip"] = [_axes(z) for z in spec["zip"]]
-            db.execute("UPDATE sweeps SET spec=?, axes=? WHERE name=?",
-                       (json.dumps(spec, sort_keys=True), json.dumps([[current_key(k)[0] for k in g] for g in json.loads(axes)]), name))
+            db.execute("UPDATE sweeps SET spec=?, axes=? WHERE name=?", (json.dumps(current(json.loads(spec)), sort_keys=True),
+                       json.dumps([[KEYS.get(k, k) for k in g] for g in json.loads(axes)]), name))
         db.execute("COMMIT")
     finally:
         db.close()
