@@ -136,9 +136,8 @@ def replant(ds: Any) -> Any:
 
 def _plant_splits(ds: Any, cue: CueOption, original: Any) -> Any:
     """The cue planted on ``original(split)`` of the training and test splits (seeded streams
-    ``[seed, 1]`` and ``[seed, 2]``), with the ``easy`` / ``hard`` versions."""
-    from granularity.data.base import Split
-
+    ``[seed, 1]`` and ``[seed, 2]``), with the ``easy`` / ``hard`` versions (splits of the same
+    in-memory type, so this module needs nothing from :mod:`granularity.data.base`)."""
     n_groups = int(ds.hierarchy.num_classes(cue.level))
     patterns = cue_patterns(n_groups, cue.size, cue.seed)
     splits, counts = {}, {}
@@ -148,7 +147,7 @@ def _plant_splits(ds: Any, cue: CueOption, original: Any) -> Any:
         x = original(split)
         planted, _, counts[name] = plant(x, coarse, n_groups, cue, patterns, np.random.default_rng([cue.seed, salt]))
         easy = apply_cues(x, coarse, patterns, cue.strength, cue.corner)
-        splits[name] = Split(planted, split.y.cpu(), variants={"easy": easy, "hard": x})
+        splits[name] = type(split)(planted, split.y.cpu(), variants={"easy": easy, "hard": x})
     return ds._derive(splits["train"], splits["test"], cue={**cue.to_dict(), "counts": counts})
 
 
