@@ -1,4 +1,4 @@
-"""``granularity study --plot-only`` / ``experiments.replot``: a finished study's figures are
+"""``granularity study --plot-only`` / ``experiments.registry.replot``: a finished study's figures are
 redrawn from its ``results.json`` alone. What each figure draws is read back from the matplotlib
 artists (the figure is caught at ``save_figure``) and compared with the numbers of tiny hand-made
 results files; error bars of error rates are cut at [0, 1], a paired difference at [-1, 1]; the
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from granularity.errors import GranularityError
-from granularity.experiments.replot import replot
+from granularity.experiments.registry import replot
 
 
 def mci(mean, ci):

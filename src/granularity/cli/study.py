@@ -95,7 +95,7 @@ def _replot(out: Path | None) -> None:
     """``study --plot-only``: the study's figures again from its results.json, nothing run."""
     if out is None:
         raise click.UsageError("--plot-only needs --out, the folder of a finished study.")
-    from granularity.experiments.replot import replot
+    from granularity.experiments.registry import replot
 
     files = replot(out)
     click.echo(f"figures {', '.join(files)} (+ .pdf, .svg) redrawn in {out} from its results.json")

@@ -132,24 +132,11 @@ def run_config(cfg: GlossStudyConfig, source: str, seed: int) -> TransferConfig:
 def study_jobs(cfg: GlossStudyConfig, dataset: Any) -> tuple[list[tuple[str, str]], list[Unit]]:
     """The arms and every run, after the checks that need the data set (target level, k-means
     and random sizes)."""
-    hier = dataset.hierarchy
-    depth = int(hier.depth)
-    if cfg.target >= depth:
-        raise GranularityError(
-            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.target} instead."
-        )
-    n_target = int(hier.num_classes(cfg.target))
-    n_leaves = int(hier.num_leaves)
-    small = [k for k in _sizes(cfg.kmeans_sizes, n_leaves) if k < n_target]
-    if small:
-        raise GranularityError(
-            f"The 'kmeans_sizes' parameter must hold sizes >= the {n_target} classes of target level {cfg.target}. Got {small} instead."
-        )
-    n_train = len(dataset.train) if cfg.train_size is None else min(cfg.train_size, len(dataset.train))
-    for param, sizes in (("kmeans_sizes", cfg.kmeans_sizes), ("random_classes", cfg.random_classes)):
-        big = [k for k in _sizes(sizes, n_leaves) if k > n_train]
-        if big:
-            raise GranularityError(f"The {param!r} parameter must hold sizes <= the {n_train} training glosses. Got {big} instead.")
+    from granularity.experiments.study import check_arm_sizes
+
+    n_leaves = int(dataset.hierarchy.num_leaves)
+    depth = check_arm_sizes(dataset, cfg.target, _sizes(cfg.kmeans_sizes, n_leaves), _sizes(cfg.random_classes, n_leaves),
+                            cfg.train_size, "glosses")
     arms = study_arms(cfg, depth, n_leaves)
     units = [Unit(arm, s, run_config(cfg, src, s), f"runs/{arm.replace(':', '')}/seed{s}") for s in cfg.seeds for arm, src in arms]
     return arms, units
@@ -161,13 +148,6 @@ def load(cfg: GlossStudyConfig) -> Any:
 
 def plan(cfg: GlossStudyConfig, dataset: Any) -> Plan:
     return Plan(*study_jobs(cfg, dataset), {"main": dataset})
-
-
-def summarise_folder(cfg: GlossStudyConfig, out: Path, plan: Plan) -> dict[str, Any]:
-    """The summary, with the data set's statistics (also written to ``dataset.json``)."""
-    data = dataset_summary(plan.data["main"], cfg)
-    write_json(out / "dataset.json", data)
-    return {**summarise(cfg, plan.arms, plan.units, unit_results(out, plan.units)), "dataset": data}
 
 
 def dry_run(cfg: GlossStudyConfig) -> str:
@@ -231,9 +211,11 @@ def dataset_summary(ds: Any, cfg: GlossStudyConfig) -> dict[str, Any]:
             "levels": levels, **{k: ds.info[k] for k in keep if k in ds.info}}
 
 
-def summarise(cfg: GlossStudyConfig, arms, units: list[Unit], results: dict[str, dict]) -> dict[str, Any]:
+def summarise(cfg: GlossStudyConfig, out: Path, plan: Plan) -> dict[str, Any]:
     """Per arm: classes, mean ± 95% CI of the target error over seeds, and the paired
-    difference to the baseline (same seed, same data, same test glosses)."""
+    difference to the baseline (same seed, same data, same test glosses); the data set's
+    statistics (also written to ``dataset.json``)."""
+    arms, units, results = plan.arms, plan.units, unit_results(out, plan.units)
     err: dict[str, dict[int, float]] = {a: {} for a, _ in arms}
     secs: dict[str, list[float]] = {a: [] for a, _ in arms}
     info: dict[str, dict] = {}
@@ -251,7 +233,8 @@ def summarise(cfg: GlossStudyConfig, arms, units: list[Unit], results: dict[str,
         if arm != "target":
             row["target_error_minus_baseline"] = mean_ci([err[arm][s] - base[s] for s in cfg.seeds])
         table.append(row)
-    return {"config": cfg.to_dict(), "table": table}
+    write_json(out / "dataset.json", data := dataset_summary(plan.data["main"], cfg))
+    return {"config": cfg.to_dict(), "table": table, "dataset": data}
 
 
 CSV_COLUMNS = ("arm", "family", "level", "num_source_classes", "n_seeds", "target_error.mean", "target_error.ci",

@@ -69,7 +69,7 @@ def _glosses() -> Design:
         config=glosses.study_config, datasets=("wordnet-glosses",),
         presets={"quick": glosses.QUICK, "full": {"train_size": None}},
         options=glosses.OPTIONS, overrides=glosses.cli_overrides, data_name=lambda c: "wordnet-glosses",
-        load=glosses.load, plan=glosses.plan, summarise=glosses.summarise_folder, csv_columns=glosses.CSV_COLUMNS,
+        load=glosses.load, plan=glosses.plan, summarise=glosses.summarise, csv_columns=glosses.CSV_COLUMNS,
         figures=lambda s, out, simulate: glosses.plot_u_curve(s, out), describe=glosses.describe,
         dry_run=glosses.dry_run)
 
@@ -102,6 +102,35 @@ def run_study(config: Any, out: str | Path, *, design: str = "levels", **kwargs:
     >>> run_study({"seeds": list(range(10))}, "runs/bridge", design="bridge")  # doctest: +SKIP
     """
     return run_design(get_design(design), config, out, **kwargs)
+
+
+def replot(out: Path | str) -> list[str]:
+    """Redraw the figures of the finished study in ``out`` from its ``results.json`` alone (no
+    run, no simulator, no result file rewritten: ``granularity study --plot-only``); the design
+    is told apart by what the file holds. Returns the PNG names (each with its PDF and SVG).
+
+    Examples
+    --------
+    >>> replot("docs/results/bridge")  # doctest: +SKIP
+    ['paired_difference.png']
+    """
+    from granularity.errors import GranularityError
+    from granularity.sweeps.migrate import current  # the one reader of files in an older spelling
+    from granularity.utils.io import read_json
+
+    path = Path(out) / "results.json"
+    summary = current(read_json(path))
+    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) \
+            or not all(isinstance(r, dict) for r in summary["table"]):
+        raise GranularityError(f"{str(path)!r} is not the results file of a study (no 'table' list of rows).")
+    if (name := design_of(summary)) is None:
+        raise GranularityError(f"{str(path)!r} is not the results file of a study (expected one written by a registered "
+                               f"design: {', '.join(REGISTRY)}).")
+    try:
+        return REGISTRY[name].figures(summary, Path(out), False)
+    except (KeyError, TypeError, StopIteration) as exc:  # a hand-edited or truncated file: one line, no traceback
+        raise GranularityError(f"{str(path)!r} is not a complete results file of a study ({type(exc).__name__}: {exc}); "
+                               "rerun the study to rewrite it.") from None
 
 
 def design_of(summary: dict[str, Any]) -> str | None:

@@ -188,25 +188,8 @@ def _check_sources(cfg: StudyConfig) -> None:
 def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[Unit]]:
     """The arms and every run of the study (reference models first), after the checks that
     need the data set (target level, k-means sizes, rare class names)."""
-    depth = int(dataset.hierarchy.depth)
-    if cfg.run.target >= depth:
-        raise GranularityError(
-            f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. Got {cfg.run.target} instead."
-        )
-    n_target = int(dataset.hierarchy.num_classes(cfg.run.target))
-    small = [k for k in cfg.kmeans_sizes if k < n_target]
-    if small:
-        raise GranularityError(
-            f"The 'kmeans_sizes' parameter must hold sizes >= the {n_target} classes of target level {cfg.run.target} "
-            f"(kmeans-within needs a cluster per target class). Got {small} instead."
-        )
-    n_train = len(dataset.train) if cfg.run.train_size is None else min(cfg.run.train_size, len(dataset.train))
-    for param, sizes in (("kmeans_sizes", cfg.kmeans_sizes), ("random_classes", cfg.random_classes)):
-        big = [k for k in sizes if k > n_train]
-        if big:
-            raise GranularityError(
-                f"The {param!r} parameter must hold sizes <= the {n_train} training images ('train_size'). Got {big} instead."
-            )
+    depth = check_arm_sizes(dataset, cfg.run.target, cfg.kmeans_sizes, cfg.random_classes, cfg.run.train_size,
+                            "images ('train_size')", " (kmeans-within needs a cluster per target class)")
     rare_names = [str(c) for c in (cfg.rare.classes if cfg.rare else [])]
     for c in rare_names:
         if c.lstrip("-").isdigit():
@@ -222,6 +205,25 @@ def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[Unit]]:
     arm_list = arms(cfg, depth)
     units += [Unit(a, s, run_config(cfg, src, s, rare), f"runs/{_folder(a)}/seed{s}") for s in cfg.seeds for a, src, rare in arm_list]
     return arm_list, units
+
+
+def check_arm_sizes(dataset: Any, target: int, kmeans: list[int], random: list[int], train_size: int | None,
+                    noun: str, why: str = "") -> int:
+    """The hierarchy's depth, once the target is a level above the leaves, every k-means size
+    at least the target's classes, and no size above the training samples used."""
+    depth = int(dataset.hierarchy.depth)
+    if target >= depth:
+        raise GranularityError(f"The 'target' parameter must be a level coarser than the leaves, in [1, {depth - 1}]. "
+                               f"Got {target} instead.")
+    n_target = int(dataset.hierarchy.num_classes(target))
+    if small := [k for k in kmeans if k < n_target]:
+        raise GranularityError(f"The 'kmeans_sizes' parameter must hold sizes >= the {n_target} classes of target level "
+                               f"{target}{why}. Got {small} instead.")
+    n_train = len(dataset.train) if train_size is None else min(train_size, len(dataset.train))
+    for param, sizes in (("kmeans_sizes", kmeans), ("random_classes", random)):
+        if big := [k for k in sizes if k > n_train]:
+            raise GranularityError(f"The {param!r} parameter must hold sizes <= the {n_train} training {noun}. Got {big} instead.")
+    return depth
 
 
 def reference_dataset(cfg: StudyConfig, dataset: Any) -> Any | None:
