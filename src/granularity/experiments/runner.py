@@ -1,18 +1,10 @@
-"""The one study runner: a study is a registered :class:`Design` (see
-:mod:`granularity.experiments.registry`), and every design is run by :func:`run_design`.
-
-A design turns its validated config and data set into a :class:`Plan`: the arms (or cells)
-it compares and a list of independent training :class:`Unit` s (arm, seed, config, folder).
-The runner claims the study folder (``study.json``; a folder holding another config is
-refused), leaves out the finished units (a unit is finished when its ``done`` files exist),
-trains the others with :func:`execute_units`, and, once every unit is finished, writes the
-design's summary: ``results.json``, ``results.csv``, the figures and, for the paired designs,
-``report.md``. Rerunning a study recomputes nothing that is finished; an interrupted unit is
-resumed or redone by its trainer.
-
-``shard=(i, n)`` runs only the i-th of every n groups of units (a group: the units that share
-prepared inputs, e.g. both arms of one cell and seed), so n processes can share one folder;
-whichever call finds every unit finished writes the summary.
+"""The one study runner: every registered :class:`Design` (:mod:`granularity.experiments.registry`)
+is run by :func:`run_design`. A design plans independent training :class:`Unit` s (arm, seed,
+config, folder); the runner claims the folder (``study.json``; another config is refused),
+trains the unfinished units with :func:`execute_units` and, once all are finished, writes
+``results.json``, ``results.csv``, the figures and the report. ``shard=(i, n)`` runs every n-th
+group of units from the i-th (a group: units sharing prepared inputs), so n processes can share
+one folder; whichever call finds every unit finished writes the summary.
 """
 
 from __future__ import annotations
