@@ -49,7 +49,7 @@ def test_advise_metric_hard_selects_and_reports_cue_free_errors(tmp_path, cli, m
     runs = _runs(out)
     assert len(runs) == adv["runs"]
     for cfg, res in runs.values():
-        assert cfg["data_options"]["cue"]["rho"] == 1.0 and res["cue"]["counts"]["train"]["with_cue"] == 240
+        assert cfg["data_options"]["cue"]["rho"] == 1.0 and res["cue"]["counts"]["train"] == {"n": 160, "with_cue": 160, "own_cue": 160, "other_cue": 0}  # the subset, exactly
     # selection: the race replayed from the runs' cue-free validation errors gives the advice's rounds
     cfg = AdviseConfig.build(read_json(out / "advise.json")["config"])
     race = replay(cfg, adv["candidates"], {k: r["val"]["hard_error"] for k, (_, r) in runs.items()})
