@@ -374,7 +374,7 @@ def test_unknown_test_class_is_one_line_error(tmp_path):
     write_foreign(d, [("t", png(1), {"cls": b"dgo"})], name="test-0.tar")
     with pytest.raises(DataError) as exc:  # a class only in the test shards: the 'unseen' policy
         load_dataset("shards", d, image_size=4)
-    one_line(exc, "Class 'dgo'", "1 row(s) in the test split", "unseen=score")
+    one_line(exc, "Class 'dgo' of", "1 row(s) in the test split", "unseen=score")
     (d / "manifest.json").write_text(json.dumps({"classes": ["cat"], "splits": {
         s: {"shards": [{"name": f"{s}-0.tar", "count": 1, "bytes": (d / f"{s}-0.tar").stat().st_size}]} for s in ("train", "test")}}))
     with pytest.raises(DataError) as exc:  # a manifest lists the classes: one outside it is an error

@@ -261,8 +261,9 @@ def check_unseen(ds: RealDataset, unseen: str | None = None) -> RealDataset:
     if unseen is None:
         i = missing[0]
         more = f" ({len(missing)} such classes in all)" if len(missing) > 1 else ""
+        where = f" of {ds.info['root']}" if ds.info.get("root") else ""
         raise DataError(
-            f"Class {ds.leaf_names[i]!r} has {int(test_counts[i])} row(s) in the test split but none in the "
+            f"Class {ds.leaf_names[i]!r}{where} has {int(test_counts[i])} row(s) in the test split but none in the "
             f"training split{more}; give it training rows, or score such classes as a separate group with "
             "--data-option unseen=score."
         )
