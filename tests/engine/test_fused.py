@@ -27,7 +27,7 @@ from granularity.models.fused import fuse
 CPU = torch.device("cpu")
 SHAPE = (1, 12, 12)
 N_TRAIN, N_TEST, BATCH = 160, 200, 16  # 10 steps per epoch, 5 epochs: 50 steps
-KINDS = {"cnn": {"width": 4}, "mlp": {"hidden": 16, "dropout": 0.2}}
+KINDS = {"cnn": {"width": 4}, "mlp": {"hidden": 16, "dropout": 0.2}, "resnet18": {"width": 2}}
 
 
 def _data(seed: int, n_classes: int, n: int):
@@ -105,6 +105,19 @@ def test_a_run_alone_equals_it_fused_with_two_different_sets_of_others(name, bf1
         assert (g_preds[at] == pred).mean() >= agree
         assert abs(int((g_preds[at] == y).sum()) - int((pred == y).sum())) <= acc_tol
     assert (pred == y).mean() > 0.5  # it learned something: the comparison is not of constant outputs
+
+
+def test_resnet18_alone_equals_it_fused_over_its_first_steps():
+    """The tiny ResNet-18 (width 2, 12x12 images) is chaotic: a 1e-7 relative perturbation of its
+    own initialisation moves its 5th step's loss by 2.7e-3 and leaves 61.5% of its final
+    predictions equal (measured), so after a few steps no implementation can track it. Its
+    exactness: the first 4 steps here (measured ~1e-6), single-step gradients and forward passes in
+    tests/models/test_fused.py."""
+    stage = _stage(epochs=1, lr=0.01)
+    losses, _, _ = _solo("resnet18", 3, 5, False, stage)
+    for runs, at in (([(3, 5), (7, 3)], 0), ([(21, 2), (3, 5), (8, 9)], 1)):
+        g_losses, _ = _group("resnet18", runs, False, stage)
+        np.testing.assert_allclose(g_losses[at][:4], losses[:4], rtol=1e-4)
 
 
 def test_label_smoothing_and_padding_in_the_loss():
@@ -192,11 +205,11 @@ def test_train_runs_falls_back_for_models_without_a_fused_form():
     models, members = [], []
     for s in (0, 1):
         torch.manual_seed(s)
-        models.append(create_model("resnet18", SHAPE, 3, width=2))
+        models.append(create_model("vit", SHAPE, 3, patch=4, dim=8, depth=1, heads=2))
         x, y = _data(s, 3, 32)
         members.append(Member(x, y, Normaliser(x)))
     out, info = train_runs(models, members, stage, [0, 1], "pretrain", CPU)
-    assert info["fused"] is False and "ResNet" in info["reason"]
+    assert info["fused"] is False and "ViT" in info["reason"]
     assert all(np.isfinite(m["train_loss"]) for m in out)
     _, off = train_runs(models[:1] * 2, members, stage, [0, 1], "pretrain", CPU, fuse=False)
     assert off["reason"] == "turned off"

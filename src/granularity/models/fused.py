@@ -29,18 +29,22 @@ from torch.nn import functional as F
 
 from granularity.models.cnn import SmallCNN
 from granularity.models.mlp import MLP
+from granularity.models.resnet import BasicBlock, ResNet
 
-# the solo classes with a fused form, and how their features are pooled
-_KINDS: dict[type, str] = {SmallCNN: "image", MLP: "flat"}
+# the solo classes with a fused form: their input kind and the submodules their features run through
+_KINDS: dict[type, tuple[str, tuple[str, ...]]] = {SmallCNN: ("image", ("features",)), MLP: ("flat", ("features",)),
+                                                    ResNet: ("image", ("stem", "layers"))}
 _ELEMENTWISE = (nn.ReLU, nn.Identity)
 # the activation layout each layer type runs in: True packed (B, K*C, ...), False per run (K, B, D)
 _LAYOUT: dict[type, bool] = {nn.Conv2d: True, nn.BatchNorm1d: True, nn.BatchNorm2d: True, nn.MaxPool2d: True,
                              nn.Linear: False, nn.Dropout: False}
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
-    """The leaf modules of ``model.features`` in forward order (nested Sequentials flattened)."""
-    return [m for m in model.features.modules() if not isinstance(m, nn.Sequential)]
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The leaf modules (path, module) of the model's feature submodules, in forward order."""
+    return [(f"{root}.{name}" if name else root, m) for root in _KINDS[type(model)][1]
+            for name, m in model.get_submodule(root).named_modules() if not list(m.children())
+            and not (type(m) is nn.Sequential)]
 
 
 def _layer_reason(m: nn.Module) -> str | None:
@@ -60,7 +64,7 @@ def _layer_reason(m: nn.Module) -> str | None:
 def _signature(model: nn.Module) -> list[tuple]:
     """Everything that must agree between fused runs: layer types, settings and shapes."""
     sig = []
-    for m in _layers(model):
+    for _, m in _layers(model):
         shapes = tuple((n, tuple(p.shape), p.dtype, p.device, p.is_contiguous(memory_format=torch.channels_last)
                         if p.ndim == 4 else True) for n, p in m.named_parameters())
         sig.append((type(m), shapes, repr(m)))
@@ -74,7 +78,7 @@ def fuse_reason(models: Sequence[nn.Module]) -> str | None:
     kind = type(models[0])
     if kind not in _KINDS:
         return f"model {kind.__name__} has no fused form (fused: {', '.join(k.__name__ for k in _KINDS)})"
-    for m in _layers(models[0]):
+    for _, m in _layers(models[0]):
         why = _layer_reason(m)
         if why is not None:
             return why
@@ -133,11 +137,10 @@ class FusedModel(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(models)
         self.k = len(models)
-        self.kind = _KINDS[type(models[0])]
+        self.kind, self._roots = _KINDS[type(models[0])]
         self.training = models[0].training
-        self._plan = list(zip(*[_layers(m) for m in models]))  # per depth: the K solo layers
-        self._bns = {i: _FusedBN(list(ms)) for i, ms in enumerate(self._plan)
-                     if isinstance(ms[0], nn.modules.batchnorm._BatchNorm)}
+        self._bns = {path: _FusedBN([m.get_submodule(path) for m in models]) for path, m0 in _layers(models[0])
+                     if isinstance(m0, nn.modules.batchnorm._BatchNorm)}
         self.num_classes = [int(m.head.out_features) for m in models]
         n_max = max(self.num_classes)
         dev = models[0].head.weight.device
@@ -179,26 +182,42 @@ class FusedModel(nn.Module):
         its dropout draws (a solo run draws them from torch's global generator in the same order
         and shapes, so a run seeded alike draws alike); None: torch's global generator."""
         z, packed = self.pack(x), self.kind == "image"
-        for i, mods in enumerate(self._plan):
-            want = _LAYOUT.get(type(mods[0]), packed)  # elementwise layers run in either layout
-            if want and not packed:
-                z = _to_packed(z)
-            elif packed and not want:
-                z = _to_runs(z, self.k)
-            packed = want
-            z = self._layer(i, mods, z, generators)
+        for root in self._roots:
+            z, packed = self._apply(root, [m.get_submodule(root) for m in self.members], z, packed, generators)
         if self.kind == "image":
             z = z.mean(dim=(2, 3))  # (B, K*C, H, W) -> (B, K*C)
         return _to_runs(z, self.k) if packed else z  # (K, B, F)
 
-    def _layer(self, i: int, mods, z: torch.Tensor, generators) -> torch.Tensor:
+    def _apply(self, path: str, mods: list[nn.Module], z: torch.Tensor, packed: bool, generators):
+        """The K solo modules at ``path`` applied to ``z`` as one; returns the output and its layout."""
+        m0 = mods[0]
+        if type(m0) is nn.Sequential:
+            for name in m0._modules:
+                z, packed = self._apply(f"{path}.{name}", [m._modules[name] for m in mods], z, packed, generators)
+            return z, packed
+        if type(m0) is BasicBlock:  # relu(bn2(conv2(relu(bn1(conv1(x))))) + short(x)), all packed
+            x = z if packed else _to_packed(z)
+            out = x
+            for name in ("conv1", "bn1", "relu", "conv2", "bn2"):
+                out = F.relu(out) if name == "relu" else self._apply(f"{path}.{name}", [m._modules[name] for m in mods],
+                                                                      out, True, generators)[0]
+            short = self._apply(f"{path}.short", [m.short for m in mods], x, True, generators)[0]
+            return F.relu(out + short), True
+        want = _LAYOUT.get(type(m0), packed)  # elementwise layers run in either layout
+        if want and not packed:
+            z = _to_packed(z)
+        elif packed and not want:
+            z = _to_runs(z, self.k)
+        return self._layer(path, mods, z, generators), want
+
+    def _layer(self, path: str, mods, z: torch.Tensor, generators) -> torch.Tensor:
         m0 = mods[0]
         if isinstance(m0, nn.Conv2d):  # packed (B, K*C_in, H, W) -> (B, K*C_out, H', W')
             w = torch.cat([m.weight for m in mods])  # (K*C_out, C_in, kh, kw)
             b = torch.cat([m.bias for m in mods]) if m0.bias is not None else None
             return F.conv2d(z, w, b, m0.stride, m0.padding, m0.dilation, self.k)
-        if i in self._bns:
-            return self._bns[i](z, self.training)
+        if path in self._bns:
+            return self._bns[path](z, self.training)
         if isinstance(m0, nn.Linear):  # (K, B, D_in) -> (K, B, D_out)
             w = torch.stack([m.weight for m in mods]).transpose(1, 2)  # (K, D_in, D_out)
             if m0.bias is None:
