@@ -87,6 +87,7 @@ def test_a_registered_design_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert (tmp_path / "results.csv").read_text().splitlines() == ["arm,total", "a,30", "b,33"]
     assert read_json(tmp_path / "study.json") == ToyConfig().to_dict() and (tmp_path / "report.md").read_text() == "# toy\n"
     assert read_json(tmp_path / "results.json")["figures"] == [] and "seconds_this_invocation" in res
+    assert res["contrast"] == "none"  # the registered primary contrast, recorded with the results
     assert len(trained) == 6 and batches == [trained]  # one call of execute_units with every unit
     # rerun: nothing is trained again, the same table
     again = run_design(toy, {}, tmp_path, progress=False)

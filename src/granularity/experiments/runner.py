@@ -100,7 +100,7 @@ def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | N
                       fuse_memory=fuse_memory)
     if not all(is_done(out, u) for u in plan.units):
         return None
-    summary = design.summarise(cfg, out, plan)
+    summary = {"contrast": design.contrast, **design.summarise(cfg, out, plan)}  # the design's own words win
     summary[design.seconds_key] = time.perf_counter() - t0
     if command is not None:
         summary["command"] = command
