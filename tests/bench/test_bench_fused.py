@@ -36,3 +36,18 @@ def test_train_flops_of_the_default_cnn():
     # by hand: 3 x 2 x (1*32*9*28^2 + 32*64*9*14^2 + 64*128*9*7^2 + 128*10) multiply-adds
     want = 3 * 2 * (1 * 32 * 9 * 784 + 32 * 64 * 9 * 196 + 64 * 128 * 9 * 49 + 128 * 10)
     assert train_flops_per_image(create_model("cnn", (1, 28, 28), 10), (1, 28, 28)) == want
+
+
+def test_study_wall_figure_tiny(tmp_path, one_thread):
+    from granularity.bench.fused import bench_study_wall
+
+    from engine.conftest import tiny_dataset  # tests/ is on sys.path
+    from experiments.test_study import tiny_study
+
+    cfg = tiny_study(train_size=96, seeds=[0], reference_seeds=1)
+    cfg["run"]["bf16"] = False
+    r = bench_study_wall("levels", cfg, dataset=tiny_dataset(n_train=160))
+    assert len(r["seconds"]["fused"]) == len(r["seconds"]["unfused"]) == 1 and r["speedup"] > 0
+    assert r["rows"] and all(row["figures"] for row in r["rows"])
+    assert r["tables_same_within_ci"], [row for row in r["rows"] if not row["same"]]
+    assert r["rows"][0]["row"] == {"arm": "target"}

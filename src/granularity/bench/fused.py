@@ -14,6 +14,7 @@ shape (throughput does not depend on the pixels).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -166,3 +167,64 @@ def summary(r: dict[str, Any]) -> str:
     mem = f"; peak RSS K={rss['k']} fused {rss['fused']['maxrss_mib']:.0f} MiB" + (
         f" vs sequential {rss['sequential']['maxrss_mib']:.0f} MiB" if "sequential" in rss else "")
     return "; ".join(parts) + mem + f"; target >= {r['target']} {'met' if r['met'] else 'MISSED'}"
+
+
+def bench_study_wall(design: str = "levels", config: dict[str, Any] | None = None, repeats: int = 1,
+                     dataset: Any = None) -> dict[str, Any]:
+    """Wall seconds of one study, fused and with ``fuse=False``, alternating (``repeats`` each),
+    each in a fresh folder; the tables compared arm by arm (the difference of every row's mean
+    within the sum of the two 95% CIs, or the two means equal)."""
+    import shutil
+    import tempfile
+    import time
+
+    from granularity.experiments.registry import run_study
+
+    config = config or {}
+    walls: dict[str, list[float]] = {"fused": [], "unfused": []}
+    tables: dict[str, Any] = {}
+    for r in range(repeats):
+        for side in (("fused", "unfused") if r % 2 == 0 else ("unfused", "fused")):
+            tmp = tempfile.mkdtemp(prefix="granularity-fused-study-")
+            try:
+                t0 = time.perf_counter()
+                res = run_study(config, tmp, design=design, dataset=dataset, progress=False, simulate=False,
+                                fuse=side == "fused")
+                walls[side].append(time.perf_counter() - t0)
+                tables[side] = res["table"]
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    rows = [_compare_rows(a, b) for a, b in zip(tables["fused"], tables["unfused"])]
+    speedup = median(walls["unfused"]) / median(walls["fused"])
+    return {"design": design, "config": config, "seconds": walls, "speedup": speedup, "rows": rows,
+            "tables_same_within_ci": all(r["same"] for r in rows), "tables": tables}
+
+
+def _compare_rows(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One table row fused vs unfused: every ``{mean, ci}`` figure in it, same within the CIs."""
+    out: dict[str, Any] = {"row": {k: a[k] for k in ("arm", "cell", "transfer") if k in a}, "figures": {}}
+    for key, v in a.items():
+        if isinstance(v, dict) and "mean" in v and isinstance(b.get(key), dict):
+            ma, mb = v["mean"], b[key]["mean"]
+            tol = sum(c for c in (v.get("ci"), b[key].get("ci")) if c is not None and not math.isnan(c))  # n = 1: no CI
+            ok = ma == mb or (math.isnan(ma) and math.isnan(mb)) or abs(ma - mb) <= tol
+            out["figures"][key] = {"fused": ma, "unfused": mb, "tolerance": tol, "same": bool(ok)}
+    out["same"] = all(f["same"] for f in out["figures"].values())
+    return out
+
+
+if __name__ == "__main__":  # python -m granularity.bench.fused study [DESIGN] [OUT.json]: the study wall figure
+    import json
+    import sys
+
+    from granularity.bench.common import load_average, machine
+    from granularity.utils.io import write_json
+
+    if sys.argv[1:2] != ["study"]:
+        raise SystemExit("usage: python -m granularity.bench.fused study [DESIGN] [OUT.json]")
+    name = sys.argv[2] if len(sys.argv) > 2 else "levels"
+    rec = {"machine": machine(torch.device("cpu")), "load_average_before": load_average(),
+           **bench_study_wall(name), "load_average_after": load_average()}
+    if len(sys.argv) > 3:
+        write_json(sys.argv[3], rec)
+    print(json.dumps({k: rec[k] for k in ("design", "seconds", "speedup", "tables_same_within_ci")}))
