@@ -30,6 +30,10 @@ def test_fused_bench_tiny(one_thread):
     assert r["rss"]["fused"]["maxrss_mib"] > 0 and r["rss"]["fused"]["k"] == 2
     assert r["value"] == r["models"]["cnn"]["by_k"]["2"]["speedup"] and isinstance(r["met"], bool)
     assert "cnn: K=1" in summary(r)
+    from granularity.bench.report import markdown_v2
+
+    table = markdown_v2({"machine": {}, "device": "cpu", "ceilings": {}, "results": {"fused": r}})
+    assert "| 6 | cnn: K runs fused vs one by one" in table and "| 6 | peak RSS, 2 cnn runs fused" in table
 
 
 def test_train_flops_of_the_default_cnn():

@@ -156,6 +156,25 @@ def fused_group(device: str, model: str, k: int, images: int, fused: bool) -> di
     return {"model": model, "k": k, "images_per_run": images, "fused": fused}
 
 
+def markdown_rows(r: dict[str, Any]) -> list[str]:
+    """Figure 6's rows of the benchmark table (``granularity.bench.report``)."""
+    lines = []
+    for name, m in r["models"].items():
+        cells = "; ".join(
+            f"K={k}: {row['fused_images_per_s']:.0f} vs {row['sequential_images_per_s']:.0f} img/s = **x{row['speedup']:.2f}**"
+            + (f" ({row['fused_fraction_of_ceiling']:.2f} vs {row['sequential_fraction_of_ceiling']:.2f} of the "
+               f"{r['ceiling']['dtype']} ceiling)" if "fused_fraction_of_ceiling" in row else "")
+            for k, row in m["by_k"].items())
+        top = name == r["value_is"].split()[0]
+        lines.append(f"| 6 | {name}: K runs fused vs one by one ({r['precision']}, {r['images_per_run']} images per run) "
+                     f"| {cells} | {'>= ' + str(r['target']) + ' at K=' + str(max(r['ks'])) if top else '-'} "
+                     f"| {('yes' if r['met'] else 'no') if top else ''} |")
+    rss = r["rss"]
+    seq = f" vs one by one {rss['sequential']['maxrss_mib']:.0f} MiB" if "sequential" in rss else ""
+    lines.append(f"| 6 | peak RSS, {rss['k']} {rss['model']} runs fused | {rss['fused']['maxrss_mib']:.0f} MiB{seq} | - | - |")
+    return lines
+
+
 def summary(r: dict[str, Any]) -> str:
     """One line per model: fused vs sequential images/s and speed-up at each K."""
     parts = []

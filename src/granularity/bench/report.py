@@ -169,6 +169,10 @@ def markdown_v2(rec: dict[str, Any]) -> str:
         rr = s["run_rss"]
         lines.append(f"| 4 | peak RSS of a default transfer run (n_train={rr.get('n_train')}, epochs reduced to 1+1) "
                      f"| {rr['maxrss_mib']:.0f} MiB | - | - |")
+    if "fused" in r:
+        from granularity.bench.fused import markdown_rows
+
+        lines += markdown_rows(r["fused"])
     if "whole" in r:
         lines += _error_table(r["whole"], f"; simulator in {r['whole']['precision']}")
     return "\n".join(lines)

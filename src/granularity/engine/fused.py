@@ -51,11 +51,14 @@ class MembersDiverged(FloatingPointError):
         super().__init__(f"non-finite training loss ({what}) at step {step + 1} of {label}")
 
 
-def step_generators(gens: Sequence[torch.Generator], step: int) -> list[torch.Generator]:
-    """Per-run generators for the in-model draws (dropout) of one step: each seeded as
-    :func:`~granularity.engine.train.step_rng` seeds torch's global generator for that run
-    alone (rank 0), so a fused run draws its solo masks."""
-    return [torch.Generator().manual_seed((g.initial_seed() * 1_000_033 + int(step) * 101 + 1) % (2**63)) for g in gens]
+def step_generators(gens: Sequence[torch.Generator], step: int, device: torch.device | None = None) -> list[torch.Generator]:
+    """Per-run generators on ``device`` for the in-model draws (dropout) of one step: each
+    seeded as :func:`~granularity.engine.train.step_rng` seeds torch's generator for that run
+    alone (rank 0), so on the CPU a fused run draws its solo masks (CUDA's dropout kernel draws
+    differently from ``bernoulli_``: the same distribution, other masks)."""
+    dev = device if device is not None else torch.device("cpu")
+    return [torch.Generator(device=dev).manual_seed((g.initial_seed() * 1_000_033 + int(step) * 101 + 1) % (2**63))
+            for g in gens]
 
 
 def fused_losses(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -136,7 +139,7 @@ def train_epoch_fused(model: FusedModel, members: Sequence[Member], stage: Stage
         xb, yb = _batch(members, plan, step, stage, gens, device, pad, image)
         bn_before = _bn_state(model)
         with autocast(device, bf16):
-            logits = model(xb, step_generators(gens, step) if seeded else None)
+            logits = model(xb, step_generators(gens, step, xb.device) if seeded else None)
             losses = fused_losses(logits, yb, model.valid, stage.label_smoothing)
         vals = losses.detach().tolist()
         bad = [k for k, v in enumerate(vals) if not math.isfinite(v)]
