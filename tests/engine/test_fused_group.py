@@ -122,3 +122,14 @@ def test_sigkill_of_a_fused_group_loses_no_finished_run_and_resumes_the_others(t
     assert [(tmp_path / f"r{k}" / "result.json").read_text() for k in (0, 1)] == finished  # returned, not redone
     run_transfer(cfgs[2], tmp_path / "alone2", dataset=tiny)
     _same(tmp_path / "alone2", tmp_path / "r2")
+
+
+def test_an_error_of_the_fused_epoch_reaches_every_member(tiny, tmp_path, monkeypatch):
+    import granularity.engine.fused as fused_mod
+
+    def boom(*a, **kw):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(fused_mod, "train_epoch_fused", boom)
+    out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"r{k}", dataset=tiny) for k, c in enumerate(_cfgs()[:2])])
+    assert all(isinstance(e, RuntimeError) and "simulated" in str(e) for _, e, _ in out)

@@ -261,6 +261,10 @@ def _fused(calls: dict[int, _Call], idx: Sequence[int]) -> None:
             gone = exc.left
             starts = [{"step": exc.step, "totals": calls[i].args["_totals"], "gen_state": calls[i].args["gen"].get_state()}
                       for i in alive if i not in gone]
+        except BaseException as exc:  # noqa: BLE001 - e.g. out of memory: every member of the group gets it
+            for i in alive:
+                calls[i].error = exc
+            return
         finally:
             model.release()
         alive = [i for i in alive if i not in gone]
