@@ -56,8 +56,11 @@ def test_a_paired_design_fused_equals_it_unfused(tmp_path, make_fmnist, monkeypa
     cfg = tiny("bridge")
     groups, real = [], fused_mod.train_epoch_fused
     monkeypatch.setattr(fused_mod, "train_epoch_fused", lambda model, *a, **kw: groups.append(model.k) or real(model, *a, **kw))
+    evals, real_predict = [], fused_mod.predict_fused
+    monkeypatch.setattr(fused_mod, "predict_fused", lambda fn, xs, *a, **kw: evals.append(len(xs)) or real_predict(fn, xs, *a, **kw))
     fused = run_study(cfg, tmp_path / "fused", design=cfg.design, dataset=fm, progress=False, simulate=False)
-    assert groups and min(groups) > 1  # the units' pretraining and fine-tuning epochs ran fused
+    assert groups and min(groups) > 1  # the units' pretraining, fine-tuning and probe epochs ran fused
+    assert evals and min(evals) > 1  # and so did their predictions
     n_fused = len(groups)
     alone = run_study(cfg, tmp_path / "alone", design=cfg.design, dataset=fm, progress=False, simulate=False, fuse=False)
     assert len(groups) == n_fused  # --no-fuse: nothing trained fused

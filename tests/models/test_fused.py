@@ -116,3 +116,18 @@ def test_dropout_draws_come_from_each_runs_generator():
         torch.manual_seed(9)  # a solo run draws from torch's global generator
         want = ref(x[1])
     torch.testing.assert_close(z[1], want, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_probe_heads_fuse():
+    heads = []
+    for seed, n in enumerate((3, 5)):
+        torch.manual_seed(seed)
+        heads.append(torch.nn.Linear(6, n))
+    ref = copy.deepcopy(heads)
+    fused = fuse(heads)
+    f = torch.randn(2, 4, 6)  # (K, B, features)
+    z = fused(f)
+    for k, h in enumerate(ref):
+        torch.testing.assert_close(z[k, :, : h.out_features], h(f[k]))
+    assert torch.isneginf(z[0, :, 3:]).all()
+    assert "differ" in fuse_reason([torch.nn.Linear(6, 3), torch.nn.Linear(7, 3)])

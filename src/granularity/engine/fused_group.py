@@ -146,6 +146,25 @@ def levels_fn(solo: Callable[..., Any]) -> Callable[..., Any]:
     return fused_levels
 
 
+def predict_fn(solo: Callable[..., Any]) -> Callable[..., Any]:
+    """What predicts for the calling thread: ``solo`` (``engine.train.predict``) outside a group,
+    else the group's rendezvous: a model (or its ``forward_features``) of every member that
+    predicts at the same time is evaluated as one fused model."""
+    member = getattr(_LOCAL, "member", None)
+    if member is None:
+        return solo
+    group, i = member
+
+    def fused_predict(fn, x, norm, batch, device, bf16=False):
+        owner = getattr(fn, "__self__", None)
+        features = isinstance(owner, torch.nn.Module) and getattr(fn, "__name__", "") == "forward_features"
+        args = dict(kind="logits", net=owner if features else fn, fn=fn, features=features, x=x, norm=norm, batch=batch,
+                    device=device, bf16=bf16, solo=solo)
+        return group.submit(i, args)
+
+    return fused_predict
+
+
 def _key(a: dict[str, Any]) -> tuple | None:
     """What members must share to train as one fused epoch (None: this one trains alone)."""
     from granularity.engine.train import bf16_active
@@ -156,6 +175,8 @@ def _key(a: dict[str, Any]) -> tuple | None:
     head = (a["kind"], str(a["device"]), bf16_active(a["device"], a["bf16"]), tuple(x.shape[1:]), x.dtype)
     if a["kind"] == "predict":
         return head
+    if a["kind"] == "logits":
+        return (*head, a["features"])
     st, start, dist = a["stage"], a["start"], a["dist"]
     if (dist is not None and dist.enabled) or not isinstance(a["y"], torch.Tensor):
         return None
@@ -167,6 +188,8 @@ def _solo(call: _Call) -> None:
     try:
         if a["kind"] == "predict":
             call.result = a["solo"](a["net"], a["x"], a["norm"], a["batch"], a["device"], a["maps"], a["sizes"], a["bf16"])
+        elif a["kind"] == "logits":
+            call.result = a["solo"](a["fn"], a["x"], a["norm"], a["batch"], a["device"], a["bf16"])
         else:
             call.result = a["solo"](a["net"], a["x"], a["y"], a["norm"], a["stage"], a["opt"], a["sched"], a["gen"],
                                     a["device"], a["bf16"], a["on_step"], dist=a["dist"], label=a["label"], start=a["start"])
@@ -175,7 +198,7 @@ def _solo(call: _Call) -> None:
 
 
 def _fused_predict(calls: dict[int, _Call], idx: Sequence[int]) -> None:
-    """Members ``idx``'s evaluations (``predict_levels``) through one fused model in eval mode."""
+    """Members ``idx``'s evaluations (``predict_levels`` or ``predict``) through one fused model in eval mode."""
     from granularity.engine.fused import predict_fused
     from granularity.engine.train import group_logits
     from granularity.models.fused import fuse
@@ -189,9 +212,12 @@ def _fused_predict(calls: dict[int, _Call], idx: Sequence[int]) -> None:
         shared = ((z - m).exp(), m)
         return {lv: group_logits(z, gm, sizes[lv], shared) for lv, gm in maps.items() if gm is not None}
 
+    logits = a[0]["kind"] == "logits"  # predict: the logits (or the features) themselves
+    features = logits and a[0]["features"]
     try:
-        outs = predict_fused(model, [x["x"] for x in a], [x["norm"] for x in a], a[0]["device"], a[0]["bf16"],
-                             widths=model.num_classes, reduce=levels)
+        outs = predict_fused(model.forward_features if features else model, [x["x"] for x in a], [x["norm"] for x in a],
+                             a[0]["device"], a[0]["bf16"], widths=None if features else model.num_classes,
+                             reduce=None if logits else levels)
         for i, o in zip(idx, outs):
             calls[i].result = o
     except BaseException as exc:  # noqa: BLE001 - handed to the members' own threads
@@ -216,7 +242,7 @@ def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
                 if why != "alone":
                     group.reasons[i] = why
                 _solo(calls[i])
-        elif key[0] == "predict":
+        elif key[0] in ("predict", "logits"):
             _fused_predict(calls, idx)
         else:
             _fused(calls, idx)

@@ -261,22 +261,20 @@ def dry_run(cfg: DesignConfig) -> str:
             f"{n * len(transfers(cfg))} transfers")
 
 
-OPTIONS = frozenset({"dataset", "seeds", "data_root", "train_size", "device", "groupings", "protocol", "model", "epochs",
-                     "transfer_epochs"})
+# the `granularity study` options of the paired designs -> the key each sets (their data set is Fashion-MNIST)
+FLAGS = {"seeds": "seeds", "data_root": "data_root", "train_size": "pretrain_size", "device": "device",
+         "groupings": "groupings", "protocol": "protocols", "model": "model.name", "epochs": "pretrain.epochs",
+         "transfer_epochs": "transfer.epochs"}
 
 
-def cli_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
-    """The config overrides of ``granularity study --design <paired design>``'s options."""
-    from granularity.utils.config import undot
-
-    names = {"dataset": "dataset", "seeds": "seeds", "data_root": "data_root", "train_size": "pretrain_size",
-             "device": "device", "model": "model.name", "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs"}
-    out = undot({names[k]: v for k, v in given.items() if k in names})
-    if "protocol" in given:  # the one protocol run, and so the primary one
-        out.update(protocols=[given["protocol"]], primary={"protocol": given["protocol"]})
-    if "groupings" in given:  # the default primary cell may not be among them: the first cell then
-        out["groupings"] = list(given["groupings"])
-        out.setdefault("primary", {})["cell"] = None
+def cli_extra(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``--protocol P``: only P is run, so it is the primary one; ``--grouping``: the default
+    primary cell may not be among them (the first cell then)."""
+    out: dict[str, Any] = {"primary": {}}
+    if "protocol" in given:
+        out = {"protocols": [given["protocol"]], "primary": {"protocol": given["protocol"]}}
+    if "groupings" in given:
+        out["primary"]["cell"] = None
     return out
 
 
@@ -447,8 +445,10 @@ def _restore(model, state: dict, device) -> None:
 def _transfer(cfg, data: CellData, model, state, gmap, norm, protocol: str, k: int | None, seed: int, device):
     """Target predictions on every evaluation set after one transfer."""
     from granularity.data.splits import per_class_prefix
+    from granularity.engine.fused_group import predict_fn
     from granularity.engine.train import group_logits, predict
 
+    predict = predict_fn(predict)  # in a fused group (runner.execute_units): evaluated with the other units
     extra: dict[str, Any] = {}
     _restore(model, state, device)
     if protocol == "map":

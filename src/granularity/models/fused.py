@@ -13,10 +13,11 @@ are always current). Heads of different sizes are padded to the largest; the pad
 Inputs are ``(K, B, *input_shape)`` (run k's batch at ``x[k]``); logits ``(K, B, max classes)``.
 Inside, conv/BatchNorm activations are "packed" ``(B, K*C, ...)`` and linear ones ``(K, B, D)``.
 
-Supported: :class:`~granularity.models.cnn.SmallCNN` and :class:`~granularity.models.mlp.MLP`
-(convolutions without groups, BatchNorm with running statistics and a momentum, ReLU, max
-pooling, Linear, Dropout with its draws from per-run generators). :func:`fuse_reason` says
-why other models are not fused (their runs then train one at a time).
+Supported: :class:`~granularity.models.cnn.SmallCNN`, :class:`~granularity.models.mlp.MLP`,
+:class:`~granularity.models.resnet.ResNet` (ResNet-18) and a bare ``nn.Linear`` head (a linear
+probe on features): convolutions without groups, BatchNorm with running statistics and a
+momentum, ReLU, max pooling, Linear, Dropout with its draws from per-run generators, residual
+blocks. :func:`fuse_reason` says why other models are not fused (their runs then train alone).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from granularity.models.resnet import BasicBlock, ResNet
 
 # the solo classes with a fused form: their input kind and the submodules their features run through
 _KINDS: dict[type, tuple[str, tuple[str, ...]]] = {SmallCNN: ("image", ("features",)), MLP: ("flat", ("features",)),
-                                                    ResNet: ("image", ("stem", "layers"))}
+                                                    ResNet: ("image", ("stem", "layers")),
+                                                    nn.Linear: ("flat", ())}  # a head alone (a linear probe)
+
+
+def _head(model: nn.Module) -> nn.Linear:
+    return model if type(model) is nn.Linear else model.head
 _ELEMENTWISE = (nn.ReLU, nn.Identity)
 # the activation layout each layer type runs in: True packed (B, K*C, ...), False per run (K, B, D)
 _LAYOUT: dict[type, bool] = {nn.Conv2d: True, nn.BatchNorm1d: True, nn.BatchNorm2d: True, nn.MaxPool2d: True,
@@ -83,11 +89,11 @@ def fuse_reason(models: Sequence[nn.Module]) -> str | None:
         if why is not None:
             return why
     sig = _signature(models[0])
-    head = models[0].head
+    head = _head(models[0])
     for m in models[1:]:
         if type(m) is not kind or _signature(m) != sig:
             return "the models differ in architecture, dtype, device or memory layout"
-        if m.head.in_features != head.in_features or (m.head.bias is None) != (head.bias is None):
+        if _head(m).in_features != head.in_features or (_head(m).bias is None) != (head.bias is None):
             return "the heads differ in input features or bias"
     if any(m.training != models[0].training for m in models):
         return "the models differ in train/eval mode"
@@ -141,9 +147,9 @@ class FusedModel(nn.Module):
         self.training = models[0].training
         self._bns = {path: _FusedBN([m.get_submodule(path) for m in models]) for path, m0 in _layers(models[0])
                      if isinstance(m0, nn.modules.batchnorm._BatchNorm)}
-        self.num_classes = [int(m.head.out_features) for m in models]
+        self.num_classes = [int(_head(m).out_features) for m in models]
         n_max = max(self.num_classes)
-        dev = models[0].head.weight.device
+        dev = _head(models[0]).weight.device
         valid = torch.arange(n_max, device=dev)[None, :] < torch.tensor(self.num_classes, device=dev)[:, None]
         self.register_buffer("valid", valid, persistent=False)  # (K, n_max): real classes of each head
         self.padded = bool((~valid).any())
@@ -232,7 +238,7 @@ class FusedModel(nn.Module):
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """``(K, B, F)`` -> logits ``(K, B, max classes)``, ``-inf`` beyond each run's classes."""
         n_max = self.valid.shape[1]
-        heads = [m.head for m in self.members]
+        heads = [_head(m) for m in self.members]
         w = torch.stack([F.pad(h.weight, (0, 0, 0, n_max - h.out_features)) for h in heads])  # (K, n_max, F)
         if heads[0].bias is None:
             z = torch.bmm(feats, w.transpose(1, 2))
