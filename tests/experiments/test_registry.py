@@ -69,8 +69,7 @@ def toy_design(trained: list[str]) -> Design:
         return {"table": [{"arm": a, "values": {"sum": sum(read_json(out / u.folder / "result.json")["value"]
                                                             for u in plan.units if u.arm == a)}} for a in cfg.arms]}
 
-    return Design(name="toy", help="a toy", contrast="none", config=ToyConfig.build, presets={}, options=frozenset(),
-                  overrides=dict, data_name=lambda c: "toy", load=lambda c: "data", plan=plan, train=train,
+    return Design(name="toy", help="a toy", contrast="none", config=ToyConfig.build, presets={}, flags={}, data_name=lambda c: "toy", load=lambda c: "data", plan=plan, train=train,
                   summarise=summarise, csv_columns=("arm", "total=values.sum"), figures=lambda s, out, sim: [],
                   describe=lambda s, out: "", dry_run=lambda c: "", report=lambda s: "# toy\n")
 

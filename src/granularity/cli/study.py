@@ -80,15 +80,18 @@ def study(design, dataset, groupings, seeds, one_seed, quick, full, config, sets
 
 
 def _check_options(d, given: dict) -> None:
-    """Options the design does not take, and a data set it does not run on: usage errors."""
-    for key in given:
-        if key not in d.options:
-            flag = STUDY_OPTIONS.get(key, "--" + key.replace("_", "-"))
-            takers = [n for n, other in REGISTRY.items() if key in other.options]
-            raise click.UsageError(f"{flag} applies to the designs {', '.join(takers)}, not to {d.name}.")
+    """A data set the design does not run on, and options it does not take: usage errors (a
+    design made for its data sets takes ``--dataset`` naming one of them, and drops it)."""
     if d.datasets and given.get("dataset", d.datasets[0]) not in d.datasets:
         raise click.UsageError(f"The design {d.name} runs on the data set {' or '.join(d.datasets)}, "
                                f"not on {given['dataset']!r}.")
+    for key in [k for k in given if k not in d.flags]:
+        if key == "dataset" and d.datasets:
+            del given[key]
+            continue
+        takers = [n for n, other in REGISTRY.items() if key in other.flags]
+        raise click.UsageError(f"{STUDY_OPTIONS.get(key, '--' + key.replace('_', '-'))} applies to the designs "
+                               f"{', '.join(takers)}, not to {d.name}.")
 
 
 def _replot(out: Path | None) -> None:

@@ -420,8 +420,10 @@ def run_unit(cfg: DesignConfig, data: CellData, arm: str, seed: int, folder: Pat
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         write_bytes_atomic(ckpt, lambda fh: fh.write(buf.getvalue()))
+        fused = current_fused_with()  # its seconds are then the group's wall time
         write_json(folder / "pretrain.json", {**m, "seconds": time.perf_counter() - t0, "n_images": len(src),
-                                              "num_classes": n_src, "cue_counts": data.cue_counts})
+                                              "num_classes": n_src, "cue_counts": data.cue_counts,
+                                              **({"fused_with": fused} if fused is not None else {})})
     state = {k: v.clone() for k, v in model.state_dict().items()}
     gmap = np.arange(data.n_groups) if arm == "target" else data.group
     for name, protocol, k in todo:

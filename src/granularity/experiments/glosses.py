@@ -166,16 +166,9 @@ def describe(summary: dict[str, Any], out: Path) -> str:
                                 f"figure {', '.join(summary['figures'])}"])
 
 
-OPTIONS = frozenset({"dataset", "seeds", "train_size", "device", "model", "epochs", "transfer_epochs"})
-
-
-def cli_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
-    """The config overrides of ``granularity study --dataset wordnet-glosses``'s options."""
-    from granularity.utils.config import undot
-
-    names = {"seeds": "seeds", "train_size": "train_size", "device": "device", "model": "model.name",
-             "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs"}
-    return undot({names[k]: v for k, v in given.items() if k in names})
+# the `granularity study` options of this design -> the key each sets (its data set is its own)
+FLAGS = {"seeds": "seeds", "train_size": "train_size", "device": "device", "model": "model.name",
+         "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs"}
 
 
 def check_sparse(cfg: GlossStudyConfig) -> None:

@@ -23,7 +23,7 @@ def _levels() -> Design:
         name="levels", help="every label function of the hierarchy (the original study), easy vs hard test images, rare subclasses",
         contrast="each arm minus the target arm (the baseline), paired by seed: target error, then hard-sample error",
         config=study.StudyConfig.build, presets={"quick": study.QUICK, "full": study.FULL},
-        options=study.OPTIONS, overrides=study.cli_overrides, data_name=lambda c: c.run.dataset,
+        flags=study.FLAGS, data_name=lambda c: c.run.dataset,
         load=study.load, plan=study.plan, summarise=study.summarise, csv_columns=study.CSV_COLUMNS,
         figures=lambda s, out, simulate: study.plot_study(s, out), describe=study.describe, dry_run=study.dry_run,
         seconds_key="seconds")
@@ -55,7 +55,7 @@ def _paired(name: str) -> Design:
         contrast="leaf minus target pretraining, paired by seed, on the config's primary metric, protocol, size and cell",
         config=lambda raw: designs.design_config(name, raw), datasets=("fashion-mnist",),
         presets={"quick": designs.quick_preset(name), "full": {"seeds": list(range(10))}},
-        options=designs.OPTIONS, overrides=designs.cli_overrides, data_name=lambda c: c.dataset,
+        flags=designs.FLAGS, extra=designs.cli_extra, data_name=lambda c: c.dataset,
         load=designs.load, plan=designs.plan, train=designs.trainer,
         summarise=lambda cfg, out, plan: design_report.summarise_design(cfg, out), csv_columns=design_report.CSV_COLUMNS,
         figures=paired_figures, describe=paired_describe, dry_run=designs.dry_run, report=design_report.report_markdown)
@@ -68,7 +68,7 @@ def _glosses() -> Design:
         contrast="each arm minus the target level (the baseline), paired by seed, on target error",
         config=glosses.study_config, datasets=("wordnet-glosses",),
         presets={"quick": glosses.QUICK, "full": {"train_size": None}},
-        options=glosses.OPTIONS, overrides=glosses.cli_overrides, data_name=lambda c: "wordnet-glosses",
+        flags=glosses.FLAGS, data_name=lambda c: "wordnet-glosses",
         load=glosses.load, plan=glosses.plan, summarise=glosses.summarise, csv_columns=glosses.CSV_COLUMNS,
         figures=lambda s, out, simulate: glosses.plot_u_curve(s, out), describe=glosses.describe,
         dry_run=glosses.dry_run)

@@ -52,17 +52,17 @@ Trainer = Callable[[Unit, Path], Any]
 @dataclass(frozen=True)
 class Design:
     """A registered study design: how to build its config, plan it, train a unit, summarise
-    and report it. ``options``: the ``granularity study`` options it takes; ``overrides``
-    turns the given ones into config overrides. ``datasets``: the data sets it runs on (empty:
-    any). ``contrast``: its primary contrast, in words."""
+    and report it. ``flags``: the ``granularity study`` options it takes, each with the config
+    key it sets (``extra``: further overrides of the given options, for a value that sets more
+    than one key). ``datasets``: the data sets it runs on (empty: any). ``contrast``: its primary
+    contrast, in words."""
 
     name: str
     help: str
     contrast: str
     config: Callable[[Mapping[str, Any]], Any]
     presets: Mapping[str, Mapping[str, Any]]
-    options: frozenset[str]
-    overrides: Callable[[Mapping[str, Any]], dict[str, Any]]
+    flags: Mapping[str, str]
     data_name: Callable[[Any], str]
     load: Callable[[Any], Any]
     plan: Callable[[Any, Any], Plan]
@@ -73,8 +73,15 @@ class Design:
     dry_run: Callable[[Any], str]
     train: Callable[[Any, Plan], Trainer] | None = None  # None: engine runs (:func:`engine_trainer`)
     report: Callable[[dict[str, Any]], str] | None = None  # report.md
+    extra: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     datasets: tuple[str, ...] = ()
     seconds_key: str = "seconds_this_invocation"
+
+    def overrides(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The config overrides of the given ``granularity study`` options (all taken by it)."""
+        from granularity.utils.config import deep_merge, undot
+
+        return deep_merge(undot({self.flags[k]: v for k, v in given.items()}), self.extra(given) if self.extra else {})
 
     def build(self, config: Any) -> Any:
         """The validated config (a mapping gets the design's defaults under it)."""

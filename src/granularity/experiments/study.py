@@ -113,18 +113,10 @@ QUICK = {  # seconds on a CPU: for tests and smoke runs, not for conclusions
             "pretrain": {"epochs": 1}, "transfer": {"epochs": 1}},
 }
 FULL = {"run": {"train_size": None, "test_size": None}, "seeds": [0, 1, 2, 3, 4]}  # the whole data set, 5 seeds
-OPTIONS = frozenset({"dataset", "data_root", "data_options", "seeds", "train_size", "device", "model", "epochs",
-                     "transfer_epochs", "protocol"})  # the `granularity study` options of this design
-
-
-def cli_overrides(given: Mapping[str, Any]) -> dict[str, Any]:
-    """The config overrides of ``granularity study``'s options (all but the seeds go to ``run``)."""
-    from granularity.utils.config import undot
-
-    names = {"model": "model.name", "epochs": "pretrain.epochs", "transfer_epochs": "transfer.epochs",
-             "protocol": "transfer.protocol"}
-    run = undot({names.get(k, k): v for k, v in given.items() if k != "seeds"})
-    return {**({"seeds": given["seeds"]} if "seeds" in given else {}), **({"run": run} if run else {})}
+# the `granularity study` options of this design -> the key each sets (the run's settings under `run`)
+FLAGS = {"seeds": "seeds", **{k: f"run.{k}" for k in ("dataset", "data_root", "data_options", "train_size", "device")},
+         "model": "run.model.name", "epochs": "run.pretrain.epochs", "transfer_epochs": "run.transfer.epochs",
+         "protocol": "run.transfer.protocol"}
 
 
 def arms(cfg: StudyConfig, depth: int) -> list[tuple[str, str, RareConfig | None]]:
