@@ -144,15 +144,17 @@ def _cue_counts(cfg: DesignConfig, out: Path) -> dict[str, Any]:
 
 
 def _compute_seconds(cfg: DesignConfig, out: Path) -> float:
-    """Training and transfer seconds summed over every unit (interrupted work not counted)."""
+    """Training and transfer seconds summed over every unit (interrupted work not counted); a
+    unit trained in a fused group of K counts its share, 1/K of the group's wall time."""
     tot = 0.0
+    share = lambda r: r["seconds"] / r.get("fused_with", 1)  # noqa: E731
     for cell in cells(cfg):
         for s in cfg.seeds:
             for arm in ARMS:
                 d = unit_dir(out, cell, s, arm)
                 if (d / "pretrain.json").exists():
-                    tot += read_json(d / "pretrain.json")["seconds"]
-                tot += sum(read_json(d / t / "result.json")["seconds"] for t, _, _ in transfers(cfg))
+                    tot += share(read_json(d / "pretrain.json"))
+                tot += sum(share(read_json(d / t / "result.json")) for t, _, _ in transfers(cfg))
     return tot
 
 
