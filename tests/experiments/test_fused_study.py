@@ -34,7 +34,7 @@ def test_a_tiny_study_fused_equals_it_unfused(tmp_path):
     ds = tiny_dataset(n_train=160)
     cfg = tiny_study(train_size=96, pretrain={"epochs": 2, "batch_size": 32})
     cfg["run"]["bf16"] = False
-    fused = run_study(cfg, tmp_path / "fused", dataset=ds, progress=False)
+    fused = run_study(cfg, tmp_path / "fused", dataset=ds, progress=False, fuse=True)
     alone = run_study(cfg, tmp_path / "alone", dataset=ds, progress=False, fuse=False)
     runs_f, runs_a = _runs(tmp_path / "fused"), _runs(tmp_path / "alone")
     assert runs_f.keys() == runs_a.keys() and len(runs_f) == 20  # 8 arms x 2 seeds + 4 reference runs
@@ -58,7 +58,7 @@ def test_a_paired_design_fused_equals_it_unfused(tmp_path, make_fmnist, monkeypa
     monkeypatch.setattr(fused_mod, "train_epoch_fused", lambda model, *a, **kw: groups.append(model.k) or real(model, *a, **kw))
     evals, real_predict = [], fused_mod.predict_fused
     monkeypatch.setattr(fused_mod, "predict_fused", lambda fn, xs, *a, **kw: evals.append(len(xs)) or real_predict(fn, xs, *a, **kw))
-    fused = run_study(cfg, tmp_path / "fused", design=cfg.design, dataset=fm, progress=False, simulate=False)
+    fused = run_study(cfg, tmp_path / "fused", design=cfg.design, dataset=fm, progress=False, simulate=False, fuse=True)
     assert groups and min(groups) > 1  # the units' pretraining, fine-tuning and probe epochs ran fused
     assert evals and min(evals) > 1  # and so did their predictions
     n_fused = len(groups)

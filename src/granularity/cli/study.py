@@ -34,12 +34,14 @@ STUDY_OPTIONS = {"groupings": "--grouping", "data_options": "--data-option", "se
                    "share one --out; the last to finish (or a plain rerun) writes the results.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
 @click.option("--plot-only", is_flag=True, help="Redraw the figures of the finished study in --out from its results.json; run nothing, rewrite no result file.")
-@click.option("--no-fuse", is_flag=True, help="Train every run alone (default: runs of one model train as fused groups, "
-                                              "each with its own folder, result and checkpoints; same results within rounding).")
+@click.option("--fuse/--no-fuse", default=False,
+              help="Train the runs of one model as fused groups, each with its own folder, result and checkpoints "
+                   "(same results within rounding; default off: on a 2-core CPU fused groups measured slower, "
+                   "see docs/fused-runs.md).")
 @click.option("--fuse-memory", default=None, metavar="SIZE",
               help="Memory the fused groups may use, e.g. 2G or 512M (default: a quarter of the free memory, at most 4G on a CPU).")
 def study(design, dataset, groupings, seeds, one_seed, quick, full, config, sets, data_root, data_options, model, epochs,
-          transfer_epochs, protocol, train_size, device, out, quiet, shard, dry_run, plot_only, no_fuse, fuse_memory):
+          transfer_epochs, protocol, train_size, device, out, quiet, shard, dry_run, plot_only, fuse, fuse_memory):
     """The paper's granularity study on real data, as one of the registered designs: target
     error after pretraining on each label function (levels), designs that pair target and leaf
     (fine) pretraining by seed and report where fine labels help (bridge, bridge-phase,
@@ -72,7 +74,7 @@ def study(design, dataset, groupings, seeds, one_seed, quick, full, config, sets
     out = out or Path("runs/study") / (data + ("" if d.name == default_design(data) else f"-{d.name}")
                                        + (f"-{preset}" if preset else ""))
     res = run_design(d, cfg, out, progress=not quiet, shard=_shard(shard), simulate=not quick,
-                     command="granularity " + " ".join(sys.argv[1:]), fuse=not no_fuse, fuse_memory=_size(fuse_memory))
+                     command="granularity " + " ".join(sys.argv[1:]), fuse=fuse, fuse_memory=_size(fuse_memory))
     if res is None:
         click.echo(f"shard {shard} finished; other shards still running (a rerun without --shard writes the results)")
         return

@@ -90,7 +90,7 @@ class Design:
 
 def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | None = None, progress: bool = True,
                shard: tuple[int, int] | None = None, simulate: bool = True, command: str | None = None,
-               fuse: bool = True, fuse_memory: int | None = None) -> dict[str, Any] | None:
+               fuse: bool = False, fuse_memory: int | None = None) -> dict[str, Any] | None:
     """Run (or resume) ``design`` in folder ``out``; returns the content of ``results.json``,
     or None while units of other shards are missing. ``simulate``: let the design run its
     extra simulator work (the bridge phase diagram's simulator grid). ``fuse``/``fuse_memory``:
@@ -121,7 +121,7 @@ def run_design(design: Design, config: Any, out: str | Path, *, dataset: Any | N
 
 
 def execute_units(units: Sequence[Unit], out: Path, train: Trainer, *, data: Mapping[str, Any] | None = None,
-                  progress: bool = True, desc: str = "study", fuse: bool = True, fuse_memory: int | None = None) -> None:
+                  progress: bool = True, desc: str = "study", fuse: bool = False, fuse_memory: int | None = None) -> None:
     """Train every unit into its folder under ``out`` with ``train(unit, folder)``.
 
     The one place units are executed: the units are independent (any order, any grouping);
