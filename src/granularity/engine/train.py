@@ -251,6 +251,15 @@ def _loss(logits: torch.Tensor, yb: torch.Tensor, smoothing: float, world: int, 
     return loss, float(loss.detach()) * n_global
 
 
+def _fetch(x, y, idx: torch.Tensor, lo: int, hi: int, x_iter, norm, device: torch.device):
+    """One training batch on ``device``, normalised: the global batch's rows ``idx`` of ``x``,
+    or, streamed (``x_iter`` given), this rank's rows ``lo:hi`` of it, decoded next by ``x_iter``."""
+    if x_iter is not None:
+        return norm(next(x_iter).to(device, non_blocking=True)), y[idx[lo:hi]].to(device, non_blocking=True)
+    idx = idx.to(x.device)
+    return norm(x[idx].to(device, non_blocking=True)), y[idx].to(device, non_blocking=True)
+
+
 def train_epoch(
     model: nn.Module,
     x: torch.Tensor,
@@ -302,13 +311,7 @@ def train_epoch(
     for step, (idx, (lo, hi)) in enumerate(zip(batches, bounds)):
         if step < first:
             continue
-        if streamed:
-            xb = norm(next(x_iter).to(device, non_blocking=True))  # rows lo:hi of the global batch
-            yb = y[idx[lo:hi]].to(device, non_blocking=True)
-        else:
-            idx = idx.to(x.device)
-            xb = norm(x[idx].to(device, non_blocking=True))
-            yb = y[idx].to(device, non_blocking=True)
+        xb, yb = _fetch(x, y, idx, lo, hi, x_iter if streamed else None, norm, device)
         if image and stage.augment:
             # draws for the global batch (same as one process); applied to this rank's rows
             xb = random_crop_flip(xb, pad, gen, rows=(lo, hi, len(idx)) if streamed else None)
