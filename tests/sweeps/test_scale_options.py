@@ -4,7 +4,7 @@
 import pytest
 
 from granularity.errors import GranularityError
-from granularity.sweeps.executors import RayExecutor, ray_address
+from granularity.sweeps.cluster import RayExecutor, ray_address
 from granularity.sweeps.spec import expand
 
 from sweep_helpers import TINY_BASE, write_sweep
