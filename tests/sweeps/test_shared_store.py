@@ -13,8 +13,9 @@ import time
 import pytest
 
 from granularity.errors import GranularityError
+from granularity.sweeps.locks import DirLock, filesystem_type, resolve_store_mode
 from granularity.sweeps.spec import expand
-from granularity.sweeps.store import LOCK, DirLock, ResultsStore, filesystem_type, resolve_store_mode
+from granularity.sweeps.store import LOCK, ResultsStore
 
 from sweep_helpers import TINY_BASE, write_sweep
 
@@ -34,11 +35,11 @@ def test_filesystem_type_takes_the_longest_mount_point(path, fs):
 
 
 def test_auto_mode_is_shared_on_network_file_systems(monkeypatch, tmp_path):
-    import granularity.sweeps.store as store_mod
+    import granularity.sweeps.locks as locks_mod
 
-    monkeypatch.setattr(store_mod, "filesystem_type", lambda p: "nfs4")
+    monkeypatch.setattr(locks_mod, "filesystem_type", lambda p: "nfs4")
     assert resolve_store_mode("auto", tmp_path) == "shared"
-    monkeypatch.setattr(store_mod, "filesystem_type", lambda p: "ext4")
+    monkeypatch.setattr(locks_mod, "filesystem_type", lambda p: "ext4")
     assert resolve_store_mode("auto", tmp_path) == "wal"
     assert resolve_store_mode("shared", tmp_path) == "shared"
     with pytest.raises(GranularityError, match="'--store-mode' option must be one of auto, wal, shared. Got 'nfs'"):

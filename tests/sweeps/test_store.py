@@ -5,8 +5,9 @@ import os
 import sqlite3
 import time
 
+from granularity.sweeps.locks import owner_alive
 from granularity.sweeps.spec import expand
-from granularity.sweeps.store import ResultsStore, owner_alive
+from granularity.sweeps.store import ResultsStore
 
 from sweep_helpers import TINY_BASE
 

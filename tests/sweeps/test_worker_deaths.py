@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from granularity.sweeps.locks import owner_id
 from granularity.sweeps.runner import LOST, _reconcile
 from granularity.sweeps.spec import expand, load_sweep
-from granularity.sweeps.store import ResultsStore, owner_id
+from granularity.sweeps.store import ResultsStore
 from granularity.sweeps.worker import KILL_ENV
 
 from sweep_helpers import TINY_BASE, write_sweep

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from granularity.sweeps.executors import make_executor
+from granularity.sweeps.locks import owner_alive
 from granularity.sweeps.spec import RunSpec, Sweep, load_sweep
-from granularity.sweeps.store import ResultsStore, owner_alive
+from granularity.sweeps.store import ResultsStore
 
 POLL_S = 1.0  # how often to look at runs another sweep is computing
 LOST = "WorkerCrashed: its worker process died and the sweep ended before the run was recorded"

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from granularity.sweeps.kinds import get_kind
+from granularity.sweeps.locks import HEARTBEAT_S, _pid_alive, owner_id
 from granularity.sweeps.spec import RunSpec
-from granularity.sweeps.store import HEARTBEAT_S, ResultsStore, _pid_alive, owner_id
+from granularity.sweeps.store import ResultsStore
 from granularity.utils.io import read_json
 
 # Test hook (fault injection): comma-separated run ids whose worker process SIGKILLs itself when
