@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from granularity.errors import GranularityError
-from granularity.hierarchy import wordnet as W
+from granularity.hierarchy import wordnet_db as W
+from granularity.hierarchy.wordnet import imagenet1k_hierarchy
 
 DEBIAN = Path("/usr/share/wordnet")
 needs_debian = pytest.mark.skipif(
@@ -53,7 +54,7 @@ def no_debian(monkeypatch, tmp_path):
 
 def imagenet_hash(cache: Path, source: Path | None = None) -> str:
     W.ensure_wordnet(cache, source=source)
-    return W.imagenet1k_hierarchy(wn=W.wordnet_reader(cache)).content_hash
+    return imagenet1k_hierarchy(wn=W.wordnet_reader(cache)).content_hash
 
 
 @needs_debian

@@ -8,7 +8,7 @@ import pytest
 
 from fakes import write_fake_fmnist
 from granularity.data import fashion_mnist as F
-from granularity.hierarchy import wordnet as W
+from granularity.hierarchy import wordnet_db as W
 import granularity.cli.doctor as D
 
 

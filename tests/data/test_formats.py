@@ -13,7 +13,7 @@ import torch
 
 from granularity.data import StreamSplit, load_dataset
 from granularity.errors import DataError, GranularityError, HierarchyError
-from granularity.hierarchy.wordnet import wordnet_missing_reason
+from granularity.hierarchy.wordnet_db import wordnet_missing_reason
 
 from data_writers import CIFAR_COARSE, CIFAR_FINE, CIFAR_PARENT, write_cifar100, write_image_folder
 

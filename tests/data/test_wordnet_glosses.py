@@ -88,7 +88,8 @@ def test_scrubbing_is_measured_and_can_be_turned_off(table):
 
 def test_labels_follow_wordnet_at_every_level(table):
     from granularity.data.wordnet_glosses import OTHER
-    from granularity.hierarchy.wordnet import ancestors, wnid_of, wordnet_reader
+    from granularity.hierarchy.wordnet import ancestors, wnid_of
+    from granularity.hierarchy.wordnet_db import wordnet_reader
 
     h = table.hierarchy
     wn = wordnet_reader()

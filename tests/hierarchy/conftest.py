@@ -4,7 +4,7 @@ import pytest
 @pytest.fixture(scope="session")
 def wn_cache(tmp_path_factory):
     """A private cache folder with WordNet 3.0 (either route) copied in once per session."""
-    from granularity.hierarchy.wordnet import ensure_wordnet, wordnet_missing_reason
+    from granularity.hierarchy.wordnet_db import ensure_wordnet, wordnet_missing_reason
 
     if reason := wordnet_missing_reason():  # either route: Debian or NLTK's data package
         pytest.skip(reason)
@@ -16,7 +16,7 @@ def wn_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def wn(wn_cache):
-    from granularity.hierarchy.wordnet import wordnet_reader
+    from granularity.hierarchy.wordnet_db import wordnet_reader
 
     return wordnet_reader(wn_cache)
 

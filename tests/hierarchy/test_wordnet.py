@@ -2,10 +2,11 @@ import pytest
 
 from granularity.errors import GranularityError, HierarchyError
 from granularity.hierarchy import wordnet as W
+from granularity.hierarchy import wordnet_db as DB
 
 
 def test_lexnames_standard():
-    lines = W.lexnames_text().splitlines()
+    lines = DB.lexnames_text().splitlines()
     assert len(lines) == 45
     assert lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1"
     assert lines[29] == "29\tverb.body\t2" and lines[44] == "44\tadj.ppl\t3"
@@ -13,7 +14,7 @@ def test_lexnames_standard():
 
 def test_missing_wordnet_error(tmp_path):
     with pytest.raises(GranularityError, match="apt-get install wordnet-base wordnet-sense-index"):
-        W.ensure_wordnet(tmp_path / "cache", source=tmp_path / "empty")
+        DB.ensure_wordnet(tmp_path / "cache", source=tmp_path / "empty")
 
 
 def test_known_ancestors(wn):

@@ -620,7 +620,7 @@ def test_hierarchy_json(tmp_path, tally):
 # --------------------------------------------------------------------------- WordNet class lists
 @pytest.fixture(scope="module")
 def wn(tmp_path_factory):
-    from granularity.hierarchy.wordnet import ensure_wordnet, wordnet_missing_reason, wordnet_reader
+    from granularity.hierarchy.wordnet_db import ensure_wordnet, wordnet_missing_reason, wordnet_reader
 
     if reason := wordnet_missing_reason():  # either route: Debian or NLTK's data package
         pytest.skip(reason)

@@ -144,7 +144,7 @@ def check_fashion_mnist() -> Check:
 
 def check_wordnet() -> Check:
     from granularity.errors import GranularityError
-    from granularity.hierarchy import wordnet as W
+    from granularity.hierarchy import wordnet_db as W
 
     cached = W.cache_dir() / "nltk_data" / "corpora" / "wordnet"
     try:

@@ -3,7 +3,7 @@
 One sample per noun synset: the input is its **gloss** (the definition, then the example
 sentences), the labels are its **hypernym path**, so every WordNet depth is a granularity level
 (root ``entity.n.01`` = level 0). The database comes from Debian's ``wordnet-base`` (read with
-NLTK through :mod:`granularity.hierarchy.wordnet`); each synset has one parent, chosen by the
+NLTK through :mod:`granularity.hierarchy.wordnet_db`); each synset has one parent, chosen by the
 project's deterministic rule (``policy``, default ``"longest"``: the most specific hypernym).
 
 Leakage. Lemma names are never part of the input: they *are* the labels. Glosses often
@@ -110,7 +110,8 @@ class GlossOptions(Config):
 def read_records(policy: str = "longest", root: Path | str | None = None) -> list[list[Any]]:
     """:func:`granularity.hierarchy.wordnet.noun_records` (every noun synset: name, parent by
     ``policy``, lemmas, definition, examples), cached on disk by the hash of ``data.noun``."""
-    from granularity.hierarchy.wordnet import cache_dir, noun_records, wordnet_database
+    from granularity.hierarchy.wordnet import noun_records
+    from granularity.hierarchy.wordnet_db import cache_dir, wordnet_database
 
     folder = wordnet_database(root)
     digest = hashlib.sha256((folder / "data.noun").read_bytes()).hexdigest()[:16]
