@@ -8,6 +8,30 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# The suite's exit status, kept for the hard exit below.
+_EXIT_STATUS = [0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS[0] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process with the suite's own exit status once pytest has finished, without
+    the interpreter's final teardown of C extensions (torch, ray, grpc). A clean-clone CI run
+    printed "969 passed" and then died with a segmentation fault in that teardown, after every
+    test and report had run, which made a green suite exit non-zero. A failed test still exits
+    non-zero (its status is what is passed on). GRANULARITY_TEST_HARD_EXIT=0 turns this off."""
+    if os.environ.get("GRANULARITY_TEST_HARD_EXIT", "1") == "0":
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[0])
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
