@@ -195,7 +195,7 @@ def study_jobs(cfg: StudyConfig, dataset: Any) -> tuple[list, list[Unit]]:
             raise unknown_name("rare class", c, dataset.leaf_names)
     units = [Unit(f"reference:{rc.source}", rc.seed, rc, rel, data="refs") for rel, rc in reference_jobs(cfg, dataset)]
     arm_list = arms(cfg, depth)
-    units += [Unit(a, s, run_config(cfg, src, s, rare), f"runs/{_folder(a)}/seed{s}") for s in cfg.seeds for a, src, rare in arm_list]
+    units += [Unit(a, s, run_config(cfg, src, s, rare), arm_run_folder(a, s)) for s in cfg.seeds for a, src, rare in arm_list]
     return arm_list, units
 
 
@@ -282,7 +282,7 @@ def summarise_study(cfg: StudyConfig, out: Path, arm_list, results: dict[str, di
     info: dict[str, dict] = {}
     for arm, _, rare in arm_list:
         for s in cfg.seeds:
-            rel = f"runs/{_folder(arm)}/seed{s}"
+            rel = arm_run_folder(arm, s)
             r = results[rel]
             p = np.load(out / rel / "predictions.npz")
             wrong = p["pred"] != p["y_target"]
