@@ -371,6 +371,24 @@ def activation_bytes(model: torch.nn.Module, input_shape: Sequence[int], batch: 
     return int(2 * 4 * total[0] * batch + 4 * 4 * sum(p.numel() for p in model.parameters()))
 
 
+def run_bytes(config: Any, input_shape: Sequence[int] | None) -> int:
+    """A run's training memory for sizing fused groups: its model's activations at its
+    pretraining batch size (:func:`activation_bytes`), from a config with ``model`` and
+    ``pretrain`` (a transfer or design config); 256 MiB when the config names no model, the
+    input shape is unknown or the model cannot be probed with it (token ids)."""
+    from granularity.errors import GranularityError
+    from granularity.models import create_model
+
+    if getattr(config, "model", None) is None or input_shape is None or not hasattr(config, "pretrain"):
+        return 256 * 2**20
+    try:
+        with torch.random.fork_rng(devices=[]):
+            solo = create_model(config.model.name, tuple(input_shape), 1, **config.model.options)
+        return activation_bytes(solo, tuple(input_shape), config.pretrain.batch_size)
+    except (GranularityError, RuntimeError, TypeError, ValueError):  # e.g. a text model probed with pixels
+        return 256 * 2**20
+
+
 def group_sizes(n: int, per_run: int, budget: int, cap: int) -> list[int]:
     """Sizes of the fused groups for ``n`` runs of ``per_run`` bytes each within ``budget``
     bytes and at most ``cap`` runs a group, as equal as they can be."""

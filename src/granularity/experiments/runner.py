@@ -151,7 +151,7 @@ def _fused_groups(units: Sequence[Unit], data: Mapping[str, Any], budget: int | 
     """Units in fused groups: by data key and model, sized to the memory budget."""
     import torch
 
-    from granularity.engine.fused_group import default_budget, group_sizes
+    from granularity.engine.fused_group import default_budget, group_sizes, run_bytes
 
     buckets: dict[tuple, list[Unit]] = {}
     for u in units:
@@ -159,30 +159,12 @@ def _fused_groups(units: Sequence[Unit], data: Mapping[str, Any], budget: int | 
         buckets.setdefault((u.data, type(u.config).__name__, None if m is None else repr(m)), []).append(u)
     groups: list[list[Unit]] = []
     for us in buckets.values():
-        per_run = _run_bytes(us[0].config, getattr(data.get(us[0].data), "input_shape", None))
+        per_run = run_bytes(us[0].config, getattr(data.get(us[0].data), "input_shape", None))
         sizes = group_sizes(len(us), per_run, budget or default_budget(), 64 if torch.cuda.is_available() else 16)
         for n in sizes:
             groups.append(us[:n])
             us = us[n:]
     return groups
-
-
-def _run_bytes(c: Any, shape: Any) -> int:
-    """A unit's training memory (its model's activations at its batch size); 256 MiB when the
-    unit does not name its model (a design's own trainer) or it cannot be probed (token ids)."""
-    import torch
-
-    from granularity.engine.fused_group import activation_bytes
-    from granularity.models import create_model
-
-    if getattr(c, "model", None) is None or shape is None or not hasattr(c, "pretrain"):
-        return 256 * 2**20
-    try:
-        with torch.random.fork_rng(devices=[]):
-            solo = create_model(c.model.name, tuple(shape), 1, **c.model.options)
-        return activation_bytes(solo, tuple(shape), c.pretrain.batch_size)
-    except (GranularityError, RuntimeError, TypeError, ValueError):  # e.g. a text model probed with pixels
-        return 256 * 2**20
 
 
 def engine_trainer(cfg: Any, plan: Plan) -> Trainer:
