@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from granularity.cli.options import apply_options
+from granularity.cli.options import apply_options, fuse_options, parse_size
 from granularity.cli.transfer import _config_opts, _data_options, _nested, _resolve
 
 
@@ -34,11 +34,13 @@ def _names(text: str | None) -> list[str] | None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", help="Where runs execute.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Runs at a time (default: one per core).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch threads per run.")
+@apply_options(fuse_options)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/advise"), show_default=True,
               help="Advice folder; rerunning (with a larger budget) continues the same race.")
 @click.option("--dry-run", is_flag=True, help="Validate; print the candidates, the rule and the budget; train nothing.")
 def advise(dataset, target, config, sets, data_root, data_options, model, epochs, transfer_epochs, protocol, train_size, device,
-           candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, confirm_seeds, metric, executor, workers, threads, out, dry_run):
+           candidates, add_, remove, max_runs, max_minutes, min_seeds, max_seeds, confirm_seeds, metric, executor, workers, threads,
+           fuse, fuse_memory, out, dry_run):
     """Race pretraining label granularities on your data and recommend one, with the evidence.
 
     Candidates: the target labels (baseline), every hierarchy level below the target, k-means
@@ -48,6 +50,7 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
     compared once on the test split. --config takes an advise file (keys: run, candidates, add, remove, min_seeds, ...);
     --set edits it, e.g. --set run.pretrain.lr=0.1 --set alpha=0.1.
     """
+    fuse_bytes = parse_size(fuse_memory)
     from granularity.experiments.advise import AdviseConfig, decision_rule, run_advice
 
     run = _nested(dataset=dataset, target=target, data_root=data_root, data_options=_data_options(data_options),
@@ -68,7 +71,8 @@ def advise(dataset, target, config, sets, data_root, data_options, model, epochs
                                "metric": cfg.metric, "confirm_seeds": cfg.confirm_seeds, "max_runs": cfg.max_runs, "max_minutes": cfg.max_minutes}, indent=2))
         click.echo(decision_rule(cfg))
         return
-    advice = run_advice(cfg, out, executor=executor, workers=workers, threads=threads, log=click.echo)
+    advice = run_advice(cfg, out, executor=executor, workers=workers, threads=threads, log=click.echo, fuse=fuse,
+                        fuse_memory=fuse_bytes)
     click.echo(f"advice: {out / 'advice.md'}, page {out / 'index.html'}")
     if not advice["finished"]:
         click.echo(f"not finished: {advice['stopped_because']}")

@@ -53,3 +53,31 @@ def seed_list(seeds: str | None, one_seed: int | None, *, counts: bool = False) 
         return [one_seed]
     value = parse_seeds(seeds)
     return list(range(value)) if isinstance(value, int) and not counts else value
+
+
+def parse_size(text: str | None, option: str = "--fuse-memory") -> int | None:
+    """``--fuse-memory``: bytes from ``2G``, ``512M``, ``100K`` or a plain number of bytes."""
+    if text is None:
+        return None
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text.strip()[-1:].upper(), 1)
+    try:
+        value = float(text.strip()[:-1] if scale > 1 else text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf") or int(value * scale) < 1:
+        from granularity.errors import param_error
+
+        raise param_error(option, "a positive size such as 2G, 512M or 1.5G", text)
+    return int(value * scale)
+
+
+# --fuse/--no-fuse and --fuse-memory: the same meaning in every command that trains many runs
+fuse_options = [
+    click.option("--fuse/--no-fuse", default=False,
+                 help="Train the runs of one model (and data) as fused groups, each with its own folder, result and "
+                      "checkpoints (same results within rounding; default off: on a 2-core CPU fused groups measured "
+                      "slower, see docs/fused-runs.md)."),
+    click.option("--fuse-memory", default=None, metavar="SIZE",
+                 help="Memory the fused groups may use, e.g. 2G or 512M (default: a quarter of the free memory, at most "
+                      "4G on a CPU)."),
+]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from granularity.cli.options import apply_options, seed_list, seeds_options
+from granularity.cli.options import apply_options, fuse_options, parse_size, seed_list, seeds_options
 from granularity.cli.transfer import _config_opts, _data_options, _raw
 from granularity.experiments.registry import REGISTRY
 
@@ -34,12 +34,7 @@ STUDY_OPTIONS = {"groupings": "--grouping", "data_options": "--data-option", "se
                    "share one --out; the last to finish (or a plain rerun) writes the results.")
 @click.option("--dry-run", is_flag=True, help="Validate the study and every run it would start (data set, label functions, memory); train nothing.")
 @click.option("--plot-only", is_flag=True, help="Redraw the figures of the finished study in --out from its results.json; run nothing, rewrite no result file.")
-@click.option("--fuse/--no-fuse", default=False,
-              help="Train the runs of one model as fused groups, each with its own folder, result and checkpoints "
-                   "(same results within rounding; default off: on a 2-core CPU fused groups measured slower, "
-                   "see docs/fused-runs.md).")
-@click.option("--fuse-memory", default=None, metavar="SIZE",
-              help="Memory the fused groups may use, e.g. 2G or 512M (default: a quarter of the free memory, at most 4G on a CPU).")
+@apply_options(fuse_options)
 def study(design, dataset, groupings, seeds, one_seed, quick, full, config, sets, data_root, data_options, model, epochs,
           transfer_epochs, protocol, train_size, device, out, quiet, shard, dry_run, plot_only, fuse, fuse_memory):
     """The paper's granularity study on real data, as one of the registered designs: target
@@ -74,7 +69,7 @@ def study(design, dataset, groupings, seeds, one_seed, quick, full, config, sets
     out = out or Path("runs/study") / (data + ("" if d.name == default_design(data) else f"-{d.name}")
                                        + (f"-{preset}" if preset else ""))
     res = run_design(d, cfg, out, progress=not quiet, shard=_shard(shard), simulate=not quick,
-                     command="granularity " + " ".join(sys.argv[1:]), fuse=fuse, fuse_memory=_size(fuse_memory))
+                     command="granularity " + " ".join(sys.argv[1:]), fuse=fuse, fuse_memory=parse_size(fuse_memory))
     if res is None:
         click.echo(f"shard {shard} finished; other shards still running (a rerun without --shard writes the results)")
         return
@@ -104,22 +99,6 @@ def _replot(out: Path | None) -> None:
 
     files = replot(out)
     click.echo(f"figures {', '.join(files)} (+ .pdf, .svg) redrawn in {out} from its results.json")
-
-
-def _size(text: str | None) -> int | None:
-    """``--fuse-memory``: bytes from ``2G``, ``512M``, ``100K`` or a plain number of bytes."""
-    if text is None:
-        return None
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text.strip()[-1:].upper(), 1)
-    try:
-        value = float(text.strip()[:-1] if scale > 1 else text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        from granularity.errors import param_error
-
-        raise param_error("--fuse-memory", "a positive size such as 2G, 512M or 1.5G", text)
-    return int(value * scale)
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

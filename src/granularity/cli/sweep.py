@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from granularity.cli.options import apply_options, fuse_options, parse_size
+
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
@@ -36,13 +38,15 @@ import click
               help="Log every run to tensorboard and/or mlflow (comma-separated), e.g. --track tensorboard,mlflow.")
 @click.option("--track-dir", type=click.Path(path_type=Path), default=None,
               help="Where tracking writes (default <store>/tracking): tensorboard/ event files, mlflow/ file store.")
+@apply_options(fuse_options)
 @click.option("--skip-failed", is_flag=True, help="Do not run again runs recorded as failed.")
 @click.option("--dry-run", is_flag=True, help="Validate and list the runs (id, axis values, seed, status); run nothing.")
 @click.option("--quiet", is_flag=True, help="Only the summary.")
 def sweep(file, out, executor, workers, threads, address, cpus_per_run, gpus_per_run, partition, time_min,
-          slurm_cluster, slurm_params, store_mode, track, track_dir, skip_failed, dry_run, quiet):
+          slurm_cluster, slurm_params, store_mode, track, track_dir, fuse, fuse_memory, skip_failed, dry_run, quiet):
     """Run the sweep file FILE: expand its axes and seeds into runs, skip finished ones, resume
-    interrupted ones, record failures without stopping the others.
+    interrupted ones, record failures without stopping the others. With --fuse (local executor),
+    transfer runs of one model and data train as fused groups, each keeping its own run folder.
 
     \b
     Example sweep file:
@@ -53,6 +57,7 @@ def sweep(file, out, executor, workers, threads, address, cpus_per_run, gpus_per
         data.sigma: {geom: [0.03, 0.12, 3]}
       seeds: 3
     """
+    fuse_bytes = parse_size(fuse_memory)  # a bad size is refused before anything is read
     import granularity.experiments  # noqa: F401 (registers the transfer kind's presets study, study-quick)
     from granularity.sweeps.runner import run_sweep
     from granularity.sweeps.spec import load_sweep
@@ -79,7 +84,7 @@ def sweep(file, out, executor, workers, threads, address, cpus_per_run, gpus_per
     try:
         summary = run_sweep(sw, out, executor=executor, workers=workers, threads=threads, address=address,
                             retry_failed=not skip_failed, log=log, store_mode=store_mode, executor_options=options,
-                            tracker=tracker)
+                            tracker=tracker, fuse=fuse, fuse_memory=fuse_bytes)
     finally:
         if tracker is not None:
             tracker.close()

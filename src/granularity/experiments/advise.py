@@ -294,9 +294,12 @@ def _check_same_race(out: Path, cfg: AdviseConfig) -> None:
 
 def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, executor: str = "local",
                workers: int | None = None, threads: int | None = None, address: str | None = None,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] | None = None, fuse: bool = False, fuse_memory: int | None = None) -> dict[str, Any]:
     """Race the candidates on the user's data within the budget; write ``advice.json``,
-    ``advice.md`` and ``index.html`` to ``out`` and return the advice.
+    ``advice.md`` and ``index.html`` to ``out`` and return the advice. ``fuse``: each round's
+    runs that share a model and data train as fused groups on the local executor
+    (:func:`~granularity.sweeps.runner.run_sweep`; ``fuse_memory`` bytes at most); same runs and
+    run ids, results within float rounding.
 
     Examples
     --------
@@ -334,7 +337,8 @@ def run_advice(config: AdviseConfig | Mapping[str, Any], out: str | Path, *, exe
         say(f"advise: {stage}: {len(todo)} runs ({len(race.alive)} candidates in contention)")
         specs = [grid[k] for k in todo]
         sweep = Sweep(name="advise", kind="transfer", axes=[["source"]], seeds=sorted({s for _, s in todo}), runs=specs)
-        res = run_sweep(sweep, out / "store", executor=executor, workers=workers, threads=threads, address=address, log=say)
+        res = run_sweep(sweep, out / "store", executor=executor, workers=workers, threads=threads, address=address, log=say,
+                        fuse=fuse, fuse_memory=fuse_memory)
         if res["failures"]:
             f = res["failures"][0]
             raise GranularityError(

@@ -1,11 +1,13 @@
 """The local executor: a pool of worker processes on this machine, each running
-:func:`~granularity.sweeps.worker.execute_run` (claim, run, record) for one run at a time; a
-worker that dies costs a crash only to the run it was computing. Also the defaults every
-executor plans with (:func:`available_cores`, :func:`plan_workers`) and the crash rule
-(:class:`_Crashes`)."""
+:func:`~granularity.sweeps.worker.execute_run` (claim, run, record) for one run at a time, or with
+``fuse`` a batch of transfer runs that share a model and data as one fused group
+(:func:`~granularity.sweeps.worker.execute_batch`); a worker that dies costs a crash only to the
+runs it was computing. Also the defaults every executor plans with (:func:`available_cores`,
+:func:`plan_workers`) and the crash rule (:class:`_Crashes`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import deque
@@ -76,8 +78,9 @@ def _worker_context(preload: Sequence[str]):
 
 
 class _Worker:
-    """One worker process (:func:`~granularity.sweeps.worker.serve`) and the run it is computing:
-    when the process dies, exactly that run lost its worker."""
+    """One worker process (:func:`~granularity.sweeps.worker.serve`) and the runs it was sent and
+    has not answered yet (one, or a fused batch): when the process dies, exactly those runs lost
+    their worker."""
 
     def __init__(self, ctx: Any, threads: int):
         self.conn, child = ctx.Pipe()
@@ -85,25 +88,27 @@ class _Worker:
         self.proc = ctx.Process(target=serve, args=(child, threads, os.getpid()), name="granularity-sweep-worker")
         self.proc.start()
         child.close()
-        self.run: RunSpec | None = None
+        self.runs: dict[str, RunSpec] = {}
 
-    def submit(self, root: str, run: RunSpec) -> None:
-        self.run = run
+    def submit(self, root: str, batch: list[RunSpec]) -> None:
+        """Send one run (``(root, run)``, as without fusion) or a batch (``(root, [runs])``)."""
+        self.runs = {r.run_id: r for r in batch}
         try:
-            self.conn.send((root, run))
-        except OSError:  # it died idle: its sentinel tells, and the run goes back unclaimed
+            self.conn.send((root, batch[0] if len(batch) == 1 else list(batch)))
+        except OSError:  # it died idle: its sentinel tells, and the runs go back unclaimed
             pass
 
     def receive(self) -> dict[str, Any] | None:
-        """The outcome of its run, or None if the process died before answering."""
+        """The outcome of one of its runs, or None if the process died before answering."""
         try:
             tag, value = self.conn.recv()
         except (EOFError, OSError):
             self.proc.join(5)
             return None
-        self.run = None
         if tag == "error":
+            self.runs = {}
             raise value
+        self.runs.pop(value["run_id"], None)
         return value
 
     def death(self) -> str:
@@ -127,19 +132,80 @@ class _Worker:
         self.conn.close()
 
 
+def fuse_key(run: RunSpec) -> str | None:
+    """What transfer runs must share to go to one worker as a fused batch (None: run alone): the
+    data (set, root, options, subset sizes, rare classes), the model and the arithmetic (device,
+    precision), and per stage what lockstep training needs (batch size, augmentation, label
+    smoothing; the protocol). Seeds, label functions, learning rates and epochs may differ: the
+    fused group trains each epoch of the compatible members as one and the others alone."""
+    if run.kind != "transfer":
+        return None
+    c = run.config
+
+    def stage(name: str, *extra: str) -> list[Any]:
+        return [(c.get(name) or {}).get(k) for k in ("batch_size", "augment", "label_smoothing", *extra)]
+
+    keys = ("dataset", "data_root", "data_options", "model", "train_size", "test_size", "val_size", "rare", "device",
+            "bf16", "tf32", "deterministic", "eval_batch_size")
+    return json.dumps([[c.get(k) for k in keys], stage("pretrain"), stage("transfer", "protocol")], sort_keys=True,
+                      default=str)
+
+
+def fused_batches(runs: Sequence[RunSpec], workers: int, budget: int | None) -> list[list[RunSpec]]:
+    """``runs`` as the batches the workers take: runs of one :func:`fuse_key` in groups of up to K
+    (:func:`~granularity.engine.fused_group.group_sizes`: K runs of a run's memory estimate fit in
+    the budget's share of one worker, at most 16 on a CPU and 64 on a GPU, and no more than keeps
+    every worker busy), the other runs one by one; in the order of each batch's first run. The
+    estimate is :func:`~granularity.engine.fused_group.run_bytes` without the input shape (known
+    only once a worker has loaded the data): its 256 MiB a run."""
+    import torch
+
+    from granularity.engine.fused_group import default_budget, group_sizes, run_bytes
+    from granularity.sweeps.kinds import get_kind
+
+    buckets: dict[Any, list[RunSpec]] = {}
+    for r in runs:
+        key = fuse_key(r)
+        buckets.setdefault(key if key is not None else ("alone", r.run_id), []).append(r)
+    share = (budget or default_budget()) // workers
+    cap = 64 if torch.cuda.is_available() else 16
+    batches: list[list[RunSpec]] = []
+    for key, rs in buckets.items():
+        if isinstance(key, tuple):
+            batches.append(rs)
+            continue
+        per_run = run_bytes(get_kind("transfer").build(rs[0].config), None)
+        for n in group_sizes(len(rs), per_run, share, max(1, min(cap, -(-len(rs) // workers)))):
+            batches.append(rs[:n])
+            rs = rs[n:]
+    return batches
+
+
 class LocalExecutor:
-    """A pool of worker processes on this machine, each computing one run at a time. A worker
-    that dies (killed, out of memory) costs a crash only to the run it was computing; a fresh
-    worker replaces it and the queued runs are unaffected."""
+    """A pool of worker processes on this machine, each computing one run at a time (or, with
+    ``fuse``, a batch of runs of one model as a fused group). A worker that dies (killed, out of
+    memory) costs a crash to each run it had claimed and not finished; those are tried again one by
+    one (so a run that kills its worker takes its batch down once at most), a fresh worker replaces
+    it and the queued runs are unaffected.
+
+    ``fuse_memory``: bytes all the workers' fused batches may use together (default
+    :func:`~granularity.engine.fused_group.default_budget`)."""
 
     name = "local"
     log: Callable[[str], None] = staticmethod(lambda _m: None)  # set by the runner
 
-    def __init__(self, workers: int | None = None, threads: int | None = None):
+    def __init__(self, workers: int | None = None, threads: int | None = None, fuse: bool = False,
+                 fuse_memory: int | None = None):
         self.workers, self.threads = plan_workers(workers, threads, available_cores())
+        if fuse_memory is not None and (isinstance(fuse_memory, bool) or not isinstance(fuse_memory, int) or fuse_memory < 1):
+            from granularity.errors import param_error
+
+            raise param_error("fuse_memory", "a number of bytes >= 1 (or None: the default)", fuse_memory)
+        self.fuse, self.fuse_memory = bool(fuse), fuse_memory
 
     def describe(self) -> str:
-        return f"local: {self.workers} worker processes x {self.threads} torch threads"
+        fused = ", runs of one model as fused batches" if self.fuse else ""
+        return f"local: {self.workers} worker processes x {self.threads} torch threads{fused}"
 
     def run(self, store: ResultsStore, runs: Sequence[RunSpec]) -> Iterator[dict[str, Any]]:
         from multiprocessing.connection import wait
@@ -148,22 +214,21 @@ class LocalExecutor:
 
         self.log(self.describe())
         crashes = _Crashes(store)
-        queue = deque(runs)
+        queue = deque(fused_batches(runs, self.workers, self.fuse_memory) if self.fuse else [[r] for r in runs])
         ctx = _worker_context(sorted({m for r in runs for m in get_kind(r.kind).preload}))
         pool: list[_Worker] = []
         finished = False
         self._idle_deaths = 0
         try:
-            while queue or any(w.run for w in pool):
+            while queue or any(w.runs for w in pool):
                 for w in pool:
-                    if queue and w.run is None:
+                    if queue and not w.runs:
                         w.submit(str(store.root), queue.popleft())
                 while queue and len(pool) < self.workers:
                     pool.append(_Worker(ctx, self.threads))
                     pool[-1].submit(str(store.root), queue.popleft())
-                busy = {w.conn: w for w in pool if w.run} | {w.proc.sentinel: w for w in pool if w.run}
+                busy = {w.conn: w for w in pool if w.runs} | {w.proc.sentinel: w for w in pool if w.runs}
                 for w in {busy[r] for r in wait(list(busy))}:
-                    run = w.run
                     outcome = w.receive()
                     if outcome is not None:
                         self._idle_deaths = 0
@@ -171,28 +236,33 @@ class LocalExecutor:
                         continue
                     pool.remove(w)  # a fresh worker takes its place at the next submission
                     w.stop(wait=False)
-                    outcome = self._lost(store, w, run, crashes)
-                    if outcome is None:
-                        queue.appendleft(run)
-                    else:
-                        yield outcome
+                    again, failed = self._lost(store, w, crashes)
+                    queue.extendleft([r] for r in reversed(again))  # tried again first, one by one
+                    yield from failed
             finished = True
         finally:
             for w in pool:
                 w.stop(wait=finished)
 
-    def _lost(self, store: ResultsStore, w: _Worker, run: RunSpec, crashes: _Crashes) -> dict[str, Any] | None:
-        """A dead worker's run: a crash of that run if the worker died computing it (its claim row
-        names the worker), else (it died before claiming it, or after recording it) resubmitted
-        without counting. Returns a failed outcome, or None to submit the run again."""
-        rows = store.rows([run.run_id])
-        if rows and rows[0]["status"] == "running" and rows[0]["owner"] == owner_id(w.proc.pid):
-            self._idle_deaths = 0
-            return crashes.handle(run, w.death())
-        self._idle_deaths += 1  # a worker that cannot even take a run must not be replaced forever
-        if self._idle_deaths > 2 * self.workers + 2:
-            raise RuntimeError(f"Worker processes keep dying before they start a run; the last one: {w.death()}.")
-        return None
+    def _lost(self, store: ResultsStore, w: _Worker, crashes: _Crashes) -> tuple[list[RunSpec], list[dict[str, Any]]]:
+        """A dead worker's unanswered runs: a crash of each run it had claimed (its claim row names
+        the worker and it is still running); the others (not claimed yet, or recorded before the
+        answer went out) are submitted again without counting. Returns ``(runs to submit again,
+        failed outcomes)``."""
+        runs = list(w.runs.values())
+        rows = {r["run_id"]: r for r in store.rows([r.run_id for r in runs])}
+        mine = {rid for rid, row in rows.items() if row["status"] == "running" and row["owner"] == owner_id(w.proc.pid)}
+        if not mine:
+            self._idle_deaths += 1  # a worker that cannot even take a run must not be replaced forever
+            if self._idle_deaths > 2 * self.workers + 2:
+                raise RuntimeError(f"Worker processes keep dying before they start a run; the last one: {w.death()}.")
+            return runs, []
+        self._idle_deaths = 0
+        again, failed = [], []
+        for r in runs:
+            outcome = crashes.handle(r, w.death()) if r.run_id in mine else None
+            (again if outcome is None else failed).append(r if outcome is None else outcome)
+        return again, failed
 
 
-__all__ = ["LocalExecutor", "available_cores", "plan_workers"]
+__all__ = ["LocalExecutor", "available_cores", "fuse_key", "fused_batches", "plan_workers"]

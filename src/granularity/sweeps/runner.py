@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from granularity.errors import GranularityError
 from granularity.sweeps.executors import make_executor
+from granularity.sweeps.local import LocalExecutor
 from granularity.sweeps.locks import owner_alive
 from granularity.sweeps.spec import RunSpec, Sweep, load_sweep
 from granularity.sweeps.store import ResultsStore
@@ -33,6 +35,8 @@ def run_sweep(
     store_mode: str = "auto",
     executor_options: dict[str, Any] | None = None,
     tracker: Any = None,
+    fuse: bool = False,
+    fuse_memory: int | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished run of ``sweep`` into the store ``out``.
 
@@ -57,6 +61,14 @@ def run_sweep(
         ``partition``, ``time_min``, ``cluster``, ``slurm_params`` (slurm).
     tracker : granularity.tracking.SweepTracker, optional
         Logs every recorded run (its folder's metrics, config and result) to TensorBoard/MLflow.
+    fuse : bool
+        Local executor only: transfer runs that share a model and data go to a worker as a fused
+        batch (:func:`~granularity.sweeps.local.fused_batches`), each with its own folder, run id,
+        ``result.json`` (``fused_with``) and checkpoints; other runs one at a time. With Ray or
+        SLURM it is an error (one run per task there).
+    fuse_memory : int, optional
+        Bytes the fused batches of all workers may use together (default: a quarter of the free
+        memory, at most 4 GiB on a CPU).
 
     Returns
     -------
@@ -70,12 +82,7 @@ def run_sweep(
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
     sw = sweep if isinstance(sweep, Sweep) else load_sweep(sweep)
-    options = dict(executor_options or {})
-    if executor != "local":
-        for key, value in sw.resources.items():
-            if options.get(key) is None:
-                options[key] = value
-    ex = make_executor(executor, workers, threads, address, **options)  # checks options before touching the store
+    ex = _executor(sw, executor, workers, threads, address, executor_options, fuse, fuse_memory)  # checks before the store
     ex.log = say
     out = Path(out) if out is not None else Path("runs") / "sweeps" / sw.name
     store = ResultsStore(out, store_mode=store_mode)
@@ -94,6 +101,22 @@ def run_sweep(
                 "skipped": skipped, "wall_time": time.perf_counter() - t0}
     finally:
         store.close()
+
+
+def _executor(sw: Sweep, executor: str, workers: int | None, threads: int | None, address: str | None,
+              executor_options: dict[str, Any] | None, fuse: bool, fuse_memory: int | None) -> Any:
+    """The executor, its options checked (ray/slurm: the sweep file's ``resources`` fill the
+    unset ones); ``fuse`` is for the local executor only (``fuse_memory`` is ignored without it)."""
+    options = dict(executor_options or {})
+    if executor != "local":
+        for key, value in sw.resources.items():
+            if options.get(key) is None:
+                options[key] = value
+    if fuse and executor != "local":
+        raise GranularityError(f"The '--fuse' option is for --executor local (Ray tasks and SLURM jobs run one run "
+                               f"each). Got --executor {executor}; use --no-fuse.")
+    ex = make_executor(executor, workers, threads, address, **options)
+    return LocalExecutor(workers, threads, fuse=True, fuse_memory=fuse_memory) if fuse else ex
 
 
 def _run_todo(ex: Any, store: ResultsStore, by_id: dict[str, RunSpec], todo: list[RunSpec], skipped: int,

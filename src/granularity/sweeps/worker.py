@@ -92,9 +92,10 @@ def exit_with(pid: int) -> None:
 
 
 def serve(conn: Any, threads: int | None, driver: int) -> None:
-    """A local executor's worker process: run the runs the sweep sends over ``conn`` one at a time
-    (``(store_root, run)``; None to stop), answering each with ``("ok", outcome)`` or
-    ``("error", exception)`` (an error of the store, not of the run: the sweep re-raises it)."""
+    """A local executor's worker process: run the runs the sweep sends over ``conn``, one at a time
+    (``(store_root, run)``) or as a fused batch (``(store_root, [runs])``, :func:`execute_batch`;
+    None to stop), answering each run with ``("ok", outcome)``, or a message with
+    ``("error", exception)`` (an error of the store, not of a run: the sweep re-raises it)."""
     exit_with(driver)
     set_threads(threads)
     try:
@@ -106,15 +107,22 @@ def serve(conn: Any, threads: int | None, driver: int) -> None:
             if msg is None:
                 return
             try:
+                if isinstance(msg[1], list):  # a fused batch: one answer per run, each as it finishes
+                    execute_batch(msg[0], msg[1], threads, lambda outcome: conn.send(("ok", outcome)))
+                    continue
                 reply: tuple[str, Any] = ("ok", execute_run(msg[0], msg[1], threads))
             except Exception as exc:  # noqa: BLE001 - handed to the sweep process
-                try:
-                    reply = ("error", pickle.loads(pickle.dumps(exc)))
-                except Exception:  # noqa: BLE001 - an exception that does not pickle
-                    reply = ("error", RuntimeError(one_line(exc)))
+                reply = ("error", _picklable(exc))
             conn.send(reply)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the sweep reports it
         return
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - an exception that does not pickle
+        return RuntimeError(one_line(exc))
 
 
 def one_line(exc: BaseException) -> str:
@@ -198,3 +206,60 @@ def execute_run(store_root: str | Path, run: RunSpec, threads: int | None = None
         return record(store, outcome)
     finally:
         store.close()
+
+
+def execute_batch(store_root: str | Path, runs: list[RunSpec], threads: int | None,
+                  send: Callable[[dict[str, Any]], None]) -> None:
+    """Claim each of ``runs`` (a done or busy one is answered at once, as :func:`execute_run`
+    does), keep every claim alive (one heartbeat thread), run the claimed ones as one fused group
+    (:func:`~granularity.engine.fused_group.run_group`; one alone as :func:`execute_run` runs it)
+    and ``send`` each run's outcome as soon as it is recorded, so a worker killed mid-batch loses
+    no finished run. Each member thread records on its own connection to the index."""
+    from granularity.engine.fused_group import run_group
+
+    root = Path(store_root)
+    me = owner_id()
+    lock = threading.Lock()
+    live: set[str] = set()
+    claimed: list[RunSpec] = []
+    with ResultsStore(root, create=False) as store:
+        for run in runs:
+            state = store.claim(run, me)
+            if state == "claimed":
+                claimed.append(run)
+                live.add(run.run_id)
+            else:
+                send({"run_id": run.run_id, "status": state, "error": None, "wall_time": None})
+
+    def answer(outcome: dict[str, Any]) -> None:
+        with lock:
+            live.discard(outcome["run_id"])
+            send(outcome)
+
+    def task(run: RunSpec) -> Callable[[], None]:
+        def go() -> None:
+            with ResultsStore(root, create=False) as own:
+                outcome = compute_run(root, run, threads, on_start=lambda: own.mark_started(run.run_id))
+                short = record(own, outcome)
+            answer(short)
+        return go
+
+    def beat_all(st: ResultsStore) -> None:
+        with lock:
+            ids = sorted(live)
+        for rid in ids:
+            st.heartbeat(rid, me)
+
+    if not claimed:
+        return
+    beat = Heartbeat(root, beat_all, f"heartbeat-{claimed[0].run_id}+{len(claimed) - 1}")
+    beat.start()
+    try:
+        if len(claimed) == 1:
+            task(claimed[0])()
+            return
+        errors = [e for _, e, _ in run_group([task(r) for r in claimed]) if e is not None]
+    finally:
+        beat.stop.set()
+    if errors:  # an error of the store (a run's own failure is an outcome): the sweep re-raises it
+        raise errors[0]

@@ -1,0 +1,145 @@
+"""Fused batches in the local sweep executor (``granularity sweep --fuse``) and in ``advise``:
+the same runs and run ids as one at a time, each run's figures within float rounding (float32:
+error rates within 2 test images, the project's tolerance, tests/engine/test_fused.py), each
+fused run's result.json records ``fused_with``; a worker killed inside a fused batch costs a crash
+only to the runs it had claimed and not finished (those are tried again one by one), a run it had
+finished stays recorded, and a rerun ends with every run ok."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import yaml
+
+from granularity.sweeps.spec import load_sweep
+from granularity.sweeps.store import ResultsStore
+from granularity.sweeps.worker import KILL_ENV
+from granularity.utils.io import read_json
+
+from test_worker_deaths import query, running_workers, summary, sweep_proc, wait_for  # tests/sweeps is on sys.path
+
+N_TEST = 30
+
+
+def _sweep(tmp_path, root, axes, seeds=2, **base):
+    spec = {"kind": "transfer",
+            "base": {"data_root": str(root), "train_size": None, "test_size": None, "device": "cpu", "bf16": False,
+                     "model": {"options": {"width": 2}}, "pretrain": {"epochs": 2, "batch_size": 16},
+                     "transfer": {"epochs": 1, "batch_size": 16}, **base},
+            "axes": axes, "seeds": seeds}
+    file = tmp_path / "fused.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    return file
+
+
+def _runs(store):
+    """run id -> (index row, result.json)."""
+    with ResultsStore(store, create=False) as st:
+        return {r["run_id"]: (r, read_json(st.run_dir(r["run_id"]) / "result.json")) for r in st.rows()}
+
+
+def test_a_fused_sweep_gives_the_runs_of_the_unfused_one(tmp_path, cli, make_fmnist):
+    file = _sweep(tmp_path, make_fmnist(120, N_TEST), {"source": ["leaf", "random:10"]})
+    common = ("--workers", 2, "--threads", 1, "--quiet")
+    assert cli("sweep", file, "--out", tmp_path / "fused", "--fuse", "--fuse-memory", "4G", *common)[0] == 0
+    assert cli("sweep", file, "--out", tmp_path / "alone", *common)[0] == 0
+    fused, alone = _runs(tmp_path / "fused"), _runs(tmp_path / "alone")
+    assert set(fused) == set(alone) == {r.run_id for r in load_sweep(file).runs} and len(fused) == 4
+    for rid, (row, res) in fused.items():
+        assert row["status"] == alone[rid][0]["status"] == "ok"
+        assert res["fused_with"] >= 2 and "fused_with" not in alone[rid][1], rid
+        rates = [k for k in row["metrics"] if k.endswith("error") or "levels." in k or k == "target_acc"]
+        assert "target_error" in rates
+        for k in rates:  # error rates on the test images: within 2 of them
+            assert abs(row["metrics"][k] - alone[rid][0]["metrics"][k]) * N_TEST <= 2 + 1e-9, (rid, k)
+
+
+@pytest.mark.slow
+def test_a_run_that_kills_its_fused_batch_fails_alone_and_a_rerun_finishes(tmp_path, make_fmnist):
+    file = _sweep(tmp_path, make_fmnist(120, N_TEST), {"source": ["leaf", "random:10"]})
+    runs = load_sweep(file).runs
+    killer = runs[1].run_id  # the second member of the one batch of 4: it kills the worker as it starts
+    store = tmp_path / "store"
+    args = ("--workers", 1, "--threads", 1, "--fuse", "--fuse-memory", "4G")
+    proc = sweep_proc(file, store, *args, env={KILL_ENV: killer})
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    got = summary(store)
+    assert (proc.returncode, got) == (1, {"counts": {"ok": 3, "failed": 1}, "failed_never_started": 0, "running": 0}), \
+        err[-3000:]
+    with ResultsStore(store, create=False) as st:
+        rows = {r["run_id"]: r for r in st.rows()}
+    # the batch's crash was everybody's once; tried again one by one, only the killer dies again
+    assert rows[killer]["status"] == "failed" and rows[killer]["error"].startswith("WorkerCrashed")
+    assert rows[killer]["attempts"] == 2 and f"failed {killer}" in out
+    assert all(r["status"] == "ok" for rid, r in rows.items() if rid != killer)
+    proc = sweep_proc(file, store, *args)  # the hook off: the rerun runs the failed run only
+    out, err = proc.communicate(timeout=300)
+    assert (proc.returncode, summary(store)["counts"]) == (0, {"ok": 4}), err[-3000:]
+    assert "1 ran, 3 skipped as finished" in out
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_keeps_the_finished_run_and_resumes_the_other(tmp_path, make_fmnist):
+    # a 1-epoch and a 40-epoch run share a batch; the worker is killed once the short one is recorded
+    file = _sweep(tmp_path, make_fmnist(240, N_TEST), {"pretrain.epochs": [1, 40]}, seeds=1)
+    short, long_ = (r.run_id for r in load_sweep(file).runs)
+    store = tmp_path / "store"
+    proc = sweep_proc(file, store, "--workers", 1, "--threads", 1, "--fuse", "--fuse-memory", "4G")
+    try:
+        wait_for(lambda: query(store, f"SELECT 1 FROM runs WHERE run_id='{short}' AND status='ok'"), 240, "the short run", proc)
+        pid = wait_for(lambda: running_workers(store, proc.pid).get(long_), 60, "the long run running", proc)
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert (proc.returncode, summary(store)) == (0, {"counts": {"ok": 2}, "failed_never_started": 0, "running": 0}), err[-3000:]
+    runs = _runs(store)
+    assert runs[short][0]["attempts"] == 1 and runs[short][1]["fused_with"] == 2  # recorded by the batch, not rerun
+    assert runs[long_][0]["attempts"] == 2  # its crash, then alone
+
+
+def _advise(root, out, *extra):
+    return ["advise", "--data-root", root, "--train-size", 160, "--target", 2, "--epochs", 1, "--transfer-epochs", 1,
+            "--set", "run.test_size=60", "--set", "run.device=cpu", "--set", "run.bf16=false",
+            "--set", "run.model.options.width=4", "--set", "run.pretrain.batch_size=32", "--set", "run.transfer.batch_size=32",
+            "--candidates", "target,level:3", "--min-seeds", 2, "--max-seeds", 2, "--confirm-seeds", 2,
+            "--max-runs", 10, "--workers", 2, "--threads", 1, "--out", out, *extra]
+
+
+@pytest.mark.slow
+def test_advise_fused_gives_the_decision_and_runs_of_advise_unfused(tmp_path, cli, make_fmnist):
+    root = make_fmnist(240, 60)
+    code, _, err = cli(*_advise(root, tmp_path / "fused", "--fuse"))
+    assert code == 0, err
+    code, _, err = cli(*_advise(root, tmp_path / "alone", "--no-fuse"))
+    assert code == 0, err
+    a, b = read_json(tmp_path / "fused" / "advice.json"), read_json(tmp_path / "alone" / "advice.json")
+    assert a["finished"] and a["runs"] == b["runs"] >= 4
+    assert a["decision"]["recommendation"] == b["decision"]["recommendation"]
+    assert a["decision"]["selected_on_validation"] == b["decision"]["selected_on_validation"]
+    fused, alone = _runs(tmp_path / "fused" / "store"), _runs(tmp_path / "alone" / "store")
+    assert set(fused) == set(alone)
+    assert all(res["fused_with"] >= 2 for _, res in fused.values()) and not any("fused_with" in r for _, r in alone.values())
+    for rid, (_, res) in fused.items():
+        assert abs(res["target_error"] - alone[rid][1]["target_error"]) * 60 <= 2 + 1e-9, rid
+
+
+@pytest.mark.parametrize("command", ["sweep", "advise"])
+def test_a_bad_fuse_memory_is_one_line(tmp_path, cli, command):
+    file = _sweep(tmp_path, tmp_path, {"source": ["leaf"]}, seeds=1)
+    args = [file] if command == "sweep" else []
+    code, _, err = cli(command, *args, "--fuse", "--fuse-memory", "nonsense", "--out", tmp_path / "o")
+    assert code == 2 and "--fuse-memory" in err and "'nonsense'" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fuse_with_another_executor_is_one_line(tmp_path, cli):
+    file = _sweep(tmp_path, tmp_path, {"source": ["leaf"]}, seeds=1)
+    code, _, err = cli("sweep", file, "--executor", "ray", "--fuse", "--out", tmp_path / "o")
+    assert code == 2 and "'--fuse' option is for --executor local" in err and len(err.strip().splitlines()) == 1, err
