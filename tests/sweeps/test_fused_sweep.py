@@ -77,6 +77,8 @@ def test_a_run_that_kills_its_fused_batch_fails_alone_and_a_rerun_finishes(tmp_p
     # the batch's crash was everybody's once; tried again one by one, only the killer dies again
     assert rows[killer]["status"] == "failed" and rows[killer]["error"].startswith("WorkerCrashed")
     assert rows[killer]["attempts"] == 2 and f"failed {killer}" in out
+    # the first member had started in the batch (then again alone); the last two had been claimed, never started
+    assert [rows[r.run_id]["attempts"] for r in runs] == [2, 2, 1, 1]
     assert all(r["status"] == "ok" for rid, r in rows.items() if rid != killer)
     proc = sweep_proc(file, store, *args)  # the hook off: the rerun runs the failed run only
     out, err = proc.communicate(timeout=300)
