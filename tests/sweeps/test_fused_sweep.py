@@ -14,11 +14,13 @@ import time
 import pytest
 import yaml
 
-from granularity.sweeps.spec import load_sweep
+from granularity.sweeps.local import fuse_key, fused_batches, recorded_shapes
+from granularity.sweeps.spec import expand, load_sweep
 from granularity.sweeps.store import ResultsStore
 from granularity.sweeps.worker import KILL_ENV
 from granularity.utils.io import read_json
 
+from sweep_helpers import TINY_BASE
 from test_worker_deaths import query, running_workers, summary, sweep_proc, wait_for  # tests/sweeps is on sys.path
 
 N_TEST = 30
@@ -55,6 +57,24 @@ def test_a_fused_sweep_gives_the_runs_of_the_unfused_one(tmp_path, cli, make_fmn
         assert "target_error" in rates
         for k in rates:  # error rates on the test images: within 2 of them
             assert abs(row["metrics"][k] - alone[rid][0]["metrics"][k]) * N_TEST <= 2 + 1e-9, (rid, k)
+    with ResultsStore(tmp_path / "fused", create=False) as st:  # the data's shape, known now without loading it
+        assert recorded_shapes(st, {fuse_key(r) for r in load_sweep(file).runs}) == {fuse_key(load_sweep(file).runs[0]): (1, 28, 28)}
+
+
+def test_batches_hold_runs_of_one_model_and_data_within_the_memory_budget(tmp_path):
+    base = {"data_root": str(tmp_path), "device": "cpu", "pretrain": {"batch_size": 16}}
+    runs = expand({"kind": "transfer", "base": base, "axes": {"model.options.width": [2, 4], "source": ["leaf", "target"]},
+                   "seeds": 3}).runs
+    mib = 2**20
+    batches = fused_batches(runs, 1, 64 * 256 * mib)
+    assert sorted(map(len, batches)) == [6, 6]  # one batch per model: seeds and label functions differ
+    assert all(len({r.config["model"]["options"]["width"] for r in b}) == 1 for b in batches)
+    assert sorted(map(len, fused_batches(runs, 2, 64 * 256 * mib))) == [3, 3, 3, 3]  # every worker busy
+    assert sorted(map(len, fused_batches(runs, 1, 4 * 256 * mib))) == [3, 3, 3, 3]  # 4 runs of 256 MiB fit, as equal as can be
+    shapes = {fuse_key(r): (1, 28, 28) for r in runs}  # a width-2/4 CNN at batch 16 needs far less than 256 MiB
+    assert sorted(map(len, fused_batches(runs, 1, 4 * 256 * mib, shapes))) == [6, 6]
+    sims = expand({"kind": "simulate", "base": TINY_BASE, "seeds": 2}).runs
+    assert fuse_key(sims[0]) is None and [len(b) for b in fused_batches(sims, 1, 64 * 256 * mib)] == [1, 1]
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from granularity.sweeps.locks import owner_id
 from granularity.sweeps.spec import RunSpec
 from granularity.sweeps.store import ResultsStore
 from granularity.sweeps.worker import serve
+from granularity.utils.io import read_json
 
 MAX_CRASHES = 2  # a run whose worker process dies this often is recorded as failed
 
@@ -151,13 +152,33 @@ def fuse_key(run: RunSpec) -> str | None:
                       default=str)
 
 
-def fused_batches(runs: Sequence[RunSpec], workers: int, budget: int | None) -> list[list[RunSpec]]:
+def recorded_shapes(store: ResultsStore, keys: set[str]) -> dict[str, tuple[int, ...]]:
+    """The input shape (``result.json``'s ``data.input_shape``) of a finished transfer run of the
+    store for each of the fuse ``keys`` that has one: the data's shape without loading the data."""
+    out: dict[str, tuple[int, ...]] = {}
+    for row in store.rows():
+        if len(out) == len(keys):
+            break
+        if row["status"] != "ok" or row["kind"] != "transfer":
+            continue
+        key = fuse_key(RunSpec(row["run_id"], "transfer", row["config"] or {}, {}))
+        if key in keys and key not in out:
+            try:
+                out[key] = tuple(int(n) for n in read_json(store.run_dir(row["run_id"]) / "result.json")["data"]["input_shape"])
+            except (GranularityError, KeyError, TypeError, ValueError):  # a folder of another version: no shape
+                pass
+    return out
+
+
+def fused_batches(runs: Sequence[RunSpec], workers: int, budget: int | None,
+                  shapes: dict[str, tuple[int, ...]] | None = None) -> list[list[RunSpec]]:
     """``runs`` as the batches the workers take: runs of one :func:`fuse_key` in groups of up to K
     (:func:`~granularity.engine.fused_group.group_sizes`: K runs of a run's memory estimate fit in
     the budget's share of one worker, at most 16 on a CPU and 64 on a GPU, and no more than keeps
     every worker busy), the other runs one by one; in the order of each batch's first run. The
-    estimate is :func:`~granularity.engine.fused_group.run_bytes` without the input shape (known
-    only once a worker has loaded the data): its 256 MiB a run."""
+    estimate is :func:`~granularity.engine.fused_group.run_bytes` at the input shape in ``shapes``
+    (by fuse key, from :func:`recorded_shapes`), else its 256 MiB a run (the shape is known only
+    once a worker has loaded the data)."""
     import torch
 
     from granularity.engine.fused_group import default_budget, group_sizes, run_bytes
@@ -174,7 +195,7 @@ def fused_batches(runs: Sequence[RunSpec], workers: int, budget: int | None) -> 
         if isinstance(key, tuple):
             batches.append(rs)
             continue
-        per_run = run_bytes(get_kind("transfer").build(rs[0].config), None)
+        per_run = run_bytes(get_kind("transfer").build(rs[0].config), (shapes or {}).get(key))
         for n in group_sizes(len(rs), per_run, share, max(1, min(cap, -(-len(rs) // workers)))):
             batches.append(rs[:n])
             rs = rs[n:]
@@ -214,7 +235,11 @@ class LocalExecutor:
 
         self.log(self.describe())
         crashes = _Crashes(store)
-        queue = deque(fused_batches(runs, self.workers, self.fuse_memory) if self.fuse else [[r] for r in runs])
+        if self.fuse:
+            shapes = recorded_shapes(store, {k for k in map(fuse_key, runs) if k is not None})
+            queue = deque(fused_batches(runs, self.workers, self.fuse_memory, shapes))
+        else:
+            queue = deque([r] for r in runs)
         ctx = _worker_context(sorted({m for r in runs for m in get_kind(r.kind).preload}))
         pool: list[_Worker] = []
         finished = False
@@ -265,4 +290,4 @@ class LocalExecutor:
         return again, failed
 
 
-__all__ = ["LocalExecutor", "available_cores", "fuse_key", "fused_batches", "plan_workers"]
+__all__ = ["LocalExecutor", "available_cores", "fuse_key", "fused_batches", "plan_workers", "recorded_shapes"]
