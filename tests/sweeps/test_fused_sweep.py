@@ -150,6 +150,16 @@ def test_advise_fused_gives_the_decision_and_runs_of_advise_unfused(tmp_path, cl
     assert all(res["fused_with"] >= 2 for _, res in fused.values()) and not any("fused_with" in r for _, r in alone.values())
     for rid, (_, res) in fused.items():
         assert abs(res["target_error"] - alone[rid][1]["target_error"]) * 60 <= 2 + 1e-9, rid
+    from granularity.experiments.advise import _read_results
+    from granularity.sweeps.spec import RunSpec
+
+    with ResultsStore(tmp_path / "fused" / "store", create=False) as st:  # the time budget counts a run's share
+        grid = {(r["config"]["source"], r["params"]["seed"]): RunSpec(r["run_id"], "transfer", r["config"], r["params"])
+                for r in st.rows()}
+        got = _read_results(st, grid)
+    for key, v in got.items():
+        res = fused[grid[key].run_id][1]
+        assert v["seconds"] == pytest.approx(max(res["seconds"], res.get("train_seconds") or 0) / res["fused_with"])
 
 
 @pytest.mark.parametrize("command", ["sweep", "advise"])

@@ -272,7 +272,8 @@ def _read_results(store: Any, grid: dict[tuple[str, int], Any], metric: str = "e
         test, val, per_fine = figs
         out[key] = {"test_error": test, "val_error": val,
                     "worst_subclass_error": (1 - min(per_fine.values())) if per_fine else None,
-                    "seconds": max(res.get("seconds") or 0, res.get("train_seconds") or 0) or None,  # wall: training + data + evaluation
+                    # wall: training + data + evaluation; a fused run's share of its group's wall time
+                    "seconds": max(res.get("seconds") or 0, res.get("train_seconds") or 0) / res.get("fused_with", 1) or None,
                     "num_source_classes": res.get("num_source_classes"),
                     "test_by_metric": {m: f[0] for m in METRICS if (f := metric_figures(res, m)) is not None}}
     return out
