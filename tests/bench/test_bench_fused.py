@@ -20,7 +20,8 @@ def test_fused_bench_tiny(one_thread):
     cpu = torch.device("cpu")
     ceilings = Ceilings(cpu, 256)
     r = bench_fused(cpu, tiny=True, ceilings=ceilings)
-    assert r["ks"] == [1, 2] and set(r["models"]) == {"cnn", "mlp"}
+    assert r["ks"] == [1, 2] and set(r["models"]) == {"cnn", "mlp", "cnn16-b32"}
+    assert r["cases"]["cnn16-b32"] == {"model": "cnn", "options": {"width": 16}, "batch_size": 32}
     for m in r["models"].values():
         for k, row in m["by_k"].items():
             assert row["fused_images_per_s"] > 0 and row["sequential_images_per_s"] > 0, k
@@ -30,10 +31,22 @@ def test_fused_bench_tiny(one_thread):
     assert r["rss"]["fused"]["maxrss_mib"] > 0 and r["rss"]["fused"]["k"] == 2
     assert r["value"] == r["models"]["cnn"]["by_k"]["2"]["speedup"] and isinstance(r["met"], bool)
     assert "cnn: K=1" in summary(r)
+    best = r["ceiling"]["best_gflops"]
+    for name, m in r["models"].items():
+        p = m["step_profile"]
+        assert p["matmul_seconds"] + p["other_seconds"] == pytest.approx(p["seconds_profiled"])
+        assert 0 < p["matmul_fraction"] < 1, name
+        # the bound recomputed by hand from the profile and the ceiling
+        conv_at_ceiling = p["images"] * p["train_flops_per_image"] / (best * 1e9)
+        assert p["bound_convs_at_ceiling"] == pytest.approx(p["seconds_profiled"] / (p["other_seconds"] + conv_at_ceiling))
+        assert p["bound_convs_free"] >= p["bound_convs_at_ceiling"] > 0
+    conv_ops = [o["op"] for o in r["models"]["cnn"]["step_profile"]["top_ops"] if "convolution" in o["op"]]
+    assert conv_ops, r["models"]["cnn"]["step_profile"]["top_ops"]
     from granularity.bench.report import markdown_v2
 
     table = markdown_v2({"machine": {}, "device": "cpu", "ceilings": {}, "results": {"fused": r}})
     assert "| 6 | cnn: K runs fused vs one by one" in table and "| 6 | peak RSS, 2 cnn runs fused" in table
+    assert "| 6 | cnn16-b32: one solo step, convolutions/matmuls vs the rest (profiler)" in table
 
 
 def test_train_flops_of_the_default_cnn():

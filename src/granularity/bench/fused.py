@@ -1,6 +1,7 @@
 """Figure 6: K runs trained as one fused model vs the same K runs one after the other.
 
-For the default CNN and the MLP and K = 1, 2, 4, 8, 16 (and 64 on CUDA): one epoch of K
+For the default CNN, the MLP and the paired designs' CNN (width 16, batch 32: ``cnn16-b32``)
+and K = 1, 2, 4, 8, 16 (and 64 on CUDA): one epoch of K
 independent runs (own seeds, permutations, augmentation, head sizes 2/4/10 in turn, own
 optimisers) through :func:`~granularity.engine.fused.train_epoch_fused` against K calls of the
 engine's :func:`~granularity.engine.train.train_epoch`, in the engine's default precision (bf16
@@ -10,6 +11,15 @@ the forward pass's multiply-adds (the usual estimate of forward + backward) and 
 fraction of the run's best bf16 matmul rate (float32 without bf16). Peak RSS of the largest
 group, fused and sequential, each in a fresh process. Synthetic uint8 images of Fashion-MNIST's
 shape (throughput does not depend on the pixels).
+
+:func:`step_profile` says where one solo training step's time goes (convolutions and matmuls,
+forward and backward, against everything else: BatchNorm, ReLU, pooling, the optimiser), from
+torch's profiler, and the speed-up fusion could give if it ran the convolutions at the run's
+bf16 matmul ceiling while the rest cost what it costs alone: ``t_step / (t_other +
+conv_flops / ceiling)`` (and ``t_step / t_other`` if the convolutions took no time). Fusion does
+not shrink the elementwise work, which moves the same bytes per image fused or not; what it can
+shrink there is per-call overhead, which matters only at small batches (at batch 32 a fused
+group may beat the estimate), not at the default batch of 128, where each op takes milliseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +33,13 @@ from granularity.bench.common import Ceilings, interleaved, median, peak_rss, sp
 
 SHAPE = (1, 28, 28)
 HEADS = (10, 4, 2)  # head sizes of the runs, in turn (the fused heads are padded to the largest)
+# case -> (model, model options, batch size): the default study's CNN, the MLP, and the paired
+# designs' CNN at their batch size (experiments/designs.py STAGE_DEFAULTS)
+CASES: dict[str, tuple[str, dict[str, Any], int]] = {"cnn": ("cnn", {}, 128), "mlp": ("mlp", {}, 128),
+                                                     "cnn16-b32": ("cnn", {"width": 16}, 32)}
+# profiler ops that are the convolutions and matmuls (forward and backward); the rest is "other"
+_MATMUL_OPS = ("convolution", "mkldnn_convolution", "convolution_backward", "addmm", "mm", "bmm", "baddbmm",
+               "linear", "matmul", "_convolution", "cudnn_convolution", "conv2d")
 
 
 def _ks(device: torch.device, tiny: bool) -> tuple[int, ...]:
@@ -52,9 +69,9 @@ def train_flops_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> flo
     return 3.0 * flops[0]
 
 
-def _sides(name: str, k: int, n: int, device: torch.device, bf16: bool):
-    """The fused and the sequential side of K runs of model ``name`` (one epoch of ``n`` images
-    per run each call), built from the same K solo initialisations."""
+def _sides(case: str, k: int, n: int, device: torch.device, bf16: bool):
+    """The fused and the sequential side of K runs of :data:`CASES` ``case`` (one epoch of ``n``
+    images per run each call), built from the same K solo initialisations."""
     import copy
 
     from granularity.engine.fused import Member, train_epoch_fused
@@ -64,7 +81,8 @@ def _sides(name: str, k: int, n: int, device: torch.device, bf16: bool):
     from granularity.models import create_model
     from granularity.models.fused import fuse
 
-    stage = TransferConfig().pretrain.model_copy(update={"epochs": 10**6})  # default SGD, cosine ~ constant
+    name, options, batch = CASES[case]
+    stage = TransferConfig().pretrain.model_copy(update={"epochs": 10**6, "batch_size": batch})  # cosine ~ constant
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=g).to(device)
     y10 = torch.randint(0, 10, (n,), generator=g).to(device)
@@ -72,7 +90,7 @@ def _sides(name: str, k: int, n: int, device: torch.device, bf16: bool):
     solos = []
     for r in range(k):
         torch.manual_seed(r)
-        solos.append(engine_layout(create_model(name, SHAPE, HEADS[r % len(HEADS)]).to(device), device, bf16))
+        solos.append(engine_layout(create_model(name, SHAPE, HEADS[r % len(HEADS)], **options).to(device), device, bf16))
     seq = copy.deepcopy(solos)
     members = [Member(x, y10 % HEADS[r % len(HEADS)], norm) for r in range(k)]
     steps = -(-n // stage.batch_size)
@@ -94,11 +112,11 @@ def _sides(name: str, k: int, n: int, device: torch.device, bf16: bool):
             train_epoch(m, x, members[r].y, norm, stage, s_opts[r], s_scheds[r], epoch_generator(r, "pretrain", 1),
                         device, bf16)
 
-    return fused_side, sequential_side, train_flops_per_image(create_model(name, SHAPE, 10), SHAPE)
+    return fused_side, sequential_side, train_flops_per_image(create_model(name, SHAPE, 10, **options), SHAPE)
 
 
 def bench_fused(device: torch.device, tiny: bool = False, repeats: int = 5, ceilings: Ceilings | None = None,
-                ks: tuple[int, ...] | None = None, models: tuple[str, ...] = ("cnn", "mlp"),
+                ks: tuple[int, ...] | None = None, models: tuple[str, ...] = tuple(CASES),
                 images: int | None = None) -> dict[str, Any]:
     """Fused vs sequential images/s for every model and K (see the module docstring)."""
     from granularity.engine.train import bf16_active
@@ -108,7 +126,9 @@ def bench_fused(device: torch.device, tiny: bool = False, repeats: int = 5, ceil
     repeats = 1 if tiny else repeats
     bf16 = bf16_active(device, "auto")
     out: dict[str, Any] = {"ks": list(ks), "images_per_run": n, "precision": "bfloat16" if bf16 else "float32",
-                           "head_sizes": list(HEADS), "models": {}}
+                           "head_sizes": list(HEADS), "cases": {c: {"model": CASES[c][0], "options": CASES[c][1],
+                                                                   "batch_size": CASES[c][2]} for c in models},
+                           "models": {}}
     for name in models:
         fns, flops = {}, 0.0
         for k in ks:
@@ -120,7 +140,8 @@ def bench_fused(device: torch.device, tiny: bool = False, repeats: int = 5, ceil
             rows[str(k)] = {"fused_images_per_s": k * n / f, "sequential_images_per_s": k * n / s, "speedup": s / f,
                             "fused_gflops": k * n * flops / f / 1e9, "sequential_gflops": k * n * flops / s / 1e9,
                             "spread": {"fused": spread(t[f"fused_{k}"]), "sequential": spread(t[f"sequential_{k}"])}}
-        out["models"][name] = {"train_flops_per_image": flops, "by_k": rows}
+        out["models"][name] = {"train_flops_per_image": flops, "by_k": rows,
+                               "step_profile": step_profile(name, device, bf16, repeats=2 if tiny else 10)}
     big = max(ks)
     args = {"device": str(device), "model": models[0], "k": big, "images": n}
     out["rss"] = {"k": big, "model": models[0], "fused": peak_rss("fused_group", {**args, "fused": True})}
@@ -134,12 +155,50 @@ def bench_fused(device: torch.device, tiny: bool = False, repeats: int = 5, ceil
     return out
 
 
+def step_profile(case: str, device: torch.device, bf16: bool, repeats: int = 10) -> dict[str, Any]:
+    """Where one solo training step of :data:`CASES` ``case`` spends its time (torch profiler,
+    self time of every op over ``repeats`` steps after warm-up): the convolution/matmul ops
+    (forward and backward) against the rest (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, sequential, flops = _sides(case, 1, CASES[case][2] * repeats, device, bf16)
+    sequential()  # warm-up (first-call allocations, kernel choice)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        sequential()
+    by_op: dict[str, float] = {}
+    for ev in prof.key_averages():
+        t = ev.self_device_time_total if device.type == "cuda" else ev.self_cpu_time_total
+        by_op[ev.key] = by_op.get(ev.key, 0.0) + t / 1e6
+    mm = sum(t for op, t in by_op.items() if op.removeprefix("aten::") in _MATMUL_OPS)
+    total = sum(by_op.values())
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
+    return {"steps": repeats, "images": CASES[case][2] * repeats, "train_flops_per_image": flops,
+            "seconds_profiled": total, "matmul_seconds": mm, "other_seconds": total - mm,
+            "matmul_fraction": mm / total if total else float("nan"),
+            "top_ops": [{"op": op, "seconds": t, "fraction": t / total} for op, t in top]}
+
+
+def fused_bounds(res: dict[str, Any], best_gflops: float) -> None:
+    """Each case's largest fused speed-up (module docstring): the other ops as they are, the
+    convolutions/matmuls at ``best_gflops``; and the bound if they took no time at all."""
+    for m in res["models"].values():
+        p = m.get("step_profile")
+        if not p:
+            continue
+        at_ceiling = p["images"] * p["train_flops_per_image"] / (best_gflops * 1e9)
+        p["bound_convs_at_ceiling"] = p["seconds_profiled"] / (p["other_seconds"] + at_ceiling)
+        p["bound_convs_free"] = p["seconds_profiled"] / max(p["other_seconds"], 1e-12)
+        p["matmul_fraction_of_ceiling"] = at_ceiling / max(p["matmul_seconds"], 1e-12)
+
+
 def fused_ratios(res: dict[str, Any], ceilings: Ceilings) -> None:
     """Each side's FLOP rate as a fraction of the run's best bf16 matmul rate (float32 where the
     hardware has no bf16 path); called again at the end of a run, when the ceilings are final."""
     dt = "bfloat16" if "bfloat16" in ceilings.dtypes else "float32"
     best = ceilings.best_gflops(dt)
     res["ceiling"] = {"dtype": dt, "best_gflops": best}
+    fused_bounds(res, best)
     for m in res["models"].values():
         for row in m["by_k"].values():
             row["fused_fraction_of_ceiling"] = row["fused_gflops"] / best
@@ -169,6 +228,14 @@ def markdown_rows(r: dict[str, Any]) -> list[str]:
         lines.append(f"| 6 | {name}: K runs fused vs one by one ({r['precision']}, {r['images_per_run']} images per run) "
                      f"| {cells} | {'>= ' + str(r['target']) + ' at K=' + str(max(r['ks'])) if top else '-'} "
                      f"| {('yes' if r['met'] else 'no') if top else ''} |")
+    for name, m in r["models"].items():
+        p = m.get("step_profile") or {}
+        if "bound_convs_at_ceiling" in p:
+            lines.append(f"| 6 | {name}: one solo step, convolutions/matmuls vs the rest (profiler) | "
+                         f"{p['matmul_fraction']:.2f} of the step in convolutions/matmuls (at "
+                         f"{p['matmul_fraction_of_ceiling']:.2f} of the ceiling); fused speed-up at most "
+                         f"x{p['bound_convs_at_ceiling']:.2f} with them at the ceiling, x{p['bound_convs_free']:.2f} "
+                         f"if they took no time | - | - |")
     rss = r["rss"]
     seq = f" vs one by one {rss['sequential']['maxrss_mib']:.0f} MiB" if "sequential" in rss else ""
     lines.append(f"| 6 | peak RSS, {rss['k']} {rss['model']} runs fused | {rss['fused']['maxrss_mib']:.0f} MiB{seq} | - | - |")
@@ -181,7 +248,9 @@ def summary(r: dict[str, Any]) -> str:
     for name, m in r["models"].items():
         ks = ", ".join(f"K={k} x{row['speedup']:.2f} ({row['fused_images_per_s']:.0f} vs "
                        f"{row['sequential_images_per_s']:.0f} img/s)" for k, row in m["by_k"].items())
-        parts.append(f"{name}: {ks}")
+        p = m.get("step_profile") or {}
+        bound = f" (bound x{p['bound_convs_at_ceiling']:.2f})" if "bound_convs_at_ceiling" in p else ""
+        parts.append(f"{name}: {ks}{bound}")
     rss = r["rss"]
     mem = f"; peak RSS K={rss['k']} fused {rss['fused']['maxrss_mib']:.0f} MiB" + (
         f" vs sequential {rss['sequential']['maxrss_mib']:.0f} MiB" if "sequential" in rss else "")

@@ -23,7 +23,7 @@ BENCHMARKS: dict[str, tuple[int, str]] = {
     "whole": (3, "simulate(paper, 5 seeds) vs a peer-style nn.Module/DataLoader implementation (speed-up)"),
     "engine": (4, "real-data engine images/s / bare training loop images/s; peak RSS of a run"),
     "generator": (5, "generator samples/s; peak RSS of streamed evaluation vs number of samples"),
-    "fused": (6, "K runs as one fused model vs one by one, K = 1..16 (64 on CUDA), CNN and MLP; peak RSS"),
+    "fused": (6, "K runs as one fused model vs one by one, K = 1..16 (64 on CUDA): default CNN, MLP, the paired designs' CNN; where a solo step's time goes; peak RSS"),
 }
 
 

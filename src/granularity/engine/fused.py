@@ -171,13 +171,14 @@ def predict_fused(fn: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[Any],
                   device: torch.device, bf16: bool | str = False, widths: Sequence[int] | None = None,
                   chunk: int | None = None, reduce: Callable[[int, torch.Tensor], Any] | None = None) -> list[Any]:
     """``fn`` (a fused model in eval mode, or its ``forward_features``) over each run's inputs
-    ``xs[k]`` normalised by ``norms[k]``, in chunks of ``chunk`` rows per run (the CPU's
-    cache-sized :data:`~granularity.engine.train.CPU_EVAL_CHUNK` by default); returns run k's
+    ``xs[k]`` normalised by ``norms[k]``, in chunks of ``chunk`` rows per run (by default on the
+    CPU ``2 * CPU_EVAL_CHUNK / K`` rows, at least 8, so that a fused chunk of about 256 rows stays
+    in cache as a solo chunk does; 1024 on a GPU); returns run k's
     float32 CPU outputs ``(len(xs[k]), widths[k])`` (all columns when ``widths`` is None). Runs
     with fewer rows are padded with their first rows (eval mode: rows do not interact).
     ``reduce(k, chunk_outputs)``: applied to each chunk of run k as it comes (a tensor or a
     dict of tensors, concatenated over the chunks), so wide outputs are never held whole."""
-    chunk = chunk or (CPU_EVAL_CHUNK if device.type == "cpu" else 1024)
+    chunk = chunk or (max(8, 2 * CPU_EVAL_CHUNK // len(xs)) if device.type == "cpu" else 1024)
     n_max = max(len(x) for x in xs)
     outs: list[list[torch.Tensor]] = [[] for _ in xs]
     with autocast(device, bf16):
