@@ -175,7 +175,8 @@ def fused_batches(runs: Sequence[RunSpec], workers: int, budget: int | None,
     """``runs`` as the batches the workers take: runs of one :func:`fuse_key` in groups of up to K
     (:func:`~granularity.engine.fused_group.group_sizes`: K runs of a run's memory estimate fit in
     the budget's share of one worker, at most 16 on a CPU and 64 on a GPU, and no more than keeps
-    every worker busy), the other runs one by one; in the order of each batch's first run. The
+    every worker busy), the other runs one by one; runs of one key in a row, the keys in the order
+    of their first run. The
     estimate is :func:`~granularity.engine.fused_group.run_bytes` at the input shape in ``shapes``
     (by fuse key, from :func:`recorded_shapes`), else its 256 MiB a run (the shape is known only
     once a worker has loaded the data)."""
