@@ -12,6 +12,7 @@ install:
 demo: install
 	granularity simulate --out $(OUT)/simulate
 	granularity study --dataset fashion-mnist --out $(OUT)/study
+	granularity study --dataset fashion-mnist --design bridge --seeds 5 --out $(OUT)/bridge
 
 # The tests also cover the optional extras (SLURM via submitit, TensorBoard, MLflow tracking).
 TEST_EXTRAS ?= test,ray,inat,slurm,tensorboard,mlflow
