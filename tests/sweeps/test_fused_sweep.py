@@ -61,6 +61,29 @@ def test_a_fused_sweep_gives_the_runs_of_the_unfused_one(tmp_path, cli, make_fmn
         assert recorded_shapes(st, {fuse_key(r) for r in load_sweep(file).runs}) == {fuse_key(load_sweep(file).runs[0]): (1, 28, 28)}
 
 
+def test_a_batch_heartbeats_every_claim_and_answers_each_run(tmp_path, make_fmnist, monkeypatch):
+    import granularity.sweeps.worker as worker
+
+    sw = load_sweep(_sweep(tmp_path, make_fmnist(120, N_TEST), {"source": ["leaf", "random:10"]}, seeds=1))
+    beats, real = [], ResultsStore.heartbeat
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.01)
+    monkeypatch.setattr(ResultsStore, "heartbeat", lambda self, rid, owner=None: beats.append(rid) or real(self, rid, owner))
+    store = tmp_path / "store"
+    with ResultsStore(store) as st:
+        st.register_sweep(sw)
+    sent: list[dict] = []
+    worker.execute_batch(store, sw.runs, None, sent.append)  # in this process: no worker, same code
+    ids = [r.run_id for r in sw.runs]
+    assert sorted(o["run_id"] for o in sent) == sorted(ids) and {o["status"] for o in sent} == {"ok"}
+    counts = {i: beats.count(i) for i in ids}  # one heartbeat thread kept both claims alive, all along
+    assert min(counts.values()) >= max(3, max(counts.values()) // 2) and set(beats) == set(ids), counts
+    runs = _runs(store)
+    assert all(runs[i][0]["status"] == "ok" and runs[i][1]["fused_with"] == 2 for i in ids)
+    sent.clear()
+    worker.execute_batch(store, sw.runs, None, sent.append)  # finished: answered at once, nothing run
+    assert [(o["run_id"], o["status"]) for o in sent] == [(i, "done") for i in ids]
+
+
 def test_batches_hold_runs_of_one_model_and_data_within_the_memory_budget(tmp_path):
     base = {"data_root": str(tmp_path), "device": "cpu", "pretrain": {"batch_size": 16}}
     runs = expand({"kind": "transfer", "base": base, "axes": {"model.options.width": [2, 4], "source": ["leaf", "target"]},
