@@ -17,9 +17,12 @@ from granularity.models.registry import register_model
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
+    """conv -> BatchNorm -> ReLU, then 2x2 max pooling where ``pool``; the pooling runs before
+    the ReLU (max and ReLU commute exactly, values and gradients alike), so the ReLU and its
+    backward touch a quarter of the activations (``tests/models/test_models.py`` checks the two
+    orders bit for bit). Parameter names are those of conv/BN/ReLU/pool order."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+    layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)] if pool else [nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
