@@ -8,11 +8,14 @@
 #   - figure 3 runs simulate in float32 and bf16 against the peer-style float32 implementation.
 #   - --full: the full-size comparison 3 (paper preset, 5 seeds, 3000 steps) and paper-size
 #     generator memory; both fit in a few minutes on a GPU.
-#   - figure 6 (fused runs): K = 1, 2, 4, 8, 16 and 64 runs of the default CNN (and of the MLP)
-#     trained as one fused model vs one after the other, bf16 autocast + channels-last (the
-#     engine's default on a card with bf16); images/s, fraction of the bf16 ceiling, peak RSS;
-#     target: 16 fused runs >= 10x the throughput of one run at a time. Unmeasured until a
-#     session with a GPU runs this script (`--only fused` runs it alone).
+#   - figure 6 (fused runs): K = 1, 2, 4, 8, 16 and 64 runs of the default CNN (and of the MLP
+#     and the paired designs' CNN, width 16 at batch 32) trained as one fused model vs one after
+#     the other, bf16 autocast + channels-last (the engine's default on a card with bf16);
+#     images/s, fraction of the bf16 ceiling, where a solo step's time goes, peak RSS; target:
+#     16 fused runs >= 10x the throughput of one run at a time. Unmeasured until a session with
+#     a GPU runs this script (`--only fused` runs it alone).
+#   - the 10-seed bridge design's wall time fused vs not (study --fuse / --no-fuse), tables
+#     compared within their CIs: benchmarks/results/cuda-<gpu>-fused-bridge.json.
 #   - batched seeds: `simulate` of the paper preset with SEEDS seeds as one batch (default 40),
 #     each precision twice, alternating; wall seconds and every error table are kept.
 # Usage: benchmarks/run_gpu.sh [extra `granularity bench` options, e.g. --only step,seeds]
@@ -46,3 +49,5 @@ path = f"benchmarks/results/cuda-{gpu}-seeds.json"
 json.dump(rec, open(path, "w"), indent=1)
 print(path, [(r["precision"], round(r["seconds"], 1)) for r in rec["runs"]])
 PY
+gpu=$(python -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+python -m granularity.bench.fused study bridge "benchmarks/results/cuda-$gpu-fused-bridge.json" --full

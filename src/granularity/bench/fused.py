@@ -301,18 +301,28 @@ def _compare_rows(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-if __name__ == "__main__":  # python -m granularity.bench.fused study [DESIGN] [OUT.json]: the study wall figure
+if __name__ == "__main__":  # python -m granularity.bench.fused study [DESIGN] [OUT.json] [--full] [--repeats N]
     import json
     import sys
 
     from granularity.bench.common import load_average, machine
     from granularity.utils.io import write_json
 
-    if sys.argv[1:2] != ["study"]:
-        raise SystemExit("usage: python -m granularity.bench.fused study [DESIGN] [OUT.json]")
-    name = sys.argv[2] if len(sys.argv) > 2 else "levels"
-    rec = {"machine": machine(torch.device("cpu")), "load_average_before": load_average(),
-           **bench_study_wall(name), "load_average_after": load_average()}
-    if len(sys.argv) > 3:
-        write_json(sys.argv[3], rec)
+    from granularity.experiments.registry import get_design
+
+    args = sys.argv[1:]
+    full, repeats = "--full" in args, 1
+    if "--repeats" in args:
+        repeats = int(args[args.index("--repeats") + 1])
+        del args[args.index("--repeats") : args.index("--repeats") + 2]
+    args = [a for a in args if a != "--full"]
+    if args[:1] != ["study"]:
+        raise SystemExit("usage: python -m granularity.bench.fused study [DESIGN] [OUT.json] [--full] [--repeats N]")
+    name = args[1] if len(args) > 1 else "levels"
+    config = dict(get_design(name).presets["full"]) if full else {}  # --full: the design's full preset (10 seeds)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the designs' device "auto"
+    rec = {"machine": machine(dev), "load_average_before": load_average(), "full": full,
+           **bench_study_wall(name, config, repeats=repeats), "load_average_after": load_average()}
+    if len(args) > 2:
+        write_json(args[2], rec)
     print(json.dumps({k: rec[k] for k in ("design", "seconds", "speedup", "tables_same_within_ci")}))
