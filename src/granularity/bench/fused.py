@@ -288,13 +288,22 @@ def bench_study_wall(design: str = "levels", config: dict[str, Any] | None = Non
             "tables_same_within_ci": all(r["same"] for r in rows), "tables": tables}
 
 
+def _half_width(fig: dict[str, Any]) -> float | None:
+    """A figure's 95% CI half-width: ``ci``, or half of ``hi - lo`` (a bootstrap interval)."""
+    if fig.get("ci") is not None:
+        return fig["ci"]
+    if fig.get("lo") is not None and fig.get("hi") is not None:
+        return (fig["hi"] - fig["lo"]) / 2
+    return None
+
+
 def _compare_rows(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """One table row fused vs unfused: every ``{mean, ci}`` figure in it, same within the CIs."""
     out: dict[str, Any] = {"row": {k: a[k] for k in ("arm", "cell", "transfer") if k in a}, "figures": {}}
     for key, v in a.items():
         if isinstance(v, dict) and "mean" in v and isinstance(b.get(key), dict):
             ma, mb = v["mean"], b[key]["mean"]
-            tol = sum(c for c in (v.get("ci"), b[key].get("ci")) if c is not None and not math.isnan(c))  # n = 1: no CI
+            tol = sum(c for c in (_half_width(v), _half_width(b[key])) if c is not None and not math.isnan(c))  # n = 1: no CI
             ok = ma == mb or (math.isnan(ma) and math.isnan(mb)) or abs(ma - mb) <= tol
             out["figures"][key] = {"fused": ma, "unfused": mb, "tolerance": tol, "same": bool(ok)}
     out["same"] = all(f["same"] for f in out["figures"].values())

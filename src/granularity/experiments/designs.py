@@ -371,6 +371,10 @@ def _stage_for(stage: StageConfig, n: int, min_steps: int) -> StageConfig:
 
 
 def _fresh_model(cfg: DesignConfig, shape, n_classes: int, seed: int, device):
+    """The unit's model (the same backbone draw for both arms), in the engine's memory layout for
+    float32 on ``device`` (channels-last on the CPU, where oneDNN's convolutions and pooling are
+    fastest in it; :func:`~granularity.engine.train.engine_layout`)."""
+    from granularity.engine.train import engine_layout
     from granularity.models import create_model
 
     with torch.random.fork_rng(devices=[]):
@@ -378,7 +382,7 @@ def _fresh_model(cfg: DesignConfig, shape, n_classes: int, seed: int, device):
         model = create_model(cfg.model.name, tuple(shape), 1, **cfg.model.options)
         torch.manual_seed(seed + 1)
         model.reset_head(n_classes)
-    return model.to(device)
+    return engine_layout(model.to(device), torch.device(device), False)
 
 
 def _train(model, x, y, norm, stage: StageConfig, seed: int, what: str, device) -> dict[str, float]:
