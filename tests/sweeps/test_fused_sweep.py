@@ -21,7 +21,7 @@ from granularity.sweeps.worker import KILL_ENV
 from granularity.utils.io import read_json
 
 from sweep_helpers import TINY_BASE
-from test_worker_deaths import query, running_workers, summary, sweep_proc, wait_for  # tests/sweeps is on sys.path
+from test_worker_deaths import finish, query, running_workers, summary, sweep_proc, wait_for  # tests/sweeps is on sys.path
 
 N_TEST = 30
 
@@ -108,10 +108,7 @@ def test_a_run_that_kills_its_fused_batch_fails_alone_and_a_rerun_finishes(tmp_p
     store = tmp_path / "store"
     args = ("--workers", 1, "--threads", 1, "--fuse", "--fuse-memory", "4G")
     proc = sweep_proc(file, store, *args, env={KILL_ENV: killer})
-    try:
-        out, err = proc.communicate(timeout=300)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    out, err = finish(proc, 300)
     got = summary(store)
     assert (proc.returncode, got) == (1, {"counts": {"ok": 3, "failed": 1}, "failed_never_started": 0, "running": 0}), \
         err[-3000:]

@@ -32,6 +32,15 @@ def sweep_proc(file: Path, store: Path, *args, env: dict | None = None) -> subpr
                             env={**os.environ, **(env or {})})
 
 
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The sweep process's (stdout, stderr) once it exits; its whole process group is killed if it
+    is still running after ``timeout`` seconds (or the wait fails)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+
+
 def query(store: Path, sql: str) -> list[tuple]:
     path = store / "index.sqlite"
     if not path.exists():
@@ -149,10 +158,7 @@ def test_a_run_that_always_kills_its_worker_fails_alone(tmp_path):
     killer = runs[3].run_id
     store = tmp_path / "store"
     proc = sweep_proc(file, store, "--workers", 2, "--threads", 1, env={KILL_ENV: killer})
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    out, err = finish(proc, 600)
     got = summary(store)
     assert (proc.returncode, got) == (1, {"counts": {"ok": 15, "failed": 1}, "failed_never_started": 0, "running": 0}), \
         err[-3000:]
