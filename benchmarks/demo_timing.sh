@@ -28,7 +28,9 @@ flags = open("/proc/cpuinfo").read()
 res = {"what": "make demo main job: granularity simulate; granularity study --dataset fashion-mnist; "
                "granularity study --dataset fashion-mnist --design bridge --seeds 5",
        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-       "cores": len(__import__("os").sched_getaffinity(0)), "cpu_bf16": "avx512_bf16" in flags, "python": platform.python_version(),
+       "cores": len(__import__("os").sched_getaffinity(0)), "cpu_bf16": "avx512_bf16" in flags,
+       "cpu_amx_bf16": "amx_bf16" in flags, "cpu_model": re.search(r"model name\s*: (.*)", flags).group(1).strip(),
+       "python": platform.python_version(),
        "load_before": l0, "load_after": l1,
        "simulate_s": float(m) - float(s), "study_s": float(b) - float(m), "bridge_s": float(e) - float(b),
        "demo_s": float(e) - float(s), "simulate": rusage(f"{run}/sim.time"), "study": rusage(f"{run}/study.time"),

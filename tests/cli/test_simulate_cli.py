@@ -32,7 +32,7 @@ def test_help_lists_presets(cli):
         (["--set", "train.lr=-1"], "train.lr"),
         (["--set", "data.d=8"], "do not fit"),
         (["--set", "nokey"], "key=value"),
-        (["--seeds", "0"], "--seeds"),
+        (["--seeds", "0"], "for seed 0 alone use '--seed 0' or '--seeds 0,'"),
         (["--seeds", "two"], "--seeds"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["--bogus"], "No such option"),

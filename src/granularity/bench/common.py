@@ -132,11 +132,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list[str]:
+    """Which of the CPU's bfloat16 matmul paths (AVX512-BF16, AMX) this machine has."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), []))
+    except OSError:
+        return []
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     from granularity.utils.io import environment
 
     env = environment(str(device))
     env["cpu_model"] = cpu_model()
+    env["cpu_flags"] = cpu_flags()  # the matmul fast paths: a bf16 ceiling with AMX is several times one without
     env["hostname"] = platform.node()
     try:
         env["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

@@ -311,27 +311,33 @@ def _compare_rows(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # python -m granularity.bench.fused study [DESIGN] [OUT.json] [--full] [--repeats N]
+    import argparse
     import json
-    import sys
 
     from granularity.bench.common import load_average, machine
     from granularity.utils.io import write_json
 
+    from granularity.errors import GranularityError
     from granularity.experiments.registry import get_design
 
-    args = sys.argv[1:]
-    full, repeats = "--full" in args, 1
-    if "--repeats" in args:
-        repeats = int(args[args.index("--repeats") + 1])
-        del args[args.index("--repeats") : args.index("--repeats") + 2]
-    args = [a for a in args if a != "--full"]
-    if args[:1] != ["study"]:
-        raise SystemExit("usage: python -m granularity.bench.fused study [DESIGN] [OUT.json] [--full] [--repeats N]")
-    name = args[1] if len(args) > 1 else "levels"
-    config = dict(get_design(name).presets["full"]) if full else {}  # --full: the design's full preset (10 seeds)
+    ap = argparse.ArgumentParser(prog="python -m granularity.bench.fused",
+                                 description="A whole study's wall time fused and unfused, and its tables compared.")
+    ap.add_argument("what", choices=["study"])
+    ap.add_argument("design", nargs="?", default="levels", help="the study design (default: levels, the default study)")
+    ap.add_argument("out", nargs="?", default=None, help="write the record as JSON here")
+    ap.add_argument("--full", action="store_true", help="the design's full preset (10 seeds)")
+    ap.add_argument("--repeats", type=int, default=1, help="times each side runs, interleaved (default 1)")
+    ns = ap.parse_args()
+    if ns.repeats < 1:
+        ap.error(f"argument --repeats: must be >= 1, got {ns.repeats}")
+    try:
+        design = get_design(ns.design)
+    except GranularityError as exc:
+        ap.error(str(exc))
+    config = dict(design.presets["full"]) if ns.full else {}
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the designs' device "auto"
-    rec = {"machine": machine(dev), "load_average_before": load_average(), "full": full,
-           **bench_study_wall(name, config, repeats=repeats), "load_average_after": load_average()}
-    if len(args) > 2:
-        write_json(args[2], rec)
+    rec = {"machine": machine(dev), "load_average_before": load_average(), "full": ns.full,
+           **bench_study_wall(ns.design, config, repeats=ns.repeats), "load_average_after": load_average()}
+    if ns.out:
+        write_json(ns.out, rec)
     print(json.dumps({k: rec[k] for k in ("design", "seconds", "speedup", "tables_same_within_ci")}))

@@ -25,8 +25,10 @@ def parse_seeds(text: str | None, option: str = "--seeds") -> int | list[int] | 
         return None
     try:
         if text.strip().isdigit():
-            if int(text) < 1:
-                raise ValueError
+            if int(text) < 1:  # a count of no seeds; seed 0 alone is --seed 0 or the list "0,"
+                raise click.BadParameter(f"must be a count >= 1 (5) or a comma-separated list of seeds >= 0 (0,1,2); "
+                                         f"{text.strip()!r} is a count of no seeds: for seed 0 alone use '--seed 0' "
+                                         f"or '{option} 0,'.", param_hint=f"'{option}'")
             return int(text)
         seeds = [int(s) for s in text.split(",") if s.strip()]
         if not seeds or min(seeds) < 0:
