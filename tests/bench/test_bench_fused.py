@@ -80,3 +80,36 @@ def test_study_rows_compare_within_either_kind_of_ci():
     assert r["figures"]["boot"]["tolerance"] == pytest.approx(0.03 + 0.035) and r["figures"]["boot"]["same"]
     far = dict(unfused, boot={"mean": 0.05, "lo": 0.04, "hi": 0.06})
     assert not _compare_rows(fused, far)["figures"]["boot"]["same"] and not _compare_rows(fused, far)["same"]
+
+
+def test_tables_against_committed_results_row_by_row(tmp_path):
+    from granularity.bench.fused import tables_against
+    from granularity.errors import GranularityError
+
+    committed = [{"arm": "target", "x": {"mean": 0.30, "ci": 0.02}}, {"arm": "leaf", "x": {"mean": 0.20, "ci": 0.02}}]
+    near = [{"arm": "target", "x": {"mean": 0.31, "ci": 0.02}}, {"arm": "leaf", "x": {"mean": 0.19, "ci": 0.02}}]
+    far = [{"arm": "target", "x": {"mean": 0.31, "ci": 0.02}}, {"arm": "leaf", "x": {"mean": 0.30, "ci": 0.02}}]
+    out = tables_against({"fused": near, "unfused": far}, committed, "results.json")
+    assert out["fused"] == {"rows": 2, "same_within_ci": True, "differ": []}
+    assert out["unfused"] == {"rows": 2, "same_within_ci": False, "differ": [{"arm": "leaf"}]}
+    with pytest.raises(GranularityError, match="hold different rows"):
+        tables_against({"fused": near[::-1]}, committed, "results.json")  # another order is another table
+
+
+def test_against_writes_the_comparison_into_the_record(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    table = [{"arm": "target", "x": {"mean": 0.30, "ci": 0.02}}]
+    rec, res = tmp_path / "rec.json", tmp_path / "results.json"
+    rec.write_text(json.dumps({"design": "levels", "tables": {"fused": table, "unfused": table}}))
+    res.write_text(json.dumps({"table": table}))
+    proc = subprocess.run([sys.executable, "-m", "granularity.bench.fused", "against", str(rec), str(res)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(rec.read_text())
+    assert got["design"] == "levels" and got["against"]["unfused"]["same_within_ci"] is True
+    bad = subprocess.run([sys.executable, "-m", "granularity.bench.fused", "against", str(rec), str(tmp_path / "no.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

@@ -310,24 +310,58 @@ def _compare_rows(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-if __name__ == "__main__":  # python -m granularity.bench.fused study [DESIGN] [OUT.json] [--full] [--repeats N]
+def _row_key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in ("arm", "cell", "transfer", "metric"))
+
+
+def tables_against(tables: dict[str, list[dict[str, Any]]], committed: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """Each side's table (fused, unfused) against a committed ``results.json`` table, row by row
+    (the same rows in the same order, else a :class:`GranularityError`): every row's figures the
+    same within the sum of the two 95% CIs (:func:`_compare_rows`)."""
+    from granularity.errors import GranularityError
+
+    out: dict[str, Any] = {"results": path}
+    for side, table in tables.items():
+        if [_row_key(r) for r in table] != [_row_key(r) for r in committed]:
+            raise GranularityError(f"The {side} table and {path} hold different rows (arm, cell, transfer, metric); "
+                                   f"compare a record with the results of the same design and settings.")
+        rows = [_compare_rows(a, b) for a, b in zip(table, committed)]
+        out[side] = {"rows": len(rows), "same_within_ci": all(r["same"] for r in rows),
+                     "differ": [r["row"] for r in rows if not r["same"]]}
+    return out
+
+
+if __name__ == "__main__":  # see the usage below: `python -m granularity.bench.fused -h`
     import argparse
     import json
 
     from granularity.bench.common import load_average, machine
-    from granularity.utils.io import write_json
+    from granularity.utils.io import read_json, write_json
 
     from granularity.errors import GranularityError
     from granularity.experiments.registry import get_design
 
     ap = argparse.ArgumentParser(prog="python -m granularity.bench.fused",
-                                 description="A whole study's wall time fused and unfused, and its tables compared.")
-    ap.add_argument("what", choices=["study"])
-    ap.add_argument("design", nargs="?", default="levels", help="the study design (default: levels, the default study)")
-    ap.add_argument("out", nargs="?", default=None, help="write the record as JSON here")
+                                 description="study: a whole study's wall time fused and unfused, and its tables compared; "
+                                             "against: a record's tables against committed results.json (written into it).")
+    ap.add_argument("what", choices=["study", "against"])
+    ap.add_argument("design", nargs="?", default="levels",
+                    help="study: the design (default levels, the default study); against: the record (OUT.json)")
+    ap.add_argument("out", nargs="?", default=None, help="study: write the record as JSON here; against: results.json")
     ap.add_argument("--full", action="store_true", help="the design's full preset (10 seeds)")
     ap.add_argument("--repeats", type=int, default=1, help="times each side runs, interleaved (default 1)")
     ns = ap.parse_args()
+    if ns.what == "against":
+        if ns.out is None:
+            ap.error("against needs a record and a results.json: against OUT.json RESULTS.json")
+        try:
+            rec = read_json(ns.design)
+            rec["against"] = tables_against(rec["tables"], read_json(ns.out)["table"], ns.out)
+        except (GranularityError, OSError, KeyError, ValueError) as exc:
+            ap.error(f"cannot compare {ns.design} with {ns.out}: {exc}")
+        write_json(ns.design, rec)
+        print(json.dumps({k: v for k, v in rec["against"].items()}))
+        raise SystemExit(0)
     if ns.repeats < 1:
         ap.error(f"argument --repeats: must be >= 1, got {ns.repeats}")
     try:

@@ -21,7 +21,8 @@ def _spread(sec: dict[str, float]) -> str:
 def _machine(rec: dict[str, Any]) -> str:
     m = rec["machine"]
     return (
-        f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
+        f"Machine: {m.get('cpu_model')}{' [' + ', '.join(m['cpu_flags']) + ']' if m.get('cpu_flags') else ''} "
+        f"({m.get('cpu_count')} cores, {m.get('torch_threads')} torch threads), "
         f"{m.get('memory_gib')} GiB; device {rec['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}; "
         f"torch {m.get('torch')}, Python {m.get('python')}; git {str(m.get('git_revision'))[:10]}; "
         f"{m.get('time')}. Load average before/after: {rec.get('load_average_before')} / "
