@@ -67,6 +67,36 @@ def test_runs_without_a_common_fused_form_train_alone_with_the_reason(tiny, tmp_
     _same(tmp_path / "r1", tmp_path / "mlp_alone")
 
 
+def test_head_parts_keep_a_much_larger_head_apart():
+    from granularity.engine.fused_group import HEAD_FREE, HEAD_RATIO, head_parts
+
+    assert (HEAD_RATIO, HEAD_FREE) == (4, 256)
+    # the default study's heads: 2 .. 80 classes fuse (all under 256), one head per training image does not
+    assert head_parts([10, 2, 10000, 20, 80, None, 10]) == [[0, 1, 3, 4, 6], [2], [5]]
+    assert head_parts([300, 1000, 1300, 5000]) == [[0, 1], [2, 3]]  # 1000 <= 4 x 300; 1300 > 4 x 300 starts a part
+    assert head_parts([]) == [] and head_parts([7]) == [[0]]
+
+
+def test_a_member_with_a_much_larger_head_trains_alone_with_the_reason(tiny, tmp_path, monkeypatch):
+    import granularity.engine.fused as fused_mod
+    import granularity.engine.fused_group as fg
+
+    monkeypatch.setattr(fg, "HEAD_FREE", 1)
+    monkeypatch.setattr(fg, "HEAD_RATIO", 1.5)  # so the leaf heads (4 classes) part from the target head (2)
+    sizes, real = [], fused_mod.train_epoch_fused
+    monkeypatch.setattr(fused_mod, "train_epoch_fused", lambda model, members, *a, **kw: sizes.append(len(members))
+                        or real(model, members, *a, **kw))
+    cfgs = _cfgs()
+    out = run_group([lambda c=c, k=k: run_transfer(c, tmp_path / f"fused{k}", dataset=tiny) for k, c in enumerate(cfgs)])
+    assert sizes == [2, 2, 3]  # 2 pretraining epochs of the leaf runs 0 and 2; the transfer's 2-way heads all 3
+    assert [e for _, e, _ in out] == [None] * 3
+    assert out[0][2]["reason"] is None and out[2][2]["reason"] is None
+    assert out[1][2]["reason"].startswith("its head of 2 classes and the others' [4] differ more than 1.5x")
+    for k, c in enumerate(cfgs):
+        run_transfer(c, tmp_path / f"alone{k}", dataset=tiny)
+        _same(tmp_path / f"alone{k}", tmp_path / f"fused{k}")
+
+
 def test_an_interrupted_or_diverged_member_leaves_and_the_others_go_on(tiny, tmp_path):
     cfgs = _cfgs(checkpoint_every_steps=2)
     cfgs.append(tiny_config(seed=3, bf16=False, pretrain={"epochs": 2, "batch_size": 16, "lr": 1e9}))  # diverges

@@ -227,6 +227,33 @@ def _fused_predict(calls: dict[int, _Call], idx: Sequence[int]) -> None:
         model.release()
 
 
+# members fused as one share a head padded to the largest: a head of many classes (one per
+# training image, say) next to small ones would multiply their logits' memory traffic, so it
+# trains alone once it is over HEAD_RATIO x the smallest head of its part and over HEAD_FREE classes
+HEAD_RATIO, HEAD_FREE = 4, 256
+
+
+def _head_size(net: Any) -> int | None:
+    head = net if isinstance(net, torch.nn.Linear) else getattr(net, "head", None)
+    return int(head.out_features) if isinstance(head, torch.nn.Linear) else None
+
+
+def head_parts(sizes: Sequence[int | None]) -> list[list[int]]:
+    """Indices into ``sizes`` (head classes; None: unknown) in parts whose padded head costs
+    little: by size, a new part once a head is over ``HEAD_FREE`` classes and over
+    ``HEAD_RATIO`` x the part's smallest; unknown sizes in one part of their own."""
+    known = sorted((n, j) for j, n in enumerate(sizes) if n is not None)
+    parts: list[list[int]] = []
+    low = 0
+    for n, j in known:
+        if not parts or (n > HEAD_FREE and n > HEAD_RATIO * low):
+            parts.append([])
+            low = n
+        parts[-1].append(j)
+    unknown = [j for j, n in enumerate(sizes) if n is None]
+    return [sorted(p) for p in parts] + ([unknown] if unknown else [])
+
+
 def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
     """Train every waiting member's epoch: fused where they share a key and a fused form."""
     from granularity.models.fused import fuse_reason
@@ -235,8 +262,20 @@ def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
     for i, c in sorted(calls.items()):
         k = _key(c.args)
         parts.setdefault(k if k is not None else ("alone", i), []).append(i)
+    split: list[tuple[Any, list[int], str | None]] = []
     for key, idx in parts.items():
-        why = fuse_reason([calls[i].args["net"] for i in idx]) if len(idx) > 1 and key[0] != "alone" else "alone"
+        if key[0] == "alone" or len(idx) == 1 or (key[0] == "logits" and key[-1]):  # features: no head involved
+            split.append((key, idx, None))
+            continue
+        heads = [_head_size(calls[i].args["net"]) for i in idx]
+        for part in head_parts(heads):
+            others = sorted({heads[j] for j in range(len(idx)) if j not in part}, key=lambda n: (n is None, n))
+            alone = None if len(part) > 1 else (
+                f"its head of {heads[part[0]]} classes and the others' {others} differ more than {HEAD_RATIO}x "
+                f"(padded to the largest, the logits would cost more than fusing gains)")
+            split.append((key, [idx[j] for j in part], alone))
+    for key, idx, alone in split:
+        why = fuse_reason([calls[i].args["net"] for i in idx]) if len(idx) > 1 and key[0] != "alone" else alone or "alone"
         if why is not None:
             for i in idx:
                 if why != "alone":
