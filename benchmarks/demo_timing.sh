@@ -24,12 +24,13 @@ def rusage(path):
     get = lambda key: float(re.search(rf"{key}: ([0-9.]+)", t).group(1))
     return {"user_s": get("User time \\(seconds\\)"), "sys_s": get("System time \\(seconds\\)"),
             "max_rss_mib": get("Maximum resident set size \\(kbytes\\)") / 1024}
-flags = open("/proc/cpuinfo").read()
+from granularity.bench.common import cpu_flags, cpu_model
+flags = cpu_flags()
 res = {"what": "make demo main job: granularity simulate; granularity study --dataset fashion-mnist; "
                "granularity study --dataset fashion-mnist --design bridge --seeds 5",
        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
        "cores": len(__import__("os").sched_getaffinity(0)), "cpu_bf16": "avx512_bf16" in flags,
-       "cpu_amx_bf16": "amx_bf16" in flags, "cpu_model": re.search(r"model name\s*: (.*)", flags).group(1).strip(),
+       "cpu_amx_bf16": "amx_bf16" in flags, "cpu_model": cpu_model(),
        "python": platform.python_version(),
        "load_before": l0, "load_after": l1,
        "simulate_s": float(m) - float(s), "study_s": float(b) - float(m), "bridge_s": float(e) - float(b),

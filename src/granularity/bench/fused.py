@@ -360,7 +360,7 @@ if __name__ == "__main__":  # see the usage below: `python -m granularity.bench.
         except (GranularityError, OSError, KeyError, ValueError) as exc:
             ap.error(f"cannot compare {ns.design} with {ns.out}: {exc}")
         write_json(ns.design, rec)
-        print(json.dumps({k: v for k, v in rec["against"].items()}))
+        print(json.dumps(rec["against"]))
         raise SystemExit(0)
     if ns.repeats < 1:
         ap.error(f"argument --repeats: must be >= 1, got {ns.repeats}")

@@ -269,10 +269,11 @@ def _execute(calls: dict[int, _Call], group: FusedGroup) -> None:
             continue
         heads = [_head_size(calls[i].args["net"]) for i in idx]
         for part in head_parts(heads):
-            others = sorted({heads[j] for j in range(len(idx)) if j not in part}, key=lambda n: (n is None, n))
-            alone = None if len(part) > 1 else (
-                f"its head of {heads[part[0]]} classes and the others' {others} differ more than {HEAD_RATIO}x "
-                f"(padded to the largest, the logits would cost more than fusing gains)")
+            alone = None
+            if len(part) == 1:
+                others = sorted({heads[j] for j in range(len(idx)) if j != part[0]}, key=lambda n: (n is None, n))
+                alone = (f"its head of {heads[part[0]]} classes and the others' {others} differ more than {HEAD_RATIO}x "
+                         f"(padded to the largest, the logits would cost more than fusing gains)")
             split.append((key, [idx[j] for j in part], alone))
     for key, idx, alone in split:
         why = fuse_reason([calls[i].args["net"] for i in idx]) if len(idx) > 1 and key[0] != "alone" else alone or "alone"
